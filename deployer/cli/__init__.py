@@ -1,7 +1,7 @@
 """The `deployer` command: parsing and rendering only.
 
 Each area registers its commands from its own module so the CLI stays a thin shell over the
-library: quant_tools (ncnn2table, ncnn2int8), quantize (quantize, check), boards (sim, probe,
+library: ncnn2table, ncnn2int8, quantize (quantize, check), boards (sim, probe,
 push, run, runtime).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from deployer.cli import boards, quant_tools, quantize, sim
+from deployer.cli import boards, ncnn2int8, ncnn2table, quantize, sim
 
 app = typer.Typer(
     name="deployer",
@@ -24,7 +24,7 @@ def _root() -> None:
     """Quantize ncnn models to int8, cross-check them, and run them on ARM boards over SSH."""
 
 
-for module in (quant_tools, quantize, sim, boards):
+for module in (ncnn2table, ncnn2int8, quantize, sim, boards):
     module.register(app)
 
 
