@@ -1,7 +1,249 @@
-"""Placeholder: commands are registered here by their owner."""
+"""Board commands: probe, push, run, runtime fetch/list. Parsing and rendering only."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any, List, Optional
 
 import typer
+from rich.live import Live
+from rich.table import Table
+
+from deployer.cli.common import console, emit_json, handle_errors, out
+from deployer.errors import DeployerError
+
+runtime_app = typer.Typer(help="The ncnn wheels deployer installs on boards (host cache).", no_args_is_help=True)
+
+TargetsOpt = typer.Option(None, "--targets", help="targets YAML file(s); default: targets/*.yaml in the current folder")
+JsonOpt = typer.Option(False, "--json", help="print JSON on stdout")
+AcceptNewOpt = typer.Option(False, "--accept-new", help="trust and save an unknown host key (never a changed one)")
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def _inventory(targets: Optional[List[Path]]) -> Any:
+    from deployer.targets import load_targets
+
+    paths = [Path(p) for p in targets] if targets else [Path(p) for p in sorted(glob.glob("targets/*.yaml"))]
+    if not paths:
+        raise DeployerError("no targets: no targets/*.yaml in the current folder; pass --targets FILE")
+    return load_targets(paths)
+
+
+def _boards(inventory: Any, target: str) -> list[Any]:
+    return list(inventory.resolve(target))
+
+
+def _run_options(**kw: Any) -> Any:
+    from deployer.remote.session import RunOptions
+
+    return RunOptions(**kw)
+
+
+def sparkline(samples: list[float], width: int = 40) -> str:
+    tail = samples[-width:]
+    if not tail:
+        return ""
+    lo, hi = min(tail), max(tail)
+    span = (hi - lo) or 1.0
+    return "".join(_SPARK[min(len(_SPARK) - 1, int((s - lo) / span * (len(_SPARK) - 1) + 0.5))] for s in tail)
+
+
+class LiveView:
+    """Per-board rows that update as the runner's lines arrive (stderr, so --json stays clean)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.live = Live(self.render(), console=console, refresh_per_second=8, transient=False)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        row = self.rows.setdefault(event["board"], {"stage": "", "samples": [], "cpu": "", "stats": None})
+        kind = event.get("type")
+        if kind == "stage":
+            row["stage"] = event["stage"]
+        elif kind == "board":
+            facts = event.get("facts", {})
+            row["cpu"] = f"{facts.get('machine', '?')} {facts.get('cpu') or ''}".strip()
+            row["stage"] = "warm-up"
+        elif kind == "iter":
+            row["samples"].append(event["ms"])
+            row["stage"] = "running"
+        elif kind == "stats":
+            row["stats"] = event
+            row["stage"] = "partial" if event.get("partial") else "done"
+        self.live.update(self.render())
+
+    def render(self) -> Table:
+        from deployer.remote.stats import latency_stats
+
+        table = Table(title="deployer run", title_justify="left")
+        for col in ("board", "cpu", "stage", "n", "last ms", "median", "p90", "min", "timeline"):
+            table.add_column(col, justify="right" if col in ("n", "last ms", "median", "p90", "min") else "left")
+        for name, row in getattr(self, "rows", {}).items():
+            s = latency_stats(row["samples"])
+            fmt = (lambda v: f"{v:.3f}")
+            table.add_row(name, row["cpu"], row["stage"], str(len(row["samples"])),
+                          fmt(row["samples"][-1]) if row["samples"] else "", fmt(s.median_ms) if s else "",
+                          fmt(s.p90_ms) if s else "", fmt(s.min_ms) if s else "", sparkline(row["samples"]))
+        return table
+
+
+def _summary_table(results: list[Any]) -> Table:
+    table = Table(title="latency (ms)", title_justify="left")
+    for col in ("board", "machine", "cpu", "ncnn", "n", "min", "median", "mean", "p90", "p99", "std", "saved"):
+        table.add_column(col)
+    for r in results:
+        s = r.stats or {}
+        nums = [f"{s[k]:.3f}" if k in s else "-" for k in ("min_ms", "median_ms", "mean_ms", "p90_ms", "p99_ms", "std_ms")]
+        table.add_row(r.board, str(r.facts.get("machine")), str(r.facts.get("cpu")), str(r.facts.get("ncnn_version")),
+                      str(len(r.samples_ms)) + (" (partial)" if r.partial else ""), *nums, r.saved_to or "")
+    return table
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(runtime_app, name="runtime")
+
+    @app.command()
+    @handle_errors
+    def probe(
+        target: str = typer.Argument(..., help="board or group name from targets/*.yaml"),
+        targets: Optional[List[Path]] = TargetsOpt,
+        accept_new: bool = AcceptNewOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """Print what a board is: userland arch, Python, glibc, CPU, memory, disk, deployer state."""
+        import dataclasses
+
+        from deployer.remote.probe import probe as probe_board
+        from deployer.ssh.connect import connect
+
+        inventory = _inventory(targets)
+        facts = {}
+        for board in _boards(inventory, target):
+            with connect(board, accept_new=accept_new, inventory=inventory) as conn:
+                found = probe_board(conn)
+            facts[board.name] = found.to_dict() if hasattr(found, "to_dict") else dataclasses.asdict(found)
+        if json_output:
+            emit_json(facts if len(facts) > 1 else next(iter(facts.values())))
+            return
+        for name, values in facts.items():
+            table = Table(title=name, title_justify="left", show_header=False)
+            for key, value in values.items():
+                table.add_row(key, str(value))
+            out.print(table)
+
+    @app.command()
+    @handle_errors
+    def push(
+        target: str = typer.Argument(..., help="board or group name"),
+        param: Path = typer.Option(..., "--param", help="ncnn .param"),
+        bin: Path = typer.Option(..., "--bin", help="ncnn .bin"),
+        ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="board wheel version (default: host's)"),
+        targets: Optional[List[Path]] = TargetsOpt,
+        accept_new: bool = AcceptNewOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """Install the ncnn runtime, the runner and the model on the board(s), without running."""
+        from dataclasses import asdict
+
+        from deployer.remote.session import push_boards
+
+        inventory = _inventory(targets)
+        opts = _run_options(param=param, bin=bin, ncnn_version=ncnn_version)
+        reports = push_boards(_boards(inventory, target), opts, accept_new=accept_new, inventory=inventory,
+                              on_event=lambda e: console.print(f"[dim]{e['board']}: {e.get('stage', '')}[/]")
+                              if e.get("type") == "stage" else None)
+        if json_output:
+            emit_json({name: asdict(r) for name, r in reports.items()})
+            return
+        for name, r in reports.items():
+            state = "unpacked" if r.runtime.unpacked else "already there"
+            console.print(f"{name}: runtime {r.runtime.path} ({state}); {len(r.uploaded)} file(s) uploaded, "
+                          f"{len(r.files) + 1 - len(r.uploaded)} unchanged")
+
+    @app.command()
+    @handle_errors
+    def run(
+        target: str = typer.Argument(..., help="board or group name"),
+        param: Path = typer.Option(..., "--param", help="ncnn .param"),
+        bin: Path = typer.Option(..., "--bin", help="ncnn .bin"),
+        shape: Optional[str] = typer.Option(None, "--shape", help="input W,H,C (default: the Input layer's)"),
+        iterations: int = typer.Option(10, "--iterations", "-n", help="timed iterations"),
+        duration: Optional[float] = typer.Option(None, "--duration", help="run for S seconds instead"),
+        warmup: int = typer.Option(3, "--warmup", help="untimed warm-up iterations"),
+        threads: Optional[int] = typer.Option(None, "--threads", help="ncnn threads (default: board's, else ncnn's)"),
+        powersave: Optional[int] = typer.Option(None, "--powersave", help="0 all cores, 1 little, 2 big"),
+        fp16: Optional[bool] = typer.Option(None, "--fp16/--no-fp16", help="fp16 storage/packed/arithmetic (default: board's, else on); --no-fp16 = true fp32"),
+        int8: bool = typer.Option(True, "--int8/--no-int8", help="use_int8_inference"),
+        input_blob: Optional[str] = typer.Option(None, "--input-blob"),
+        output_blob: Optional[str] = typer.Option(None, "--output-blob"),
+        fill: str = typer.Option("random", "--fill", help="'random' (seeded) or a constant"),
+        seed: int = typer.Option(0, "--seed"),
+        input_file: Optional[Path] = typer.Option(None, "--input-file", help="raw float32 input (CHW)"),
+        return_output: bool = typer.Option(False, "--return-output", help="include the output tensor"),
+        ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="board wheel version (default: host's)"),
+        results: Path = typer.Option(Path("results"), "--results", help="folder for results/<board>/<time>.json"),
+        targets: Optional[List[Path]] = TargetsOpt,
+        accept_new: bool = AcceptNewOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """Time a model on the board(s): provision, upload, run, stream timings live, save results."""
+        from deployer.remote.session import run_boards
+
+        inventory = _inventory(targets)
+        opts = _run_options(param=param, bin=bin, shape=shape, iterations=iterations, duration=duration,
+                            warmup=warmup, threads=threads, powersave=powersave, fp16=fp16, int8=int8,
+                            input_blob=input_blob, output_blob=output_blob, fill=fill, seed=seed,
+                            input_file=input_file, return_output=return_output, ncnn_version=ncnn_version)
+        boards = _boards(inventory, target)
+        view = LiveView()
+        try:
+            with view.live:
+                found = run_boards(boards, opts, accept_new=accept_new, inventory=inventory, on_event=view,
+                                   results_dir=results)
+        finally:
+            if not console.is_terminal:
+                console.line()  # rich leaves the last frame unterminated off a tty
+        if json_output:
+            objs = [r.to_json() for r in found]
+            emit_json(objs[0] if len(objs) == 1 else {"boards": objs})
+        else:
+            out.print(_summary_table(found))
+
+    @runtime_app.command("fetch")
+    @handle_errors
+    def runtime_fetch(
+        arch: str = typer.Option(..., "--arch", help="aarch64 | armv7l (also arm64, armhf, x86_64)"),
+        python: str = typer.Option(..., "--python", help="board Python, e.g. 3.11"),
+        version: Optional[str] = typer.Option(None, "--version", help="ncnn version (default: host's; 'latest')"),
+        glibc: str = typer.Option("2.36", "--glibc", help="board glibc (ldd --version)"),
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """Download an ncnn wheel for a board platform into the host cache (the only networked command)."""
+        from deployer.remote import runtime as rt
+
+        platform = rt.WheelPlatform(rt.normalize_arch(arch), rt.parse_python(python), rt.parse_glibc(glibc))
+        with console.status(f"pip download ncnn for {platform.arch} / Python {platform.python_dotted}"):
+            wheel = rt.fetch_wheel(platform, version)
+        if json_output:
+            emit_json(rt.describe([wheel])[0] | {"path": str(wheel.path)})
+        else:
+            console.print(f"cached {wheel.path}")
+
+    @runtime_app.command("list")
+    @handle_errors
+    def runtime_list(json_output: bool = JsonOpt) -> None:
+        """Show the cached ncnn wheels."""
+        from deployer.remote import runtime as rt
+
+        wheels = rt.list_cached()
+        if json_output:
+            emit_json({"cache": str(rt.cache_dir()), "wheels": rt.describe(wheels)})
+            return
+        table = Table(title=f"ncnn wheels in {rt.cache_dir()}", title_justify="left")
+        for col in ("version", "python", "platforms", "MB"):
+            table.add_column(col)
+        for row in rt.describe(wheels):
+            table.add_row(row["version"], ",".join(row["python"]), ",".join(row["platforms"]),
+                          f"{row['size'] / 1e6:.1f}")
+        out.print(table)

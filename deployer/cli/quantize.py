@@ -1,7 +1,302 @@
-"""Placeholder: commands are registered here by their owner."""
+"""`deployer quantize` and `deployer check`: parse flags into a profile, call the library, render.
+
+Every profile field has a flag; flags override the profile. Per-input flags (--mean, --norm,
+--shape, --pixel, --resize) take ncnn2table's bracket groups for multi-input models:
+`--mean "[104,117,123],[0,0,0]"`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
+from rich.table import Table
+
+from deployer.cli.common import console, emit_json, handle_errors
+from deployer.profile import Override
+
+# profile field -> flag name, for the options both commands share
+_INPUT_FLAGS = {"inputs.mean": "--mean", "inputs.norm": "--norm", "inputs.shape": "--shape",
+                "inputs.pixel": "--pixel", "inputs.resize": "--resize", "inputs.pad_value": "--pad-value"}
+
+
+def _groups(text: str, simple_commas: bool) -> list[str]:
+    """"[1,2,3],[4,5,6]" -> ["1,2,3", "4,5,6"]; "1,2,3" -> ["1,2,3"]; "RGB,GRAY" -> two when simple_commas."""
+    text = text.strip()
+    if text.startswith("["):
+        return [g for g in re.findall(r"\[([^\]]*)\]", text)]
+    if simple_commas:
+        return [p.strip() for p in text.split(",") if p.strip()]
+    return [text]
+
+
+def _input_overrides(mean: str | None, norm: str | None, shape: str | None, pixel: str | None,
+                     resize: str | None, pad_value: str | None) -> list[Override]:
+    out = []
+    for field, value, simple in (("inputs.mean", mean, False), ("inputs.norm", norm, False),
+                                 ("inputs.shape", shape, False), ("inputs.pixel", pixel, True),
+                                 ("inputs.resize", resize, True), ("inputs.pad_value", pad_value, True)):
+        if value is not None:
+            out.append(Override(field, _groups(value, simple), _INPUT_FLAGS[field]))
+    return out
+
+
+def _model_overrides(param: Path | None, bin_: Path | None, source: Path | None, inputshape: str | None) -> list[Override]:
+    out = []
+    for field, value, flag in (("model.param", param, "--param"), ("model.bin", bin_, "--bin"),
+                               ("model.source", source, "--source"), ("model.inputshape", inputshape, "--inputshape")):
+        if value is not None:
+            out.append(Override(field, str(value), flag))
+    return out
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _outputs_table(outputs: dict[str, dict], title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("output", "cosine", "min cos", "PSNR dB", "max |err|", "top-1 agree", "top-5 agree"):
+        t.add_column(col, justify="right" if col != "output" else "left")
+    for name, s in outputs.items():
+        t.add_row(name, _fmt(s["cosine"]), _fmt(s["min_cosine"]), _fmt(s["psnr"], 2), _fmt(s["max_abs"]),
+                  _fmt(s.get("top1_agreement"), 3), _fmt(s.get("top5_agreement"), 3))
+    return t
+
+
+def _gates_lines(gates: list[dict]) -> None:
+    for g in gates:
+        mark = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
+        observed = ", ".join(f"{k}={_fmt(v)}" for k, v in g["observed"].items())
+        console.print(f"gate {g['gate']}: {mark} ({observed})")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("quantize")(quantize)
+    app.command("check")(check)
+
+
+# ------------------------------------------------------------------------------------------------
+# quantize
+
+
+@handle_errors
+def quantize(
+    profile: Optional[Path] = typer.Option(None, "--profile", "-p", help="profiles/*.yaml; flags override its fields"),
+    param: Optional[Path] = typer.Option(None, "--param", help="fp32 ncnn .param"),
+    bin_: Optional[Path] = typer.Option(None, "--bin", help="fp32 ncnn .bin"),
+    source: Optional[Path] = typer.Option(None, "--source", help="ONNX / TorchScript model, converted with pnnx (fp16=0)"),
+    inputshape: Optional[str] = typer.Option(None, "--inputshape", help="pnnx input shape(s), e.g. [1,3,224,224]"),
+    calib: Optional[list[Path]] = typer.Option(None, "--calib", help="calibration list file or folder (repeat per input)"),
+    count: Optional[int] = typer.Option(None, "--count", help="use at most N calibration files"),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="fraction (or count) held out to choose and gate"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="shuffle seed for the held-out split"),
+    mean: Optional[str] = typer.Option(None, "--mean", help="e.g. 104,117,123 (groups per input: [..],[..])"),
+    norm: Optional[str] = typer.Option(None, "--norm", help="e.g. 0.017,0.017,0.017"),
+    shape: Optional[str] = typer.Option(None, "--shape", help="network input W,H"),
+    pixel: Optional[str] = typer.Option(None, "--pixel", help="RGB | BGR | GRAY | RGBA | BGRA"),
+    resize: Optional[str] = typer.Option(None, "--resize", help="resize | letterbox | none"),
+    pad_value: Optional[str] = typer.Option(None, "--pad-value", help="letterbox fill (pixel value)"),
+    method: Optional[str] = typer.Option(None, "--method", help="auto (default: try candidates, keep the best) or kl, aciq, maxabs, percentile, mse, eq"),
+    candidates: Optional[str] = typer.Option(None, "--candidates", help="methods tried by --method auto, comma separated"),
+    keep_fp32: Optional[list[str]] = typer.Option(None, "--keep-fp32", help="layer to keep float (repeat)"),
+    mixed: Optional[bool] = typer.Option(None, "--mixed/--no-mixed", help="automatic mixed precision when a gate fails"),
+    max_fp32_layers: Optional[int] = typer.Option(None, "--max-fp32-layers", help="budget for automatic mixed precision"),
+    gate: Optional[list[str]] = typer.Option(None, "--gate", help="e.g. 'top1_agreement>=0.99' (repeat)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder"),
+    name: Optional[str] = typer.Option(None, "--name", help="output file stem (default: the model's)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ncnn threads / calibration workers"),
+    json_output: bool = typer.Option(False, "--json", help="print the JSON report on stdout"),
+) -> None:
+    """Quantize an fp32 ncnn model to int8: calibrate once, pick the best method, mixed precision to meet the gate."""
+    from deployer.profile import load_profile
+    from deployer.quant.pipeline import run_quantize
+
+    overrides = _model_overrides(param, bin_, source, inputshape)
+    overrides += _input_overrides(mean, norm, shape, pixel, resize, pad_value)
+    for field, value, flag in (
+        ("calibration.images", [str(p) for p in calib] if calib else None, "--calib"),
+        ("calibration.count", count, "--count"), ("calibration.holdout", holdout, "--holdout"),
+        ("calibration.seed", seed, "--seed"), ("quantize.method", method, "--method"),
+        ("quantize.candidates", candidates, "--candidates"), ("quantize.keep_fp32", keep_fp32 or None, "--keep-fp32"),
+        ("quantize.mixed", mixed, "--mixed"), ("quantize.max_fp32_layers", max_fp32_layers, "--max-fp32-layers"),
+        ("gate", gate or None, "--gate"), ("out", str(out) if out else None, "--out"), ("name", name, "--name"),
+        ("threads", threads, "--threads"),
+    ):
+        if value is not None:
+            overrides.append(Override(field, value, flag))
+    prof = load_profile(profile, overrides)
+
+    with _Progress() as progress:
+        result = run_quantize(prof, progress=progress.update)
+    report = result.report
+    if json_output:
+        emit_json(report)
+    else:
+        _render_quantize(report)
+    if report["gate"]["passed"] is False:
+        failed = [g["gate"] for g in report["gate"]["results"] if not g["passed"]]
+        console.print(f"[bold red]error:[/] gate failed: {', '.join(failed)} (files written to {result.paths.folder})")
+        raise typer.Exit(1)
+
+
+def _render_quantize(report: dict) -> None:
+    t = Table(title="methods (held-out calibration inputs vs fp32)", title_justify="left")
+    for col in ("method", "mean cosine", "top-1 agree", "gate", "seconds"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for m, row in report["methods"].items():
+        outs = list(row["outputs"].values())
+        cos = sum(o["cosine"] for o in outs) / len(outs)
+        top1 = [o["top1_agreement"] for o in outs if o.get("top1_agreement") is not None]
+        gate = "-" if row["passed"] is None else ("pass" if row["passed"] else "fail")
+        style = "bold green" if m == report["method"] else ""
+        t.add_row(f"[{style}]{m}[/]" if style else m, _fmt(cos), _fmt(top1[0] if top1 else None, 3), gate, _fmt(row["seconds"], 2))
+    console.print(t)
+    console.print(_outputs_table(report["heldout"]["outputs"], f"final int8 model on {report['heldout']['count']} held-out inputs"))
+    keep = report["keep_fp32"]
+    if report["mixed"].get("ran"):
+        if report["mixed"]["passed"]:
+            console.print(f"mixed precision: kept {len(keep['auto'])} layer(s) fp32 ({', '.join(keep['auto']) or 'none'}), "
+                          f"costing {report['sizes']['mixed_cost_bytes']} bytes")
+        else:
+            console.print(f"mixed precision: the gate is out of reach within the budget "
+                          f"({report['mixed']['candidates_evaluated']} candidates tried); kept the all-int8 model")
+    if keep["profile"]:
+        console.print(f"kept fp32 by the profile: {', '.join(keep['profile'])}")
+    _gates_lines(report["gate"]["results"])
+    sizes = report["sizes"]
+    console.print(f"method [bold]{report['method']}[/]; {len(report['int8_layers'])} int8 layers, "
+                  f"{len(report['fp32_layers'])} float; .bin {sizes['fp32_bin']:,} -> {sizes['int8_bin']:,} bytes "
+                  f"({sizes['ratio']:.2f}x smaller); {report['timings']['total']:.1f} s")
+    for w in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+    files = report["files"]
+    console.print(f"wrote {files['param']}, {Path(files['bin']).name}, {Path(files['table']).name}, {Path(files['report']).name}")
+
+
+class _Progress:
+    """rich progress on stderr, one bar per pipeline phase."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           console=console, transient=True)
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "_Progress":
+        self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._p.__exit__(*exc)
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if phase not in self._tasks:
+            self._tasks[phase] = self._p.add_task(phase, total=total)
+        self._p.update(self._tasks[phase], completed=done, total=total)
+
+
+# ------------------------------------------------------------------------------------------------
+# check
+
+
+@handle_errors
+def check(
+    profile: Optional[Path] = typer.Option(None, "--profile", "-p", help="profile: fp32 model, preprocessing, gates, int8 files in its out folder"),
+    param: Optional[Path] = typer.Option(None, "--param", help="fp32 ncnn .param"),
+    bin_: Optional[Path] = typer.Option(None, "--bin", help="fp32 ncnn .bin"),
+    int8_param: Optional[Path] = typer.Option(None, "--int8-param", help="int8 .param (default: from the profile's out)"),
+    int8_bin: Optional[Path] = typer.Option(None, "--int8-bin", help="int8 .bin"),
+    images: Optional[list[Path]] = typer.Option(None, "--images", help="held-out list file or folder (repeat per input); default: the profile's held-out split"),
+    count: Optional[int] = typer.Option(None, "--count", help="use at most N inputs"),
+    mean: Optional[str] = typer.Option(None, "--mean"),
+    norm: Optional[str] = typer.Option(None, "--norm"),
+    shape: Optional[str] = typer.Option(None, "--shape", help="network input W,H"),
+    pixel: Optional[str] = typer.Option(None, "--pixel"),
+    resize: Optional[str] = typer.Option(None, "--resize"),
+    pad_value: Optional[str] = typer.Option(None, "--pad-value"),
+    gate: Optional[list[str]] = typer.Option(None, "--gate", help="e.g. 'top1_agreement>=0.99' (repeat); replaces the profile's"),
+    layers: bool = typer.Option(True, "--layers/--no-layers", help="per-layer error of every int8 layer"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    json_output: bool = typer.Option(False, "--json", help="print the JSON result on stdout"),
+) -> None:
+    """Compare an int8 model with its fp32 original on held-out inputs; exit 1 if a gate fails."""
+    from deployer.check.crosscheck import crosscheck
+    from deployer.check.gates import parse_gates
+    from deployer.check.samples import input_names, list_inputs, load_samples
+    from deployer.errors import DeployerError, GateFailed
+    from deployer.ncnn.param import read_param
+    from deployer.profile import load_profile
+    from deployer.quant.pipeline import output_paths, resolve_model, split_calibration
+
+    overrides = _model_overrides(param, bin_, None, None) + _input_overrides(mean, norm, shape, pixel, resize, pad_value)
+    if images:
+        overrides.append(Override("calibration.images", [str(p) for p in images], "--images"))
+    if gate:
+        overrides.append(Override("gate", gate, "--gate"))
+    if threads is not None:
+        overrides.append(Override("threads", threads, "--threads"))
+    if profile is None and not images:
+        raise DeployerError("--images: missing", hint="give held-out images (list file or folder), or --profile")
+    prof = load_profile(profile, overrides)
+    fp32_param, fp32_bin, _ = resolve_model(prof)
+    if (int8_param is None) != (int8_bin is None):
+        raise DeployerError("--int8-param and --int8-bin go together", hint="give both, or neither to use the profile's out folder")
+    if int8_param is None:
+        if prof.out is None:
+            raise DeployerError("--int8-param: missing", hint="give --int8-param/--int8-bin, or a profile with out:")
+        paths = output_paths(prof, fp32_param)
+        int8_param, int8_bin = paths.param, paths.bin
+        if not int8_param.is_file():
+            raise DeployerError(f"{int8_param}: int8 model not found", hint="run `deployer quantize` with this profile first")
+    if images:
+        files = [list_inputs(p) for p in prof.calibration.images]
+    else:
+        files = split_calibration(prof).heldout
+    if count is not None:
+        files = [f[:count] for f in files]
+    names = input_names(prof.inputs, read_param(fp32_param).input_names, prof.where("inputs"))
+    gates = parse_gates(prof.gate, prof.where("gate"))
+    with _Progress() as progress:
+        samples = load_samples(files, prof.inputs, names, progress=lambda d, t: progress.update("preprocess", d, t))
+        result = crosscheck((fp32_param, fp32_bin), (int8_param, int8_bin), samples, gates=gates, per_layer=layers,
+                            threads=prof.threads, progress=lambda d, t: progress.update("compare", d, t))
+    data = result.to_dict()
+    if json_output:
+        emit_json(data)
+    else:
+        _render_check(data)
+    if not result.passed:
+        failed = [g["gate"] for g in data["gates"] if not g["passed"]]
+        if json_output:
+            console.print(f"[bold red]error:[/] gate failed: {', '.join(failed)}")
+            raise typer.Exit(GateFailed.exit_code)
+        raise GateFailed(f"gate failed: {', '.join(failed)}")
+
+
+def _render_check(data: dict) -> None:
+    if data["layers"]:
+        t = Table(title="per int8 layer, output vs fp32 (error accumulates downstream)", title_justify="left")
+        for col in ("layer", "type", "blob", "cosine", "rel err", "max |err|"):
+            t.add_column(col, justify="left" if col in ("layer", "type", "blob") else "right")
+        worst = sorted(data["layers"], key=lambda r: r["rel_error"], reverse=True)[:3]
+        worst_names = {w["layer"] for w in worst}
+        for row in data["layers"]:
+            style = "bold red" if row["layer"] in worst_names else ""
+            t.add_row(row["layer"], row["type"], row["blob"] + (" (int8)" if row["requantized"] else ""),
+                      _fmt(row["cosine"]), _fmt(row["rel_error"]), _fmt(row["max_abs"]), style=style)
+        console.print(t)
+    console.print(_outputs_table(data["outputs"], f"outputs on {data['inputs']} inputs (fp32 vs int8)"))
+    _gates_lines(data["gates"])
+    for n in data["notes"]:
+        console.print(f"[yellow]note:[/] {n}")

@@ -1,7 +1,147 @@
-"""Placeholder: commands are registered here by their owner."""
+"""`deployer sim up|down|status`: emulated ARM boards on this machine (parse + render only)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deployer.cli.common import console, emit_json, handle_errors, out
+from deployer.sim import host
+from deployer.sim.linkspec import parse_link
+from deployer.sim.manager import BoardStatus, sim_down, sim_status, sim_up
+from deployer.sim.sysroot import ensure_sysroot
+
+sim_app = typer.Typer(help="Emulated ARM boards (qemu-user + network namespaces) reachable over real SSH.",
+                      no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(sim_app, name="sim")
+
+
+class _Bar:
+    """rich progress on stderr, fed by the library's (message, done, total) callback."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TimeElapsedColumn(), console=console, transient=True, disable=not enabled)
+        self.task = self.progress.add_task("", total=None)
+
+    def __call__(self, message: str, done: int, total: int) -> None:
+        self.progress.update(self.task, description=message, completed=done, total=total or None)
+
+    def __enter__(self) -> "_Bar":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+@sim_app.command("up")
+@handle_errors
+def up(
+    arch: str = typer.Option("arm64", "--arch", help="Board userland: arm64 (Pi 4, cortex-a72) or armhf (cortex-a15)."),
+    count: int = typer.Option(1, "--count", "-n", help="How many boards of this arch/link should be up."),
+    link: Optional[str] = typer.Option(None, "--link", help="Shape the link: 'delay=50,rate=10,loss=1' (ms, Mbit/s, "
+                                                          "%) both ways, or 'down:... up:...'."),
+    targets_dir: Optional[Path] = typer.Option(None, "--targets-dir", help="Where sim.yaml goes [default: ./targets]."),
+    install_deps: bool = typer.Option(False, "--install-deps", help="apt-get install missing host packages."),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Start emulated boards and write targets/sim.yaml (+ sim_known_hosts). Adds only missing boards."""
+    spec = parse_link(link) if link else None
+    host.require_root()
+    missing = host.missing_packages(shaped=spec is not None)
+    if missing and not install_deps and not json_output and sys.stdin.isatty():
+        console.print(f"deployer sim needs these Debian packages: {', '.join(missing)}")
+        install_deps = typer.confirm(f"Run '{host.apt_command(missing)}' now?", default=False, err=True)
+    with _Bar(not json_output) as bar:
+        result = sim_up(arch=arch, count=count, link=spec, targets_dir=targets_dir, install_deps=install_deps,
+                        progress=bar)
+    if json_output:
+        emit_json({"ok": True, "targets": result.targets, "added": [b.name for b in result.added],
+                   "already_up": [b.name for b in result.existing],
+                   "sysroot": {"path": result.sysroot.path, "cached": result.sysroot.cached,
+                               "seconds": round(result.sysroot.seconds, 2), "warnings": result.sysroot.warnings},
+                   "boards": [{"name": b.name, "arch": b.arch, "address": b.address, "cpu": b.qemu_cpu,
+                               "up_seconds": b.up_seconds} for b in result.added + result.existing]})
+        return
+    for warning in result.sysroot.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    if not result.sysroot.cached:
+        console.print(f"built {arch} sysroot ({result.sysroot.packages} packages) in {result.sysroot.seconds:.1f} s")
+    for b in result.existing:
+        console.print(f"{b.name} ({b.arch}, {b.address}) is already up")
+    for b in result.added:
+        console.print(f"[green]{b.name}[/] up: {b.arch} {b.qemu_cpu} at pi@{b.address} ({b.up_seconds:.1f} s)")
+    console.print(f"targets: {result.targets}")
+
+
+@sim_app.command("down")
+@handle_errors
+def down(
+    names: Optional[list[str]] = typer.Argument(None, help="Boards to stop (default: all)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Stop emulated boards: their processes, namespaces and link shapers; update targets/sim.yaml."""
+    with _Bar(not json_output) as bar:
+        stopped = sim_down(names or None, progress=bar)
+    if json_output:
+        emit_json({"ok": True, "stopped": stopped})
+    else:
+        console.print(f"stopped {', '.join(stopped)}" if stopped else "no emulated boards were running")
+
+
+@sim_app.command("status")
+@handle_errors
+def status(json_output: bool = typer.Option(False, "--json", help="Print the boards as JSON on stdout.")) -> None:
+    """Show each emulated board: arch, CPU, address, link, up/down, sshd answering."""
+    boards = sim_status()
+    if json_output:
+        emit_json({"ok": True, "boards": [dict(asdict(b), state=b.state) for b in boards]})
+        return
+    if not boards:
+        console.print("no emulated boards (start some with: deployer sim up)")
+        return
+    out.print(_table(boards))
+
+
+@sim_app.command("sysroot")
+@handle_errors
+def sysroot(
+    arch: list[str] = typer.Option(["arm64", "armhf"], "--arch", help="Which sysroots (repeatable)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Build (or check) the cached Debian sysroots the boards run on, without starting boards (for CI set-up)."""
+    host.require_root()
+    infos = []
+    with _Bar(not json_output) as bar:
+        for a in arch:
+            infos.append(ensure_sysroot(a, bar))
+    if json_output:
+        emit_json({"ok": True, "sysroots": [{"arch": i.arch, "path": i.path, "packages": i.packages, "cached": i.cached,
+                                             "seconds": round(i.seconds, 2), "warnings": i.warnings} for i in infos]})
+        return
+    for i in infos:
+        for warning in i.warnings:
+            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        how = "cached" if i.cached else f"built in {i.seconds:.1f} s"
+        console.print(f"{i.arch}: {i.path} ({i.packages} packages, {how})")
+
+
+def _table(boards: list[BoardStatus]) -> Table:
+    table = Table("board", "arch", "cpu", "address", "link", "state", "sshd")
+    for column in table.columns:
+        column.no_wrap = True
+    for b in boards:
+        color = "green" if b.state == "up" else "red"
+        table.add_row(b.name, b.arch, b.cpu, b.address, b.link or "-", f"[{color}]{b.state}[/]",
+                      "answering" if b.sshd else "no")
+    return table

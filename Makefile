@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` (the whole job on an emulated Pi 4) and `make test`.
+VENV ?= .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup demo test test-fast bench clean-sim
+
+setup:
+	scripts/setup.sh
+
+demo: setup
+	scripts/demo.sh
+
+test: setup
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow and not boards"
+
+bench: setup
+	$(VENV)/bin/python bench/run_all.py
+
+clean-sim:
+	-$(VENV)/bin/deployer sim down

@@ -1,0 +1,292 @@
+"""Quantization benchmark: every calibration method on real models, int8 vs fp32 on the host.
+
+    /work/venv/bin/python bench/bench_quantize.py [--models mobilenet_v2,mtcnn_onet,digits_cnn]
+        [--methods kl,aciq,eq,maxabs,percentile,mse,quantize] [--threads 2] [--runs 30]
+        [--out bench/results/quantize.json] [--json]
+
+Per model and method it measures: calibration wall time and images/s (`deployer ncnn2table`, the
+drop-in CLI a user runs, so Python start-up is included), the ncnn2int8 conversion time, accuracy
+on the held-out labels, top-1 agreement and mean/min output cosine against the true-fp32 model
+(fp16 off), the .bin size ratio, and median int8 vs fp32 latency in the stock ncnn wheel in the
+same process. `quantize` is `deployer quantize` with its defaults (method=auto).
+
+Calibration and held-out data never overlap: MobileNetV2 calibrates on crops of skimage/sklearn
+photos and is scored on foolbox's 20 ImageNet photos; MTCNN on 50 / 150 lfw_subset crops; digits on
+200 training / 450 test digits. A method that fails is recorded with its error, not fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from deployer.check.metrics import cosine  # noqa: E402
+from examples import data, evaluate, zoo  # noqa: E402
+from examples.infer import NcnnRunner  # noqa: E402
+
+err = Console(stderr=True, highlight=False)
+METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse", "quantize")
+DEFAULT_MODELS = ("mobilenet_v2", "mtcnn_onet", "digits_cnn")
+
+
+@dataclass
+class Case:
+    """A model plus its calibration folder and held-out inputs (preprocessed) with labels."""
+
+    model: zoo.ZooModel
+    calib: data.DataSet
+    inputs: list[np.ndarray]
+    labels: np.ndarray | None          # None: no labels (detector), agreement only
+    heldout_name: str
+
+    def predictions(self, outputs: list[dict[str, np.ndarray]]) -> list:
+        """Argmax of the first output, or for a detector the sorted set of classes it found."""
+        first = self.model.outputs[0]
+        if self.model.task == "detect":
+            hw = self.model.input_shape[1:]
+            return [sorted({d.label for d in evaluate.decode_yolov8(o[first], (hw[1], hw[0]), hw)})
+                    for o in outputs]
+        return [int(o[first].reshape(-1).argmax()) for o in outputs]
+
+    def accuracy(self, outputs: list[dict[str, np.ndarray]]) -> float | None:
+        if self.labels is None:
+            return None
+        return float(np.mean(np.array(self.predictions(outputs)) == self.labels))
+
+
+@dataclass
+class MethodResult:
+    method: str
+    calib_seconds: float | None = None
+    images_per_s: float | None = None
+    convert_seconds: float | None = None
+    accuracy: float | None = None
+    top1_agreement: float | None = None
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
+    bin_bytes: int | None = None
+    bin_ratio: float | None = None
+    latency_ms: float | None = None
+    speedup: float | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def make_case(name: str, work: Path) -> Case:
+    model = zoo.build(name)
+    data_root = zoo.cache_root() / "data"
+    if name == "mobilenet_v2":
+        calib = data.calibration_photos(data_root / "calibration")
+        samples = data.imagenet_samples()
+        inputs = evaluate.image_inputs(model, [p for p, _ in samples])
+        return Case(model, calib, inputs, np.array([y for _, y in samples]), "foolbox ImageNet (20)")
+    if name.startswith("mtcnn_") and name != "mtcnn_pnet":
+        calib = data.lfw_images(data_root / "lfw-calibration", "calibration")
+        inputs, labels = evaluate.lfw_inputs(model, data.lfw_split()[1])
+        return Case(model, calib, inputs, labels, "lfw_subset held-out (150)")
+    if name == "digits_cnn":
+        calib = data.digits_images(data_root / "digits-calibration", "train", limit=200)
+        inputs, labels = evaluate.digits_inputs(model, "test")
+        return Case(model, calib, inputs, labels, "digits test (450)")
+    if name == "yolov8n":
+        # Unlabelled for this detector: agreement is "same set of detected classes as fp32".
+        calib = data.calibration_photos(data_root / "calibration")
+        samples = data.imagenet_samples()
+        return Case(model, calib, evaluate.image_inputs(model, [p for p, _ in samples]), None,
+                    "foolbox ImageNet photos (20, detections vs fp32)")
+    raise SystemExit(f"bench: no held-out set for {name!r}; choose from {', '.join(DEFAULT_MODELS)}, "
+                     "mtcnn_rnet, yolov8n")
+
+
+def run_all(runner: NcnnRunner, case: Case) -> list[dict[str, np.ndarray]]:
+    return [runner.run({case.model.inputs[0]: x}, case.model.outputs) for x in case.inputs]
+
+
+def latency_ms(runner: NcnnRunner, case: Case, runs: int) -> float:
+    """Median wall time of one forward (all outputs) over `runs`, after 3 warm-up runs."""
+    x = {case.model.inputs[0]: case.inputs[0]}
+    for _ in range(3):
+        runner.run(x, case.model.outputs)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner.run(x, case.model.outputs)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def compare(case: Case, ref: list[dict[str, np.ndarray]], test: list[dict[str, np.ndarray]], res: MethodResult) -> None:
+    """Top-1 on the first output (class / face prob), cosine over all outputs concatenated."""
+    res.accuracy = case.accuracy(test)
+    res.top1_agreement = float(np.mean([a == b for a, b in zip(case.predictions(ref), case.predictions(test))]))
+    cat = lambda o: np.concatenate([o[b].reshape(-1) for b in case.model.outputs])  # noqa: E731
+    cos = [cosine(cat(r), cat(t)) for r, t in zip(ref, test)]
+    res.cosine_mean, res.cosine_min = float(np.mean(cos)), float(np.min(cos))
+
+
+def _ncnn2table_args(case: Case, table: Path, method: str, threads: int) -> list[str]:
+    pre, (c, h, w) = case.model.preprocess, case.model.input_shape
+    fmt = lambda v: "[" + ",".join(f"{x:g}" if x == int(x) else f"{x:.9g}" for x in v) + "]"  # noqa: E731
+    return [str(case.model.param), str(case.model.bin), str(case.calib.list_file), str(table),
+            f"mean={fmt(pre.mean)}", f"norm={fmt(pre.norm)}", f"shape=[{w},{h},{c}]", f"pixel={pre.pixel}",
+            f"thread={threads}", f"method={method}"]
+
+
+def _deployer(args: list[str], timeout: float = 1800) -> None:
+    exe = Path(sys.executable).with_name("deployer")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "deployer.cli"]
+    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        lines = [ln.strip(" │╭╮╰╯─") for ln in (proc.stderr or proc.stdout).splitlines()]
+        lines = [ln for ln in lines if ln] or [f"exit {proc.returncode}"]
+        useful = [ln for ln in lines if ln not in ("Error", "Traceback (most recent call last):")
+                  and not ln.startswith(("Usage:", "Try "))] or lines
+        raise RuntimeError(useful[-1][:200])
+
+
+def calibrate_and_convert(case: Case, method: str, work: Path, threads: int) -> tuple[Path, Path, float, float]:
+    """One method end to end; returns (int8 param, int8 bin, calibration s, conversion s).
+
+    `quantize` runs the whole pipeline (its own calibration, method choice and conversion), so its
+    conversion time is folded into the calibration column.
+    """
+    out_param, out_bin = work / f"{method}.param", work / f"{method}.bin"
+    if method == "quantize":
+        profile = write_profile(case, work / "profile.yaml", out_dir=work / "quantize")
+        t0 = time.perf_counter()
+        _deployer(["quantize", str(profile), "--json"])
+        seconds = time.perf_counter() - t0
+        produced = sorted((work / "quantize").glob("*.param"))
+        if not produced:
+            raise RuntimeError("deployer quantize wrote no .param")
+        return produced[0], produced[0].with_suffix(".bin"), seconds, 0.0
+    table = work / f"{method}.table"
+    t0 = time.perf_counter()
+    _deployer(["ncnn2table", *_ncnn2table_args(case, table, method, threads)])
+    calib_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _deployer(["ncnn2int8", str(case.model.param), str(case.model.bin), str(out_param), str(out_bin), str(table)])
+    return out_param, out_bin, calib_s, time.perf_counter() - t0
+
+
+def write_profile(case: Case, path: Path, out_dir: Path) -> Path:
+    """A deployer profile (profiles/*.yaml schema) for `deployer quantize` with default settings."""
+    import yaml
+
+    spec = case.model.input_spec()
+    spec.pop("name")
+    profile = {"model": {"param": str(case.model.param), "bin": str(case.model.bin)},
+               "inputs": [spec], "calibration": {"images": str(case.calib.list_file)}, "out": str(out_dir)}
+    path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    return path
+
+
+def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Path) -> dict:
+    case = make_case(name, work)
+    fp32 = NcnnRunner(case.model.param, case.model.bin, threads=threads)
+    ref = run_all(fp32, case)
+    fp32_acc = case.accuracy(ref)
+    fp32_ms = latency_ms(fp32, case, runs)
+    fp32_bytes = case.model.bin.stat().st_size
+    err.print(f"[bold]{name}[/]: fp32 accuracy {fp32_acc}, {fp32_ms:.2f} ms, {len(case.calib.files)} "
+              f"calibration images, held-out {case.heldout_name}")
+    results = []
+    for method in methods:
+        res = MethodResult(method)
+        with err.status(f"{name}: {method}"):
+            try:
+                param, binf, res.calib_seconds, res.convert_seconds = calibrate_and_convert(case, method, work, threads)
+                res.images_per_s = len(case.calib.files) / res.calib_seconds
+                int8 = NcnnRunner(param, binf, threads=threads)
+                compare(case, ref, run_all(int8, case), res)
+                res.bin_bytes = binf.stat().st_size
+                res.bin_ratio = res.bin_bytes / fp32_bytes
+                res.latency_ms = latency_ms(int8, case, runs)
+                res.speedup = fp32_ms / res.latency_ms
+            except Exception as exc:  # a missing/broken method must not hide the others' numbers
+                res.error = f"{type(exc).__name__}: {exc}"[:240]
+        err.print(f"  {method:<10} " + (f"[red]{res.error}[/]" if res.error else
+                  f"agree {res.top1_agreement:.3f} cos {res.cosine_mean:.4f} acc {res.accuracy} "
+                  f"calib {res.calib_seconds:.1f}s lat {res.latency_ms:.2f}ms"))
+        results.append(res)
+    return {"model": name, "heldout": case.heldout_name, "calibration_images": len(case.calib.files),
+            "heldout_images": len(case.inputs),
+            "fp32": {"accuracy": fp32_acc, "latency_ms": fp32_ms, "bin_bytes": fp32_bytes},
+            "methods": [r.__dict__ for r in results]}
+
+
+def render(report: dict, console: Console) -> None:
+    table = Table(title=f"int8 vs fp32 on the host ({report['host']['threads']} threads, ncnn {report['host']['ncnn']})")
+    for col in ("model", "method", "calib s", "img/s", "acc", "fp32 acc", "top-1 agree", "cos mean", "cos min",
+                "bin ratio", "int8 ms", "fp32 ms", "speedup"):
+        table.add_column(col, justify="left" if col in ("model", "method") else "right")
+    f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for m in report["models"]:
+        for r in m["methods"]:
+            if r["error"]:
+                table.add_row(m["model"], r["method"], f"[red]{r['error'][:60]}[/]", *[""] * 10)
+                continue
+            table.add_row(m["model"], r["method"], f(r["calib_seconds"], ".1f"), f(r["images_per_s"], ".1f"),
+                          f(r["accuracy"], ".3f"), f(m["fp32"]["accuracy"], ".3f"), f(r["top1_agreement"], ".3f"),
+                          f(r["cosine_mean"], ".4f"), f(r["cosine_min"], ".4f"), f(r["bin_ratio"], ".3f"),
+                          f(r["latency_ms"], ".2f"), f(m["fp32"]["latency_ms"], ".2f"), f(r["speedup"], ".2f"))
+    console.print(table)
+
+
+def host_info(threads: int) -> dict:
+    import ncnn
+
+    return {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "threads": threads, "ncnn": getattr(ncnn, "__version__", "?"),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--runs", type=int, default=30, help="timed forwards per latency figure")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quantize.json")
+    ap.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of the table")
+    args = ap.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    report = {"host": host_info(args.threads), "models": []}
+    with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
+        for name in [m for m in args.models.split(",") if m]:
+            work = Path(tmp) / name
+            work.mkdir()
+            report["models"].append(bench_model(name, methods, args.threads, args.runs, work))
+    from deployer import fsutil
+
+    fsutil.write_text(args.out, json.dumps(report, indent=2) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        render(report, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
+        err.print(f"JSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Accuracy gates: `top1_agreement>=0.99`, `cosine@out0>=0.98`, `max_abs<0.5`.
+
+A gate names a metric from deployer.check.metrics, optionally one output (`@blob`), a comparison
+and a number. Without `@blob` it must hold for every output where the metric exists (top-k only
+exists for classifier-like outputs), so one bad head cannot hide behind a good one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import operator
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from deployer.check.metrics import METRIC_NAMES, OutputSummary
+from deployer.errors import DeployerError
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
+}
+_GATE_RE = re.compile(r"^\s*([A-Za-z0-9_]+)(?:@(\S+?))?\s*(>=|<=|==|>|<)\s*([-+0-9.eE]+|inf)\s*$")
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    op: str
+    threshold: float
+    output: str | None = None
+
+    @property
+    def text(self) -> str:
+        where = f"@{self.output}" if self.output else ""
+        return f"{self.metric}{where}{self.op}{self.threshold:g}"
+
+    def holds(self, value: float) -> bool:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        return _OPS[self.op](value, self.threshold)
+
+
+@dataclass
+class GateResult:
+    gate: str
+    passed: bool
+    observed: dict[str, float | None]   # output name -> metric value
+    worst_output: str | None
+
+
+def parse_gate(text: str, where: str = "--gate") -> Gate:
+    """`where` names the flag or profile field so a typo points at its source."""
+    m = _GATE_RE.match(str(text))
+    if not m:
+        raise DeployerError(
+            f"{where}: cannot parse gate {text!r}",
+            hint="write METRIC[@OUTPUT]OP NUMBER, e.g. 'top1_agreement>=0.99' or 'cosine@out0>=0.98'",
+        )
+    metric, output, op, number = m.groups()
+    if metric not in METRIC_NAMES:
+        close = difflib.get_close_matches(metric, METRIC_NAMES, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known metrics: {', '.join(METRIC_NAMES)}"
+        raise DeployerError(f"{where}: unknown gate metric {metric!r} in {text!r}", hint=hint)
+    return Gate(metric=metric, op=op, threshold=float(number), output=output)
+
+
+def parse_gates(texts: list[str], where: str = "--gate") -> list[Gate]:
+    return [parse_gate(t, where) for t in texts]
+
+
+def evaluate_gate(gate: Gate, outputs: dict[str, OutputSummary]) -> GateResult:
+    if gate.output is not None:
+        if gate.output not in outputs:
+            raise DeployerError(
+                f"gate {gate.text}: the model has no output {gate.output!r}",
+                hint=f"outputs: {', '.join(outputs)}",
+            )
+        candidates = {gate.output: outputs[gate.output]}
+    else:
+        candidates = outputs
+    observed = {name: s.value(gate.metric) for name, s in candidates.items() if s.value(gate.metric) is not None}
+    if not observed:
+        raise DeployerError(
+            f"gate {gate.text}: no output has metric {gate.metric!r} (top-k needs a classifier-like output)",
+            hint=f"outputs: {', '.join(outputs)}; pick one with {gate.metric}@OUTPUT or use cosine/psnr",
+        )
+    failing = [name for name, v in observed.items() if not gate.holds(v)]
+    worst = failing[0] if failing else None
+    return GateResult(gate=gate.text, passed=not failing, observed=observed, worst_output=worst)
+
+
+def evaluate_gates(gates: list[Gate], outputs: dict[str, OutputSummary]) -> list[GateResult]:
+    return [evaluate_gate(g, outputs) for g in gates]

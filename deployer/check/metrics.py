@@ -1,0 +1,136 @@
+"""How far an int8 output is from its fp32 reference, as a few numbers people already know.
+
+Every function takes the fp32 reference first and the int8 result second; arrays of any shape are
+flattened. The aggregates (`summarize`) are what gates are written against, so their definitions
+live here and nowhere else:
+
+- cosine: mean over inputs of the cosine similarity of the flattened outputs
+  (1.0 when both are all-zero, 0.0 when exactly one is).
+- psnr: mean over inputs of 10*log10(peak^2 / mse) in dB, peak = max |fp32| of that input;
+  identical outputs give +inf (JSON: null + `psnr_exact`).
+- max_abs: the largest |fp32 - int8| over all inputs and elements.
+- top1_agreement: fraction of inputs where int8's argmax equals fp32's argmax.
+- top5_agreement: fraction of inputs where fp32's argmax is among int8's 5 largest values.
+Top-k metrics exist only for classifier-like outputs (one non-trivial dimension, >= 2 values;
+top-5 needs >= 5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+HIGHER_IS_BETTER = {"cosine": True, "psnr": True, "max_abs": False, "top1_agreement": True, "top5_agreement": True,
+                    "min_cosine": True}
+METRIC_NAMES = tuple(HIGHER_IS_BETTER)
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).ravel()
+
+
+def _check_same_size(ref: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r, t = _flat(ref), _flat(test)
+    if r.size != t.size:
+        raise ValueError(f"outputs differ in size: fp32 has {r.size} values, int8 has {t.size}")
+    return r, t
+
+
+def cosine(ref: np.ndarray, test: np.ndarray) -> float:
+    r, t = _check_same_size(ref, test)
+    nr, nt = float(np.linalg.norm(r)), float(np.linalg.norm(t))
+    if nr == 0.0 and nt == 0.0:
+        return 1.0
+    if nr == 0.0 or nt == 0.0:
+        return 0.0
+    return float(np.clip(np.dot(r, t) / (nr * nt), -1.0, 1.0))
+
+
+def psnr(ref: np.ndarray, test: np.ndarray) -> float:
+    """Peak is the fp32 output's own max |value|, so logits and probabilities are both judged fairly."""
+    r, t = _check_same_size(ref, test)
+    mse = float(np.mean((r - t) ** 2)) if r.size else 0.0
+    if mse == 0.0:
+        return math.inf
+    peak = float(np.max(np.abs(r))) if r.size else 0.0
+    if peak == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(peak * peak / mse)
+
+
+def max_abs_error(ref: np.ndarray, test: np.ndarray) -> float:
+    r, t = _check_same_size(ref, test)
+    return float(np.max(np.abs(r - t))) if r.size else 0.0
+
+
+def is_classifier_like(a: np.ndarray) -> bool:
+    """One non-trivial axis with at least two values: logits or class probabilities."""
+    shape = np.shape(a)
+    return sum(1 for d in shape if d > 1) == 1 and int(np.prod(shape)) >= 2
+
+
+def top1_agrees(ref: np.ndarray, test: np.ndarray) -> bool:
+    r, t = _check_same_size(ref, test)
+    return int(np.argmax(r)) == int(np.argmax(t))
+
+
+def topk_contains(ref: np.ndarray, test: np.ndarray, k: int) -> bool:
+    """fp32's top-1 class is among int8's k best (ties broken by index, like argsort)."""
+    r, t = _check_same_size(ref, test)
+    best = int(np.argmax(r))
+    order = np.argsort(-t, kind="stable")
+    return best in order[:k].tolist()
+
+
+@dataclass
+class OutputSummary:
+    """Aggregates for one output blob over all compared inputs."""
+
+    name: str
+    count: int
+    cosine: float
+    min_cosine: float
+    psnr: float | None          # None when every input matched exactly (infinite PSNR)
+    max_abs: float
+    top1_agreement: float | None = None
+    top5_agreement: float | None = None
+    per_input_cosine: list[float] = field(default_factory=list)
+
+    def value(self, metric: str) -> float | None:
+        if metric == "psnr" and self.psnr is None:
+            return math.inf
+        return getattr(self, metric)
+
+
+def summarize(name: str, refs: list[np.ndarray], tests: list[np.ndarray]) -> OutputSummary:
+    """Aggregate one output's per-input comparisons into the gate metrics."""
+    if not refs or len(refs) != len(tests):
+        raise ValueError(f"output {name}: need the same non-zero number of fp32 and int8 results")
+    cos = [cosine(r, t) for r, t in zip(refs, tests)]
+    psnrs = [psnr(r, t) for r, t in zip(refs, tests)]
+    finite = [p for p in psnrs if math.isfinite(p)]
+    if len(finite) == len(psnrs):
+        mean_psnr: float | None = float(np.mean(finite))
+    elif any(p == -math.inf for p in psnrs):
+        mean_psnr = -math.inf
+    elif finite:
+        # exact matches would make the mean infinite; average the inputs that have an error
+        mean_psnr = float(np.mean(finite))
+    else:
+        mean_psnr = None
+    summary = OutputSummary(
+        name=name,
+        count=len(refs),
+        cosine=float(np.mean(cos)),
+        min_cosine=float(np.min(cos)),
+        psnr=mean_psnr,
+        max_abs=max(max_abs_error(r, t) for r, t in zip(refs, tests)),
+        per_input_cosine=cos,
+    )
+    if is_classifier_like(refs[0]):
+        summary.top1_agreement = float(np.mean([top1_agrees(r, t) for r, t in zip(refs, tests)]))
+        if int(np.prod(np.shape(refs[0]))) >= 5:
+            summary.top5_agreement = float(np.mean([topk_contains(r, t, 5) for r, t in zip(refs, tests)]))
+    return summary

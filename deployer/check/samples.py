@@ -1,0 +1,141 @@
+"""Files -> model inputs, with the profile's preprocessing, shared by `quantize` and `check`.
+
+Calibration, method choice and the cross-check must all see the tensors the board will see, so
+they all go through here. Plain resizing is ncnn2table's own (deployer.quant.preprocess: BGR
+decode, ncnn's from_pixels_resize, mean/norm). Letterbox is what detectors like YOLOv8 are fed
+and ncnn2table cannot do: scale to fit with ncnn's resize, paste top-left on a `pad_value`
+canvas (the zoo's YOLOv8 convention), then mean/norm. `.npy` files are taken as ready CHW float32.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from deployer.errors import DeployerError
+from deployer.profile import InputSpec
+
+Sample = dict[str, np.ndarray]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
+INPUT_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
+
+
+def list_inputs(path: str | os.PathLike) -> list[Path]:
+    """A folder (its images/.npy files, sorted) or a list file (one path a line, ncnn2table style).
+
+    Relative paths in a list file are looked up next to the list file first, then in the current
+    directory. Every named file must exist: a typo should not silently shrink the calibration set.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+        if not files:
+            raise DeployerError(f"{path}: folder has no images or .npy files",
+                                hint=f"supported: {', '.join(INPUT_SUFFIXES)}")
+        return files
+    if not path.is_file():
+        raise DeployerError(f"{path}: no such list file or folder")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DeployerError(f"{path}: cannot read list file ({err})") from None
+    files = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        p = Path(os.path.expanduser(entry))
+        if not p.is_absolute():
+            p = path.parent / p if (path.parent / p).exists() else Path.cwd() / p
+        if not p.is_file():
+            raise DeployerError(f"{path}: line {lineno}: file not found: {entry}")
+        files.append(p)
+    if not files:
+        raise DeployerError(f"{path}: list file names no files", hint="one image path per line")
+    return files
+
+
+def _normalize(x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    c = x.shape[0]
+    mean = np.asarray(spec.mean or [0.0] * c, np.float32).reshape(-1, 1, 1)
+    norm = np.asarray(spec.norm or [1.0] * c, np.float32).reshape(-1, 1, 1)
+    return ((x - mean) * norm).astype(np.float32)
+
+
+def _pixel_type(spec: InputSpec) -> int:
+    from deployer.quant.preprocess import PIXEL_TYPES
+
+    return PIXEL_TYPES[spec.pixel]
+
+
+def _letterbox(bgr: np.ndarray, spec: InputSpec) -> np.ndarray:
+    import ncnn
+
+    from deployer.quant.preprocess import InputSpec as PreSpec
+
+    tw, th = spec.shape
+    h, w = bgr.shape[:2]
+    scale = min(tw / w, th / h)
+    nw, nh = max(1, min(tw, round(w * scale))), max(1, min(th, round(h * scale)))
+    convert = PreSpec(shape=(nw, nh), pixel=_pixel_type(spec)).pixel_convert_type
+    mat = ncnn.Mat.from_pixels_resize(np.ascontiguousarray(bgr), convert, w, h, nw, nh)
+    inner = np.array(mat, dtype=np.float32).reshape(-1, nh, nw)
+    canvas = np.full((inner.shape[0], th, tw), spec.pad_value, dtype=np.float32)
+    canvas[:, :nh, :nw] = inner
+    return _normalize(canvas, spec)
+
+
+def load_array(path: Path, spec: InputSpec) -> np.ndarray:
+    """One file -> CHW float32 for one model input."""
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DeployerError(f"{path}: cannot read .npy ({err})") from None
+        if arr.ndim == 4 and arr.shape[0] == 1:
+            arr = arr[0]
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    from deployer.quant.preprocess import InputSpec as PreSpec
+    from deployer.quant.preprocess import decode_bgr, image_to_mat
+
+    bgr = decode_bgr(path)
+    if spec.resize == "letterbox":
+        return _letterbox(bgr, spec)
+    shape = (0, 0) if spec.resize == "none" else spec.shape
+    pre = PreSpec(shape=shape, mean=tuple(spec.mean), norm=tuple(spec.norm), pixel=_pixel_type(spec))
+    mat = image_to_mat(bgr, pre)
+    return np.array(mat, dtype=np.float32).reshape(mat.c, mat.h, mat.w).copy()
+
+
+def input_names(specs: list[InputSpec], model_inputs: list[str], where: str) -> list[str]:
+    """Profile input names, or the model's Input layers in order; counts must agree."""
+    if len(specs) != len(model_inputs):
+        raise DeployerError(f"{where}: the profile describes {len(specs)} input(s) but the model has "
+                            f"{len(model_inputs)} ({', '.join(model_inputs)})", hint="one inputs entry per Input layer")
+    names = []
+    for spec, default in zip(specs, model_inputs):
+        name = spec.name or default
+        if name not in model_inputs:
+            raise DeployerError(f"{where}: input name {name!r} is not an Input blob of the model",
+                                hint=f"inputs: {', '.join(model_inputs)}")
+        names.append(name)
+    return names
+
+
+def load_samples(file_lists: list[list[Path]], specs: list[InputSpec], names: list[str],
+                 progress: Callable[[int, int], None] | None = None) -> list[Sample]:
+    """file_lists[i][k] feeds input i of sample k (ncnn2table pairs list entries by position)."""
+    count = len(file_lists[0])
+    for i, files in enumerate(file_lists[1:], 1):
+        if len(files) != count:
+            raise DeployerError(f"input {names[i]}: {len(files)} files but input {names[0]} has {count}",
+                                hint="multi-input lists must have the same length, paired by line")
+    samples = []
+    for k in range(count):
+        samples.append({name: load_array(files[k], spec) for name, spec, files in zip(names, specs, file_lists)})
+        if progress:
+            progress(k + 1, count)
+    return samples

@@ -1,0 +1,487 @@
+"""`profiles/*.yaml`: everything `deployer quantize` and `deployer check` need to know about a model.
+
+A profile is strict on purpose: ncnn2table silently ignores a misspelt `pxel=` and then fails with
+an unrelated message, so here every unknown key, wrong type or missing file is one line naming
+the profile file and the field (with "did you mean"). Command-line flags override profile fields
+and are reported under their own flag name. Relative paths in a profile are relative to the
+profile's folder; in flags, to the current directory. `~` and `$VARS` expand (`$DEPLOYER_CACHE`
+defaults to ~/.cache/deployer).
+
+```yaml
+model:        {param: m.param, bin: m.bin}      # or {source: m.onnx|m.pt, inputshape: [1,3,224,224]}
+inputs:       # one per Input layer, in .param order (a single mapping is fine for one input)
+  - {shape: [224, 224], resize: resize, pixel: RGB, mean: [...], norm: [...]}
+calibration:  {images: photos/, count: 200, holdout: 0.25, seed: 0}
+quantize:     {method: auto, candidates: [kl, aciq, maxabs, percentile, mse], keep_fp32: [], mixed: true}
+gate:         [top1_agreement>=0.99, cosine>=0.98]
+out:          build/m_int8
+```
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from deployer.errors import DeployerError
+
+PIXEL_FORMATS = ("RGB", "BGR", "GRAY", "RGBA", "BGRA")
+RESIZE_MODES = ("resize", "letterbox", "none")
+METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse")
+DEFAULT_CANDIDATES = ("kl", "aciq", "maxabs", "percentile", "mse")
+MODEL_SOURCE_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript")
+
+
+@dataclass
+class ModelSpec:
+    param: Path | None = None
+    bin: Path | None = None
+    source: Path | None = None                # ONNX / TorchScript, converted through pnnx
+    inputshape: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class InputSpec:
+    shape: tuple[int, int]                    # (W, H) the network sees; (0, 0) = keep image size
+    pixel: str = "RGB"                         # channel order the network expects
+    mean: list[float] = field(default_factory=list)
+    norm: list[float] = field(default_factory=list)
+    resize: str = "resize"                     # resize | letterbox | none
+    pad_value: float = 114.0                   # letterbox fill, in pixel units before mean/norm
+    name: str | None = None                    # Input blob; default: the n-th Input layer
+
+
+@dataclass
+class CalibrationSpec:
+    images: list[Path] = field(default_factory=list)   # one list file or folder per input
+    count: int | None = None                   # use at most this many files
+    holdout: float = 0.25                      # fraction (0..1) or count (>= 1) held out for choosing
+    seed: int = 0
+
+
+@dataclass
+class QuantizeSpec:
+    method: str = "auto"                       # auto = evaluate candidates, keep the best
+    candidates: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
+    keep_fp32: list[str] = field(default_factory=list)
+    mixed: bool = True                         # automatic mixed precision when a gate fails
+    max_fp32_layers: int | None = None
+
+
+@dataclass
+class Profile:
+    model: ModelSpec
+    inputs: list[InputSpec]
+    calibration: CalibrationSpec
+    quantize: QuantizeSpec
+    gate: list[str]
+    out: Path | None
+    name: str | None = None                    # stem of output files; default from the model
+    threads: int = 2
+    source: Path | None = None                 # the YAML file, if any
+    flags: dict[str, str] = field(default_factory=dict)   # dotted field -> flag that set it
+
+    def where(self, dotted: str) -> str:
+        """Location text for errors found later (e.g. a keep_fp32 layer the model does not have)."""
+        generic = _generic(dotted)
+        if generic in self.flags:
+            return self.flags[generic]
+        return f"{self.source}: {dotted}" if self.source else dotted
+
+
+# ------------------------------------------------------------------------------------------------
+# schema
+
+_TOP_KEYS = ("model", "inputs", "calibration", "quantize", "gate", "out", "name", "threads")
+_SECTION_KEYS = {
+    "model": ("param", "bin", "source", "inputshape"),
+    "inputs": ("name", "shape", "pixel", "mean", "norm", "resize", "pad_value"),
+    "calibration": ("images", "count", "holdout", "seed"),
+    "quantize": ("method", "candidates", "keep_fp32", "mixed", "max_fp32_layers"),
+}
+
+
+@dataclass
+class Override:
+    """One command-line flag that replaces a profile field (`inputs.*` values are per input)."""
+
+    field: str          # dotted, e.g. "calibration.images", "inputs.mean", "out"
+    value: Any
+    flag: str           # e.g. "--calib", used in error messages
+
+
+class _Where:
+    """Remembers where each field came from so errors name the file+field or the flag."""
+
+    def __init__(self, source: Path | None) -> None:
+        self.source = source
+        self.flags: dict[str, str] = {}
+        self.inputs_from_profile = False
+
+    def __call__(self, dotted: str) -> str:
+        generic = _generic(dotted)
+        if generic in self.flags:
+            return self.flags[generic]
+        if self.source is None:
+            return dotted
+        return f"{self.source}: {dotted}"
+
+    def base_dir(self, dotted: str) -> Path:
+        if _generic(dotted) in self.flags or self.source is None:
+            return Path.cwd()
+        return self.source.parent
+
+
+def _generic(dotted: str) -> str:
+    """inputs[1].mean -> inputs.mean (flags apply to a field for every input)."""
+    parts = dotted.split(".")
+    return ".".join(p.split("[")[0] for p in parts)
+
+
+def _err(where: str, msg: str, hint: str | None = None) -> DeployerError:
+    return DeployerError(f"{where}: {msg}", hint=hint)
+
+
+def _unknown_keys(mapping: dict, allowed: tuple[str, ...], where: Callable[[str], str], prefix: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+            raise _err(where(f"{prefix}{key}"), "unknown field", hint)
+
+
+# ------------------------------------------------------------------------------------------------
+# scalar converters; each raises with the field's location
+
+
+def _as_int(v: Any, where: str, minimum: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise _err(where, f"expected an integer, got {v!r}")
+    try:
+        n = int(v)
+    except ValueError:
+        raise _err(where, f"expected an integer, got {v!r}") from None
+    if minimum is not None and n < minimum:
+        raise _err(where, f"must be >= {minimum}, got {n}")
+    return n
+
+
+def _as_float(v: Any, where: str) -> float:
+    if isinstance(v, bool):
+        raise _err(where, f"expected a number, got {v!r}")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise _err(where, f"expected a number, got {v!r}") from None
+
+
+def _as_bool(v: Any, where: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return v.lower() in ("true", "yes", "on", "1")
+    raise _err(where, f"expected true or false, got {v!r}")
+
+
+def _as_str(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise _err(where, f"expected a non-empty string, got {v!r}")
+    return v.strip()
+
+
+def _split_list(v: Any) -> list:
+    """Accept YAML lists and comma-separated strings ("104,117,123" or "[104,117,123]")."""
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    if isinstance(v, str):
+        s = v.strip().strip("[]")
+        return [p.strip() for p in s.split(",") if p.strip()]
+    return [v]
+
+
+def _as_floats(v: Any, where: str) -> list[float]:
+    return [_as_float(x, where) for x in _split_list(v)]
+
+
+def _as_str_list(v: Any, where: str) -> list[str]:
+    return [_as_str(x, where) for x in _split_list(v)]
+
+
+def _expand(p: str) -> str:
+    env = dict(os.environ)
+    env.setdefault("DEPLOYER_CACHE", str(Path.home() / ".cache" / "deployer"))
+    # expandvars reads os.environ only, so substitute the default by hand
+    if "$DEPLOYER_CACHE" in p or "${DEPLOYER_CACHE}" in p:
+        p = p.replace("${DEPLOYER_CACHE}", env["DEPLOYER_CACHE"]).replace("$DEPLOYER_CACHE", env["DEPLOYER_CACHE"])
+    return os.path.expanduser(os.path.expandvars(p))
+
+
+def _as_path(v: Any, where: _Where, dotted: str, must_exist: bool = True, kind: str = "file") -> Path:
+    text = _as_str(v if not isinstance(v, Path) else str(v), where(dotted))
+    p = Path(_expand(text))
+    if not p.is_absolute():
+        p = where.base_dir(dotted) / p
+    p = Path(os.path.normpath(p))
+    if must_exist and not p.exists():
+        raise _err(where(dotted), f"{kind} not found: {p}", "check the path (relative paths start at the profile's folder)")
+    if must_exist and kind == "file" and p.is_dir():
+        raise _err(where(dotted), f"expected a file, got a folder: {p}")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------
+# sections
+
+
+def _model(raw: Any, where: _Where) -> ModelSpec:
+    if raw is None:
+        raise _err(where("model"), "missing", "give model.param + model.bin, or model.source (.onnx/.pt)")
+    if not isinstance(raw, dict):
+        raise _err(where("model"), f"expected a mapping, got {type(raw).__name__}")
+    _unknown_keys(raw, _SECTION_KEYS["model"], where, "model.")
+    spec = ModelSpec()
+    if raw.get("source") is not None:
+        spec.source = _as_path(raw["source"], where, "model.source")
+        if spec.source.suffix.lower() not in MODEL_SOURCE_SUFFIXES:
+            raise _err(where("model.source"), f"unsupported model type {spec.source.name!r}",
+                       "give an ONNX (.onnx) or TorchScript (.pt) file, or an ncnn model with model.param/model.bin")
+        if raw.get("param") is not None or raw.get("bin") is not None:
+            raise _err(where("model.source"), "give either model.source or model.param/model.bin, not both")
+        if raw.get("inputshape") is None:
+            raise _err(where("model.inputshape"), "missing; pnnx needs it to convert " + spec.source.name,
+                       "e.g. inputshape: [1,3,224,224]")
+        spec.inputshape = _inputshape(raw["inputshape"], where("model.inputshape"))
+        return spec
+    for key in ("param", "bin"):
+        if raw.get(key) is None:
+            raise _err(where(f"model.{key}"), "missing", "give model.param and model.bin (or model.source)")
+    spec.param = _as_path(raw["param"], where, "model.param")
+    spec.bin = _as_path(raw["bin"], where, "model.bin")
+    if raw.get("inputshape") is not None:
+        spec.inputshape = _inputshape(raw["inputshape"], where("model.inputshape"))
+    return spec
+
+
+def _inputshape(v: Any, where: str) -> list[list[int]]:
+    if isinstance(v, str):
+        groups = [g for g in v.replace("],[", "];[").split(";")]
+        v = [_split_list(g) for g in groups]
+    if not isinstance(v, list) or not v:
+        raise _err(where, f"expected a shape like [1,3,224,224], got {v!r}")
+    if not isinstance(v[0], list):
+        v = [v]
+    shapes = []
+    for shape in v:
+        if not isinstance(shape, list) or not shape:
+            raise _err(where, f"expected a shape like [1,3,224,224], got {shape!r}")
+        shapes.append([_as_int(d, where, minimum=1) for d in shape])
+    return shapes
+
+
+def _one_input(raw: Any, where: _Where, idx: int) -> InputSpec:
+    prefix = f"inputs[{idx}]"
+    if not isinstance(raw, dict):
+        raise _err(where(prefix), f"expected a mapping, got {type(raw).__name__}")
+    _unknown_keys(raw, _SECTION_KEYS["inputs"], where, prefix + ".")
+    if raw.get("shape") is None:
+        raise _err(where(f"{prefix}.shape"), "missing", "give the network input size as [W, H], e.g. [224, 224]")
+    shape = [_as_int(x, where(f"{prefix}.shape"), minimum=0) for x in _split_list(raw["shape"])]
+    if len(shape) == 3:
+        shape = shape[:2]      # ncnn2table's [w,h,c]: c is not used for images
+    if len(shape) != 2:
+        raise _err(where(f"{prefix}.shape"), f"expected [W, H], got {raw['shape']!r}")
+    pixel = str(raw.get("pixel", "RGB")).upper()
+    if pixel not in PIXEL_FORMATS:
+        close = difflib.get_close_matches(pixel, PIXEL_FORMATS, n=1)
+        raise _err(where(f"{prefix}.pixel"), f"unknown pixel format {raw.get('pixel')!r}",
+                   f"did you mean '{close[0]}'?" if close else f"one of {', '.join(PIXEL_FORMATS)}")
+    channels = 1 if pixel == "GRAY" else (4 if pixel in ("RGBA", "BGRA") else 3)
+    mean = _as_floats(raw["mean"], where(f"{prefix}.mean")) if raw.get("mean") is not None else []
+    norm = _as_floats(raw["norm"], where(f"{prefix}.norm")) if raw.get("norm") is not None else []
+    for key, values in (("mean", mean), ("norm", norm)):
+        if values and len(values) != channels:
+            raise _err(where(f"{prefix}.{key}"), f"has {len(values)} values but pixel {pixel} has {channels} channels")
+    resize = str(raw.get("resize", "resize")).lower()
+    if resize not in RESIZE_MODES:
+        close = difflib.get_close_matches(resize, RESIZE_MODES, n=1)
+        raise _err(where(f"{prefix}.resize"), f"unknown resize mode {raw.get('resize')!r}",
+                   f"did you mean '{close[0]}'?" if close else f"one of {', '.join(RESIZE_MODES)}")
+    if resize == "letterbox" and 0 in shape:
+        raise _err(where(f"{prefix}.shape"), "letterbox needs a target size with W and H > 0")
+    spec = InputSpec(shape=(shape[0], shape[1]), pixel=pixel, mean=mean, norm=norm, resize=resize)
+    if raw.get("pad_value") is not None:
+        spec.pad_value = _as_float(raw["pad_value"], where(f"{prefix}.pad_value"))
+    if raw.get("name") is not None:
+        spec.name = _as_str(raw["name"], where(f"{prefix}.name"))
+    return spec
+
+
+def _inputs(raw: Any, where: _Where) -> list[InputSpec]:
+    if raw is None:
+        raise _err(where("inputs"), "missing", "describe the preprocessing: shape [W,H], pixel, mean, norm")
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise _err(where("inputs"), "expected a list with one mapping per model input")
+    return [_one_input(item, where, i) for i, item in enumerate(raw)]
+
+
+def _calibration(raw: Any, where: _Where) -> CalibrationSpec:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise _err(where("calibration"), f"expected a mapping, got {type(raw).__name__}")
+    _unknown_keys(raw, _SECTION_KEYS["calibration"], where, "calibration.")
+    spec = CalibrationSpec()
+    if raw.get("images") is None:
+        raise _err(where("calibration.images"), "missing", "give a folder of images or a list file (one path per line)")
+    images = raw["images"] if isinstance(raw["images"], list) else _split_list(raw["images"])
+    spec.images = [_as_path(p, where, "calibration.images", kind="list file or folder") for p in images]
+    if raw.get("count") is not None:
+        spec.count = _as_int(raw["count"], where("calibration.count"), minimum=1)
+    if raw.get("holdout") is not None:
+        h = _as_float(raw["holdout"], where("calibration.holdout"))
+        if h < 0 or (h >= 1 and h != int(h)):
+            raise _err(where("calibration.holdout"), f"expected a fraction in [0, 1) or a whole count, got {raw['holdout']!r}")
+        spec.holdout = h
+    if raw.get("seed") is not None:
+        spec.seed = _as_int(raw["seed"], where("calibration.seed"))
+    return spec
+
+
+def _method_name(v: Any, where: str, allow_auto: bool) -> str:
+    name = _as_str(v, where).lower()
+    allowed = (("auto",) if allow_auto else ()) + METHODS
+    if name not in allowed:
+        close = difflib.get_close_matches(name, allowed, n=1)
+        raise _err(where, f"unknown method {v!r}", f"did you mean '{close[0]}'?" if close else f"one of {', '.join(allowed)}")
+    return name
+
+
+def _quantize(raw: Any, where: _Where) -> QuantizeSpec:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise _err(where("quantize"), f"expected a mapping, got {type(raw).__name__}")
+    _unknown_keys(raw, _SECTION_KEYS["quantize"], where, "quantize.")
+    spec = QuantizeSpec()
+    if raw.get("method") is not None:
+        spec.method = _method_name(raw["method"], where("quantize.method"), allow_auto=True)
+    if raw.get("candidates") is not None:
+        spec.candidates = [_method_name(m, where("quantize.candidates"), allow_auto=False)
+                           for m in _split_list(raw["candidates"])]
+        if not spec.candidates:
+            raise _err(where("quantize.candidates"), "is empty")
+    if raw.get("keep_fp32") is not None:
+        spec.keep_fp32 = _as_str_list(raw["keep_fp32"], where("quantize.keep_fp32"))
+    if raw.get("mixed") is not None:
+        spec.mixed = _as_bool(raw["mixed"], where("quantize.mixed"))
+    if raw.get("max_fp32_layers") is not None:
+        spec.max_fp32_layers = _as_int(raw["max_fp32_layers"], where("quantize.max_fp32_layers"), minimum=0)
+    return spec
+
+
+def _gate(raw: Any, where: _Where) -> list[str]:
+    from deployer.check.gates import parse_gate
+
+    if raw is None:
+        return []
+    items = raw if isinstance(raw, list) else [raw]
+    gates = [_as_str(g, where("gate")) for g in items]
+    for g in gates:
+        parse_gate(g, where("gate"))       # validate now, with the profile's location
+    return gates
+
+
+# ------------------------------------------------------------------------------------------------
+# entry points
+
+
+def read_profile_yaml(path: Path) -> dict:
+    import yaml
+
+    if not path.exists():
+        raise DeployerError(f"{path}: profile not found", hint="check the --profile path")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DeployerError(f"{path}: {line}invalid YAML ({problem})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeployerError(f"{path}: cannot read profile ({exc})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise DeployerError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _apply(raw: dict, override: Override, where: _Where) -> None:
+    parts = override.field.split(".")
+    where.flags[override.field] = override.flag
+    if parts[0] == "inputs":
+        key = parts[1]
+        inputs = raw.get("inputs")
+        if inputs is None:
+            inputs = [{}]
+        elif isinstance(inputs, dict):
+            inputs = [inputs]
+        values = override.value if isinstance(override.value, list) else [override.value]
+        if not where.inputs_from_profile:
+            while len(inputs) < len(values):      # inputs described by flags alone grow with them
+                inputs.append({})
+        if len(values) != len(inputs):
+            raise _err(override.flag, f"gives {len(values)} value(s) but the model has {len(inputs)} inputs",
+                       "give one bracket group per input, e.g. [104,117,123],[0,0,0]")
+        for item, v in zip(inputs, values):
+            if isinstance(item, dict):
+                item[key] = v
+        raw["inputs"] = inputs
+        return
+    node = raw
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    if parts[0] == "model" and parts[-1] in ("param", "bin"):
+        node.pop("source", None)     # a flag naming an ncnn model replaces a profile's ONNX source
+    if parts[0] == "model" and parts[-1] == "source":
+        node.pop("param", None)
+        node.pop("bin", None)
+    node[parts[-1]] = override.value
+
+
+def load_profile(path: str | os.PathLike | None, overrides: list[Override] | None = None) -> Profile:
+    """Read, merge flags over, and validate a profile. `path=None`: flags alone describe the job."""
+    source = Path(path) if path is not None else None
+    raw: dict = read_profile_yaml(source) if source is not None else {}
+    where = _Where(source)
+    where.inputs_from_profile = raw.get("inputs") is not None
+    _unknown_keys(raw, _TOP_KEYS, where, "")
+    for ov in overrides or []:
+        _apply(raw, ov, where)
+    profile = Profile(
+        model=_model(raw.get("model"), where),
+        inputs=_inputs(raw.get("inputs"), where),
+        calibration=_calibration(raw.get("calibration"), where),
+        quantize=_quantize(raw.get("quantize"), where),
+        gate=_gate(raw.get("gate"), where),
+        out=_as_path(raw["out"], where, "out", must_exist=False) if raw.get("out") is not None else None,
+        source=source,
+        flags=dict(where.flags),
+    )
+    if raw.get("name") is not None:
+        name = _as_str(raw["name"], where("name"))
+        if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+            raise _err(where("name"), f"must be a plain file stem, got {name!r}")
+        profile.name = name
+    if raw.get("threads") is not None:
+        profile.threads = _as_int(raw["threads"], where("threads"), minimum=1)
+    if len(profile.calibration.images) != len(profile.inputs):
+        raise _err(where("calibration.images"),
+                   f"gives {len(profile.calibration.images)} list(s) but inputs has {len(profile.inputs)} entries",
+                   "give one list file or folder per model input, in input order")
+    return profile

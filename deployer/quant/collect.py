@@ -1,0 +1,376 @@
+"""Activation statistics for every conv/fc input, from ONE fp32 forward per calibration input.
+
+ncnn2table runs the whole data set twice (absmax, then a 2048-bin histogram over [0, absmax]).
+We run it once: each worker keeps |x| of every conv input in memory until the global absmax is
+known, then bins it with exactly ncnn's float32 formula `min(int(|x| / absmax * 2048), 2047)`
+(exact zeros skipped). If the set would not fit the memory budget, the workers forward the data a
+second time instead. Work is split over processes (ncnn's Python forward holds the GIL), each with
+its own single-threaded ncnn.Net, images interleaved like ncnn2table's OpenMP `schedule(static, 1)`.
+
+The result (`ActivationStats`) feeds every method in `deployer.quant.methods`, so several methods
+can be compared from one collection.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from deployer.errors import DeployerError
+from deployer.quant.preprocess import InputSpec, load_input
+
+NUM_BINS = 2048
+DEFAULT_MEMORY_BUDGET = 2 << 30   # bytes of stored activations across all workers
+_MIN_FILES_PER_WORKER = 4
+
+
+@dataclass
+class ActivationStats:
+    """Per calibrated blob: absmax over all inputs, ncnn's |x| histogram, element count."""
+
+    blobs: list[str]                 # conv/fc input blob names (unique, first-use order)
+    absmax: np.ndarray               # float32 [nblobs]
+    histograms: np.ndarray | None    # uint64 [nblobs, 2048]; None when collected without histograms
+    totals: np.ndarray               # int64 [nblobs]: c*w*h of the blob for the last input (ACIQ's N)
+    num_inputs: int
+    two_pass: bool = False
+
+    def index(self, blob: str) -> int:
+        return self.blobs.index(blob)
+
+
+@dataclass(frozen=True)
+class CollectJob:
+    """Everything a worker needs (picklable): model, inputs, which blobs to watch."""
+
+    param_path: str
+    bin_path: str
+    input_blobs: tuple[str, ...]
+    specs: tuple[InputSpec, ...]
+    files: tuple[tuple[str, ...], ...]     # files[i] = the i-th input's path for each model input
+    blobs: tuple[str, ...]
+
+
+def make_net(param_path: str | Path, bin_path: str | Path, num_threads: int = 1):
+    """An fp32 ncnn.Net set up like ncnn2table: fp16 off, lightmode off (blobs kept)."""
+    import ncnn
+
+    net = ncnn.Net()
+    opt = net.opt
+    opt.num_threads = num_threads
+    opt.lightmode = False
+    opt.use_fp16_storage = False
+    opt.use_fp16_packed = False
+    opt.use_fp16_arithmetic = False
+    opt.use_vulkan_compute = False
+    if net.load_param(str(param_path)) != 0:
+        raise DeployerError(f"{param_path}: ncnn could not load this .param")
+    if net.load_model(str(bin_path)) != 0:
+        raise DeployerError(f"{bin_path}: ncnn could not load this .bin (does it match the .param?)")
+    return net
+
+
+def mat_view(mat) -> np.ndarray:
+    """What ncnn2table iterates, as a zero-copy view (valid while `mat` lives): for each channel the
+    first w*h floats (a 4-D blob's d>0 slices are not covered by ncnn2table)."""
+    arr = np.asarray(mat)
+    if mat.dims == 4:
+        arr = arr[:, 0]
+    return arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
+
+
+class Runner:
+    """An fp32 net plus pool allocators reused across inputs (like ncnn2table's per-thread pools).
+
+    Without pools every input re-faults tens of MB of fresh pages, which costs as much as the
+    forward itself on MobileNetV2.
+    """
+
+    def __init__(self, param_path: str | Path, bin_path: str | Path) -> None:
+        import ncnn
+
+        self.net = make_net(param_path, bin_path)
+        self.blob_pool = ncnn.UnlockedPoolAllocator()
+        self.workspace_pool = ncnn.UnlockedPoolAllocator()
+
+    def extractor(self):
+        ex = self.net.create_extractor()
+        ex.set_blob_allocator(self.blob_pool)
+        ex.set_workspace_allocator(self.workspace_pool)
+        return ex
+
+
+def feed(runner: Runner, job: CollectJob, i: int):
+    """An extractor with input #i of every model input set."""
+    ex = runner.extractor()
+    for blob, spec, files in zip(job.input_blobs, job.specs, job.files):
+        try:
+            mat = load_input(files[i], spec)
+        except DeployerError as err:
+            raise DeployerError(f"{err} (calibration input #{i + 1})") from None
+        ex.input(blob, mat)
+    return ex
+
+
+def extract(ex, blob: str, job: CollectJob, i: int):
+    ret, mat = ex.extract(blob)
+    if ret != 0:
+        raise DeployerError(f"ncnn failed to compute blob {blob} for input {job.files[0][i]} "
+                            f"(ret={ret}); check the input shape/preprocessing")
+    return mat
+
+
+def forward(runner: Runner, job: CollectJob, i: int, blobs: Sequence[str]) -> list[np.ndarray]:
+    """Feed input #i and return copies of the requested blobs as flat float32 arrays."""
+    ex = feed(runner, job, i)
+    return [mat_view(extract(ex, b, job, i)).copy() for b in blobs]
+
+
+def histogram(values: np.ndarray, absmax: np.float32, out: np.ndarray) -> None:
+    """Add ncnn's histogram of |values| (already absolute) into `out` (2048 bins). Consumes `values`.
+
+    ncnn: `min((int)(fabs(x) / absmax * 2048), 2047)` in float32, exact zeros skipped. Dividing by
+    absmax/2048 gives the same float (scaling by a power of two commutes with rounding) in one pass.
+    """
+    if values.size == 0 or absmax == 0:
+        return
+    zeros = values.size - np.count_nonzero(values)
+    step = np.float32(absmax) / np.float32(NUM_BINS)
+    if np.isfinite(step) and step >= np.finfo(np.float32).tiny:
+        np.divide(values, step, out=values)
+    else:
+        np.divide(values, np.float32(absmax), out=values)
+        np.multiply(values, np.float32(NUM_BINS), out=values)
+    idx = values.astype(np.int32)
+    counts = np.bincount(idx, minlength=NUM_BINS + 1)
+    counts[NUM_BINS - 1] += counts[NUM_BINS:].sum()
+    counts[0] -= zeros
+    out += counts[:NUM_BINS].astype(np.uint64)
+
+
+class _Arena:
+    """One pre-populated float32 buffer for the kept |x|: faulting pages in one by one costs more
+    than a forward on VMs, MAP_POPULATE maps them in bulk."""
+
+    def __init__(self, elements: int) -> None:
+        import mmap
+
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+        self._mm = mmap.mmap(-1, max(elements, 1) * 4, flags=flags)
+        self.data = np.frombuffer(self._mm, np.float32)
+        self.used = 0
+
+    def take(self, n: int) -> np.ndarray:
+        out = self.data[self.used:self.used + n]
+        self.used += n
+        return out
+
+
+class _Collector:
+    """One worker's share: pass 1 (absmax, keep |x|), then pass 2 (histograms)."""
+
+    def __init__(self, job: CollectJob, indices: list[int], keep_elements: int | None,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.job = job
+        self.indices = indices
+        self.progress = progress
+        self.runner = Runner(job.param_path, job.bin_path)
+        self.arena = _Arena(keep_elements) if keep_elements is not None else None
+        self.kept: list[tuple[int, np.ndarray]] = []
+        self.absmax = np.zeros(len(job.blobs), np.float32)
+        self.totals = np.zeros(len(job.blobs), np.int64)
+        self.last_index = -1
+
+    def pass1(self, want_hist: bool) -> None:
+        keep = want_hist and self.arena is not None
+        for i in self.indices:
+            ex = feed(self.runner, self.job, i)
+            for b, blob in enumerate(self.job.blobs):
+                mat = extract(ex, blob, self.job, i)
+                v = mat_view(mat)
+                if v.size:
+                    self.absmax[b] = max(self.absmax[b], v.max(), -v.min())
+                    if keep:
+                        if self.arena.used + v.size > self.arena.data.size:
+                            raise DeployerError(f"blob {blob} changed size between inputs; "
+                                                "all calibration inputs must give the same shapes")
+                        dst = self.arena.take(v.size)
+                        np.abs(v, out=dst)
+                        self.kept.append((b, dst))
+                self.totals[b] = v.size
+                del mat, v
+            del ex
+            self.last_index = i
+            if self.progress:
+                self.progress(1)
+
+    def pass2(self, absmax: np.ndarray) -> np.ndarray:
+        hist = np.zeros((len(self.job.blobs), NUM_BINS), np.uint64)
+        if self.arena is not None:
+            for b, arr in self.kept:
+                histogram(arr, absmax[b], hist[b])
+            self.kept.clear()
+            return hist
+        scratch = np.empty(0, np.float32)
+        for i in self.indices:
+            ex = feed(self.runner, self.job, i)
+            for b, blob in enumerate(self.job.blobs):
+                mat = extract(ex, blob, self.job, i)
+                v = mat_view(mat)
+                if scratch.size < v.size:
+                    scratch = np.empty(v.size, np.float32)
+                buf = scratch[:v.size]
+                np.abs(v, out=buf)
+                del mat, v
+                histogram(buf, absmax[b], hist[b])
+            del ex
+            if self.progress:
+                self.progress(1)
+        return hist
+
+
+def _tune_malloc() -> None:
+    """Keep freed memory in the worker instead of returning it to the OS and re-faulting it."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)   # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 1 << 30)   # M_MMAP_THRESHOLD
+    except OSError:  # not glibc: only slower
+        pass
+
+
+def _worker_main(conn, job: CollectJob, indices: list[int], per_input: int | None, want_hist: bool) -> None:
+    try:
+        _tune_malloc()
+        keep = per_input * len(indices) if per_input is not None else None
+        col = _Collector(job, indices, keep, progress=lambda n: conn.send(("progress", n)))
+        col.pass1(want_hist)
+        conn.send(("pass1", col.absmax, col.totals, col.last_index))
+        if want_hist:
+            msg = conn.recv()
+            conn.send(("pass2", col.pass2(msg)))
+    except DeployerError as err:
+        conn.send(("error", str(err)))
+    except BaseException:  # a crash must reach the parent as a message, not a hang
+        conn.send(("crash", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _context():
+    # fork: no re-import of __main__ (the CLI), workers start in milliseconds. libgomp is not
+    # fork-safe for multi-threaded parallel regions, so workers only ever run ncnn single-threaded.
+    return mp.get_context("fork")
+
+
+def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
+            memory_budget: int = DEFAULT_MEMORY_BUDGET,
+            progress: Callable[[int, int], None] | None = None) -> ActivationStats:
+    """Run the fp32 net once per input and gather absmax (+ histograms) for `job.blobs`.
+
+    `progress(done, total)` is called from this process as inputs complete (total counts the
+    second pass when one is needed).
+    """
+    n = len(job.files[0])
+    if n == 0:
+        raise DeployerError("no calibration inputs")
+    nblobs = len(job.blobs)
+    workers = max(1, min(threads, n // _MIN_FILES_PER_WORKER))
+
+    # One probe forward tells how much memory keeping |x| would take.
+    per_input: int | None = None
+    if histograms:
+        probe = Runner(job.param_path, job.bin_path)
+        size = sum(v.size for v in forward(probe, job, 0, job.blobs))
+        del probe
+        if size * 4 * n <= memory_budget:
+            per_input = size
+    total_steps = n * (1 if per_input is not None or not histograms else 2)
+    done = 0
+
+    def tick(k: int) -> None:
+        nonlocal done
+        done += k
+        if progress:
+            progress(done, total_steps)
+
+    if workers == 1:
+        col = _Collector(job, list(range(n)), per_input * n if per_input is not None else None, tick)
+        col.pass1(histograms)
+        hist = col.pass2(col.absmax) if histograms else None
+        return ActivationStats(list(job.blobs), col.absmax, hist, col.totals, n, per_input is None)
+
+    ctx = _context()
+    conns, procs = [], []
+    try:
+        for w in range(workers):
+            parent, child = ctx.Pipe()
+            indices = list(range(w, n, workers))
+            p = ctx.Process(target=_worker_main, args=(child, job, indices, per_input, histograms),
+                            daemon=True)
+            p.start()
+            child.close()
+            conns.append(parent)
+            procs.append(p)
+        absmax = np.zeros(nblobs, np.float32)
+        totals = np.zeros(nblobs, np.int64)
+        best_last = -1
+        for _, amax, tot, last in _gather(conns, "pass1", tick):
+            absmax = np.maximum(absmax, amax)
+            if last > best_last:
+                best_last, totals = last, tot
+        hist = None
+        if histograms:
+            for c in conns:
+                c.send(absmax)
+            hist = np.zeros((nblobs, NUM_BINS), np.uint64)
+            for _, h in _gather(conns, "pass2", tick):
+                hist += h
+        return ActivationStats(list(job.blobs), absmax, hist, totals, n, per_input is None)
+    finally:
+        for c in conns:
+            c.close()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+
+
+def _gather(conns, kind: str, tick: Callable[[int], None]) -> list[tuple]:
+    pending = dict(enumerate(conns))
+    out: dict[int, tuple] = {}
+    while pending:
+        for key in list(pending):
+            conn = pending[key]
+            if not conn.poll(0.02):
+                continue
+            try:
+                msg = conn.recv()
+            except EOFError:
+                raise DeployerError("a calibration worker died unexpectedly (out of memory?); "
+                                    "retry with thread=1") from None
+            if msg[0] == "progress":
+                tick(msg[1])
+            elif msg[0] == "error":
+                raise DeployerError(msg[1])
+            elif msg[0] == "crash":
+                raise RuntimeError(f"calibration worker crashed:\n{msg[1]}")
+            elif msg[0] == kind:
+                out[key] = msg
+                del pending[key]
+    return [out[k] for k in sorted(out)]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1

@@ -1,0 +1,313 @@
+"""Activation calibration methods: one class each, all fed by ONE statistics collection.
+
+Pattern (as in onnxruntime's calibrate.py): `collect.collect()` gathers absmax + ncnn's 2048-bin
+|x| histogram per conv input once; each method turns those statistics into one per-tensor scale
+per blob. So a pipeline can compare kl / aciq / maxabs / percentile / mse without re-running
+the network. EQ additionally searches scales against single-layer int8 outputs (see eq.py-style
+`EqSearch` in this module) starting from KL.
+
+`kl` and `aciq` reproduce ncnn2table bit for bit: KL is vectorised over all thresholds with
+prefix sums (float64), and the few thresholds whose KL is within float32 noise of the minimum are
+re-scored with an exact float32 transcription of ncnn's loop, so the chosen threshold is the one
+ncnn's float maths picks.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from deployer.errors import DeployerError
+from deployer.quant.collect import NUM_BINS, ActivationStats
+from deployer.quant.weights import aciq_gaussian_clip
+
+TARGET_BIN = 128
+KL_EPS = np.float32(0.0001)
+_F32 = np.float32
+
+
+# ----------------------------------------------------------------------------------------- base
+
+class CalibrationMethod(ABC):
+    """Turns activation statistics into per-blob scales (127 / threshold)."""
+
+    name: str = ""
+    needs_histogram: bool = True
+    weight_rule: str = "kl"        # which weight-scale rule goes with it (weights.weight_scales)
+
+    @abstractmethod
+    def thresholds(self, stats: ActivationStats) -> np.ndarray:
+        """float32 clip threshold per blob."""
+
+    def scales(self, stats: ActivationStats) -> np.ndarray:
+        th = self.thresholds(stats)
+        with np.errstate(divide="ignore"):
+            return np.where(th > 0, _F32(127) / np.where(th > 0, th, 1), _F32(1)).astype(np.float32)
+
+    def _hist(self, stats: ActivationStats) -> np.ndarray:
+        if stats.histograms is None:
+            raise DeployerError(f"method={self.name} needs histograms, but statistics were collected without")
+        return stats.histograms
+
+
+def normalized(hist: np.ndarray) -> np.ndarray:
+    """ncnn: `(float)(histogram[j] / (double)sum)`."""
+    total = float(hist.sum())
+    if total == 0:
+        return np.zeros(hist.shape, np.float32)
+    return (hist.astype(np.float64) / total).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------- KL
+
+def kl_divergences(p32: np.ndarray) -> np.ndarray:
+    """KL for every threshold 128..2047 (float64), ncnn's definition, vectorised with prefix sums.
+
+    Index k of the result is threshold 128 + k. `p32` is the normalised float32 histogram.
+    """
+    h = p32.astype(np.float64)
+    eps = float(KL_EPS)
+    n = h.size
+    t = np.arange(TARGET_BIN, n, dtype=np.int64)              # thresholds
+    npb = t / TARGET_BIN                                      # exact (power-of-two division)
+    j = np.arange(TARGET_BIN + 1)
+    edges = npb[:, None] * j[None, :]                         # exact dyadic edges, [T, 129]
+    lo_edge, hi_edge = edges[:, :-1], edges[:, 1:]
+
+    # cumulative histogram mass with linear interpolation inside a bin: C(x)
+    S = np.concatenate(([0.0], np.cumsum(h)))
+    hpad = np.concatenate((h, [0.0]))
+
+    def cmass(x: np.ndarray) -> np.ndarray:
+        f = np.floor(x).astype(np.int64)
+        return S[f] + (x - f) * hpad[f]
+
+    Q = (cmass(hi_edge) - cmass(lo_edge)) / npb[:, None]       # quantized bin averages [T, 128]
+    logEQ = np.log(eps + Q)
+
+    P = eps + h                                               # clip distribution (before tail)
+    A = np.concatenate(([0.0], np.cumsum(P)))
+    PlogP = P * np.log(P)
+    G = np.concatenate(([0.0], np.cumsum(PlogP)))
+    tail = S[-1] - S[t]                                       # mass of bins >= t
+    p_last = P[t - 1] + tail                                  # clip[t-1]
+
+    full_lo = np.ceil(lo_edge).astype(np.int64)
+    full_hi = np.floor(hi_edge).astype(np.int64)
+    full_mass = A[full_hi] - A[full_lo]
+    full_mass[:, -1] += tail                                  # bin t-1 carries the clipped tail
+    cross = np.sum(full_mass * logEQ, axis=1)
+
+    # bins split between quant bins j-1 and j (fractional edge inside them)
+    b = np.floor(lo_edge[:, 1:]).astype(np.int64)             # [T, 127]
+    f = lo_edge[:, 1:] - b
+    split = f > 0
+    E_b = eps + Q[:, :-1] * f + Q[:, 1:] * (1 - f)
+    Pb = P[b]
+    cross = cross + np.sum(np.where(split, Pb * np.log(np.where(split, E_b, 1.0)), 0.0), axis=1)
+
+    self_term = G[t - 1] + p_last * np.log(p_last)
+    return self_term - cross
+
+
+def kl_divergence_f32(p32: np.ndarray, threshold: int) -> np.float32:
+    """ncnn2table's KL for one threshold, transcribed with float32 arithmetic in ncnn's order."""
+    h = p32.astype(np.float32)
+    t = threshold
+    eps = KL_EPS
+    clip = (eps + h[:t]).astype(np.float32)
+    clip[t - 1] = np.add.accumulate(np.concatenate(([clip[t - 1]], h[t:])), dtype=np.float32)[-1]
+    npb = _F32(t) / _F32(TARGET_BIN)
+    q = np.zeros(TARGET_BIN, np.float32)
+    parts: list[tuple[int, int, float, float, int, int]] = []   # (lu, rl, lscale, rscale) per j
+    for j in range(TARGET_BIN):
+        if j == 0:
+            start, end = _F32(0), npb
+        elif j == TARGET_BIN - 1:
+            start, end = _F32(t) - npb, _F32(t)
+        else:
+            start, end = _F32(j) * npb, _F32(j + 1) * npb
+        lu = int(math.ceil(start))
+        ls = _F32(lu) - start if j > 0 else _F32(0)
+        rl = int(math.floor(end)) if j < TARGET_BIN - 1 else t
+        rs = end - _F32(rl) if j < TARGET_BIN - 1 else _F32(0)
+        seq = []
+        if ls > 0:
+            seq.append(ls * h[lu - 1])
+        if rs > 0:
+            seq.append(rs * h[rl])
+        acc = np.add.accumulate(np.concatenate((np.array(seq, np.float32), h[lu:rl])), dtype=np.float32)
+        total = acc[-1] if acc.size else _F32(0)
+        if j == 0:
+            width = _F32(rl) + rs
+        elif j == TARGET_BIN - 1:
+            width = _F32(t - lu) + ls
+        else:
+            width = (_F32(rl - lu) + ls) + rs
+        q[j] = total / width
+        parts.append((lu, rl, ls, rs))
+    expand = np.full(t, eps, np.float32)
+    for j, (lu, rl, ls, rs) in enumerate(parts):
+        if ls > 0:
+            expand[lu - 1] = expand[lu - 1] + ls * q[j]
+        if rs > 0:
+            expand[rl] = expand[rl] + rs * q[j]
+        expand[lu:rl] = expand[lu:rl] + q[j]
+    ratio = clip / expand
+    logs = np.log(ratio.astype(np.float64)).astype(np.float32)
+    terms = (clip * logs).astype(np.float32)
+    return np.add.accumulate(terms, dtype=np.float32)[-1]
+
+
+def kl_threshold_bin(hist: np.ndarray, *, refine_tol: float = 1e-4, max_refine: int = 32) -> int:
+    """ncnn's best threshold bin (128..2047) for a raw 2048-bin histogram."""
+    if hist.sum() == 0:
+        return TARGET_BIN
+    p32 = normalized(hist)
+    kl = kl_divergences(p32)
+    best = int(np.argmin(kl))
+    # float64 vs ncnn's float32: re-score everything within float32 noise of the minimum exactly.
+    scale = max(abs(float(kl[best])), 1e-6)
+    near = np.nonzero(kl <= kl[best] + refine_tol * scale)[0]
+    if near.size > 1:
+        if near.size > max_refine:
+            near = near[np.argsort(kl[near], kind="stable")[:max_refine]]
+            near.sort()
+        exact = [kl_divergence_f32(p32, TARGET_BIN + int(k)) for k in near]
+        # ncnn keeps the first threshold with a strictly smaller KL, starting from FLT_MAX
+        best_val = np.float32(np.finfo(np.float32).max)
+        for k, v in zip(near, exact):
+            if v < best_val:
+                best_val, best = v, int(k)
+    return TARGET_BIN + best
+
+
+class KLMethod(CalibrationMethod):
+    name = "kl"
+
+    def thresholds(self, stats: ActivationStats) -> np.ndarray:
+        hist = self._hist(stats)
+        out = np.zeros(len(stats.blobs), np.float32)
+        for i in range(len(stats.blobs)):
+            tb = kl_threshold_bin(hist[i])
+            # (target_threshold + 0.5f) * absmax / 2048 in float32
+            out[i] = (_F32(tb) + _F32(0.5)) * stats.absmax[i] / _F32(NUM_BINS)
+        return out
+
+
+# ----------------------------------------------------------------------------------------- ACIQ
+
+class ACIQMethod(CalibrationMethod):
+    name = "aciq"
+    needs_histogram = False
+    weight_rule = "aciq"
+
+    def thresholds(self, stats: ActivationStats) -> np.ndarray:
+        out = np.zeros(len(stats.blobs), np.float32)
+        for i in range(len(stats.blobs)):
+            n = int(stats.totals[i])
+            out[i] = aciq_gaussian_clip(stats.absmax[i], n, 8) if n > 1 else stats.absmax[i]
+        return out
+
+
+# ------------------------------------------------------------------------------- beyond ncnn
+
+class MaxAbsMethod(CalibrationMethod):
+    """No clipping: threshold = absmax over the calibration set."""
+
+    name = "maxabs"
+    needs_histogram = False
+
+    def thresholds(self, stats: ActivationStats) -> np.ndarray:
+        return stats.absmax.astype(np.float32).copy()
+
+
+class PercentileMethod(CalibrationMethod):
+    """Clip at the given percentile of non-zero |x| (upper edge of the histogram bin reaching it)."""
+
+    name = "percentile"
+
+    def __init__(self, percentile: float = 99.99) -> None:
+        if not 0 < percentile <= 100:
+            raise DeployerError(f"percentile={percentile}: must be in (0, 100]")
+        self.percentile = float(percentile)
+
+    def thresholds(self, stats: ActivationStats) -> np.ndarray:
+        hist = self._hist(stats)
+        out = np.zeros(len(stats.blobs), np.float32)
+        for i in range(len(stats.blobs)):
+            total = hist[i].sum()
+            if total == 0:
+                out[i] = stats.absmax[i]
+                continue
+            cdf = np.cumsum(hist[i]) / float(total)
+            k = int(np.searchsorted(cdf, self.percentile / 100.0 - 1e-12))
+            out[i] = _F32(min(k + 1, NUM_BINS)) * stats.absmax[i] / _F32(NUM_BINS)
+        return out
+
+
+class MSEMethod(CalibrationMethod):
+    """Clip threshold minimising the expected int8 quantization MSE of the |x| histogram.
+
+    For a threshold c (any bin edge), values below c get uniform rounding noise (c/127)^2/12,
+    values above c are clipped: error (x - c)^2 with x at its bin centre. Closed form per
+    candidate via prefix sums, so all 2048 candidates cost O(bins).
+    """
+
+    name = "mse"
+
+    def thresholds(self, stats: ActivationStats) -> np.ndarray:
+        hist = self._hist(stats)
+        out = np.zeros(len(stats.blobs), np.float32)
+        for i in range(len(stats.blobs)):
+            out[i] = _F32(self._best_edge(hist[i].astype(np.float64)) * float(stats.absmax[i]) / NUM_BINS)
+        return out
+
+    @staticmethod
+    def _best_edge(h: np.ndarray) -> float:
+        if h.sum() == 0:
+            return float(NUM_BINS)
+        x = np.arange(NUM_BINS) + 0.5                  # bin centres in bin units
+        c = np.arange(1, NUM_BINS + 1, dtype=np.float64)  # candidate thresholds (bin edges)
+        n_in = np.cumsum(h)                            # count with centre < c
+        total = n_in[-1]
+        # sum over x > c of (x - c)^2 = S2 - 2c S1 + c^2 S0 over the tail
+        s0 = total - n_in
+        s1 = np.sum(h * x) - np.cumsum(h * x)
+        s2 = np.sum(h * x * x) - np.cumsum(h * x * x)
+        clip_err = s2 - 2 * c * s1 + c * c * s0
+        round_err = n_in * (c / 127.0) ** 2 / 12.0
+        return float(c[int(np.argmin(clip_err + round_err))])
+
+
+METHODS: dict[str, type[CalibrationMethod]] = {
+    "kl": KLMethod, "aciq": ACIQMethod, "maxabs": MaxAbsMethod,
+    "percentile": PercentileMethod, "mse": MSEMethod,
+}
+ALL_METHODS = (*METHODS, "eq")
+
+
+def get_method(name: str, **params: float) -> CalibrationMethod:
+    """A method by name (`eq` starts from KL; its search lives in EqSearch)."""
+    if name == "eq":
+        return KLMethod()
+    if name not in METHODS:
+        raise DeployerError(f"method={name}: unknown; expected one of {', '.join(ALL_METHODS)}")
+    cls = METHODS[name]
+    if cls is PercentileMethod:
+        return PercentileMethod(params.get("percentile", 99.99))
+    return cls()
+
+
+@dataclass
+class LayerScales:
+    """The calibration result for one conv/dw/fc layer."""
+
+    name: str
+    weight_scales: np.ndarray     # float32 per channel / group
+    input_scale: float            # float32 value
+    absmax: float
+    threshold: float

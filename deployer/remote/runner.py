@@ -1,0 +1,481 @@
+"""On-board ncnn benchmark runner: the ONE file deployer ships to a board.
+
+Why it looks the way it does:
+- stdlib + ncnn only, Python 3.7 syntax: armv7l boards have no numpy wheel, and Jetsons / old Pi OS
+  images run old Pythons.
+- It streams one JSON object per line and flushes each one, so the host can show timings live and
+  still has everything up to the last line if the link drops.
+- Line types, in order: ``board`` (facts + options, before loading), ``iter`` (one per timed
+  iteration), optional ``output`` (opt-in tensors as base64 float32), ``stats`` (last line).
+  A failure is an ``error`` line and exit code 2. SIGINT/SIGTERM/SIGHUP end the run with a
+  ``stats`` line marked ``partial`` and exit code 128+signal; a closed stdout ends it silently.
+- ncnn options are fixed before ``load_param``: ncnn captures ``num_threads`` (and kernel choices)
+  at load time.
+
+The host imports this module too (``summarize``, ``make_input_values``) so statistics and the
+deterministic input are computed by the very same code on both sides.
+"""
+
+import argparse
+import base64
+import glob
+import json
+import math
+import os
+import platform
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+from typing import Dict, List, Optional  # type comments only: the file must parse on Python 3.7
+
+PROTOCOL = 1
+ARM_FEATURES = ("neon", "vfpv4", "asimdhp", "asimddp", "asimdfhm", "bf16", "i8mm", "sve", "sve2")
+X86_FEATURES = ("avx", "avx2", "fma", "avx512", "avx512_vnni")
+
+
+class Stop(Exception):
+    """Raised from a signal handler so the loop unwinds between ncnn calls, never inside one."""
+
+    def __init__(self, signum):
+        # type: (int) -> None
+        Exception.__init__(self, signum)
+        self.signum = signum
+
+
+class StdoutClosed(Exception):
+    """The host went away (pipe closed): nothing left to report to."""
+
+
+# ---------------------------------------------------------------- statistics (shared with the host)
+
+def percentile(sorted_values, q):
+    # type: (List[float], float) -> float
+    """Linear interpolation between closest ranks (numpy's default), so host and board agree."""
+    if not sorted_values:
+        return float("nan")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_values) - 1)
+    frac = pos - lo
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+
+
+def summarize(samples_ms):
+    # type: (List[float]) -> Dict[str, object]
+    """min/median/mean/p90/p99/max/std (population std, like TFLite's benchmark_model)."""
+    n = len(samples_ms)
+    if n == 0:
+        return {"count": 0}
+    s = sorted(samples_ms)
+    mean = sum(s) / n
+    var = sum((x - mean) ** 2 for x in s) / n
+    return {
+        "count": n,
+        "min_ms": s[0],
+        "median_ms": percentile(s, 50.0),
+        "mean_ms": mean,
+        "p90_ms": percentile(s, 90.0),
+        "p99_ms": percentile(s, 99.0),
+        "max_ms": s[-1],
+        "std_ms": math.sqrt(var),
+    }
+
+
+# ---------------------------------------------------------------- inputs (shared with the host)
+
+def parse_shape(text):
+    # type: (str) -> List[int]
+    """'W,H,C' / 'W,H' / 'W' in ncnn order; every dimension positive."""
+    try:
+        dims = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError("shape %r must be W,H,C integers" % text)
+    if not 1 <= len(dims) <= 4 or any(d <= 0 for d in dims):
+        raise ValueError("shape %r must be 1 to 4 positive integers (W,H,C)" % text)
+    return dims
+
+
+def make_input_values(count, fill, seed):
+    # type: (int, str, int) -> List[float]
+    """Deterministic input: 'random' = uniform [-1, 1) from Mersenne Twister (stable across
+    Python versions for an int seed), or a constant such as '0.5'."""
+    if fill == "random":
+        rng = random.Random(seed)
+        return [rng.random() * 2.0 - 1.0 for _ in range(count)]
+    try:
+        value = float(fill)
+    except ValueError:
+        raise ValueError("fill %r must be 'random' or a number" % fill)
+    return [value] * count
+
+
+def float32_bytes(values):
+    # type: (List[float]) -> bytes
+    return struct.pack("<%df" % len(values), *values)
+
+
+# ---------------------------------------------------------------- board facts
+
+def _read(path):
+    # type: (str) -> Optional[str]
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().decode("utf-8", "replace").replace("\x00", "").strip()
+    except (OSError, IOError):
+        return None
+
+
+def _read_int(path):
+    # type: (str) -> Optional[int]
+    text = _read(path)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def cpu_model():
+    # type: () -> Optional[str]
+    """'model name' on x86 / armhf kernels; aarch64 kernels only give 'CPU part' + 'Hardware'."""
+    text = _read("/proc/cpuinfo") or ""
+    fields = {}  # type: Dict[str, str]
+    for line in text.splitlines():
+        if ":" in line:
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+    parts = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+             "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+             "0xd0d": "Cortex-A77", "0xd41": "Cortex-A78", "0xd4b": "Cortex-A78C", "0xc07": "Cortex-A7",
+             "0xc0f": "Cortex-A15", "0xc09": "Cortex-A9", "0xd0c": "Neoverse-N1"}
+    part = fields.get("cpu part")
+    if part and part.lower() in parts:
+        return parts[part.lower()]
+    return fields.get("model name") or fields.get("hardware") or fields.get("processor")
+
+
+def cpu_frequencies():
+    # type: () -> List[Dict[str, object]]
+    cpus = []
+    for cpu_dir in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*"),
+                          key=lambda p: int(p.rsplit("cpu", 1)[1])):
+        freq = os.path.join(cpu_dir, "cpufreq")
+        if not os.path.isdir(freq):
+            continue
+        cpus.append({
+            "cpu": int(cpu_dir.rsplit("cpu", 1)[1]),
+            "governor": _read(os.path.join(freq, "scaling_governor")),
+            "cur_khz": _read_int(os.path.join(freq, "scaling_cur_freq")),
+            "max_khz": _read_int(os.path.join(freq, "cpuinfo_max_freq")),
+        })
+    return cpus
+
+
+def temperatures():
+    # type: () -> List[Dict[str, object]]
+    zones = []
+    for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
+        milli = _read_int(os.path.join(zone, "temp"))
+        if milli is not None:
+            zones.append({"zone": os.path.basename(zone), "type": _read(os.path.join(zone, "type")),
+                          "celsius": milli / 1000.0})
+    return zones
+
+
+def throttled():
+    # type: () -> Optional[str]
+    """Raspberry Pi firmware flags (under-voltage, capped, throttled); None where vcgencmd is absent."""
+    for folder in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep) + ["/opt/vc/bin"]:
+        exe = os.path.join(folder, "vcgencmd")
+        if os.access(exe, os.X_OK):
+            try:
+                out = subprocess.check_output([exe, "get_throttled"], stderr=subprocess.STDOUT, timeout=5)
+            except (OSError, subprocess.SubprocessError):
+                return None
+            return out.decode("utf-8", "replace").strip().partition("=")[2] or None
+    return None
+
+
+def volatile_state():
+    # type: () -> Dict[str, object]
+    """What can change during a run (clocks, heat, throttling): reported before and after."""
+    return {"cpufreq": cpu_frequencies(), "thermal": temperatures(), "throttled": throttled(),
+            "loadavg": _read("/proc/loadavg")}
+
+
+def board_facts(ncnn):
+    # type: (object) -> Dict[str, object]
+    features = {}
+    for name in ARM_FEATURES:
+        fn = getattr(ncnn, "cpu_support_arm_" + name, None)
+        if fn is not None:
+            features["arm_" + name] = bool(fn())
+    for name in X86_FEATURES:
+        fn = getattr(ncnn, "cpu_support_x86_" + name, None)
+        if fn is not None:
+            features["x86_" + name] = bool(fn())
+    facts = {
+        "machine": platform.machine(),
+        "pointer_bits": struct.calcsize("P") * 8,
+        "python": platform.python_version(),
+        "hostname": platform.node(),
+        "model": _read("/sys/firmware/devicetree/base/model"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "ncnn_cpu_count": ncnn.get_cpu_count(),
+        "ncnn_big_cpu_count": ncnn.get_big_cpu_count(),
+        "ncnn_version": getattr(ncnn, "__version__", None),
+        "cpu_features": features,
+    }
+    facts.update(volatile_state())
+    return facts
+
+
+# ---------------------------------------------------------------- the run
+
+def emit(obj):
+    # type: (Dict[str, object]) -> None
+    try:
+        sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        raise StdoutClosed()
+
+
+def build_parser():
+    # type: () -> argparse.ArgumentParser
+    p = argparse.ArgumentParser(prog="runner.py", description="Time an ncnn model; JSON lines on stdout.")
+    p.add_argument("--param", required=True)
+    p.add_argument("--bin", required=True)
+    p.add_argument("--shape", default=None, help="W,H,C (ncnn order); default: the .param's Input shape")
+    p.add_argument("--input-blob", default=None, help="default: the first input of the net")
+    p.add_argument("--output-blob", default=None, help="default: the last output of the net")
+    p.add_argument("--fill", default="random", help="'random' (seeded) or a constant")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-file", default=None, help="raw little-endian float32, W*H*C values (CHW)")
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--duration", type=float, default=None, help="seconds; overrides --iterations")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="0 = ncnn's default (physical big cores)")
+    p.add_argument("--powersave", type=int, choices=(0, 1, 2), default=0)
+    p.add_argument("--int8", type=int, choices=(0, 1), default=1)
+    p.add_argument("--fp16", type=int, choices=(0, 1), default=0,
+                   help="fp16 storage/packed/arithmetic; 0 gives a true fp32 baseline")
+    p.add_argument("--winograd", type=int, choices=(0, 1), default=1)
+    p.add_argument("--sgemm", type=int, choices=(0, 1), default=1)
+    p.add_argument("--lightmode", type=int, choices=(0, 1), default=1)
+    p.add_argument("--return-output", action="store_true", help="emit the output tensor (base64 float32)")
+    return p
+
+
+def _options_used(args):
+    # type: (argparse.Namespace) -> Dict[str, object]
+    return {"threads": args.threads, "powersave": args.powersave, "int8": bool(args.int8),
+            "fp16": bool(args.fp16), "winograd": bool(args.winograd), "sgemm": bool(args.sgemm),
+            "lightmode": bool(args.lightmode), "warmup": args.warmup, "iterations": args.iterations,
+            "duration_s": args.duration, "fill": args.fill if args.input_file is None else "file",
+            "seed": args.seed}
+
+
+def configure(ncnn, net, args):
+    # type: (object, object, argparse.Namespace) -> None
+    """Everything ncnn fixes at load time, set before load_param."""
+    if args.threads <= 0:
+        auto = getattr(ncnn, "get_physical_big_cpu_count", None) or ncnn.get_big_cpu_count
+        args.threads = max(1, int(auto()))
+    ncnn.set_cpu_powersave(args.powersave)
+    ncnn.set_omp_dynamic(0)
+    ncnn.set_omp_num_threads(args.threads)
+    opt = net.opt
+    opt.num_threads = args.threads
+    opt.use_int8_inference = bool(args.int8)
+    opt.use_fp16_storage = bool(args.fp16)
+    opt.use_fp16_packed = bool(args.fp16)
+    opt.use_fp16_arithmetic = bool(args.fp16)
+    opt.use_winograd_convolution = bool(args.winograd)
+    opt.use_sgemm_convolution = bool(args.sgemm)
+    opt.lightmode = bool(args.lightmode)
+    opt.use_vulkan_compute = False
+
+
+def input_shape_from_param(path, blob):
+    # type: (str, Optional[str]) -> Optional[List[int]]
+    """The Input layer's 0=w 1=h 2=c, so `--shape` can be omitted for fixed-size models."""
+    try:
+        with open(path, "r") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, IOError):
+        return None
+    for line in lines[2:]:
+        tok = line.split()
+        if len(tok) < 4 or tok[0] != "Input":
+            continue
+        n_bottom, n_top = int(tok[2]), int(tok[3])
+        tops = tok[4 + n_bottom:4 + n_bottom + n_top]
+        if blob is not None and blob not in tops:
+            continue
+        kv = dict(t.split("=", 1) for t in tok[4 + n_bottom + n_top:] if "=" in t)
+        dims = [int(kv.get(k, "0")) for k in ("0", "1", "2")]
+        dims = [d for d in dims if d > 0]
+        return dims or None
+    return None
+
+
+def make_input_mat(ncnn, args, shape):
+    # type: (object, argparse.Namespace, List[int]) -> object
+    count = 1
+    for d in shape:
+        count *= d
+    if args.input_file:
+        with open(args.input_file, "rb") as fh:
+            data = fh.read()
+        if len(data) != count * 4:
+            raise ValueError("input file %s has %d bytes; shape %s needs %d float32 values (%d bytes)"
+                             % (args.input_file, len(data), ",".join(map(str, shape)), count, count * 4))
+    else:
+        data = float32_bytes(make_input_values(count, args.fill, args.seed))
+    # memoryview shape is outermost first: (C, H, W) for ncnn's W,H,C
+    view = memoryview(bytearray(data)).cast("B").cast("f", list(reversed(shape)))
+    return ncnn.Mat(view).clone()
+
+
+def mat_payload(mat):
+    # type: (object) -> Dict[str, object]
+    view = memoryview(mat)
+    raw = view.tobytes()  # contiguous, drops ncnn's per-channel cstep padding
+    return {"shape": list(view.shape), "dims": mat.dims, "w": mat.w, "h": mat.h, "c": mat.c,
+            "dtype": "float32", "data": base64.b64encode(raw).decode("ascii")}
+
+
+def run(args):
+    # type: (argparse.Namespace) -> int
+    t_start = time.time()
+    import ncnn  # imported late: on an emulated board this alone takes seconds
+
+    net = ncnn.Net()
+    configure(ncnn, net, args)
+    emit({"type": "board", "protocol": PROTOCOL, "pid": os.getpid(),
+          "import_s": time.time() - t_start, "options": _options_used(args), "facts": board_facts(ncnn)})
+
+    for path, what in ((args.param, "--param"), (args.bin, "--bin")):
+        if not os.path.isfile(path):
+            raise ValueError("%s %s: no such file" % (what, path))
+    t_load = time.perf_counter()
+    if net.load_param(args.param) != 0:
+        raise ValueError("ncnn could not load %s (not an ncnn .param?)" % args.param)
+    if net.load_model(args.bin) != 0:
+        raise ValueError("ncnn could not load %s (does it match the .param?)" % args.bin)
+    load_ms = (time.perf_counter() - t_load) * 1000.0
+
+    in_blob = args.input_blob or (net.input_names() or [None])[0]
+    out_blob = args.output_blob or (net.output_names() or [None])[-1]
+    if in_blob is None or in_blob not in net.input_names():
+        raise ValueError("input blob %r is not an input of %s (inputs: %s)"
+                         % (in_blob, args.param, ", ".join(net.input_names()) or "none"))
+    if out_blob is None or out_blob not in [b.name for b in net.blobs()]:
+        raise ValueError("output blob %r is not a blob of %s (outputs: %s)"
+                         % (out_blob, args.param, ", ".join(net.output_names()) or "none"))
+    shape = parse_shape(args.shape) if args.shape else input_shape_from_param(args.param, in_blob)
+    if not shape:
+        raise ValueError("%s has no fixed input shape; pass --shape W,H,C" % args.param)
+    mat_in = make_input_mat(ncnn, args, shape)
+
+    def infer():
+        # type: () -> object
+        ex = net.create_extractor()
+        ex.input(in_blob, mat_in)
+        ret, out = ex.extract(out_blob)
+        if ret != 0:
+            raise ValueError("extract(%r) failed with code %d" % (out_blob, ret))
+        return out
+
+    for _ in range(max(0, args.warmup)):
+        infer()
+
+    samples = []  # type: List[float]
+    out = None
+    partial_signal = None
+    t0 = time.perf_counter()
+    try:
+        i = 0
+        while True:
+            if args.duration is not None:
+                if i > 0 and time.perf_counter() - t0 >= args.duration:
+                    break
+            elif i >= args.iterations:
+                break
+            begin = time.perf_counter()
+            out = infer()
+            ms = (time.perf_counter() - begin) * 1000.0
+            samples.append(ms)
+            emit({"type": "iter", "i": i, "ms": ms, "t": time.perf_counter() - t0})
+            i += 1
+    except Stop as stop:
+        partial_signal = stop.signum
+
+    if out is not None and args.return_output and partial_signal is None:
+        payload = {"type": "output", "blob": out_blob}  # type: Dict[str, object]
+        payload.update(mat_payload(out))
+        emit(payload)
+    stats = {"type": "stats"}  # type: Dict[str, object]
+    stats.update(summarize(samples))
+    stats.update({"samples_ms": samples, "partial": partial_signal is not None,
+                  "load_ms": load_ms, "input_blob": in_blob, "output_blob": out_blob, "shape": shape,
+                  "wall_s": time.perf_counter() - t0, "end_state": volatile_state()})
+    if partial_signal is not None:
+        stats["signal"] = partial_signal
+    emit(stats)
+    return 128 + partial_signal if partial_signal is not None else 0
+
+
+def _install_signal_handlers():
+    # type: () -> None
+    def handler(signum, _frame):
+        # type: (int, object) -> None
+        raise Stop(signum)
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, handler)
+
+
+def main(argv=None):
+    # type: (Optional[List[str]]) -> int
+    args = build_parser().parse_args(argv)
+    if args.iterations < 1 and args.duration is None:
+        args.iterations = 1
+    _install_signal_handlers()
+    try:
+        return run(args)
+    except StdoutClosed:
+        return 141  # like a shell's SIGPIPE status: the reader left
+    except Stop as stop:  # before the timed loop: nothing to summarise yet
+        try:
+            emit({"type": "stats", "count": 0, "samples_ms": [], "partial": True, "signal": stop.signum})
+        except StdoutClosed:
+            pass
+        return 128 + stop.signum
+    except Exception as err:  # one line, never a traceback: the host turns it into a DeployerError
+        try:
+            emit({"type": "error", "error": "%s: %s" % (type(err).__name__, err)})
+        except StdoutClosed:
+            pass
+        return 2
+    finally:
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        # a closed stdout would make the interpreter's own final flush print a traceback
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except Exception:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""One benchmark run on one board: probe, provision, upload, launch the runner, stream, save.
+
+Why it is shaped like this:
+- Every step that can be skipped is skipped by content (sha256), so a second `deployer run` on the
+  same board costs one probe plus the run itself.
+- The runner's stdout is consumed line by line and handed to `on_event` as it arrives, so the CLI
+  can draw timings live and a dropped link still leaves the host with every line received so far.
+- The host never trusts the board's arithmetic blindly: statistics are recomputed from the samples
+  with the same function (deployer.remote.stats), and the result file records everything needed
+  to reproduce the run (facts, options, versions, sha256 of the model files).
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import datetime as _dt
+import hashlib
+import json
+import re
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from deployer import fsutil
+from deployer.errors import DeployerError, RemoteError
+from deployer.remote import runtime as rt
+from deployer.remote.stats import latency_stats
+
+RUNNER_PATH = Path(__file__).with_name("runner.py")
+EventSink = Callable[[dict[str, Any]], None]
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
+@dataclass
+class RunOptions:
+    """What to run and how. None means: the board's `ncnn:` settings from targets, else ncnn's own
+    defaults (threads = physical big cores, fp16 on) - what the model really gets on that board."""
+
+    param: Path
+    bin: Path
+    shape: str | None = None
+    iterations: int = 10
+    duration: float | None = None
+    warmup: int = 3
+    threads: int | None = None
+    powersave: int | None = None
+    fp16: bool | None = None
+    int8: bool = True
+    winograd: bool | None = None
+    sgemm: bool | None = None
+    input_blob: str | None = None
+    output_blob: str | None = None
+    fill: str = "random"
+    seed: int = 0
+    input_file: Path | None = None
+    return_output: bool = False
+    ncnn_version: str | None = None  # wheel version on the board; default = the host's ncnn
+
+
+@dataclass
+class PushReport:
+    runtime: rt.RuntimeInstall
+    runner: str
+    files: dict[str, str]           # local name -> remote path
+    uploaded: list[str]             # remote paths actually sent (the rest were unchanged)
+
+
+@dataclass
+class RunResult:
+    board: str
+    started_at: str
+    facts: dict[str, Any]                 # the runner's `board` line facts (cpu, clocks, ncnn, features)
+    options: dict[str, Any]               # options the runner applied
+    samples_ms: list[float]
+    stats: dict[str, Any] | None
+    partial: bool
+    runtime: dict[str, Any]
+    model: dict[str, Any]
+    output: dict[str, Any] | None = None  # {"blob", "shape", "values"} when requested
+    end_state: dict[str, Any] = field(default_factory=dict)
+    saved_to: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The one object `deployer run --json` prints and the results file holds."""
+        out: dict[str, Any] = {"ok": not self.partial, "board": self.board, "started_at": self.started_at,
+                               "partial": self.partial}
+        out.update(self.stats or {"count": 0})
+        out["samples_ms"] = self.samples_ms
+        for key in ("machine", "cpu", "cores", "model", "python", "ncnn_version", "cpu_features", "hostname"):
+            out[key] = self.facts.get(key)
+        out.update({"options": self.options, "facts": self.facts, "end_state": self.end_state,
+                    "runtime": self.runtime, "model_files": self.model})
+        if self.output is not None:
+            out["output"] = self.output
+        if self.saved_to:
+            out["saved_to"] = self.saved_to
+        return out
+
+
+def _board_default(board: Any, key: str) -> Any:
+    opts = getattr(board, "ncnn", None)
+    if opts is None:
+        return None
+    return opts.get(key) if isinstance(opts, dict) else getattr(opts, key, None)
+
+
+def _safe_name(name: str, what: str) -> str:
+    if not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise DeployerError(f"{what} {name!r} may only use letters, digits and . _ + - (no '/' or '..')")
+    return name
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_local(opts: RunOptions) -> list[Path]:
+    files = [opts.param, opts.bin] + ([opts.input_file] if opts.input_file else [])
+    for path, flag in zip(files, ("--param", "--bin", "--input-file")):
+        if not Path(path).is_file():
+            raise DeployerError(f"{flag} {path}: no such file")
+        _safe_name(Path(path).name, f"{flag} file name")
+    if opts.iterations < 1:
+        raise DeployerError("--iterations must be at least 1")
+    if opts.duration is not None and opts.duration <= 0:
+        raise DeployerError("--duration must be positive (seconds)")
+    if opts.warmup < 0:
+        raise DeployerError("--warmup must be 0 or more")
+    if opts.threads is not None and opts.threads < 1:
+        raise DeployerError("--threads must be at least 1")
+    if opts.powersave is not None and opts.powersave not in (0, 1, 2):
+        raise DeployerError("--powersave must be 0 (all cores), 1 (little) or 2 (big)")
+    if opts.shape is not None:
+        from deployer.remote.runner import parse_shape
+
+        try:
+            parse_shape(opts.shape)
+        except ValueError as err:
+            raise DeployerError(f"--shape: {err}") from None
+    return [Path(p) for p in files]
+
+
+def runner_argv(python: str, runner: str, opts: RunOptions, board: Any, remote: dict[str, str],
+                pythonpath: str) -> list[str]:
+    """The exact command the board runs; board `ncnn:` defaults fill what the flags left open."""
+    def pick(flag: Any, key: str, default: Any) -> Any:
+        if flag is not None:
+            return flag
+        value = _board_default(board, key)
+        return default if value is None else value
+
+    argv = ["env", f"PYTHONPATH={pythonpath}", python, "-u", runner,
+            "--param", remote["param"], "--bin", remote["bin"],
+            "--iterations", str(opts.iterations), "--warmup", str(opts.warmup),
+            "--threads", str(int(pick(opts.threads, "threads", 0))),
+            "--powersave", str(int(pick(opts.powersave, "powersave", 0))),
+            "--fp16", str(int(bool(pick(opts.fp16, "fp16", True)))),
+            "--int8", str(int(opts.int8)),
+            "--winograd", str(int(bool(pick(opts.winograd, "winograd", True)))),
+            "--sgemm", str(int(bool(pick(opts.sgemm, "sgemm", True)))),
+            "--fill", opts.fill, "--seed", str(opts.seed)]
+    if opts.duration is not None:
+        argv += ["--duration", repr(float(opts.duration))]
+    if opts.shape:
+        argv += ["--shape", opts.shape]
+    if opts.input_blob:
+        argv += ["--input-blob", opts.input_blob]
+    if opts.output_blob:
+        argv += ["--output-blob", opts.output_blob]
+    if "input_file" in remote:
+        argv += ["--input-file", remote["input_file"]]
+    if opts.return_output:
+        argv.append("--return-output")
+    return argv
+
+
+def decode_output(line: dict[str, Any]) -> dict[str, Any]:
+    values = array.array("f")
+    values.frombytes(base64.b64decode(line["data"]))
+    return {"blob": line.get("blob"), "shape": line.get("shape"), "values": values.tolist()}
+
+
+def _emit(sink: EventSink | None, board: str, event: dict[str, Any]) -> None:
+    if sink is not None:
+        sink({"board": board, **event})
+
+
+class Session:
+    """An open connection to one board plus what has been provisioned on it."""
+
+    def __init__(self, board: Any, conn: Any, on_event: EventSink | None = None) -> None:
+        self.board = board
+        self.conn = conn
+        self.on_event = on_event
+        self.name: str = board.name
+        self.python: str = getattr(board, "python", None) or "python3"
+        self.root = rt.remote_root(getattr(board, "runtime_dir", None) or ".deployer")
+        self._facts: Any = None
+
+    # -- facts / provisioning -------------------------------------------------------------------
+
+    def probe(self) -> Any:
+        if self._facts is None:
+            _emit(self.on_event, self.name, {"type": "stage", "stage": "probe"})
+            from deployer.remote.probe import probe
+
+            self._facts = probe(self.conn)
+        return self._facts
+
+    def provision(self, ncnn_version: str | None = None, progress: Callable[..., Any] | None = None
+                  ) -> rt.RuntimeInstall:
+        from deployer.ssh.transfer import upload
+
+        platform = rt.platform_from_facts(self.probe(), self.name)
+        wheel = rt.select_wheel(platform, ncnn_version)
+        _emit(self.on_event, self.name, {"type": "stage", "stage": "runtime", "wheel": wheel.path.name})
+        return rt.ensure_runtime(self.conn, wheel, runtime_dir=self.root, python=self.python, board=self.name,
+                                 upload=upload, progress=progress)
+
+    def push(self, opts: RunOptions, progress: Callable[..., Any] | None = None) -> PushReport:
+        """Runtime + runner + model files, each skipped when the board already has identical bytes."""
+        from deployer.ssh.transfer import upload_many
+
+        local = _check_local(opts)
+        install = self.provision(opts.ncnn_version, progress)
+        _emit(self.on_event, self.name, {"type": "stage", "stage": "upload"})
+        keys = ["runner", "param", "bin", "input_file"]
+        remote = [f"{self.root}/bin/runner.py"] + [f"{self.root}/models/{p.name}" for p in local]
+        sent = upload_many(self.conn, list(zip([RUNNER_PATH, *local], remote)), progress)
+        files = dict(zip(keys, remote))
+        uploaded = [r.remote for r in sent if not r.skipped]
+        return PushReport(install, files.pop("runner"), files, uploaded)
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def run(self, opts: RunOptions, progress: Callable[..., Any] | None = None) -> RunResult:
+        started = _dt.datetime.now(_dt.timezone.utc)
+        pushed = self.push(opts, progress)
+        argv = runner_argv(self.python, pushed.runner, opts, self.board, pushed.files, pushed.runtime.path)
+        _emit(self.on_event, self.name, {"type": "stage", "stage": "run"})
+        model = {"param": {"path": str(opts.param), "sha256": _sha256(Path(opts.param))},
+                 "bin": {"path": str(opts.bin), "sha256": _sha256(Path(opts.bin))}}
+        stream = self.conn.stream(argv, check=False)
+        with stream:
+            result = self._collect(self._guard(stream), started, asdict(pushed.runtime), model)
+        return result
+
+    def _guard(self, stream: Any) -> Iterator[str]:
+        """The runner's lines; a broken link becomes one RemoteError naming the board, and a runner
+        that dies without its stats line is explained from its exit code and stderr."""
+        try:
+            yield from stream
+        except (DeployerError, KeyboardInterrupt, GeneratorExit):
+            raise
+        except (OSError, EOFError, socket.timeout) as err:
+            raise RemoteError(f"{self.name}: connection lost during the run ({type(err).__name__}: {err})") from None
+        except Exception as err:  # paramiko.SSHException and friends
+            if type(err).__module__.startswith("paramiko"):
+                raise RemoteError(f"{self.name}: connection lost during the run ({err})") from None
+            raise
+        rc = getattr(stream, "rc", None)
+        if rc == -1 or not getattr(self.conn, "alive", True):  # paramiko's "no exit status": the link died
+            raise RemoteError(f"{self.name}: connection lost during the run (no exit status from the board)",
+                              hint="check the board's network/power; partial timings were not saved")
+        if rc not in (0, None):
+            tail = [ln for ln in (getattr(stream, "stderr", "") or "").splitlines() if ln.strip()]
+            yield json.dumps({"type": "exit", "rc": rc, "stderr": tail[-1].strip() if tail else ""})
+
+    def _collect(self, lines: Iterable[str], started: _dt.datetime, runtime: dict[str, Any],
+                 model: dict[str, Any]) -> RunResult:
+        facts: dict[str, Any] = {}
+        options: dict[str, Any] = {}
+        samples: list[float] = []
+        output = None
+        final: dict[str, Any] | None = None
+        noise: list[str] = []
+        stream = iter(lines)
+        try:
+            for raw in stream:
+                text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+                try:
+                    line = json.loads(text)
+                except ValueError:
+                    if text.strip():
+                        noise.append(text.strip())
+                    continue
+                if not isinstance(line, dict):
+                    continue
+                kind = line.get("type")
+                if kind == "board":
+                    facts, options = line.get("facts", {}), line.get("options", {})
+                elif kind == "iter":
+                    samples.append(float(line["ms"]))
+                elif kind == "output":
+                    output = decode_output(line)
+                    continue
+                elif kind == "stats":
+                    final = line
+                elif kind == "error":
+                    raise DeployerError(f"{self.name}: runner: {line.get('error')}")
+                elif kind == "exit":
+                    if final is None and line.get("stderr"):
+                        noise.append(f"exit code {line['rc']}: {line['stderr']}")
+                    continue
+                _emit(self.on_event, self.name, line)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        if final is None:
+            detail = noise[-1] if noise else "no results line"
+            raise RemoteError(f"{self.name}: the runner stopped after {len(samples)} iteration(s) without "
+                              f"results ({detail})")
+        stats = latency_stats(samples)
+        result = RunResult(
+            board=self.name, started_at=started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), facts=facts,
+            options=options, samples_ms=samples, stats=asdict(stats) if stats else None,
+            partial=bool(final.get("partial")), runtime=runtime, model=model, output=output,
+            end_state=final.get("end_state") or {})
+        for key in ("load_ms", "input_blob", "output_blob", "shape", "wall_s"):
+            if key in final:
+                result.options[key] = final[key]
+        return result
+
+
+def save_result(result: RunResult, results_dir: Path) -> Path:
+    """results/<board>/<UTC timestamp>.json, written atomically."""
+    board = _safe_name(result.board, "board name")
+    stamp = result.started_at.replace(":", "").replace("-", "")
+    path = Path(results_dir) / board / f"{stamp}.json"
+    result.saved_to = str(path)
+    fsutil.write_text(path, json.dumps(result.to_json(), indent=2) + "\n")
+    return path
+
+
+def open_session(board: Any, *, accept_new: bool = False, inventory: Any = None,
+                 on_event: EventSink | None = None) -> tuple[Any, Session]:
+    """(connection context manager, Session); callers `with conn:` it."""
+    from deployer.ssh.connect import connect
+
+    _emit(on_event, board.name, {"type": "stage", "stage": "connect"})
+    conn = connect(board, accept_new=accept_new, inventory=inventory)
+    return conn, Session(board, conn, on_event)
+
+
+def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False, inventory: Any = None,
+               on_event: EventSink | None = None, results_dir: Path | None = Path("results"),
+               progress: Callable[..., Any] | None = None) -> list[RunResult]:
+    """Boards one after another: parallel runs on one network would disturb each other's timing."""
+    _check_local(opts)
+    results = []
+    for board in boards:
+        conn, session = open_session(board, accept_new=accept_new, inventory=inventory, on_event=on_event)
+        with conn:
+            result = session.run(opts, progress)
+        if results_dir is not None:
+            save_result(result, results_dir)
+        results.append(result)
+    return results
+
+
+def push_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False, inventory: Any = None,
+                on_event: EventSink | None = None, progress: Callable[..., Any] | None = None
+                ) -> dict[str, PushReport]:
+    _check_local(opts)
+    reports = {}
+    for board in boards:
+        conn, session = open_session(board, accept_new=accept_new, inventory=inventory, on_event=on_event)
+        with conn:
+            reports[board.name] = session.push(opts, progress)
+    return reports

@@ -1,0 +1,215 @@
+"""`deployer sim up/down/status` as a library: the public API of deployer.sim.
+
+    from deployer.sim.manager import sim_up, sim_down, sim_status
+    result = sim_up(arch="arm64", count=1, link=None, targets_dir=Path("targets"))
+    sim_status()            # -> list[BoardStatus]
+    sim_down()              # stops every board of this state dir, rewrites targets/sim.yaml
+
+`state_dir` (default `$DEPLOYER_CACHE/sim`) holds one simulator instance: its client key, board
+overlays and state.json. Tests pass their own so they never touch a user's boards.
+`sim_up` is idempotent: it makes sure `count` boards of that arch and link exist and adds only the
+missing ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from deployer.errors import DeployerError
+from deployer.sim import host
+from deployer.sim.board import prepare_board_dir, sshd_answers, start_board, stop_board
+from deployer.sim.keys import ensure_client_key
+from deployer.sim.linkspec import LinkSpec
+from deployer.sim.net import Slot, create_network, destroy_network, free_slot, network_exists
+from deployer.sim.paths import default_state_dir
+from deployer.sim.procs import terminate
+from deployer.sim.profiles import PROFILES, BoardProfile
+from deployer.sim.state import BoardState, SimState, load_state, locked, save_state
+from deployer.sim.sysroot import SysrootInfo, ensure_sysroot
+from deployer.sim.targetsfile import TARGETS_NAME, write_targets
+
+Progress = Callable[[str, int, int], None]
+MAX_COUNT = 32
+
+
+@dataclass
+class UpResult:
+    added: list[BoardState]
+    existing: list[BoardState]       # boards that already matched and were left alone
+    targets: Path
+    sysroot: SysrootInfo
+
+
+@dataclass
+class BoardStatus:
+    name: str
+    arch: str
+    cpu: str
+    model: str
+    address: str
+    link: str                        # "" when unshaped
+    running: bool                    # the board's processes are alive
+    sshd: bool                       # its sshd answers with an SSH banner
+
+    @property
+    def state(self) -> str:
+        return "up" if self.running and self.sshd else ("starting/hung" if self.running else "down")
+
+
+def check_host(arch: str, shaped: bool, install_deps: bool = False) -> None:
+    """Root, packages (installed when `install_deps`), binfmt (repaired). One-line errors otherwise."""
+    host.require_root()
+    missing = host.missing_packages(shaped)
+    if missing:
+        if not install_deps:
+            raise host.missing_packages_error(missing)
+        host.install_packages(missing)
+    host.ensure_binfmt(arch)
+
+
+def sim_up(arch: str = "arm64", count: int = 1, link: LinkSpec | None = None, targets_dir: Path | None = None,
+           state_dir: Path | None = None, install_deps: bool = False, progress: Progress | None = None) -> UpResult:
+    state_dir = (state_dir or default_state_dir()).resolve()
+    if arch not in PROFILES:
+        raise DeployerError(f"--arch {arch!r} is not supported; use one of: {', '.join(PROFILES)}")
+    if not 1 <= count <= MAX_COUNT:
+        raise DeployerError(f"--count {count} must be between 1 and {MAX_COUNT}")
+    if link is not None and not link.active:
+        link = None
+    check_host(arch, link is not None, install_deps)
+    say = progress or (lambda *_: None)
+    sysroot = ensure_sysroot(arch, progress)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key, pub = ensure_client_key(state_dir)
+    with locked():
+        state = load_state(state_dir)
+        tdir = _targets_dir(state, targets_dir)
+        state.targets_dir = str(tdir)
+        _reap_dead(state, state_dir)
+        link_json = link.to_json() if link else None
+        existing = [b for b in state.boards if b.arch == arch and b.link == link_json]
+        added: list[BoardState] = []
+        want = max(0, count - len(existing))
+        profile = PROFILES[arch]
+        try:
+            for i in range(want):
+                name = _free_name(state)
+                say(f"starting {name} ({arch}{', ' + link.spec() if link else ''})", i, want)
+                board = _start_one(name, state, state_dir, profile, link, sysroot.path, pub)
+                state.boards.append(board)
+                added.append(board)
+                save_state(state_dir, state)
+            say("boards up", want, want)
+        finally:
+            write_targets(tdir, key, state.boards)
+            save_state(state_dir, state)
+    return UpResult(added, existing[:count], tdir / TARGETS_NAME, sysroot)
+
+
+def sim_down(names: list[str] | None = None, state_dir: Path | None = None,
+             progress: Progress | None = None) -> list[str]:
+    """Stop boards (all, or the named ones) and everything they used; returns the names stopped."""
+    host.require_root()
+    state_dir = (state_dir or default_state_dir()).resolve()
+    say = progress or (lambda *_: None)
+    with locked():
+        state = load_state(state_dir)
+        if names:
+            unknown = [n for n in names if state.board(n) is None]
+            if unknown:
+                known = ", ".join(b.name for b in state.boards) or "none"
+                raise DeployerError(f"sim down: no emulated board named {', '.join(unknown)} (running: {known})")
+        victims = [b for b in state.boards if not names or b.name in names]
+        for i, board in enumerate(victims):
+            say(f"stopping {board.name}", i, len(victims))
+            _teardown(board)
+            state.boards.remove(board)
+            save_state(state_dir, state)
+        say("boards stopped", len(victims), len(victims))
+        if state.targets_dir:
+            key, _ = ensure_client_key(state_dir)
+            write_targets(Path(state.targets_dir), key, state.boards)
+        if not state.boards:
+            state.targets_dir = None
+        save_state(state_dir, state)
+    return [b.name for b in victims]
+
+
+def sim_status(state_dir: Path | None = None) -> list[BoardStatus]:
+    state = load_state((state_dir or default_state_dir()).resolve())
+    out = []
+    for b in sorted(state.boards, key=lambda b: b.slot):
+        running = b.unshare.alive() and b.init.alive()
+        out.append(BoardStatus(b.name, b.arch, b.qemu_cpu, b.model, b.address, (b.link or {}).get("spec", ""),
+                               running, running and sshd_answers(b.address, timeout=3.0)))
+    return out
+
+
+def targets_path(state_dir: Path | None = None) -> Path | None:
+    state = load_state((state_dir or default_state_dir()).resolve())
+    return Path(state.targets_dir) / TARGETS_NAME if state.targets_dir and state.boards else None
+
+
+# --- internals ---------------------------------------------------------------------------------------
+
+def _targets_dir(state: SimState, requested: Path | None) -> Path:
+    wanted = (requested or Path("targets")).expanduser().resolve()
+    if state.boards and state.targets_dir and Path(state.targets_dir) != wanted and requested is not None:
+        raise DeployerError(
+            f"--targets-dir {requested}: the running emulated boards are listed in {state.targets_dir}/"
+            f"{TARGETS_NAME}; use that folder or run 'deployer sim down' first")
+    return Path(state.targets_dir) if state.boards and state.targets_dir else wanted
+
+
+def _free_name(state: SimState) -> str:
+    used = {b.name for b in state.boards}
+    return next(f"sim-{k}" for k in range(1, 10_000) if f"sim-{k}" not in used)
+
+
+def _start_one(name: str, state: SimState, state_dir: Path, profile: BoardProfile, link: LinkSpec | None,
+               sysroot: Path, pub: str) -> BoardState:
+    t0 = time.monotonic()
+    slot = free_slot({b.slot for b in state.boards})
+    board_dir = state_dir / "boards" / name
+    hostname = f"raspberrypi-{name}"
+    config = prepare_board_dir(board_dir, slot, profile, hostname, sysroot, pub)
+    shaper = create_network(slot, link, board_dir / "shaper.log")
+    try:
+        started = start_board(name, slot, board_dir, config)
+    except BaseException:
+        if shaper is not None:
+            terminate(shaper)
+        destroy_network(slot)
+        shutil.rmtree(board_dir, ignore_errors=True)
+        raise
+    return BoardState(
+        name=name, arch=profile.arch, slot=slot.n, address=slot.board_addr, qemu_cpu=profile.qemu_cpu,
+        model=profile.model, hostname=hostname, board_dir=str(board_dir), sysroot=str(sysroot),
+        host_key=started.host_key, unshare=started.unshare, init=started.init,
+        link=link.to_json() if link else None, shaper=shaper,
+        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), up_seconds=round(time.monotonic() - t0, 3))
+
+
+def _teardown(board: BoardState) -> None:
+    gone = stop_board(board.unshare, board.init)
+    if board.shaper is not None:
+        gone = terminate(board.shaper) and gone
+    slot = Slot(board.slot)
+    destroy_network(slot)
+    if not gone or network_exists(slot):
+        raise DeployerError(f"board {board.name}: could not stop all of its processes / namespaces "
+                            f"(pid {board.unshare.pid}, netns {slot.netns}); check 'ip netns list' and ps")
+    shutil.rmtree(board.board_dir, ignore_errors=True)
+
+
+def _reap_dead(state: SimState, state_dir: Path) -> None:
+    """Boards whose processes died (host reboot, killed by hand): clean up what is left, forget them."""
+    for board in list(state.boards):
+        if not (board.unshare.alive() and board.init.alive()):
+            _teardown(board)
+            state.boards.remove(board)
+            save_state(state_dir, state)

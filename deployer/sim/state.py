@@ -1,0 +1,90 @@
+"""The simulator's state file: which boards it started, with which processes, so any later process
+(`sim status`, `sim down`, test fixtures) can find and stop exactly those.
+
+One JSON file per state dir, written atomically; every change happens under a machine-wide lock
+because board slots (namespace names, subnets) are shared by all state dirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from deployer.errors import DeployerError
+from deployer.fsutil import write_text
+from deployer.sim.paths import GLOBAL_LOCK
+from deployer.sim.procs import ProcRef
+
+STATE_FILE = "state.json"
+VERSION = 1
+
+
+@dataclass
+class BoardState:
+    name: str
+    arch: str
+    slot: int
+    address: str
+    qemu_cpu: str
+    model: str
+    hostname: str
+    board_dir: str
+    sysroot: str
+    host_key: str                 # "ssh-ed25519 AAAA..." as the board generated it
+    unshare: ProcRef              # the process we started (unshare, parent of the board's PID 1)
+    init: ProcRef                 # the board's PID 1 (its sshd) as seen from the host
+    link: dict | None = None      # LinkSpec.to_json() when shaped
+    shaper: ProcRef | None = None
+    started: str = ""
+    up_seconds: float = 0.0
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BoardState":
+        d = dict(d)
+        for k in ("unshare", "init", "shaper"):
+            if d.get(k) is not None:
+                d[k] = ProcRef(**d[k])
+        return cls(**d)
+
+
+@dataclass
+class SimState:
+    targets_dir: str | None = None
+    boards: list[BoardState] = field(default_factory=list)
+
+    def board(self, name: str) -> BoardState | None:
+        return next((b for b in self.boards if b.name == name), None)
+
+
+def load_state(state_dir: Path) -> SimState:
+    path = state_dir / STATE_FILE
+    if not path.exists():
+        return SimState()
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != VERSION:
+            raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
+        return SimState(data.get("targets_dir"), [BoardState.from_json(b) for b in data.get("boards", [])])
+    except (ValueError, TypeError, KeyError) as err:
+        raise DeployerError(f"{path}: unreadable simulator state ({err}); stop leftover boards with "
+                            f"'ip netns list' / 'ip netns del dsim-N' and delete the file") from None
+
+
+def save_state(state_dir: Path, state: SimState) -> None:
+    data = {"version": VERSION, "targets_dir": state.targets_dir, "boards": [asdict(b) for b in state.boards]}
+    write_text(state_dir / STATE_FILE, json.dumps(data, indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def locked() -> Iterator[None]:
+    GLOBAL_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(GLOBAL_LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,480 @@
+"""paramiko connections to boards: hop chains, strict host keys, keys/agent, retries, exec, streaming.
+
+Why not SSHClient: it cannot do ProxyJump, reads no ssh_config, and its host-key policies are
+all-or-nothing. We drive paramiko.Transport directly so every hop of a ProxyJump chain gets its
+own strict host-key check (hostkeys.py) and the window sizes suit bulk transfers.
+
+Flaky links (WiFi boards, fleets) make transient failures normal, so connecting retries with
+exponential backoff on refused/timed-out connects and "Error reading SSH protocol banner" — but
+never on authentication or host-key failures, which retrying cannot fix.
+
+Every remote command is run as argv: each word is shlex-quoted, then wrapped in a tiny `sh`
+prologue that reports its pid/process group on stderr so a stream can be killed on the board
+(Ctrl-C, close, timeout) instead of being left running.
+"""
+
+from __future__ import annotations
+
+import select
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+
+import paramiko
+
+from deployer.errors import DeployerError, RemoteError
+from deployer.ssh import hostkeys
+from deployer.ssh.config import Hop, load_ssh_config, plan_hops
+from deployer.targets import Board, Inventory
+
+WINDOW_SIZE = 16 * 1024 * 1024       # our receive window per channel (downloads, streams, jump tunnels)
+MAX_PACKET = 32 * 1024
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 8.0
+KEEPALIVE = 15
+_PID_MARK = "__deployer_pid__"
+_WRAP = f'echo "{_PID_MARK} $$ $(cut -d" " -f5 /proc/$$/stat 2>/dev/null)" >&2; exec "$@"'
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def quote_argv(argv: list[str]) -> str:
+    """argv -> one command line for the remote shell; every word quoted."""
+    if not argv:
+        raise ValueError("empty command")
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def safe_remote_path(base: str, *names: str) -> str:
+    """Join user-provided names under `base`, refusing '..', absolute names and control chars."""
+    for n in (base, *names):
+        if "\0" in n or "\n" in n:
+            raise DeployerError(f"remote path {n!r} contains a NUL or newline")
+    for n in names:
+        p = PurePosixPath(n)
+        if p.is_absolute() or ".." in p.parts:
+            raise DeployerError(f"remote name '{n}' escapes its folder (absolute or '..')",
+                                hint="use a plain relative name")
+    if ".." in PurePosixPath(base).parts:
+        raise DeployerError(f"remote path '{base}' contains '..'")
+    return str(PurePosixPath(base, *names))
+
+
+def connect(
+    board: Board,
+    *,
+    accept_new: bool = False,
+    inventory: Inventory | None = None,
+    on_retry: Callable[[int, float, str], None] | None = None,
+) -> "Connection":
+    """Open an authenticated connection to `board` (through its jump chain). Context manager.
+
+    `inventory` is accepted for API symmetry; jump boards are already resolved by load_targets.
+    `on_retry(attempt, delay, reason)` is called before each backoff sleep (for CLI messages).
+    """
+    del inventory
+    hops = plan_hops(board, load_ssh_config())
+    attempts = board.retries + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            transports = _open_chain(hops, accept_new)
+            return Connection(board, hops, transports)
+        except _Transient as e:
+            if attempt == attempts:
+                raise RemoteError(f"{board.where}: {e} (gave up after {attempts} attempts)",
+                                  hint="check the board is powered, on the network and running sshd") from None
+            delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))
+            if on_retry:
+                on_retry(attempt, delay, str(e))
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class _Transient(Exception):
+    """A connect failure worth retrying."""
+
+
+def _open_chain(hops: list[Hop], accept_new: bool) -> list[paramiko.Transport]:
+    transports: list[paramiko.Transport] = []
+    try:
+        for i, hop in enumerate(hops):
+            via = f" via {hops[i - 1].label}" if i else ""
+            sock = _open_socket(hop, transports[-1] if transports else None, via)
+            t = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
+            transports.append(t)
+            t.banner_timeout = t.handshake_timeout = t.auth_timeout = hop.timeout
+            opts = t.get_security_options()
+            opts.key_types = hostkeys.preferred_key_types(
+                hop.known_hosts, hostkeys.host_token(hop.known_hosts_name, hop.port), tuple(opts.key_types))
+            try:
+                t.start_client(timeout=hop.timeout)
+            except (paramiko.SSHException, EOFError, OSError) as e:
+                raise _Transient(f"SSH handshake with {hop.label} ({hop.address}){via} failed: {_why(e)}") from None
+            key = t.get_remote_server_key()
+            hostkeys.check_host_key(
+                hop.known_hosts, hop.known_hosts_name, hop.port, key.get_name(), key.asbytes(),
+                board=hop.board if hop.label.startswith("board") else f"{hop.board}' via '{hop.label}",
+                accept_new=accept_new,
+            )
+            _authenticate(t, hop)
+            t.set_keepalive(KEEPALIVE)
+    except BaseException:
+        for t in reversed(transports):
+            t.close()
+        raise
+    return transports
+
+
+def _open_socket(hop: Hop, outer: paramiko.Transport | None, via: str):
+    if outer is None:
+        try:
+            sock = socket.create_connection((hop.hostname, hop.port), timeout=hop.timeout)
+        except socket.gaierror as e:
+            raise DeployerError(f"{hop.label}: cannot resolve host '{hop.hostname}': {e.strerror}",
+                                hint="check host: in the targets file or HostName in ~/.ssh/config") from None
+        except (ConnectionRefusedError, socket.timeout, TimeoutError, OSError) as e:
+            raise _Transient(f"cannot connect to {hop.label} at {hop.hostname}:{hop.port}: {_why(e)}") from None
+        sock.settimeout(None)
+        return sock
+    try:
+        return outer.open_channel("direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0), timeout=hop.timeout)
+    except (paramiko.ChannelException, paramiko.SSHException, EOFError, OSError) as e:
+        raise _Transient(f"cannot reach {hop.label} at {hop.hostname}:{hop.port}{via}: {_why(e)}") from None
+
+
+def _authenticate(t: paramiko.Transport, hop: Hop) -> None:
+    tried: list[str] = []
+    for path in hop.keys:
+        try:
+            key = paramiko.PKey.from_path(str(path))
+        except FileNotFoundError:
+            if hop.explicit_keys:
+                raise DeployerError(f"{hop.label}: key file {path} not found", hint="fix key: in the targets file") from None
+            continue
+        except paramiko.PasswordRequiredException:
+            if hop.explicit_keys:
+                raise DeployerError(f"{hop.label}: key {path} is passphrase-protected",
+                                    hint=f"load it into ssh-agent (ssh-add {path}); deployer never asks for passphrases") from None
+            continue
+        except (paramiko.SSHException, OSError, ValueError) as e:
+            raise DeployerError(f"{hop.label}: cannot load key {path}: {e}") from None
+        tried.append(str(path))
+        if _try_key(t, hop, key):
+            return
+    agent = paramiko.Agent()
+    try:
+        for key in agent.get_keys():
+            tried.append(f"agent:{key.get_name()}")
+            if _try_key(t, hop, key):
+                return
+    finally:
+        agent.close()
+    raise DeployerError(
+        f"{hop.label}: authentication failed for {hop.address} (tried {', '.join(tried) or 'no keys'})",
+        hint="set key: in the targets file, add the key to ssh-agent, or install the public key in the board's authorized_keys",
+    )
+
+
+def _try_key(t: paramiko.Transport, hop: Hop, key: paramiko.PKey) -> bool:
+    try:
+        t.auth_publickey(hop.user, key)
+    except paramiko.BadAuthenticationType as e:
+        raise DeployerError(f"{hop.label}: {hop.address} does not accept public keys (allows {', '.join(e.allowed_types)})") from None
+    except paramiko.AuthenticationException:
+        return False
+    except (paramiko.SSHException, EOFError, OSError) as e:
+        raise RemoteError(f"{hop.label}: connection dropped during authentication: {_why(e)}") from None
+    return t.is_authenticated()
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
+class Connection:
+    """An authenticated session with one board. Thread-compatible, not thread-safe."""
+
+    def __init__(self, board: Board, hops: list[Hop], transports: list[paramiko.Transport]) -> None:
+        self.board = board
+        self.hops = hops
+        self._transports = transports
+        self.transport = transports[-1]
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self.board.name
+
+    @property
+    def alive(self) -> bool:
+        return self.transport.is_active()
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = paramiko.SFTPClient.from_transport(
+                    self.transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+            except (paramiko.SSHException, EOFError, OSError) as e:
+                raise self.dropped(f"opening SFTP: {_why(e)}") from None
+            if self._sftp is None:
+                raise RemoteError(f"{self.board.where}: the board's sshd has no SFTP subsystem")
+        return self._sftp
+
+    def lost(self, wait: float = 1.0) -> bool:
+        """True if the connection is gone; waits briefly because paramiko notices a dead socket
+        on its own thread, a moment after a channel read fails."""
+        end = time.monotonic() + wait
+        while self.transport.is_active():
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def remote_path(self, *names: str) -> str:
+        """A path under the board's runtime_dir built from user-provided names ('..' refused)."""
+        return safe_remote_path(self.board.runtime_dir, *names)
+
+    def dropped(self, doing: str) -> RemoteError:
+        return RemoteError(f"{self.board.where}: connection lost while {doing}",
+                           hint="check the board's network/power, then re-run (transfers resume)")
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:
+                pass
+            self._sftp = None
+        for t in reversed(self._transports):
+            t.close()
+
+    # --- exec ------------------------------------------------------------------------------
+
+    def _open(self, argv: list[str], timeout: float | None) -> paramiko.Channel:
+        cmd = "sh -c " + shlex.quote(_WRAP) + " sh " + quote_argv(argv)
+        try:
+            chan = self.transport.open_session(timeout=timeout)
+            chan.exec_command(cmd)
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            raise self.dropped(f"starting `{_short(argv)}`: {_why(e)}") from None
+        return chan
+
+    def run(self, argv: list[str], *, timeout: float | None = None, stdin: bytes | str | None = None,
+            check: bool = False) -> Result:
+        """Run argv on the board, wait, return its output. `check` raises RemoteError on rc != 0."""
+        proc = _Proc(self, argv, self._open(argv, timeout))
+        if stdin is not None:
+            proc.send_stdin(stdin.encode() if isinstance(stdin, str) else stdin)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chunks: list[bytes] = []
+        try:
+            for data in proc.read(deadline):
+                chunks.append(data)
+        except BaseException:
+            proc.kill()
+            raise
+        res = Result(proc.rc, b"".join(chunks).decode(errors="replace"), proc.stderr)
+        if check and res.rc != 0:
+            raise proc.failed()
+        return res
+
+    def stream(self, argv: list[str], *, timeout: float | None = None, idle_timeout: float | None = None,
+               check: bool = True) -> "RemoteStream":
+        """Start argv; iterate the returned stream for stdout lines as they arrive."""
+        return RemoteStream(_Proc(self, argv, self._open(argv, timeout)), timeout, idle_timeout, check)
+
+    def kill(self, pgid: int, grace: float = 2.0) -> None:
+        """TERM a remote process group, KILL it if still alive after `grace` seconds."""
+        tries = max(1, int(grace / 0.2))
+        script = (
+            f'kill -TERM -- -{pgid} 2>/dev/null || exit 0; i=0; '
+            f'while [ $i -lt {tries} ]; do kill -0 -- -{pgid} 2>/dev/null || exit 0; sleep 0.2; i=$((i+1)); done; '
+            f'kill -KILL -- -{pgid} 2>/dev/null; exit 0'
+        )
+        try:
+            chan = self.transport.open_session(timeout=10)
+            chan.exec_command("sh -c " + shlex.quote(script))
+            chan.settimeout(grace + 10)
+            chan.recv_exit_status()
+            chan.close()
+        except (paramiko.SSHException, EOFError, OSError):
+            pass  # connection already gone: sshd's teardown and SIGPIPE finish the job
+
+
+def _short(argv: list[str], n: int = 60) -> str:
+    s = " ".join(str(a) for a in argv)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+class _Proc:
+    """One exec channel: pumps stdout/stderr, learns the remote pid, can kill the process group."""
+
+    STDERR_KEEP = 64 * 1024
+
+    def __init__(self, conn: Connection, argv: list[str], chan: paramiko.Channel) -> None:
+        self.conn, self.argv, self.chan = conn, argv, chan
+        self.pgid: int | None = None
+        self._err = b""
+        self._pid_seen = False
+        self.rc: int | None = None
+
+    @property
+    def stderr(self) -> str:
+        return self._err.decode(errors="replace")
+
+    def send_stdin(self, data: bytes) -> None:
+        try:
+            self.chan.sendall(data)
+            self.chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise self.conn.dropped(f"sending input to `{_short(self.argv)}`: {_why(e)}") from None
+
+    def _take_stderr(self, data: bytes) -> None:
+        if not self._pid_seen:
+            self._err += data
+            head, nl, rest = self._err.partition(b"\n")
+            if not nl:
+                return
+            self._pid_seen = True
+            parts = head.decode(errors="replace").split()
+            if len(parts) >= 2 and parts[0] == _PID_MARK:
+                self.pgid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else int(parts[1])
+                self._err = rest
+            return
+        self._err = (self._err + data)[-self.STDERR_KEEP:]
+
+    def read(self, deadline: float | None, idle_timeout: float | None = None) -> Iterator[bytes]:
+        """Yield stdout chunks as they arrive until the command exits."""
+        chan = self.chan
+        last = time.monotonic()
+        while True:
+            got = False
+            if chan.recv_stderr_ready():
+                self._take_stderr(chan.recv_stderr(65536))
+                got = True
+            if chan.recv_ready():
+                data = chan.recv(65536)
+                if data:
+                    last = time.monotonic()
+                    yield data
+                    continue
+            if got:
+                continue
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                if chan.eof_received or chan.closed:
+                    break
+            if chan.closed or not self.conn.transport.is_active():
+                if chan.exit_status_ready():
+                    break
+                if self.conn.lost():
+                    raise self.conn.dropped(f"running `{_short(self.argv)}`")
+                raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` ended without an exit status (killed?)")
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                self.kill()
+                raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` timed out; killed it on the board")
+            if idle_timeout is not None and now - last > idle_timeout:
+                self.kill()
+                raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` printed nothing for "
+                                  f"{idle_timeout:.0f} s; killed it on the board")
+            select.select([chan], [], [], 0.02)
+        self.rc = chan.recv_exit_status()
+        chan.close()
+
+    def kill(self) -> None:
+        if self.rc is not None:
+            return
+        if self.pgid is None and self.conn.transport.is_active():
+            # the pid line may still be in flight; give it a moment
+            end = time.monotonic() + 2
+            while self.pgid is None and time.monotonic() < end and not self.chan.closed:
+                if self.chan.recv_stderr_ready():
+                    self._take_stderr(self.chan.recv_stderr(65536))
+                else:
+                    time.sleep(0.01)
+        if self.pgid is not None and self.conn.transport.is_active():
+            self.conn.kill(self.pgid)
+        self.chan.close()
+
+    def failed(self) -> RemoteError:
+        tail = self.stderr.strip().splitlines()[-1:] or ["no stderr"]
+        return RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` exited with {self.rc}: {tail[0]}")
+
+
+class RemoteStream:
+    """Iterate for stdout lines (str, no newline) as they arrive. close()/Ctrl-C kills the remote process."""
+
+    def __init__(self, proc: _Proc, timeout: float | None, idle_timeout: float | None, check: bool) -> None:
+        self._proc = proc
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._idle = idle_timeout
+        self._check = check
+        self._it: Iterator[str] | None = None
+
+    @property
+    def rc(self) -> int | None:
+        return self._proc.rc
+
+    @property
+    def stderr(self) -> str:
+        return self._proc.stderr
+
+    @property
+    def pgid(self) -> int | None:
+        return self._proc.pgid
+
+    def __enter__(self) -> "RemoteStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[str]:
+        if self._it is None:
+            self._it = self._lines()
+        return self._it
+
+    def __next__(self) -> str:
+        return next(iter(self))
+
+    def _lines(self) -> Iterator[str]:
+        buf = b""
+        try:
+            for data in self._proc.read(self._deadline, self._idle):
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    yield line.rstrip(b"\r").decode(errors="replace")
+            if buf:
+                yield buf.rstrip(b"\r").decode(errors="replace")
+        except BaseException:
+            self._proc.kill()
+            raise
+        if self._check and self._proc.rc != 0:
+            raise self._proc.failed()
+
+    def close(self) -> None:
+        """Stop early: kill the remote process group (TERM, then KILL)."""
+        self._proc.kill()
+        if self._it is not None:
+            self._it.close()

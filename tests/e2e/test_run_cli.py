@@ -1,0 +1,106 @@
+"""`deployer run / push / runtime` as a user types them, against the real loopback sshd board."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.runner import tiny_models  # noqa: F401  (fixture)
+
+DEPLOYER = [str(Path(sys.executable).with_name("deployer"))]
+
+
+def deployer(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120):
+    return subprocess.run([*DEPLOYER, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.sshd
+def test_run_json_and_results_file(sshd, tiny_models, tmp_path: Path) -> None:
+    p = deployer("run", "loop", "--targets", str(sshd.targets), "--param", str(tiny_models.int8_param),
+                 "--bin", str(tiny_models.int8_bin), "-n", "4", "--warmup", "1", "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["ok"] is True and out["board"] == "loop" and out["machine"] == "x86_64"
+    assert len(out["samples_ms"]) == out["count"] == 4
+    for key in ("median_ms", "mean_ms", "min_ms", "p90_ms", "p99_ms", "std_ms"):
+        assert isinstance(out[key], float)
+    assert out["min_ms"] <= out["median_ms"] <= out["p99_ms"]
+    # nothing set in targets or flags: ncnn's own defaults (physical big cores, fp16 on)
+    import ncnn
+
+    assert out["options"]["threads"] == ncnn.get_physical_big_cpu_count() and out["options"]["fp16"] is True
+    saved = Path(out["saved_to"])
+    assert not saved.is_absolute() and saved.parts[:2] == ("results", "loop")
+    assert json.loads((tmp_path / saved).read_text())["samples_ms"] == out["samples_ms"]
+
+
+@pytest.mark.sshd
+def test_push_then_human_run(sshd, tiny_models, tmp_path: Path) -> None:
+    p = deployer("push", "loop", "--targets", str(sshd.targets), "--param", str(tiny_models.fp32_param),
+                 "--bin", str(tiny_models.fp32_bin), "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)["loop"]
+    assert report["files"]["param"].endswith("/models/tiny.param")
+    p = deployer("run", "loop", "--targets", str(sshd.targets), "--param", str(tiny_models.fp32_param),
+                 "--bin", str(tiny_models.fp32_bin), "-n", "3", "--no-int8", "--no-fp16", "--threads", "1", "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["options"]["fp16"] is False and out["options"]["int8"] is False and out["options"]["threads"] == 1
+
+
+@pytest.mark.sshd
+def test_missing_wheel_is_one_line_with_fetch_command(sshd, tiny_models, tmp_path: Path) -> None:
+    p = deployer("run", "loop", "--targets", str(sshd.targets), "--param", str(tiny_models.int8_param),
+                 "--bin", str(tiny_models.int8_bin), env={"DEPLOYER_CACHE": str(tmp_path / "empty")}, cwd=tmp_path)
+    assert p.returncode == 2
+    err = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "run: deployer runtime fetch --arch x86_64 --python 3.11" in " ".join(p.stderr.split())
+
+
+@pytest.mark.sshd
+def test_probe_json_and_table(sshd) -> None:
+    import platform
+
+    p = deployer("probe", "loop", "--targets", str(sshd.targets), "--json")
+    assert p.returncode == 0, p.stderr
+    facts = json.loads(p.stdout)
+    assert facts["wheel_arch"] == platform.machine() and facts["python"].startswith("3.")
+    p = deployer("probe", "loop", "--targets", str(sshd.targets))
+    assert p.returncode == 0, p.stderr
+    assert "wheel_arch" in p.stdout and platform.machine() in p.stdout
+
+
+def test_bad_input_errors_exit_2(tmp_path: Path, tiny_models) -> None:
+    targets = tmp_path / "t.yaml"
+    targets.write_text("boards:\n  pi:\n    host: 10.0.0.1\n    user: pi\n")
+    cases = [
+        (["run", "nosuch", "--targets", str(targets), "--param", str(tiny_models.int8_param), "--bin",
+          str(tiny_models.int8_bin)], "nosuch"),
+        (["run", "pi", "--targets", str(targets), "--param", str(tmp_path / "x.param"), "--bin",
+          str(tiny_models.int8_bin)], "x.param: no such file"),
+        (["run", "pi", "--targets", str(targets), "--param", str(tiny_models.int8_param), "--bin",
+          str(tiny_models.int8_bin), "--shape", "3,a"], "--shape"),
+        (["run", "pi", "--param", str(tiny_models.int8_param), "--bin", str(tiny_models.int8_bin)], "no targets"),
+        (["runtime", "fetch", "--arch", "mips", "--python", "3.11"], "mips"),
+    ]
+    for args, needle in cases:
+        p = deployer(*args, cwd=tmp_path, timeout=30)
+        assert p.returncode == 2, (args, p.stderr)
+        assert needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_runtime_list_json(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "wheels").mkdir(parents=True)
+    (cache / "wheels" / "ncnn-1.0.20261020-cp311-cp311-manylinux_2_31_armv7l.whl").write_bytes(b"x")
+    p = deployer("runtime", "list", "--json", env={"DEPLOYER_CACHE": str(cache)})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert [w["platforms"] for w in out["wheels"]] == [["manylinux_2_31_armv7l"]]

@@ -1,0 +1,119 @@
+"""Metrics and gates on inputs whose answers can be worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deployer.check.gates import evaluate_gates, parse_gate
+from deployer.check.metrics import (
+    cosine,
+    is_classifier_like,
+    max_abs_error,
+    psnr,
+    summarize,
+    top1_agrees,
+    topk_contains,
+)
+from deployer.errors import DeployerError
+
+
+def test_cosine_by_hand():
+    assert cosine(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(0.0)
+    assert cosine(np.array([1.0, 2.0, 2.0]), np.array([2.0, 1.0, 2.0])) == pytest.approx(8 / 9)
+    assert cosine(np.array([3.0, 4.0]), np.array([-3.0, -4.0])) == pytest.approx(-1.0)
+    # scale does not matter, shape does not matter (flattened)
+    assert cosine(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([2.0, 4.0, 6.0, 8.0])) == pytest.approx(1.0)
+
+
+def test_cosine_of_zero_vectors():
+    z = np.zeros(3)
+    assert cosine(z, z) == 1.0
+    assert cosine(z, np.array([0.0, 1.0, 0.0])) == 0.0
+
+
+def test_psnr_by_hand():
+    ref = np.array([2.0, -4.0, 1.0, 1.0])
+    test = ref + np.array([1.0, -1.0, 1.0, -1.0])      # mse = 1, peak = 4
+    assert psnr(ref, test) == pytest.approx(10 * math.log10(16.0))
+    assert psnr(ref, ref) == math.inf
+
+
+def test_max_abs_error_by_hand():
+    assert max_abs_error(np.array([1.0, 5.0, -2.0]), np.array([1.5, 2.0, -2.0])) == pytest.approx(3.0)
+
+
+def test_size_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differ in size"):
+        cosine(np.zeros(3), np.zeros(4))
+
+
+def test_topk_by_hand():
+    ref = np.array([0.1, 0.9, 0.3, 0.2, 0.0, 0.5])
+    assert top1_agrees(ref, np.array([0.0, 2.0, 1.0, 0.0, 0.0, 0.0]))
+    assert not top1_agrees(ref, np.array([0.0, 1.0, 2.0, 0.0, 0.0, 0.0]))
+    # fp32's best (index 1) ranks 5th of 6 in the int8 output: inside top-5, outside top-4
+    test = np.array([6.0, 1.0, 5.0, 4.0, 0.0, 3.0])
+    assert topk_contains(ref, test, 5)
+    assert not topk_contains(ref, test, 4)
+
+
+def test_classifier_like():
+    assert is_classifier_like(np.zeros(1000))
+    assert is_classifier_like(np.zeros((1, 1, 10)))
+    assert not is_classifier_like(np.zeros((3, 8, 8)))
+    assert not is_classifier_like(np.zeros(1))
+
+
+def test_summarize_aggregates():
+    refs = [np.array([1.0, 0.0, 0.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0, 0.0, 0.0])]
+    tests = [np.array([1.0, 0.0, 0.0, 0.0, 0.0]), np.array([1.0, 0.0, 0.0, 0.0, 0.0])]
+    s = summarize("out0", refs, tests)
+    assert s.count == 2
+    assert s.cosine == pytest.approx(0.5)       # (1 + 0) / 2
+    assert s.min_cosine == pytest.approx(0.0)
+    assert s.max_abs == pytest.approx(1.0)
+    assert s.top1_agreement == pytest.approx(0.5)
+    assert s.top5_agreement == pytest.approx(1.0)  # index 1 is within int8's 5 values (ties by index)
+    assert s.psnr == pytest.approx(10 * math.log10(1 / 0.4))  # the exact input is left out of the mean
+
+
+def test_summarize_feature_map_has_no_topk():
+    s = summarize("feat", [np.ones((2, 3, 3))], [np.ones((2, 3, 3))])
+    assert s.top1_agreement is None and s.top5_agreement is None
+    assert s.psnr is None                       # every input exact: infinite PSNR
+
+
+def test_gate_parse_and_evaluate():
+    g = parse_gate("top1_agreement>=0.75")
+    assert (g.metric, g.op, g.threshold, g.output) == ("top1_agreement", ">=", 0.75, None)
+    assert parse_gate("cosine@out1 > 0.9").output == "out1"
+    refs = [np.array([1.0, 0.0]), np.array([0.0, 1.0])]
+    outs = {"prob": summarize("prob", refs, [np.array([1.0, 0.0]), np.array([1.0, 0.0])])}
+    res = evaluate_gates([parse_gate("top1_agreement>=0.5"), parse_gate("top1_agreement>0.5"),
+                          parse_gate("max_abs<=1")], outs)
+    assert [r.passed for r in res] == [True, False, True]
+    assert res[1].worst_output == "prob"
+
+
+def test_gate_applies_to_every_output_unless_named():
+    good = summarize("a", [np.array([1.0, 2.0])], [np.array([1.0, 2.0])])
+    bad = summarize("b", [np.array([1.0, 2.0])], [np.array([2.0, 1.0])])
+    outs = {"a": good, "b": bad}
+    assert not evaluate_gates([parse_gate("cosine>=0.99")], outs)[0].passed
+    assert evaluate_gates([parse_gate("cosine@a>=0.99")], outs)[0].passed
+
+
+def test_gate_errors_name_the_source():
+    with pytest.raises(DeployerError) as e:
+        parse_gate("cosin>=0.9", "p.yaml: gate")
+    assert str(e.value) == "p.yaml: gate: unknown gate metric 'cosin' in 'cosin>=0.9' (did you mean 'cosine'?)"
+    with pytest.raises(DeployerError, match="cannot parse gate"):
+        parse_gate("cosine is high")
+    outs = {"feat": summarize("feat", [np.ones((2, 2, 2))], [np.ones((2, 2, 2))])}
+    with pytest.raises(DeployerError, match="no output has metric 'top1_agreement'"):
+        evaluate_gates([parse_gate("top1_agreement>=0.9")], outs)
+    with pytest.raises(DeployerError, match="no output 'nope'"):
+        evaluate_gates([parse_gate("cosine@nope>=0.9")], outs)
