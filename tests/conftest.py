@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.sshd",
     "tests.fixtures.boards",
+    "tests.fixtures.int8",
 ]

@@ -106,7 +106,7 @@ def quantize(
     pixel: Optional[str] = typer.Option(None, "--pixel", help="RGB | BGR | GRAY | RGBA | BGRA"),
     resize: Optional[str] = typer.Option(None, "--resize", help="resize | letterbox | none"),
     pad_value: Optional[str] = typer.Option(None, "--pad-value", help="letterbox fill (pixel value)"),
-    method: Optional[str] = typer.Option(None, "--method", help="auto (default: try candidates, keep the best) or kl, aciq, maxabs, percentile, mse, eq"),
+    method: Optional[str] = typer.Option(None, "--method", help="auto (default: try candidates, keep the best) or kl, aciq, maxabs, percentile, mse"),
     candidates: Optional[str] = typer.Option(None, "--candidates", help="methods tried by --method auto, comma separated"),
     keep_fp32: Optional[list[str]] = typer.Option(None, "--keep-fp32", help="layer to keep float (repeat)"),
     mixed: Optional[bool] = typer.Option(None, "--mixed/--no-mixed", help="automatic mixed precision when a gate fails"),

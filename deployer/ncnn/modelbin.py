@@ -12,6 +12,7 @@ padding (pnnx pads odd counts with 0x2283) and codebook indices survive a round 
 
 from __future__ import annotations
 
+import numbers
 import struct
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,7 +32,7 @@ STORAGES = ("fp32", "fp16", "int8", "raw", "scaled", "codebook")
 _TAG_OF = {"fp32": TAG_FP32, "fp16": TAG_FP16, "int8": TAG_INT8, "scaled": TAG_SCALED}
 
 
-@dataclass
+@dataclass(eq=False)
 class Weight:
     """One `mb.load` result. `data` is 1-D: float32 for fp32/fp16/raw/scaled/codebook, int8 for int8."""
 
@@ -39,10 +40,11 @@ class Weight:
     data: np.ndarray
     storage: str = "fp32"
     tagged: bool = True
-    # The exact bytes read (after the tag, padding included), and the data they decoded to;
-    # reused on write while `data` still equals it, so unchanged weights stay byte-identical.
+    # The exact bytes read (after the tag, padding included), and the storage and data they
+    # decoded to; reused on write while both still match, so unchanged weights stay byte-identical.
     _encoded: bytes | None = field(default=None, repr=False, compare=False)
     _decoded: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _encoded_storage: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -55,13 +57,12 @@ LayoutEntry = tuple[str, int, bool]
 # ----------------------------------------------------------------------------- per-type layouts
 
 def _i(layer: Layer, pid: int, default: int) -> int:
+    """An int param; ncnn would reinterpret a float's bits as an int, so a float is an error."""
     value = layer.params.get(pid, default)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise DeployerError(
             f"layer {layer.name} ({layer.type}): param {pid} must be an integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def _conv_like(layer: Layer, *, dynamic_id: int | None, int8: str | None) -> list[LayoutEntry]:
@@ -354,12 +355,12 @@ def _read_one(rd: _Reader, layer: Layer, name: str, count: int, tagged: bool) ->
         nbytes = _align4(2 * count)
         enc = bytes(rd.take(nbytes, layer, f"{count} fp16 values for {name}"))
         data = half.float16_to_float32(np.frombuffer(enc[:2 * count], dtype="<u2"))
-        return Weight(name, data, "fp16", True, enc, data.copy())
+        return Weight(name, data, "fp16", True, enc, data.copy(), "fp16")
     if tag == TAG_INT8:
         nbytes = _align4(count)
         enc = bytes(rd.take(nbytes, layer, f"{count} int8 values for {name}"))
         data = np.frombuffer(enc[:count], dtype=np.int8).copy()
-        return Weight(name, data, "int8", True, enc, data.copy())
+        return Weight(name, data, "int8", True, enc, data.copy(), "int8")
     if tag in (TAG_FP32, TAG_SCALED):
         raw = rd.take(4 * count, layer, f"{count} fp32 values for {name}")
         storage = "fp32" if tag == TAG_FP32 else "scaled"
@@ -370,7 +371,7 @@ def _read_one(rd: _Reader, layer: Layer, name: str, count: int, tagged: bool) ->
     lut = np.frombuffer(table, dtype="<f4").astype(np.float32)
     data = lut[np.frombuffer(idx[:count], dtype=np.uint8)]
     enc = bytes(tag_bytes) + bytes(table) + bytes(idx)
-    return Weight(name, data, "codebook", True, enc, data.copy())
+    return Weight(name, data, "codebook", True, enc, data.copy(), "codebook")
 
 
 def read_bin(graph: Graph, data: bytes, source: str = "<bin>") -> dict[str, list[Weight]]:
@@ -402,7 +403,8 @@ def encode_weight(w: Weight) -> bytes:
         if w.storage not in ("raw", "fp32"):
             raise DeployerError(f"weight {w.name}: untagged weights are fp32; got storage {w.storage}")
         return np.ascontiguousarray(w.data, dtype="<f4").tobytes()
-    if w._encoded is not None and w._decoded is not None and _same_bits(w.data, w._decoded):
+    if (w._encoded is not None and w._encoded_storage == w.storage
+            and w._decoded is not None and _same_bits(w.data, w._decoded)):
         if w.storage == "codebook":
             return w._encoded
         return struct.pack("<I", _TAG_OF[w.storage]) + w._encoded

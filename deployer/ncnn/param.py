@@ -10,6 +10,7 @@ is a float, otherwise an int; a token starting with a letter or '"' is a string.
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -352,12 +353,12 @@ def _parse_scalar(text: str, tok: str, where: str) -> int | float:
 # ---------------------------------------------------------------------------------------- format
 
 def format_value(value: int | float) -> str:
-    """One scalar as ModelWriter prints it: %d for ints, %e for floats."""
-    if isinstance(value, bool):
-        value = int(value)
-    if isinstance(value, int):
-        return str(value)
-    return "%e" % value
+    """One scalar as ModelWriter prints it: %d for ints, %e for floats (numpy scalars welcome)."""
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return "%e" % float(value)
+    raise DeployerError(f"cannot write param value {value!r}: expected an int, float or string")
 
 
 def format_param_entry(pid: int, value: ParamValue) -> str:

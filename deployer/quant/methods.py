@@ -63,54 +63,69 @@ def normalized(hist: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- KL
 
+@dataclass(frozen=True)
+class _KLGeometry:
+    """Where every threshold's 128 quantized bins start and end: the same for every histogram."""
+
+    t: np.ndarray          # thresholds [T]
+    npb: np.ndarray        # source bins per quantized bin, t / 128 [T]
+    edge_i: np.ndarray     # floor of the 129 edges j * t/128 [T, 129]
+    edge_f: np.ndarray     # fractional part of the edges
+    full_lo: np.ndarray    # ceil(start_j): first source bin fully inside quantized bin j [T, 128]
+    full_hi: np.ndarray    # floor(end_j)
+    cut_bin: np.ndarray    # floor(start_j), j = 1..127: the source bin a fractional edge cuts [T, 127]
+    cut_f: np.ndarray      # its share in quantized bin j-1 (0 where the edge is integral)
+    cut_mask: np.ndarray   # 1.0 where the edge is fractional
+
+
+_GEOMETRY: dict[int, _KLGeometry] = {}
+
+
+def _geometry(nbins: int) -> _KLGeometry:
+    if nbins not in _GEOMETRY:
+        t = np.arange(TARGET_BIN, nbins, dtype=np.int64)
+        npb = t / TARGET_BIN                                   # exact: division by a power of two
+        edges = npb[:, None] * np.arange(TARGET_BIN + 1)[None, :]   # exact dyadic values
+        edge_i = np.floor(edges).astype(np.intp)
+        edge_f = edges - edge_i
+        inner_f = edge_f[:, 1:-1]
+        _GEOMETRY[nbins] = _KLGeometry(
+            t, npb, edge_i, edge_f, np.ceil(edges[:, :-1]).astype(np.intp), edge_i[:, 1:],
+            edge_i[:, 1:-1], inner_f, (inner_f > 0).astype(np.float64))
+    return _GEOMETRY[nbins]
+
+
 def kl_divergences(p32: np.ndarray) -> np.ndarray:
     """KL for every threshold 128..2047 (float64), ncnn's definition, vectorised with prefix sums.
 
     Index k of the result is threshold 128 + k. `p32` is the normalised float32 histogram.
+    Per threshold t: clip P = eps + h on bins < t with the tail mass added to bin t-1; Q_j = the
+    interpolated mass of h over quantized bin j divided by its width t/128; the expansion gives
+    every source bin eps + Q_j (or a coverage-weighted mix of Q_{j-1}, Q_j for a bin cut by a
+    fractional edge). KL = sum P log P - sum P log E, the full-bin part from prefix sums.
     """
+    g = _geometry(p32.size)
     h = p32.astype(np.float64)
     eps = float(KL_EPS)
-    n = h.size
-    t = np.arange(TARGET_BIN, n, dtype=np.int64)              # thresholds
-    npb = t / TARGET_BIN                                      # exact (power-of-two division)
-    j = np.arange(TARGET_BIN + 1)
-    edges = npb[:, None] * j[None, :]                         # exact dyadic edges, [T, 129]
-    lo_edge, hi_edge = edges[:, :-1], edges[:, 1:]
-
-    # cumulative histogram mass with linear interpolation inside a bin: C(x)
     S = np.concatenate(([0.0], np.cumsum(h)))
     hpad = np.concatenate((h, [0.0]))
+    cum = S[g.edge_i] + g.edge_f * hpad[g.edge_i]              # interpolated mass up to each edge
+    Q = np.diff(cum, axis=1) / g.npb[:, None]                  # [T, 128]
 
-    def cmass(x: np.ndarray) -> np.ndarray:
-        f = np.floor(x).astype(np.int64)
-        return S[f] + (x - f) * hpad[f]
-
-    Q = (cmass(hi_edge) - cmass(lo_edge)) / npb[:, None]       # quantized bin averages [T, 128]
-    logEQ = np.log(eps + Q)
-
-    P = eps + h                                               # clip distribution (before tail)
+    P = eps + h
     A = np.concatenate(([0.0], np.cumsum(P)))
-    PlogP = P * np.log(P)
-    G = np.concatenate(([0.0], np.cumsum(PlogP)))
-    tail = S[-1] - S[t]                                       # mass of bins >= t
-    p_last = P[t - 1] + tail                                  # clip[t-1]
+    G = np.concatenate(([0.0], np.cumsum(P * np.log(P))))
+    tail = S[-1] - S[g.t]
+    p_last = P[g.t - 1] + tail
 
-    full_lo = np.ceil(lo_edge).astype(np.int64)
-    full_hi = np.floor(hi_edge).astype(np.int64)
-    full_mass = A[full_hi] - A[full_lo]
-    full_mass[:, -1] += tail                                  # bin t-1 carries the clipped tail
-    cross = np.sum(full_mass * logEQ, axis=1)
+    full = A[g.full_hi] - A[g.full_lo]
+    full[:, -1] += tail                                        # bin t-1 carries the clipped tail
+    cross = np.einsum("ij,ij->i", full, np.log(eps + Q))
 
-    # bins split between quant bins j-1 and j (fractional edge inside them)
-    b = np.floor(lo_edge[:, 1:]).astype(np.int64)             # [T, 127]
-    f = lo_edge[:, 1:] - b
-    split = f > 0
-    E_b = eps + Q[:, :-1] * f + Q[:, 1:] * (1 - f)
-    Pb = P[b]
-    cross = cross + np.sum(np.where(split, Pb * np.log(np.where(split, E_b, 1.0)), 0.0), axis=1)
-
-    self_term = G[t - 1] + p_last * np.log(p_last)
-    return self_term - cross
+    f = g.cut_f
+    E_cut = eps + Q[:, :-1] * f + Q[:, 1:] * (1 - f)
+    cross += np.einsum("ij,ij->i", P[g.cut_bin] * g.cut_mask, np.log(E_cut))
+    return G[g.t - 1] + p_last * np.log(p_last) - cross
 
 
 def kl_divergence_f32(p32: np.ndarray, threshold: int) -> np.float32:
@@ -162,16 +177,17 @@ def kl_divergence_f32(p32: np.ndarray, threshold: int) -> np.float32:
     return np.add.accumulate(terms, dtype=np.float32)[-1]
 
 
-def kl_threshold_bin(hist: np.ndarray, *, refine_tol: float = 1e-4, max_refine: int = 32) -> int:
+def kl_threshold_bin(hist: np.ndarray, *, max_refine: int = 48) -> int:
     """ncnn's best threshold bin (128..2047) for a raw 2048-bin histogram."""
     if hist.sum() == 0:
         return TARGET_BIN
     p32 = normalized(hist)
     kl = kl_divergences(p32)
     best = int(np.argmin(kl))
-    # float64 vs ncnn's float32: re-score everything within float32 noise of the minimum exactly.
-    scale = max(abs(float(kl[best])), 1e-6)
-    near = np.nonzero(kl <= kl[best] + refine_tol * scale)[0]
+    # float64 vs ncnn's float32 sums: re-score exactly every threshold within a few times the
+    # float32 error (measured at the float64 minimum) of the minimum.
+    err = abs(float(kl[best]) - float(kl_divergence_f32(p32, TARGET_BIN + best)))
+    near = np.nonzero(kl <= kl[best] + 4 * err + 1e-7 * max(1.0, abs(float(kl[best]))))[0]
     if near.size > 1:
         if near.size > max_refine:
             near = near[np.argsort(kl[near], kind="stable")[:max_refine]]

@@ -174,56 +174,23 @@ def collect_stats(param: Path, bin_: Path, calib_model: Any, split: Split, specs
 
 
 def build_table(method: str, calib_model: Any, stats: Any) -> Any:
-    """One ncnn calibration table: per-channel weight scales + one activation scale per layer."""
+    """One ncnn calibration table: per-channel weight scales + one activation scale per layer.
+
+    Weight scales follow the method's own rule (ACIQ clips weights too; the others use absmax,
+    with ncnn's 6-bit range for 3x3s1 convs so the table stays valid for int8 Winograd).
+    """
+    from deployer.quant.methods import get_method
     from deployer.quant.table import CalibrationTable
     from deployer.quant.weights import weight_scales
 
-    act = activation_scales(method, stats)
+    m = get_method(method)
+    act = dict(zip(stats.blobs, (float(v) for v in m.scales(stats))))
     table = CalibrationTable()
     for ql in calib_model.quant_layers:
-        table.set_weight(ql.name, weight_scales(ql, "aciq" if method == "aciq" else "kl").scales.tolist())
+        table.set_weight(ql.name, weight_scales(ql, m.weight_rule).scales.tolist())
     for ql in calib_model.quant_layers:
-        table.set_activation(ql.name, float(act[ql.bottom]))
+        table.set_activation(ql.name, act[ql.bottom])
     return table
-
-
-def activation_scales(method: str, stats: Any) -> dict[str, float]:
-    """blob -> scale for one method, via deployer.quant.methods."""
-    try:
-        from deployer.quant import methods as M
-    except ImportError:
-        return _fallback_scales(method, stats)
-    return M.activation_scales(method, stats)
-
-
-def _fallback_scales(method: str, stats: Any) -> dict[str, float]:
-    """Stop-gap until deployer.quant.methods lands: maxabs, percentile, mse from the histograms."""
-    out = {}
-    nb = stats.histograms.shape[1]
-    centers = (np.arange(nb) + 0.5) / nb
-    for i, blob in enumerate(stats.blobs):
-        amax = float(stats.absmax[i])
-        if amax == 0:
-            out[blob] = 1.0
-            continue
-        h = stats.histograms[i].astype(np.float64)
-        if method == "maxabs" or h.sum() == 0:
-            thr = amax
-        elif method == "percentile":
-            cdf = np.cumsum(h) / h.sum()
-            thr = (int(np.searchsorted(cdf, 0.9999)) + 1) / nb * amax
-        elif method == "mse":
-            cands = np.arange(128, nb + 1) / nb
-            best, thr = None, amax
-            for c in cands:
-                clip = np.clip(centers - c, 0, None)
-                err = (h * clip ** 2).sum() + h[centers <= c].sum() * (c / 127) ** 2 / 12
-                if best is None or err < best:
-                    best, thr = err, c * amax
-        else:
-            raise DeployerError(f"method {method!r} needs deployer.quant.methods, which is not installed")
-        out[blob] = 127.0 / thr
-    return out
 
 
 # ------------------------------------------------------------------------------------------------

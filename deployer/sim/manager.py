@@ -126,7 +126,7 @@ def sim_down(names: list[str] | None = None, state_dir: Path | None = None,
         victims = [b for b in state.boards if not names or b.name in names]
         for i, board in enumerate(victims):
             say(f"stopping {board.name}", i, len(victims))
-            _teardown(board)
+            _teardown(board, state_dir)
             state.boards.remove(board)
             save_state(state_dir, state)
         say("boards stopped", len(victims), len(victims))
@@ -194,7 +194,7 @@ def _start_one(name: str, state: SimState, state_dir: Path, profile: BoardProfil
         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), up_seconds=round(time.monotonic() - t0, 3))
 
 
-def _teardown(board: BoardState) -> None:
+def _teardown(board: BoardState, state_dir: Path) -> None:
     gone = stop_board(board.unshare, board.init)
     if board.shaper is not None:
         gone = terminate(board.shaper) and gone
@@ -203,13 +203,15 @@ def _teardown(board: BoardState) -> None:
     if not gone or network_exists(slot):
         raise DeployerError(f"board {board.name}: could not stop all of its processes / namespaces "
                             f"(pid {board.unshare.pid}, netns {slot.netns}); check 'ip netns list' and ps")
-    shutil.rmtree(board.board_dir, ignore_errors=True)
+    board_dir = Path(board.board_dir).resolve()
+    if board_dir.parent == state_dir / "boards":  # never delete outside our own state dir
+        shutil.rmtree(board_dir, ignore_errors=True)
 
 
 def _reap_dead(state: SimState, state_dir: Path) -> None:
     """Boards whose processes died (host reboot, killed by hand): clean up what is left, forget them."""
     for board in list(state.boards):
         if not (board.unshare.alive() and board.init.alive()):
-            _teardown(board)
+            _teardown(board, state_dir)
             state.boards.remove(board)
             save_state(state_dir, state)

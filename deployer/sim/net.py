@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from deployer.errors import DeployerError
 from deployer.sim.linkspec import LinkSpec
-from deployer.sim.procs import ProcRef
+from deployer.sim.procs import ProcRef, terminate
+from deployer.sim.shaper import READY
 
 SUBNET = "10.200.0.0/16"
 MAX_SLOT = 254
@@ -111,9 +113,19 @@ def create_network(slot: Slot, link: LinkSpec | None, shaper_log: Path) -> ProcR
 def start_shaper(slot: Slot, link: LinkSpec, log: Path) -> ProcRef:
     argv = ["ip", "netns", "exec", slot.wan_netns, sys.executable, "-m", "deployer.sim.shaper", "wh", "wb",
             "--down", link.down.spec(), "--up", link.up.spec()]
+    log.unlink(missing_ok=True)
     with open(log, "ab") as fh:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True)
-    return ProcRef.of(proc.pid)
+    ref = ProcRef.of(proc.pid)
+    # frames sent before its sockets are bound are lost (a lost SYN costs a 1 s retransmit)
+    deadline = time.monotonic() + 10
+    while READY not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            terminate(ref)
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise DeployerError(f"link shaper for {slot.netns} did not start: {tail[0]} (log: {log})")
+        time.sleep(0.02)
+    return ref
 
 
 def _offloads_off(ns: str | None, dev: str, gro: bool = False) -> None:

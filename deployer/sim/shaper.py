@@ -28,6 +28,7 @@ from deployer.sim.linkspec import Shape, parse_shape
 
 ETH_P_ALL = 0x0003
 MAX_FRAME = 65535
+READY = "shaper ready"
 
 
 @dataclass
@@ -69,6 +70,7 @@ def open_raw(ifname: str) -> socket.socket:
 
 def run(host_if: str, board_if: str, down: Shape, up: Shape, seed: int | None = None) -> None:
     a, b = open_raw(host_if), open_raw(board_if)
+    print(READY, flush=True)  # deployer.sim.net waits for this before the board's first packet
     rng = random.Random(seed)
     dirs = {a.fileno(): Direction(a, b, down, rng=rng), b.fileno(): Direction(b, a, up, rng=rng)}
     pending: list[tuple[float, int, Direction, bytes]] = []

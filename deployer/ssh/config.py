@@ -41,6 +41,12 @@ class Hop:
         return f"{self.user}@{self.hostname}:{self.port}"
 
     @property
+    def who(self) -> str:
+        """For messages: always names the board, plus the jump host when this hop is one."""
+        mine = f"board '{self.board}'"
+        return self.label if self.label == mine else f"{mine} ({self.label})"
+
+    @property
     def known_hosts_name(self) -> str:
         return self.key_alias or self.hostname
 
@@ -86,6 +92,8 @@ def _board_chain(board: Board, config: paramiko.SSHConfig, depth: int) -> list[H
         key_alias=cfg.get("hostkeyalias"),
         timeout=board.timeout,
     )
+    if depth:
+        hop.label = f"jump host '{board.name}'"
     chain: list[Hop] = []
     if board.jump:
         for j in board.jump:

@@ -121,11 +121,11 @@ def _open_chain(hops: list[Hop], accept_new: bool) -> list[paramiko.Transport]:
             try:
                 t.start_client(timeout=hop.timeout)
             except (paramiko.SSHException, EOFError, OSError) as e:
-                raise _Transient(f"SSH handshake with {hop.label} ({hop.address}){via} failed: {_why(e)}") from None
+                raise _Transient(f"SSH handshake with {hop.who} ({hop.address}){via} failed: {_why(e)}") from None
             key = t.get_remote_server_key()
             hostkeys.check_host_key(
                 hop.known_hosts, hop.known_hosts_name, hop.port, key.get_name(), key.asbytes(),
-                board=hop.board if hop.label.startswith("board") else f"{hop.board}' via '{hop.label}",
+                board=hop.board, via=None if i == len(hops) - 1 else hop.label,
                 accept_new=accept_new,
             )
             _authenticate(t, hop)
@@ -142,16 +142,16 @@ def _open_socket(hop: Hop, outer: paramiko.Transport | None, via: str):
         try:
             sock = socket.create_connection((hop.hostname, hop.port), timeout=hop.timeout)
         except socket.gaierror as e:
-            raise DeployerError(f"{hop.label}: cannot resolve host '{hop.hostname}': {e.strerror}",
+            raise DeployerError(f"{hop.who}: cannot resolve host '{hop.hostname}': {e.strerror}",
                                 hint="check host: in the targets file or HostName in ~/.ssh/config") from None
         except (ConnectionRefusedError, socket.timeout, TimeoutError, OSError) as e:
-            raise _Transient(f"cannot connect to {hop.label} at {hop.hostname}:{hop.port}: {_why(e)}") from None
+            raise _Transient(f"cannot connect to {hop.who} at {hop.hostname}:{hop.port}: {_why(e)}") from None
         sock.settimeout(None)
         return sock
     try:
         return outer.open_channel("direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0), timeout=hop.timeout)
     except (paramiko.ChannelException, paramiko.SSHException, EOFError, OSError) as e:
-        raise _Transient(f"cannot reach {hop.label} at {hop.hostname}:{hop.port}{via}: {_why(e)}") from None
+        raise _Transient(f"cannot reach {hop.who} at {hop.hostname}:{hop.port}{via}: {_why(e)}") from None
 
 
 def _authenticate(t: paramiko.Transport, hop: Hop) -> None:
@@ -161,15 +161,15 @@ def _authenticate(t: paramiko.Transport, hop: Hop) -> None:
             key = paramiko.PKey.from_path(str(path))
         except FileNotFoundError:
             if hop.explicit_keys:
-                raise DeployerError(f"{hop.label}: key file {path} not found", hint="fix key: in the targets file") from None
+                raise DeployerError(f"{hop.who}: key file {path} not found", hint="fix key: in the targets file") from None
             continue
         except paramiko.PasswordRequiredException:
             if hop.explicit_keys:
-                raise DeployerError(f"{hop.label}: key {path} is passphrase-protected",
+                raise DeployerError(f"{hop.who}: key {path} is passphrase-protected",
                                     hint=f"load it into ssh-agent (ssh-add {path}); deployer never asks for passphrases") from None
             continue
         except (paramiko.SSHException, OSError, ValueError) as e:
-            raise DeployerError(f"{hop.label}: cannot load key {path}: {e}") from None
+            raise DeployerError(f"{hop.who}: cannot load key {path}: {e}") from None
         tried.append(str(path))
         if _try_key(t, hop, key):
             return
@@ -182,7 +182,7 @@ def _authenticate(t: paramiko.Transport, hop: Hop) -> None:
     finally:
         agent.close()
     raise DeployerError(
-        f"{hop.label}: authentication failed for {hop.address} (tried {', '.join(tried) or 'no keys'})",
+        f"{hop.who}: authentication failed for {hop.address} (tried {', '.join(tried) or 'no keys'})",
         hint="set key: in the targets file, add the key to ssh-agent, or install the public key in the board's authorized_keys",
     )
 
@@ -191,11 +191,11 @@ def _try_key(t: paramiko.Transport, hop: Hop, key: paramiko.PKey) -> bool:
     try:
         t.auth_publickey(hop.user, key)
     except paramiko.BadAuthenticationType as e:
-        raise DeployerError(f"{hop.label}: {hop.address} does not accept public keys (allows {', '.join(e.allowed_types)})") from None
+        raise DeployerError(f"{hop.who}: {hop.address} does not accept public keys (allows {', '.join(e.allowed_types)})") from None
     except paramiko.AuthenticationException:
         return False
     except (paramiko.SSHException, EOFError, OSError) as e:
-        raise RemoteError(f"{hop.label}: connection dropped during authentication: {_why(e)}") from None
+        raise RemoteError(f"{hop.who}: connection dropped during authentication: {_why(e)}") from None
     return t.is_authenticated()
 
 
@@ -306,10 +306,13 @@ class Connection:
     def kill(self, pgid: int, grace: float = 2.0) -> None:
         """TERM a remote process group, KILL it if still alive after `grace` seconds."""
         tries = max(1, int(grace / 0.2))
+        # liveness ignores zombies: a container's pid 1 may never reap orphans
         script = (
-            f'kill -TERM -- -{pgid} 2>/dev/null || exit 0; i=0; '
-            f'while [ $i -lt {tries} ]; do kill -0 -- -{pgid} 2>/dev/null || exit 0; sleep 0.2; i=$((i+1)); done; '
-            f'kill -KILL -- -{pgid} 2>/dev/null; exit 0'
+            'alive() { if command -v ps >/dev/null 2>&1; then ps -eo pgid=,stat= | grep -Eq "^ *$1 +[^Z]"; '
+            'else kill -0 -$1 2>/dev/null; fi; }; '
+            f'kill -TERM -{pgid} 2>/dev/null || exit 0; i=0; '
+            f'while [ $i -lt {tries} ]; do alive {pgid} || exit 0; sleep 0.2; i=$((i+1)); done; '
+            f'kill -KILL -{pgid} 2>/dev/null; exit 0'
         )
         try:
             chan = self.transport.open_session(timeout=10)
@@ -380,11 +383,12 @@ class _Proc:
                     continue
             if got:
                 continue
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                if chan.eof_received or chan.closed:
-                    break
+            # a real exit status arrived (paramiko also sets the event on close, leaving exit_status -1)
+            exited = chan.status_event.is_set() and chan.exit_status != -1
+            if exited and not chan.recv_ready() and not chan.recv_stderr_ready() and (chan.eof_received or chan.closed):
+                break
             if chan.closed or not self.conn.transport.is_active():
-                if chan.exit_status_ready():
+                if exited:
                     break
                 if self.conn.lost():
                     raise self.conn.dropped(f"running `{_short(self.argv)}`")

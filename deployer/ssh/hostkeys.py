@@ -119,9 +119,14 @@ def check_host_key(
     blob: bytes,
     *,
     board: str,
+    via: str | None = None,
     accept_new: bool = False,
 ) -> str:
-    """Raise unless the key is pinned for host:port. Returns "known" or "added" (accept_new)."""
+    """Raise unless the key is pinned for host:port. Returns "known" or "added" (accept_new).
+
+    `via` names the jump host when this hop is not the board itself, so the message says which hop.
+    """
+    who = f"board '{board}'" + (f" ({via})" if via else "")
     kh = KnownHosts(known_hosts)
     token = host_token(host, port)
     fp = fingerprint(blob)
@@ -129,7 +134,7 @@ def check_host_key(
     for e in entries:
         if e.marker == "revoked" and e.blob == blob:
             raise HostKeyError(
-                f"board '{board}': host key {key_type} {fp} for {token} is marked @revoked in "
+                f"{who}: host key {key_type} {fp} for {token} is marked @revoked in "
                 f"{kh.path}:{e.line}; refusing to connect"
             )
     plain = [e for e in entries if e.marker is None]
@@ -141,14 +146,14 @@ def check_host_key(
         e = other[0]
         what = "HOST KEY CHANGED" if same_type else "HOST KEY TYPE CHANGED"
         raise ChangedHostKey(
-            f"board '{board}': {what} for {token}: {kh.path}:{e.line} pins {e.key_type} "
+            f"{who}: {what} for {token}: {kh.path}:{e.line} pins {e.key_type} "
             f"{fingerprint(e.blob)} but the board offered {key_type} {fp}; refusing to connect",
             hint=f"if the board was re-flashed, remove line {e.line} "
             f"(ssh-keygen -R '{token}' -f {kh.path}) and re-run with --accept-new",
         )
     if not accept_new:
         raise UnknownHostKey(
-            f"board '{board}': host {token} is not in known_hosts {kh.path} "
+            f"{who}: host {token} is not in known_hosts {kh.path} "
             f"(it offered {key_type} {fp}); refusing to connect",
             hint="check the fingerprint on the board (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub) "
             "and re-run with --accept-new to trust and save it",

@@ -57,6 +57,7 @@ LAYOUT_CASES = [
     ("DeformableConv2D", {0: 4, 1: 3, 5: 1, 6: 144}),
     ("InnerProduct", {0: 4, 1: 1, 2: 64}),
     ("InnerProduct", {0: 4, 1: 1, 2: 64, 8: 2}),
+    ("InnerProduct", {0: 4, 1: 0, 2: 64, 8: 102}),       # no top scale: IP never requantizes
     ("BatchNorm", {0: 4}),
     ("Scale", {0: 4, 1: 1}),
     ("Scale", {0: 4}),
@@ -147,7 +148,8 @@ def test_weightless_types_read_nothing(type_):
 @pytest.mark.parametrize("case", [("Convolution", {0: 3, 1: 3, 5: 1, 6: 27, 8: 2}),
                                   ("InnerProduct", {0: 3, 1: 1, 2: 15, 8: 2}),
                                   ("ConvolutionDepthWise", {0: 3, 1: 3, 5: 1, 6: 27, 7: 3, 8: 101}),
-                                  ("LSTM", {0: 3, 1: 12 * 3, 8: 2})])
+                                  ("LSTM", {0: 3, 1: 12 * 3, 8: 2})],
+                         ids=lambda case: case[0])
 def test_fp16_and_int8_storage_with_odd_counts(case, storage):
     layer = Layer(case[0], "L", [], ["out"], dict(case[1]))
     param_text, bin_data = layer_files(layer, storage=storage)
@@ -280,6 +282,20 @@ def test_unchanged_fp16_keeps_its_padding_bytes_changed_one_is_re_encoded():
     assert np.array_equal(read_bin(graph, out)["md"][0].data, [2.0, 4.0, 6.0])
 
 
+def test_changing_storage_re_encodes_even_if_data_is_unchanged():
+    graph = Graph(layers=[Layer("MemoryData", "md", [], ["o"], {0: 3, 21: 0})])
+    payload = half.float32_to_float16(np.array([1.0, 2.0, 3.0], np.float32)).tobytes()
+    weights = read_bin(graph, struct.pack("<I", 0x01306B47) + payload + b"\0\0")
+    weights["md"][0].storage = "fp32"
+    out = write_bin(graph, weights)
+    assert out == struct.pack("<I", 0) + np.array([1.0, 2.0, 3.0], np.float32).tobytes()
+    weights["md"][0].storage = "int8"
+    with pytest.raises(DeployerError, match="int8 storage needs int8 data"):
+        write_bin(graph, weights)
+    weights["md"][0].data = np.array([1, 2, 3], np.int8)
+    assert write_bin(graph, weights) == struct.pack("<I", 0x000D4B38) + bytes([1, 2, 3, 0])
+
+
 CONV_PARAM = ("7767517\n2 2\nInput in0 0 1 in0 0=4 1=4 2=2\n"
               "Convolution conv_12 1 1 in0 out 0=4 1=3 5=1 6=72\n")
 
@@ -301,7 +317,8 @@ def test_bin_errors_are_one_line():
     graph = parse_param(CONV_PARAM)
     with pytest.raises(DeployerError, match=r"mnv2.bin: 8 bytes left over after the last layer"):
         read_bin(graph, _conv_bin() + b"\0" * 8, source="mnv2.bin")
-    with pytest.raises(DeployerError, match=r"layer conv_12 \(Convolution\) needs 4 raw fp32 values for bias"):
+    with pytest.raises(DeployerError,
+                       match=r"layer conv_12 \(Convolution\) needs 4 raw fp32 values for bias"):
         read_bin(graph, _conv_bin()[:-4], source="mnv2.bin")
     with pytest.raises(DeployerError, match=r"needs the storage tag of weight at offset 0"):
         read_bin(graph, b"", source="mnv2.bin")

@@ -151,6 +151,19 @@ def test_layer_count_and_blob_count_recomputed_when_layers_change():
     assert ncnn_accepts(out)
 
 
+def test_numpy_scalars_are_written_as_their_kind():
+    import numpy as np
+
+    g = parse_param(PNNX_STYLE)
+    g.layer("conv_0").params[0] = np.int64(16)
+    g.layer("relu_1").params[0] = np.float32(0.25)
+    out = format_param(g)
+    assert " 0=16 " in out and " 0=2.500000e-01" in out
+    g.layer("relu_1").params[0] = object()
+    with pytest.raises(DeployerError, match="cannot write param value"):
+        format_param(g)
+
+
 def test_copy_layer_is_new_and_detached():
     g = parse_param(PNNX_STYLE)
     conv = g.layer("conv_0")

@@ -1,5 +1,6 @@
-"""A real model: MTCNN RNet (facenet-pytorch weights, pnnx fp16=0) quantized with a maxabs table
-measured on 50 lfw_subset crops keeps its face / non-face decisions on the 150 held-out crops."""
+"""Real models: MTCNN RNet (facenet-pytorch weights, pnnx fp16=0) quantized with a maxabs table
+measured on 50 lfw_subset crops keeps its face / non-face decisions on the 150 held-out crops;
+MobileNetV2 int8 equals the numpy simulation."""
 
 from __future__ import annotations
 
@@ -48,3 +49,23 @@ def test_rnet_int8_keeps_face_decisions(mtcnn_rnet, tmp_path):
     for x in held[:5]:
         got = ncnn_run(param, binp, {inp: x}, [out], packing=False)[out]
         assert relative_error(simulate(loaded, {inp: x})[out].reshape(got.shape), got) <= 1e-5
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_int8_equals_the_simulation(mobilenet_v2, tmp_path):
+    """Depthwise + Clip(ReLU6)-fused convs, residual BinaryOp adds, 36 requantize fusions."""
+    rng = np.random.default_rng(0)
+    inp, out = mobilenet_v2.inputs[0], mobilenet_v2.outputs[0]
+    feeds = [{inp: rng.uniform(-2, 2, (3, 224, 224)).astype(np.float32)} for _ in range(3)]
+    table = tmp_path / "mnv2.table"
+    table.write_text(maxabs_table_for_files(mobilenet_v2.param, mobilenet_v2.bin, feeds[:2]))
+    q, report = quantize_model(NcnnModel.load(mobilenet_v2.param, mobilenet_v2.bin), read_scale_table(table))
+    assert len(report.quantized) == 53 and report.kept_float == []
+    assert sum(d.int8_scale_term > 100 for d in report.layers) > 20
+    param, binp = tmp_path / "mnv2-int8.param", tmp_path / "mnv2-int8.bin"
+    q.save(param, binp)
+    x = feeds[2]
+    got = ncnn_run(param, binp, x, [out], packing=False)[out]
+    assert relative_error(simulate(q, x)[out].reshape(got.shape), got) <= 1e-5
+    ref = ncnn_run(mobilenet_v2.param, mobilenet_v2.bin, x, [out])[out]
+    assert relative_error(got, ref) < 0.5

@@ -1,0 +1,160 @@
+"""deployer.ssh.transfer against a real sshd on loopback: the 'board' filesystem is this machine's, so
+every check reads the uploaded file straight from disk (independent of our SFTP/hash code)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deployer.errors import DeployerError, RemoteError
+from deployer.ssh import transfer
+from deployer.ssh.connect import connect
+
+pytestmark = pytest.mark.sshd
+
+
+def as_board_user(*paths: Path) -> None:
+    """Things the test plants on the 'board' must belong to the login user, as on a real board."""
+    for p in paths:
+        shutil.chown(p, "dpltest", "dpltest")
+
+
+def sha(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def loop(sshd):
+    return sshd.board("loop")
+
+
+@pytest.fixture
+def rdir(sshd, request) -> Path:
+    """A fresh remote folder per test (on the loopback 'board', i.e. this disk)."""
+    d = Path(sshd.remote_scratch) / "xfer" / request.node.name
+    return d
+
+
+def test_upload_creates_folders_verifies_and_keeps_the_mode(loop, rdir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "tool.sh"
+    src.write_bytes(b"#!/bin/sh\necho hi\n" + os.urandom(300_000))
+    src.chmod(0o750)
+    seen: list[tuple[int, int]] = []
+    with connect(loop) as c:
+        r = transfer.upload(c, src, str(rdir / "deep" / "er" / "tool.sh"), lambda p, d, t: seen.append((d, t)))
+    dst = rdir / "deep" / "er" / "tool.sh"
+    assert sha(dst) == sha(src) == r.sha256 and r.size == src.stat().st_size
+    assert (r.skipped, r.sent, r.resumed_from) == (False, r.size, 0)
+    assert dst.stat().st_mode & 0o777 == 0o750 and dst.owner() == "dpltest"
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (r.size, r.size)
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["tool.sh"]     # no temp files left
+
+
+def test_unchanged_files_are_skipped_changed_ones_resent(loop, rdir: Path, tmp_path: Path) -> None:
+    files = []
+    for i in range(3):
+        f = tmp_path / f"m{i}.bin"
+        f.write_bytes(os.urandom(50_000 + i))
+        files.append((f, str(rdir / f.name)))
+    with connect(loop) as c:
+        first = transfer.upload_many(c, files)
+        again = transfer.upload_many(c, files)
+        files[1][0].write_bytes(os.urandom(50_001))      # same size, new bytes
+        third = transfer.upload_many(c, files)
+    assert [r.skipped for r in first] == [False] * 3
+    assert [r.skipped for r in again] == [True] * 3 and sum(r.sent for r in again) == 0
+    assert [r.skipped for r in third] == [True, False, True]
+    assert all(sha(rdir / f.name) == sha(f) for f, _ in files)
+
+
+def test_remote_edit_is_detected_by_hash_not_size(loop, rdir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"A" * 4096)
+    with connect(loop) as c:
+        transfer.upload(c, src, str(rdir / "a.bin"))
+        (rdir / "a.bin").write_bytes(b"B" * 4096)        # same size and name, different bytes on the board
+        r = transfer.upload(c, src, str(rdir / "a.bin"))
+        assert not r.skipped and sha(rdir / "a.bin") == sha(src)
+        assert transfer.remote_sha256(c, [str(rdir / "a.bin"), str(rdir / "nope")]) == {
+            str(rdir / "a.bin"): sha(src), str(rdir / "nope"): None}
+
+
+def test_cut_off_upload_keeps_old_file_and_retry_resumes(sshd, loop, rdir: Path, tmp_path: Path) -> None:
+    old, new = tmp_path / "old.bin", tmp_path / "new.bin"
+    old.write_bytes(os.urandom(1_000_000))
+    new.write_bytes(os.urandom(24_000_000))
+    dst = rdir / "model.bin"
+    with connect(loop) as c:
+        transfer.upload(c, old, str(dst))
+    killed = []
+
+    def cut(remote: str, done: int, total: int) -> None:
+        if done > total // 2 and not killed:
+            killed.append(done)
+            assert sshd.server.kill_sessions() > 0        # the link dies mid-transfer
+
+    c = connect(loop)
+    with pytest.raises(RemoteError) as e:
+        transfer.upload(c, new, str(dst), cut)
+    c.close()
+    msg = str(e.value)
+    assert "board 'loop'" in msg and "connection lost" in msg and "model.bin" in msg and "resume" in msg
+    assert sha(dst) == sha(old)                              # the real name still holds the old file
+    parts = [p for p in rdir.iterdir() if p.name.startswith(".model.bin.part-")]
+    assert len(parts) == 1 and 0 < parts[0].stat().st_size < new.stat().st_size
+
+    with connect(loop) as c:
+        r = transfer.upload(c, new, str(dst))
+    assert sha(dst) == sha(new) and not r.skipped
+    assert r.resumed_from > 0 and r.resumed_from + r.sent == r.size
+    assert sorted(p.name for p in rdir.iterdir()) == ["model.bin"]
+
+
+def test_corrupt_partial_file_is_not_resumed(loop, rdir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(2_000_000))
+    rdir.mkdir(parents=True)
+    digest = sha(src)
+    part = rdir / f".m.bin.part-{digest[:16]}"
+    part.write_bytes(b"\0" * 500_000)                        # same name scheme, wrong bytes
+    as_board_user(rdir, part)
+    with connect(loop) as c:
+        r = transfer.upload(c, src, str(rdir / "m.bin"))
+    assert r.resumed_from == 0 and r.sent == r.size and sha(rdir / "m.bin") == digest
+
+
+def test_stale_partials_of_other_content_are_cleaned_up(loop, rdir: Path, tmp_path: Path) -> None:
+    rdir.mkdir(parents=True)
+    (rdir / ".m.bin.part-0123456789abcdef").write_bytes(b"old attempt")
+    as_board_user(rdir, rdir / ".m.bin.part-0123456789abcdef")
+    src = tmp_path / "m.bin"
+    src.write_bytes(b"x" * 1000)
+    with connect(loop) as c:
+        transfer.upload(c, src, str(rdir / "m.bin"))
+    assert sorted(p.name for p in rdir.iterdir()) == ["m.bin"]
+
+
+def test_bad_paths_and_permissions_give_one_line_errors(loop, tmp_path: Path) -> None:
+    src = tmp_path / "m.bin"
+    src.write_bytes(b"x")
+    with connect(loop) as c:
+        with pytest.raises(DeployerError, match="escapes its folder|contains '..'"):
+            transfer.upload(c, src, "models/../../etc/m.bin")
+        with pytest.raises(DeployerError, match="not found"):
+            transfer.upload(c, tmp_path / "missing.bin", "x.bin")
+        with pytest.raises(DeployerError) as e:
+            transfer.upload(c, src, "/root/deployer-test.bin")      # the login user cannot write there
+        assert "board 'loop'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_download_round_trip(loop, rdir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "r.bin"
+    src.write_bytes(os.urandom(3_000_000))
+    with connect(loop) as c:
+        transfer.upload(c, src, str(rdir / "r.bin"))
+        got = transfer.download(c, str(rdir / "r.bin"), tmp_path / "back" / "r.bin")
+    assert got == sha(src) == sha(tmp_path / "back" / "r.bin")
