@@ -119,13 +119,15 @@ def run_all(runner: NcnnRunner, case: Case) -> list[dict[str, np.ndarray]]:
     return [runner.run({case.model.inputs[0]: x}, case.model.outputs) for x in case.inputs]
 
 
-def latency_ms(runner: NcnnRunner, case: Case, runs: int) -> float:
-    """Median wall time of one forward (all outputs) over `runs`, after 3 warm-up runs."""
+def latency_ms(runner: NcnnRunner, case: Case, runs: int, min_seconds: float = 1.0) -> float:
+    """Median wall time of one forward (all outputs): at least `runs` forwards and `min_seconds`, after
+    3 warm-ups, so sub-millisecond models get enough samples for a stable median."""
     x = {case.model.inputs[0]: case.inputs[0]}
     for _ in range(3):
         runner.run(x, case.model.outputs)
-    times = []
-    for _ in range(runs):
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < runs or time.perf_counter() - started < min_seconds:
         t0 = time.perf_counter()
         runner.run(x, case.model.outputs)
         times.append((time.perf_counter() - t0) * 1000)
@@ -149,10 +151,13 @@ def _ncnn2table_args(case: Case, table: Path, method: str, threads: int) -> list
             f"thread={threads}", f"method={method}"]
 
 
-def _deployer(args: list[str], timeout: float = 1800) -> None:
+def _deployer(args: list[str], timeout: float) -> None:
     exe = Path(sys.executable).with_name("deployer")
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "deployer.cli"]
-    proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {timeout:.0f} s: deployer {args[0]}") from None
     if proc.returncode != 0:
         lines = [ln.strip(" │╭╮╰╯─") for ln in (proc.stderr or proc.stdout).splitlines()]
         lines = [ln for ln in lines if ln] or [f"exit {proc.returncode}"]
@@ -161,7 +166,8 @@ def _deployer(args: list[str], timeout: float = 1800) -> None:
         raise RuntimeError(useful[-1][:200])
 
 
-def calibrate_and_convert(case: Case, method: str, work: Path, threads: int) -> tuple[Path, Path, float, float]:
+def calibrate_and_convert(case: Case, method: str, work: Path, threads: int,
+                          timeout: float) -> tuple[Path, Path, float, float]:
     """One method end to end; returns (int8 param, int8 bin, calibration s, conversion s).
 
     `quantize` runs the whole pipeline (its own calibration, method choice and conversion), so its
@@ -169,9 +175,9 @@ def calibrate_and_convert(case: Case, method: str, work: Path, threads: int) -> 
     """
     out_param, out_bin = work / f"{method}.param", work / f"{method}.bin"
     if method == "quantize":
-        profile = write_profile(case, work / "profile.yaml", out_dir=work / "quantize")
+        profile = write_profile(case, work / "profile.yaml", out_dir=work / "quantize", threads=threads)
         t0 = time.perf_counter()
-        _deployer(["quantize", str(profile), "--json"])
+        _deployer(["quantize", "--profile", str(profile), "--json"], timeout)
         seconds = time.perf_counter() - t0
         produced = sorted((work / "quantize").glob("*.param"))
         if not produced:
@@ -179,40 +185,41 @@ def calibrate_and_convert(case: Case, method: str, work: Path, threads: int) -> 
         return produced[0], produced[0].with_suffix(".bin"), seconds, 0.0
     table = work / f"{method}.table"
     t0 = time.perf_counter()
-    _deployer(["ncnn2table", *_ncnn2table_args(case, table, method, threads)])
+    _deployer(["ncnn2table", *_ncnn2table_args(case, table, method, threads)], timeout)
     calib_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _deployer(["ncnn2int8", str(case.model.param), str(case.model.bin), str(out_param), str(out_bin), str(table)])
+    _deployer(["ncnn2int8", str(case.model.param), str(case.model.bin), str(out_param), str(out_bin), str(table)],
+              timeout)
     return out_param, out_bin, calib_s, time.perf_counter() - t0
 
 
-def write_profile(case: Case, path: Path, out_dir: Path) -> Path:
+def write_profile(case: Case, path: Path, out_dir: Path, threads: int) -> Path:
     """A deployer profile (profiles/*.yaml schema) for `deployer quantize` with default settings."""
     import yaml
 
-    spec = case.model.input_spec()
-    spec.pop("name")
     profile = {"model": {"param": str(case.model.param), "bin": str(case.model.bin)},
-               "inputs": [spec], "calibration": {"images": str(case.calib.list_file)}, "out": str(out_dir)}
+               "inputs": [case.model.input_spec()], "calibration": {"images": [str(case.calib.list_file)]},
+               "out": str(out_dir), "name": case.model.name, "threads": threads}
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
     return path
 
 
-def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Path) -> dict:
+def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Path, timeout: float) -> dict:
     case = make_case(name, work)
     fp32 = NcnnRunner(case.model.param, case.model.bin, threads=threads)
     ref = run_all(fp32, case)
     fp32_acc = case.accuracy(ref)
     fp32_ms = latency_ms(fp32, case, runs)
     fp32_bytes = case.model.bin.stat().st_size
-    err.print(f"[bold]{name}[/]: fp32 accuracy {fp32_acc}, {fp32_ms:.2f} ms, {len(case.calib.files)} "
+    err.print(f"[bold]{name}[/]: fp32 accuracy {'-' if fp32_acc is None else f'{fp32_acc:.3f}'}, {fp32_ms:.2f} ms, {len(case.calib.files)} "
               f"calibration images, held-out {case.heldout_name}")
     results = []
     for method in methods:
         res = MethodResult(method)
         with err.status(f"{name}: {method}"):
             try:
-                param, binf, res.calib_seconds, res.convert_seconds = calibrate_and_convert(case, method, work, threads)
+                param, binf, res.calib_seconds, res.convert_seconds = calibrate_and_convert(
+                    case, method, work, threads, timeout)
                 res.images_per_s = len(case.calib.files) / res.calib_seconds
                 int8 = NcnnRunner(param, binf, threads=threads)
                 compare(case, ref, run_all(int8, case), res)
@@ -222,8 +229,9 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
                 res.speedup = fp32_ms / res.latency_ms
             except Exception as exc:  # a missing/broken method must not hide the others' numbers
                 res.error = f"{type(exc).__name__}: {exc}"[:240]
+        acc = "-" if res.accuracy is None else f"{res.accuracy:.3f}"
         err.print(f"  {method:<10} " + (f"[red]{res.error}[/]" if res.error else
-                  f"agree {res.top1_agreement:.3f} cos {res.cosine_mean:.4f} acc {res.accuracy} "
+                  f"agree {res.top1_agreement:.3f} cos {res.cosine_mean:.4f} acc {acc} "
                   f"calib {res.calib_seconds:.1f}s lat {res.latency_ms:.2f}ms"))
         results.append(res)
     return {"model": name, "heldout": case.heldout_name, "calibration_images": len(case.calib.files),
@@ -238,16 +246,20 @@ def render(report: dict, console: Console) -> None:
                 "bin ratio", "int8 ms", "fp32 ms", "speedup"):
         table.add_column(col, justify="left" if col in ("model", "method") else "right")
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    errors = []
     for m in report["models"]:
         for r in m["methods"]:
             if r["error"]:
-                table.add_row(m["model"], r["method"], f"[red]{r['error'][:60]}[/]", *[""] * 10)
+                errors.append(f"{m['model']} {r['method']}: {r['error']}")
+                table.add_row(m["model"], r["method"], "[red]failed[/]", *["-"] * 10)
                 continue
             table.add_row(m["model"], r["method"], f(r["calib_seconds"], ".1f"), f(r["images_per_s"], ".1f"),
                           f(r["accuracy"], ".3f"), f(m["fp32"]["accuracy"], ".3f"), f(r["top1_agreement"], ".3f"),
                           f(r["cosine_mean"], ".4f"), f(r["cosine_min"], ".4f"), f(r["bin_ratio"], ".3f"),
                           f(r["latency_ms"], ".2f"), f(m["fp32"]["latency_ms"], ".2f"), f(r["speedup"], ".2f"))
     console.print(table)
+    for line in errors:
+        console.print(f"[red]failed[/] {line}", soft_wrap=True)
 
 
 def host_info(threads: int) -> dict:
@@ -264,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--runs", type=int, default=30, help="timed forwards per latency figure")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per deployer command")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quantize.json")
     ap.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of the table")
     args = ap.parse_args(argv)
@@ -276,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in [m for m in args.models.split(",") if m]:
             work = Path(tmp) / name
             work.mkdir()
-            report["models"].append(bench_model(name, methods, args.threads, args.runs, work))
+            report["models"].append(bench_model(name, methods, args.threads, args.runs, work, args.timeout))
     from deployer import fsutil
 
     fsutil.write_text(args.out, json.dumps(report, indent=2) + "\n")

@@ -95,6 +95,13 @@ def push_mbit(c: paramiko.SSHClient, size: int) -> float:
     return size * 8 / secs / 1e6
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cold", action="store_true", help="also time cold sysroot builds (downloads)")
@@ -112,6 +119,8 @@ def main() -> None:
             results[f"board up {label} (s)"] = time.perf_counter() - t
             boards[label] = res.added[0]
         key, known = state / "state/client_ed25519", state / "targets/sim_known_hosts"
+        for label, b in boards.items():
+            results[f"idle board RSS {label} (MB, its sshd under qemu)"] = rss_mb(b.init.pid)
         for label, b in boards.items():
             connects, rtts = [], []
             for _ in range(args.repeat):

@@ -226,7 +226,8 @@ def _as_path(v: Any, where: _Where, dotted: str, must_exist: bool = True, kind: 
         p = where.base_dir(dotted) / p
     p = Path(os.path.normpath(p))
     if must_exist and not p.exists():
-        raise _err(where(dotted), f"{kind} not found: {p}", "check the path (relative paths start at the profile's folder)")
+        start = "the current directory" if where.base_dir(dotted) == Path.cwd() else "the profile's folder"
+        raise _err(where(dotted), f"{kind} not found: {p}", f"check the path (relative paths start at {start})")
     if must_exist and kind == "file" and p.is_dir():
         raise _err(where(dotted), f"expected a file, got a folder: {p}")
     return p

@@ -48,7 +48,8 @@ class MobileNetV2(nn.Module):
     """ImageNet MobileNetV2 (width 1.0), key-compatible with torchvision's mobilenet_v2."""
 
     # (expand ratio, output channels, repeats, first stride) from the MobileNetV2 paper, table 2
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()

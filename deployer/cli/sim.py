@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -14,8 +15,13 @@ from rich.table import Table
 from deployer.cli.common import console, emit_json, handle_errors, out
 from deployer.sim import host
 from deployer.sim.linkspec import parse_link
-from deployer.sim.manager import BoardStatus, sim_down, sim_status, sim_up
+from deployer.sim.manager import MAX_COUNT, BoardStatus, sim_down, sim_status, sim_up
 from deployer.sim.sysroot import ensure_sysroot
+
+class Arch(str, Enum):
+    arm64 = "arm64"
+    armhf = "armhf"
+
 
 sim_app = typer.Typer(help="Emulated ARM boards (qemu-user + network namespaces) reachable over real SSH.",
                       no_args_is_help=True)
@@ -47,11 +53,12 @@ class _Bar:
 @sim_app.command("up")
 @handle_errors
 def up(
-    arch: str = typer.Option("arm64", "--arch", help="Board userland: arm64 (Pi 4, cortex-a72) or armhf (cortex-a15)."),
-    count: int = typer.Option(1, "--count", "-n", help="How many boards of this arch/link should be up."),
+    arch: Arch = typer.Option(Arch.arm64, "--arch", help="Board userland: arm64 (Pi 4, cortex-a72) or armhf (cortex-a15)."),
+    count: int = typer.Option(1, "--count", "-n", min=1, max=MAX_COUNT,
+                              help="How many boards of this arch/link should be up."),
     link: Optional[str] = typer.Option(None, "--link", help="Shape the link: 'delay=50,rate=10,loss=1' (ms, Mbit/s, "
                                                           "%) both ways, or 'down:... up:...'."),
-    targets_dir: Optional[Path] = typer.Option(None, "--targets-dir", help="Where sim.yaml goes [default: ./targets]."),
+    targets_dir: Optional[Path] = typer.Option(None, "--targets-dir", help="Where sim.yaml goes (default: ./targets)."),
     install_deps: bool = typer.Option(False, "--install-deps", help="apt-get install missing host packages."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
@@ -63,10 +70,11 @@ def up(
         console.print(f"deployer sim needs these Debian packages: {', '.join(missing)}")
         install_deps = typer.confirm(f"Run '{host.apt_command(missing)}' now?", default=False, err=True)
     with _Bar(not json_output) as bar:
-        result = sim_up(arch=arch, count=count, link=spec, targets_dir=targets_dir, install_deps=install_deps,
+        result = sim_up(arch=arch.value, count=count, link=spec, targets_dir=targets_dir, install_deps=install_deps,
                         progress=bar)
     if json_output:
-        emit_json({"ok": True, "targets": result.targets, "added": [b.name for b in result.added],
+        emit_json({"ok": True, "targets": result.targets,
+                   "known_hosts": result.targets.with_name("sim_known_hosts"), "added": [b.name for b in result.added],
                    "already_up": [b.name for b in result.existing],
                    "sysroot": {"path": result.sysroot.path, "cached": result.sysroot.cached,
                                "seconds": round(result.sysroot.seconds, 2), "warnings": result.sysroot.warnings},
@@ -76,7 +84,7 @@ def up(
     for warning in result.sysroot.warnings:
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     if not result.sysroot.cached:
-        console.print(f"built {arch} sysroot ({result.sysroot.packages} packages) in {result.sysroot.seconds:.1f} s")
+        console.print(f"built {arch.value} sysroot ({result.sysroot.packages} packages) in {result.sysroot.seconds:.1f} s")
     for b in result.existing:
         console.print(f"{b.name} ({b.arch}, {b.address}) is already up")
     for b in result.added:
@@ -116,7 +124,7 @@ def status(json_output: bool = typer.Option(False, "--json", help="Print the boa
 @sim_app.command("sysroot")
 @handle_errors
 def sysroot(
-    arch: list[str] = typer.Option(["arm64", "armhf"], "--arch", help="Which sysroots (repeatable)."),
+    arch: list[Arch] = typer.Option(list(Arch), "--arch", help="Which sysroots (repeatable)."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Build (or check) the cached Debian sysroots the boards run on, without starting boards (for CI set-up)."""
@@ -124,7 +132,7 @@ def sysroot(
     infos = []
     with _Bar(not json_output) as bar:
         for a in arch:
-            infos.append(ensure_sysroot(a, bar))
+            infos.append(ensure_sysroot(a.value, bar))
     if json_output:
         emit_json({"ok": True, "sysroots": [{"arch": i.arch, "path": i.path, "packages": i.packages, "cached": i.cached,
                                              "seconds": round(i.seconds, 2), "warnings": i.warnings} for i in infos]})

@@ -55,6 +55,10 @@ class CollectJob:
     specs: tuple[InputSpec, ...]
     files: tuple[tuple[str, ...], ...]     # files[i] = the i-th input's path for each model input
     blobs: tuple[str, ...]
+    origins: tuple[str, ...] = ()          # "list.txt:12" per input index, for error messages
+
+    def where(self, i: int) -> str:
+        return self.origins[i] if i < len(self.origins) else f"calibration input #{i + 1}"
 
 
 def make_net(param_path: str | Path, bin_path: str | Path, num_threads: int = 1):
@@ -113,7 +117,7 @@ def feed(runner: Runner, job: CollectJob, i: int):
         try:
             mat = load_input(files[i], spec)
         except DeployerError as err:
-            raise DeployerError(f"{err} (calibration input #{i + 1})") from None
+            raise DeployerError(f"{job.where(i)}: {err}") from None
         ex.input(blob, mat)
     return ex
 
@@ -121,8 +125,8 @@ def feed(runner: Runner, job: CollectJob, i: int):
 def extract(ex, blob: str, job: CollectJob, i: int):
     ret, mat = ex.extract(blob)
     if ret != 0:
-        raise DeployerError(f"ncnn failed to compute blob {blob} for input {job.files[0][i]} "
-                            f"(ret={ret}); check the input shape/preprocessing")
+        raise DeployerError(f"{job.where(i)}: ncnn failed to compute blob {blob} (ret={ret}); "
+                            "check the input shape and preprocessing")
     return mat
 
 

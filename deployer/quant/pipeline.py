@@ -29,7 +29,7 @@ from deployer.errors import DeployerError
 from deployer.profile import InputSpec, Profile
 
 Progress = Callable[[str, int, int], None]      # (phase, done, total)
-PROBE_INPUTS = 16                                # held-out inputs used to rank layers in mixed precision
+PROBE_INPUTS = 4                                 # held-out inputs used to rank layers in mixed precision
 
 
 @dataclass
@@ -288,6 +288,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
             chosen_eval = result.evaluation
             mixed_info = {"ran": True, "passed": result.passed, "keep_fp32": auto_keep,
                           "candidates_evaluated": result.candidates_evaluated,
+                          "budget": result.budget,
                           "sensitivity": result.sensitivity[:10], "steps": result.steps}
         t = phase("mixed", t)
 

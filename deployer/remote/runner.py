@@ -11,26 +11,26 @@ Why it looks the way it does:
   ``stats`` line marked ``partial`` and exit code 128+signal; a closed stdout ends it silently.
 - ncnn options are fixed before ``load_param``: ncnn captures ``num_threads`` (and kernel choices)
   at load time.
+- Few imports (no argparse/json/typing/glob/platform/subprocess at start): under qemu, or on a Pi
+  Zero, every stdlib module costs a visible fraction of a second, and argparse alone costs more
+  than ncnn. Hence the small JSON writer and argument parser below.
 
 The host imports this module too (``summarize``, ``make_input_values``) so statistics and the
 deterministic input are computed by the very same code on both sides.
 """
 
-import argparse
-import base64
-import glob
-import json
+import binascii
 import math
 import os
-import platform
 import random
 import signal
 import struct
-import subprocess
 import sys
 import time
 
-from typing import Dict, List, Optional  # type comments only: the file must parse on Python 3.7
+MYPY = False
+if MYPY:  # type comments only; importing typing (or json, which pulls in re) costs ~1 s under qemu
+    from typing import Dict, List, Optional
 
 PROTOCOL = 1
 ARM_FEATURES = ("neon", "vfpv4", "asimdhp", "asimddp", "asimdfhm", "bf16", "i8mm", "sve", "sve2")
@@ -157,11 +157,21 @@ def cpu_model():
     return fields.get("model name") or fields.get("hardware") or fields.get("processor")
 
 
+def _numbered(folder, prefix):
+    # type: (str, str) -> List[str]
+    """folder/prefixN entries in numeric order (glob without importing glob/re)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = [(int(n[len(prefix):]), n) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()]
+    return [os.path.join(folder, n) for _, n in sorted(found)]
+
+
 def cpu_frequencies():
     # type: () -> List[Dict[str, object]]
     cpus = []
-    for cpu_dir in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*"),
-                          key=lambda p: int(p.rsplit("cpu", 1)[1])):
+    for cpu_dir in _numbered("/sys/devices/system/cpu", "cpu"):
         freq = os.path.join(cpu_dir, "cpufreq")
         if not os.path.isdir(freq):
             continue
@@ -177,7 +187,7 @@ def cpu_frequencies():
 def temperatures():
     # type: () -> List[Dict[str, object]]
     zones = []
-    for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
+    for zone in _numbered("/sys/class/thermal", "thermal_zone"):
         milli = _read_int(os.path.join(zone, "temp"))
         if milli is not None:
             zones.append({"zone": os.path.basename(zone), "type": _read(os.path.join(zone, "type")),
@@ -191,6 +201,8 @@ def throttled():
     for folder in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep) + ["/opt/vc/bin"]:
         exe = os.path.join(folder, "vcgencmd")
         if os.access(exe, os.X_OK):
+            import subprocess  # only where vcgencmd exists: importing it is slow on small boards
+
             try:
                 out = subprocess.check_output([exe, "get_throttled"], stderr=subprocess.STDOUT, timeout=5)
             except (OSError, subprocess.SubprocessError):
@@ -217,11 +229,12 @@ def board_facts(ncnn):
         fn = getattr(ncnn, "cpu_support_x86_" + name, None)
         if fn is not None:
             features["x86_" + name] = bool(fn())
+    uname = os.uname()
     facts = {
-        "machine": platform.machine(),
+        "machine": uname[4],  # what platform.machine() returns, without importing platform
         "pointer_bits": struct.calcsize("P") * 8,
-        "python": platform.python_version(),
-        "hostname": platform.node(),
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "hostname": uname[1],
         "model": _read("/sys/firmware/devicetree/base/model"),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -236,43 +249,108 @@ def board_facts(ncnn):
 
 # ---------------------------------------------------------------- the run
 
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _json_str(text):
+    # type: (str) -> str
+    if '"' not in text and "\\" not in text and text.isprintable():
+        return '"' + text + '"'
+    return '"' + "".join(_ESCAPES.get(ch) or (ch if ord(ch) >= 0x20 else "\\u%04x" % ord(ch)) for ch in text) + '"'
+
+
+def to_json(obj):
+    # type: (object) -> str
+    """Compact JSON for the types the runner emits (what json.dumps would write, minus the import)."""
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, int):
+        return str(obj)
+    if isinstance(obj, float):
+        if obj != obj:
+            return "NaN"
+        if obj in (float("inf"), float("-inf")):
+            return "Infinity" if obj > 0 else "-Infinity"
+        return repr(obj)
+    if isinstance(obj, str):
+        return _json_str(obj)
+    if isinstance(obj, dict):
+        return "{" + ",".join(_json_str(str(k)) + ":" + to_json(v) for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ",".join(to_json(v) for v in obj) + "]"
+    return _json_str(str(obj))
+
+
 def emit(obj):
     # type: (Dict[str, object]) -> None
     try:
-        sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        sys.stdout.write(to_json(obj) + "\n")
         sys.stdout.flush()
     except (BrokenPipeError, OSError, ValueError):
         raise StdoutClosed()
 
 
-def build_parser():
-    # type: () -> argparse.ArgumentParser
-    p = argparse.ArgumentParser(prog="runner.py", description="Time an ncnn model; JSON lines on stdout.")
-    p.add_argument("--param", required=True)
-    p.add_argument("--bin", required=True)
-    p.add_argument("--shape", default=None, help="W,H,C (ncnn order); default: the .param's Input shape")
-    p.add_argument("--input-blob", default=None, help="default: the first input of the net")
-    p.add_argument("--output-blob", default=None, help="default: the last output of the net")
-    p.add_argument("--fill", default="random", help="'random' (seeded) or a constant")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--input-file", default=None, help="raw little-endian float32, W*H*C values (CHW)")
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--duration", type=float, default=None, help="seconds; overrides --iterations")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="0 = ncnn's default (physical big cores)")
-    p.add_argument("--powersave", type=int, choices=(0, 1, 2), default=0)
-    p.add_argument("--int8", type=int, choices=(0, 1), default=1)
-    p.add_argument("--fp16", type=int, choices=(0, 1), default=0,
-                   help="fp16 storage/packed/arithmetic; 0 gives a true fp32 baseline")
-    p.add_argument("--winograd", type=int, choices=(0, 1), default=1)
-    p.add_argument("--sgemm", type=int, choices=(0, 1), default=1)
-    p.add_argument("--lightmode", type=int, choices=(0, 1), default=1)
-    p.add_argument("--return-output", action="store_true", help="emit the output tensor (base64 float32)")
-    return p
+class Args(object):
+    """Parsed command line. The runner's flags are a protocol with deployer.remote.session, so a
+    small table-driven parser does (argparse costs seconds to import on emulated boards)."""
+
+    # name -> (type, default); type None = a flag without value
+    SPEC = {
+        "param": (str, None), "bin": (str, None), "shape": (str, None), "input_blob": (str, None),
+        "output_blob": (str, None), "fill": (str, "random"), "seed": (int, 0), "input_file": (str, None),
+        "iterations": (int, 10), "duration": (float, None), "warmup": (int, 3), "threads": (int, 0),
+        "powersave": (int, 0), "int8": (int, 1), "fp16": (int, 0), "winograd": (int, 1), "sgemm": (int, 1),
+        "lightmode": (int, 1), "return_output": (None, False),
+    }
+    CHOICES = {"powersave": (0, 1, 2), "int8": (0, 1), "fp16": (0, 1), "winograd": (0, 1), "sgemm": (0, 1),
+               "lightmode": (0, 1)}
+    USAGE = ("usage: runner.py --param P --bin B [--shape W,H,C] [--input-blob B] [--output-blob B] "
+             "[--fill random|VALUE] [--seed N] [--input-file F] [--iterations N | --duration S] [--warmup K] "
+             "[--threads T] [--powersave 0|1|2] [--int8 0|1] [--fp16 0|1] [--winograd 0|1] [--sgemm 0|1] "
+             "[--lightmode 0|1] [--return-output]")
+
+    def __init__(self, argv):
+        # type: (List[str]) -> None
+        for name, (_, default) in self.SPEC.items():
+            setattr(self, name, default)
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            name = arg[2:].replace("-", "_") if arg.startswith("--") else ""
+            if arg in ("-h", "--help"):
+                raise UsageError(self.USAGE)
+            if name not in self.SPEC:
+                raise UsageError("unknown argument %r; %s" % (arg, self.USAGE))
+            kind = self.SPEC[name][0]
+            if kind is None:
+                setattr(self, name, True)
+                i += 1
+                continue
+            if i + 1 >= len(argv):
+                raise UsageError("%s needs a value" % arg)
+            try:
+                value = kind(argv[i + 1])
+            except ValueError:
+                raise UsageError("%s %r is not a valid %s" % (arg, argv[i + 1], kind.__name__))
+            if name in self.CHOICES and value not in self.CHOICES[name]:
+                raise UsageError("%s must be one of %s" % (arg, ", ".join(map(str, self.CHOICES[name]))))
+            setattr(self, name, value)
+            i += 2
+        for required in ("param", "bin"):
+            if getattr(self, required) is None:
+                raise UsageError("--%s is required; %s" % (required, self.USAGE))
+
+
+class UsageError(ValueError):
+    pass
 
 
 def _options_used(args):
-    # type: (argparse.Namespace) -> Dict[str, object]
+    # type: (Args) -> Dict[str, object]
     return {"threads": args.threads, "powersave": args.powersave, "int8": bool(args.int8),
             "fp16": bool(args.fp16), "winograd": bool(args.winograd), "sgemm": bool(args.sgemm),
             "lightmode": bool(args.lightmode), "warmup": args.warmup, "iterations": args.iterations,
@@ -281,7 +359,7 @@ def _options_used(args):
 
 
 def configure(ncnn, net, args):
-    # type: (object, object, argparse.Namespace) -> None
+    # type: (object, object, Args) -> None
     """Everything ncnn fixes at load time, set before load_param."""
     if args.threads <= 0:
         auto = getattr(ncnn, "get_physical_big_cpu_count", None) or ncnn.get_big_cpu_count
@@ -325,7 +403,7 @@ def input_shape_from_param(path, blob):
 
 
 def make_input_mat(ncnn, args, shape):
-    # type: (object, argparse.Namespace, List[int]) -> object
+    # type: (object, Args, List[int]) -> object
     count = 1
     for d in shape:
         count *= d
@@ -347,11 +425,11 @@ def mat_payload(mat):
     view = memoryview(mat)
     raw = view.tobytes()  # contiguous, drops ncnn's per-channel cstep padding
     return {"shape": list(view.shape), "dims": mat.dims, "w": mat.w, "h": mat.h, "c": mat.c,
-            "dtype": "float32", "data": base64.b64encode(raw).decode("ascii")}
+            "dtype": "float32", "data": binascii.b2a_base64(raw).decode("ascii").strip()}
 
 
 def run(args):
-    # type: (argparse.Namespace) -> int
+    # type: (Args) -> int
     t_start = time.time()
     import ncnn  # imported late: on an emulated board this alone takes seconds
 
@@ -445,11 +523,11 @@ def _install_signal_handlers():
 
 def main(argv=None):
     # type: (Optional[List[str]]) -> int
-    args = build_parser().parse_args(argv)
-    if args.iterations < 1 and args.duration is None:
-        args.iterations = 1
     _install_signal_handlers()
     try:
+        args = Args(sys.argv[1:] if argv is None else argv)
+        if args.iterations < 1 and args.duration is None:
+            args.iterations = 1
         return run(args)
     except StdoutClosed:
         return 141  # like a shell's SIGPIPE status: the reader left

@@ -238,30 +238,27 @@ def platform_from_facts(facts: Any, board: str = "board") -> WheelPlatform:
 # ---------------------------------------------------------------- on the board
 
 _UNPACK = r"""
-import hashlib, json, os, shutil, sys, zipfile
-wheel, dest, sha, version = sys.argv[1:5]
+import hashlib, os, shutil, sys, zipfile
+wheel, dest, sha = sys.argv[1:4]
 h = hashlib.sha256()
 with open(wheel, "rb") as fh:
     for block in iter(lambda: fh.read(1 << 20), b""):
         h.update(block)
 if h.hexdigest() != sha:
     print("bad-sha %s" % h.hexdigest()); sys.exit(3)
-tmp = "%s.tmp-%d" % (dest, os.getpid())
+parent, name = os.path.split(dest)
+tmp = os.path.join(parent, ".%s.tmp-%d" % (name, os.getpid()))
 shutil.rmtree(tmp, ignore_errors=True)
 zipfile.ZipFile(wheel).extractall(tmp)
 with open(os.path.join(tmp, ".deployer-sha256"), "w") as fh:
     fh.write(sha + "\n")
 old = None
 if os.path.exists(dest):
-    old = "%s.old-%d" % (dest, os.getpid())
+    old = os.path.join(parent, ".%s.old-%d" % (name, os.getpid()))
     os.rename(dest, old)
 os.rename(tmp, dest)
 if old:
     shutil.rmtree(old, ignore_errors=True)
-info = os.path.join(os.path.dirname(os.path.dirname(dest)), "runtime.json")
-with open(info + ".tmp", "w") as fh:
-    json.dump({"ncnn": version, "wheel": os.path.basename(wheel), "sha256": sha, "path": os.path.abspath(dest)}, fh)
-os.rename(info + ".tmp", info)
 print("unpacked")
 """
 
@@ -290,17 +287,21 @@ def remote_root(runtime_dir: str) -> str:
 
 
 def ensure_runtime(conn: Any, wheel: Wheel, *, runtime_dir: str, python: str, board: str,
-                   upload: Callable[..., Any], progress: Callable[..., Any] | None = None) -> RuntimeInstall:
+                   upload: Callable[..., Any], progress: Callable[..., Any] | None = None,
+                   markers: dict[str, str | None] | None = None) -> RuntimeInstall:
     """Make `<runtime_dir>/runtime/ncnn-<version>-<tag>/` hold the wheel's files.
 
     Skips everything when the board already has it (sha256 marker written last, inside the temp dir,
-    before the rename: a marker can only exist in a complete unpack). `<runtime_dir>/runtime.json`
-    names the runtime installed last (deployer.remote.probe reports it).
+    before the rename: a marker can only exist in a complete unpack). `markers` = the probe's
+    `runtimes` (folder name -> marker): when it already shows this wheel, no remote command is needed.
+    Temp folders start with '.', so a probe never mistakes them for runtimes.
     """
     root = remote_root(runtime_dir)
     dest = f"{root}/runtime/{wheel.runtime_name}"
     remote_wheel = f"{root}/wheels/{wheel.path.name}"
     sha = wheel.sha256()
+    if markers and markers.get(wheel.runtime_name) == sha:
+        return RuntimeInstall(dest, wheel.version, wheel.path.name, uploaded=False, unpacked=False)
     # a shell `cat`, not python: on slow or emulated boards a python start costs seconds
     check = conn.run(["sh", "-c", 'cat -- "$1" 2>/dev/null; exit 0', "sh", f"{dest}/.deployer-sha256"])
     if check.rc != 0:
@@ -308,7 +309,7 @@ def ensure_runtime(conn: Any, wheel: Wheel, *, runtime_dir: str, python: str, bo
     if check.stdout.strip() == sha:
         return RuntimeInstall(dest, wheel.version, wheel.path.name, uploaded=False, unpacked=False)
     result = upload(conn, wheel.path, remote_wheel, progress=progress)
-    unpack = conn.run([python, "-c", _UNPACK, remote_wheel, dest, sha, wheel.version])
+    unpack = conn.run([python, "-c", _UNPACK, remote_wheel, dest, sha])
     if unpack.rc != 0:
         raise RemoteError(f"{board}: unpacking {wheel.path.name} into {dest} failed: {_last_line(unpack)}")
     skipped = bool(getattr(result, "skipped", False))

@@ -217,11 +217,15 @@ class Session:
                   ) -> rt.RuntimeInstall:
         from deployer.ssh.transfer import upload
 
-        platform = rt.platform_from_facts(self.probe(), self.name)
+        facts = self.probe()
+        platform = rt.platform_from_facts(facts, self.name)
         wheel = rt.select_wheel(platform, ncnn_version)
         _emit(self.on_event, self.name, {"type": "stage", "stage": "runtime", "wheel": wheel.path.name})
-        return rt.ensure_runtime(self.conn, wheel, runtime_dir=self.root, python=self.python, board=self.name,
-                                 upload=upload, progress=progress)
+        install = rt.ensure_runtime(self.conn, wheel, runtime_dir=self.root, python=self.python, board=self.name,
+                                    upload=upload, progress=progress, markers=getattr(facts, "runtimes", None))
+        if install.unpacked:
+            self._facts = None  # the board changed: a later probe() must look again
+        return install
 
     def push(self, opts: RunOptions, progress: Callable[..., Any] | None = None) -> PushReport:
         """Runtime + runner + model files, each skipped when the board already has identical bytes."""

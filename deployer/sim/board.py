@@ -20,6 +20,7 @@ from pathlib import Path
 
 from deployer.errors import DeployerError
 from deployer.sim.net import Slot
+from deployer.sim.paths import python_module_env
 from deployer.sim.procs import ProcRef
 from deployer.sim.profiles import BoardProfile
 from deployer.sim.sysroot import PI_UID
@@ -38,6 +39,10 @@ class StartedBoard:
 def prepare_board_dir(board_dir: Path, slot: Slot, profile: BoardProfile, hostname: str, sysroot: Path,
                       client_pub: str) -> Path:
     """Fresh overlay dirs plus the files that make this board itself; returns the init config path."""
+    for what, path in (("sim state dir", board_dir), ("sysroot", sysroot)):
+        if any(c in str(path) for c in ",:\\"):  # overlayfs mount options cannot carry these
+            raise DeployerError(f"{what} {path}: overlayfs cannot use a path containing ',', ':' or '\\'; "
+                                f"set DEPLOYER_SIM_DIR / DEPLOYER_CACHE to a plain path")
     shutil.rmtree(board_dir, ignore_errors=True)
     for d in ("upper", "work", "root"):
         (board_dir / d).mkdir(parents=True, mode=0o755)
@@ -46,9 +51,11 @@ def prepare_board_dir(board_dir: Path, slot: Slot, profile: BoardProfile, hostna
     _write(upper / "etc/hostname", f"{hostname}\n")
     _write(upper / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n"
                                 "::1\t\tlocalhost ip6-localhost ip6-loopback\n")
-    # sshd clears the environment of sessions; SetEnv is what makes user processes emulate the board's core
+    # sshd clears the environment of sessions; SetEnv is what makes user processes emulate the board's core.
+    # Each connection's sshd child takes ~0.3 s to start under emulation, so bursts of connections pile
+    # up as "unauthenticated": the default MaxStartups 10:30:100 would start resetting them.
     _write(upper / "etc/ssh/sshd_config.d/zz-board.conf",
-           f"ListenAddress {slot.board_addr}\nSetEnv QEMU_CPU={profile.qemu_cpu}\n")
+           f"ListenAddress {slot.board_addr}\nSetEnv QEMU_CPU={profile.qemu_cpu}\nMaxStartups 100:30:200\n")
     ssh_dir = upper / "home/pi/.ssh"
     ssh_dir.mkdir(parents=True)
     (upper / "home").chmod(0o755)
@@ -64,15 +71,19 @@ def prepare_board_dir(board_dir: Path, slot: Slot, profile: BoardProfile, hostna
     return config
 
 
-def start_board(name: str, slot: Slot, board_dir: Path, config: Path, timeout: float = READY_TIMEOUT) -> StartedBoard:
-    """Launch the board's namespaces and ARM sshd; return once the sshd answers with its banner."""
+def start_board(name: str, slot: Slot, board_dir: Path, config: Path, log: Path,
+                timeout: float = READY_TIMEOUT) -> StartedBoard:
+    """Launch the board's namespaces and ARM sshd; return once the sshd answers with its banner.
+
+    `log` (the sshd's stderr) lives outside `board_dir`, so it survives a failed start for diagnosis.
+    """
     t0 = time.monotonic()
     argv = ["ip", "netns", "exec", slot.netns, "unshare", "--mount", "--propagation", "private", "--pid", "--fork",
             "--uts", "--kill-child=SIGKILL", "--", sys.executable, "-m", "deployer.sim.boardinit", str(config)]
-    log = board_dir / "board.log"
-    with open(log, "ab") as fh:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as fh:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, cwd="/",
-                                start_new_session=True)
+                                start_new_session=True, env=python_module_env())
     unshare = ProcRef.of(proc.pid)
     init: ProcRef | None = None
     try:

@@ -22,7 +22,7 @@ from typing import Callable
 from deployer.errors import DeployerError
 from deployer.sim import host
 from deployer.sim.board import prepare_board_dir, sshd_answers, start_board, stop_board
-from deployer.sim.keys import ensure_client_key
+from deployer.sim.keys import KEY_NAME, ensure_client_key
 from deployer.sim.linkspec import LinkSpec
 from deployer.sim.net import Slot, create_network, destroy_network, free_slot, network_exists
 from deployer.sim.paths import default_state_dir
@@ -124,6 +124,8 @@ def sim_down(names: list[str] | None = None, state_dir: Path | None = None,
                 known = ", ".join(b.name for b in state.boards) or "none"
                 raise DeployerError(f"sim down: no emulated board named {', '.join(unknown)} (running: {known})")
         victims = [b for b in state.boards if not names or b.name in names]
+        if not victims:
+            return []
         for i, board in enumerate(victims):
             say(f"stopping {board.name}", i, len(victims))
             _teardown(board, state_dir)
@@ -131,8 +133,7 @@ def sim_down(names: list[str] | None = None, state_dir: Path | None = None,
             save_state(state_dir, state)
         say("boards stopped", len(victims), len(victims))
         if state.targets_dir:
-            key, _ = ensure_client_key(state_dir)
-            write_targets(Path(state.targets_dir), key, state.boards)
+            write_targets(Path(state.targets_dir), state_dir / KEY_NAME, state.boards)
         if not state.boards:
             state.targets_dir = None
         save_state(state_dir, state)
@@ -143,7 +144,7 @@ def sim_status(state_dir: Path | None = None) -> list[BoardStatus]:
     state = load_state((state_dir or default_state_dir()).resolve())
     out = []
     for b in sorted(state.boards, key=lambda b: b.slot):
-        running = b.unshare.alive() and b.init.alive()
+        running = _running(b)
         out.append(BoardStatus(b.name, b.arch, b.qemu_cpu, b.model, b.address, (b.link or {}).get("spec", ""),
                                running, running and sshd_answers(b.address, timeout=3.0)))
     return out
@@ -176,11 +177,13 @@ def _start_one(name: str, state: SimState, state_dir: Path, profile: BoardProfil
     slot = free_slot({b.slot for b in state.boards})
     board_dir = state_dir / "boards" / name
     hostname = f"raspberrypi-{name}"
-    config = prepare_board_dir(board_dir, slot, profile, hostname, sysroot, pub)
-    shaper = create_network(slot, link, board_dir / "shaper.log")
+    shaper = None
     try:
-        started = start_board(name, slot, board_dir, config)
-    except BaseException:
+        config = prepare_board_dir(board_dir, slot, profile, hostname, sysroot, pub)
+        logs = state_dir / "logs"
+        shaper = create_network(slot, link, logs / f"{name}.shaper.log")
+        started = start_board(name, slot, board_dir, config, logs / f"{name}.log")
+    except BaseException:  # the slot was free under the lock, so everything in it is ours to remove
         if shaper is not None:
             terminate(shaper)
         destroy_network(slot)
@@ -208,10 +211,14 @@ def _teardown(board: BoardState, state_dir: Path) -> None:
         shutil.rmtree(board_dir, ignore_errors=True)
 
 
+def _running(board: BoardState) -> bool:
+    return board.unshare.alive() and board.init.alive() and (board.shaper is None or board.shaper.alive())
+
+
 def _reap_dead(state: SimState, state_dir: Path) -> None:
     """Boards whose processes died (host reboot, killed by hand): clean up what is left, forget them."""
     for board in list(state.boards):
-        if not (board.unshare.alive() and board.init.alive()):
+        if not _running(board):
             _teardown(board, state_dir)
             state.boards.remove(board)
             save_state(state_dir, state)

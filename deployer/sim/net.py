@@ -19,6 +19,7 @@ from pathlib import Path
 
 from deployer.errors import DeployerError
 from deployer.sim.linkspec import LinkSpec
+from deployer.sim.paths import python_module_env
 from deployer.sim.procs import ProcRef, terminate
 from deployer.sim.shaper import READY
 
@@ -113,9 +114,11 @@ def create_network(slot: Slot, link: LinkSpec | None, shaper_log: Path) -> ProcR
 def start_shaper(slot: Slot, link: LinkSpec, log: Path) -> ProcRef:
     argv = ["ip", "netns", "exec", slot.wan_netns, sys.executable, "-m", "deployer.sim.shaper", "wh", "wb",
             "--down", link.down.spec(), "--up", link.up.spec()]
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True,
+                                cwd="/", env=python_module_env())
     ref = ProcRef.of(proc.pid)
     # frames sent before its sockets are bound are lost (a lost SYN costs a 1 s retransmit)
     deadline = time.monotonic() + 10

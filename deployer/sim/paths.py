@@ -27,3 +27,12 @@ def default_state_dir() -> Path:
 
 # Machine-wide lock: board slots (netns names, 10.200.N.0/24 subnets) are shared by all instances.
 GLOBAL_LOCK = Path("/run/deployer-sim.lock")
+
+
+def python_module_env() -> dict[str, str]:
+    """Environment for `python -m deployer.sim.<helper>` children: they must import this very package
+    even when it is not installed (run from a checkout) and they start with cwd=/."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env

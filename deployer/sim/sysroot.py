@@ -100,14 +100,21 @@ def _build(arch: str, root: Path, dest: Path, progress: Progress | None) -> Sysr
             {"format": FORMAT, "arch": arch, "packages": list(PACKAGES), "debs": len(debs),
              "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1) + "\n")
         if dest.exists():  # outdated format or package list
-            old = root / f".old-{arch}-{os.getpid()}"
-            dest.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(root / f".old-{arch}-{int(time.time())}")
         build.rename(dest)
+        _remove_old_trees(root)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
     return SysrootInfo(arch, dest, len(debs), False, time.monotonic() - start, warnings)
+
+
+def _remove_old_trees(root: Path) -> None:
+    """Replaced sysroots may still be the lower dir of running boards: delete them only when none runs."""
+    if any(ns.name.startswith("dsim-") for ns in Path("/run/netns").glob("*")):
+        return
+    for old in root.glob(".old-*"):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # --- apt with a private state --------------------------------------------------------------------

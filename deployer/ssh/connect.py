@@ -324,6 +324,14 @@ class Connection:
             pass  # connection already gone: sshd's teardown and SIGPIPE finish the job
 
 
+def _quiet_close(chan: paramiko.Channel) -> None:
+    """Closing a channel on a dead transport raises; the channel is gone either way."""
+    try:
+        chan.close()
+    except (paramiko.SSHException, EOFError, OSError):
+        pass
+
+
 def _short(argv: list[str], n: int = 60) -> str:
     s = " ".join(str(a) for a in argv)
     return s if len(s) <= n else s[: n - 3] + "..."
@@ -403,7 +411,7 @@ class _Proc:
                                   f"{idle_timeout:.0f} s; killed it on the board")
             select.select([chan], [], [], 0.02)
         self.rc = chan.recv_exit_status()
-        chan.close()
+        _quiet_close(chan)
 
     def kill(self) -> None:
         if self.rc is not None:
@@ -418,7 +426,7 @@ class _Proc:
                     time.sleep(0.01)
         if self.pgid is not None and self.conn.transport.is_active():
             self.conn.kill(self.pgid)
-        self.chan.close()
+        _quiet_close(self.chan)
 
     def failed(self) -> RemoteError:
         tail = self.stderr.strip().splitlines()[-1:] or ["no stderr"]

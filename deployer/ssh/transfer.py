@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -63,41 +64,63 @@ _STATE_PY = _PY_HASH + (
 )
 _STATE_SH = _SH_HASH + (
     'while [ $# -gt 1 ]; do f=$1; p=$2; shift 2; '
-    'mkdir -p -- "$(dirname -- "$f")" 2>/dev/null; '
+    'case $f in */*) d=${f%/*};; *) d=.;; esac; [ -d "${d:-/}" ] || mkdir -p -- "${d:-/}"; '
     'if [ -f "$f" ]; then a=$(h "$f"); else a=-; fi; '
     'if [ -f "$p" ]; then b=$(wc -c < "$p"); c=$(h "$p"); else b=-; c=-; fi; '
     'echo "${a:--} $b ${c:--}"; done'
 )
+# Fallback check after the upload for boards without python (sh + sha256sum).
 # args: mode tmp want stale_prefix ... -> per file "ok" or "bad <sha>"; removes stale partial files
-_VERIFY_PY = _PY_HASH + (
-    "for m, t, w, s in zip(a[0::4], a[1::4], a[2::4], a[3::4]):\n"
-    "    try:\n"
-    "        os.chmod(t, int(m, 8))\n"
-    "        g = h(t)\n"
-    "    except OSError:\n"
-    "        g = 'unreadable'\n"
-    "    if g != w:\n"
-    "        print('bad', g)\n"
-    "        try:\n"
-    "            os.remove(t)\n"
-    "        except OSError:\n"
-    "            pass\n"
-    "        continue\n"
-    "    print('ok')\n"
-    "    d, base = os.path.dirname(s) or '.', os.path.basename(s)\n"
-    "    for x in os.listdir(d):\n"
-    "        if x.startswith(base) and x != os.path.basename(t):\n"
-    "            try:\n"
-    "                os.remove(os.path.join(d, x))\n"
-    "            except OSError:\n"
-    "                pass\n"
-)
 _VERIFY_SH = _SH_HASH + (
     'while [ $# -gt 3 ]; do m=$1; t=$2; w=$3; s=$4; shift 4; '
     'chmod "$m" "$t" 2>/dev/null; g=$(h "$t"); '
     'if [ "$g" = "$w" ]; then echo ok; for x in "$s"*; do [ "$x" = "$t" ] || rm -f -- "$x"; done; '
     'else echo "bad ${g:-unreadable}"; rm -f -- "$t"; fi; done'
 )
+# Hashes the temp file on the board *while* it is being uploaded (following its growth), so the
+# on-board check costs nothing extra at the end of a long transfer. Exits if the client goes away
+# (stdin EOF). args: tmp size want mode stale_prefix -> "ok" or "bad <sha>".
+_FOLLOW_PY = _PY_HASH + (
+    "import select, time\n"
+    "t, n, w, m, s = a[0], int(a[1]), a[2], int(a[3], 8), a[4]\n"
+    "d, got = hashlib.sha256(), 0\n"
+    "def gone():\n"
+    "    r = select.select([sys.stdin], [], [], 0.05)[0]\n"
+    "    return bool(r) and not os.read(sys.stdin.fileno(), 1)\n"
+    "with open(t, 'rb') as f:\n"
+    "    while got < n:\n"
+    "        b = f.read(min(1 << 20, n - got))\n"
+    "        if b:\n"
+    "            d.update(b)\n"
+    "            got += len(b)\n"
+    "        elif gone():\n"
+    "            sys.exit(3)\n"
+    "    if f.read(1):\n"
+    "        got = -1\n"
+    "g = d.hexdigest() if got == n else 'too-long'\n"
+    "if g != w:\n"
+    "    print('bad', g)\n"
+    "    sys.exit(0)\n"
+    "os.chmod(t, m)\n"
+    "dd, base = os.path.dirname(s) or '.', os.path.basename(s)\n"
+    "for x in os.listdir(dd):\n"
+    "    if x.startswith(base) and x != os.path.basename(t):\n"
+    "        try:\n"
+    "            os.remove(os.path.join(dd, x))\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "print('ok')\n"
+)
+
+# Fresh pushes have nothing to hash: answer in sh and skip the python start-up (slow on small boards).
+_NOTHING_THERE = (
+    'found=; i=0; for x in "$@"; do i=$((i+1)); '
+    'if [ $i -gt 2 ] && [ -e "$x" ]; then found=1; break; fi; done; '
+    'if [ -z "$found" ]; then shift 2; while [ $# -gt 1 ]; do '
+    'case $1 in */*) d=${1%/*};; *) d=.;; esac; [ -d "${d:-/}" ] || mkdir -p -- "${d:-/}"; '
+    'echo "- - -"; shift 2; done; exit 0; fi; '
+)
+
 # args: py_script python sh-args...: the python version if the board has that python, else sh.
 _DISPATCH = 'p=$1; q=$2; shift 2; if command -v "$q" >/dev/null 2>&1; then exec "$q" -c "$p" "$@"; fi; '
 
@@ -128,6 +151,7 @@ class _Item:
     part_sha: str | None = None
     resumed_from: int = 0
     sent: int = 0
+    verified: bool = False
 
 
 def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
@@ -167,10 +191,11 @@ def upload_many(conn: Connection, files: Sequence[tuple[str | os.PathLike, str]]
             progress(it.remote, it.size, it.size)
     for it in todo:
         _send(conn, it, progress)
-    if todo:
-        _verify(conn, todo)
-        for it in todo:
-            _rename(conn, it)
+    unverified = [it for it in todo if not it.verified]
+    if unverified:                     # the board had no python to hash while uploading
+        _verify(conn, unverified)
+    for it in todo:
+        _rename(conn, it)
     secs = time.monotonic() - t0
     return [
         TransferResult(str(it.local), it.remote, it.size, it.sha256, it not in todo, it.sent, it.resumed_from, secs)
@@ -241,7 +266,7 @@ def _prepare(local: Path, remote: str, mode: int | None) -> _Item:
 
 
 def _sh(conn: Connection, py: str, sh: str, args: list[str], doing: str) -> list[str]:
-    res = conn.run(["sh", "-c", _DISPATCH + sh, "sh", py, conn.board.python, *args])
+    res = conn.run(["sh", "-c", _NOTHING_THERE + _DISPATCH + sh, "sh", py, conn.board.python, *args])
     if res.rc != 0:
         tail = (res.stderr.strip().splitlines() or ["no message"])[-1]
         raise RemoteError(f"{conn.board.where}: {doing} failed (rc {res.rc}): {tail}")
@@ -275,25 +300,71 @@ def _send(conn: Connection, it: _Item, progress: ProgressFn | None) -> None:
     offset = it.resumed_from
     if progress:
         progress(it.remote, offset, it.size)
+    follower: list = []
+    starter = None
     try:
         with open(it.local, "rb") as src:
             src.seek(offset)
-            f = sftp.open(it.tmp, "r+b" if offset else "wb")
+            f = sftp.open(it.tmp, "r+b" if offset else "wb")     # truncation happens before the follower starts
             try:
+                # starting a remote process costs a round trip plus a fork (most of a second on an
+                # emulated board): do it on a thread while the writes flow
+                starter = threading.Thread(target=_start_follower, args=(conn, it, follower), daemon=True)
+                starter.start()
                 _pipelined_write(sftp, f.handle, src, offset, it, progress)
             finally:
                 f.close()
+                starter.join()
+        if not follower or isinstance(follower[0], BaseException):
+            raise follower[0] if follower else RemoteError(f"{conn.board.where}: could not start the hash check")
+        lines = iter(follower[0])
+        answer = next(lines, "no answer")
+        for _ in lines:      # let it exit by itself: killing costs another remote process
+            pass
     except FileNotFoundError as e:
         raise DeployerError(f"{conn.board.where}: cannot create {it.tmp}: {e}") from None
     except PermissionError:
         raise DeployerError(f"{conn.board.where}: permission denied writing {it.tmp}",
                             hint="pick a runtime_dir the login user can write") from None
-    except (OSError, EOFError, paramiko.SSHException) as e:
+    except (OSError, EOFError, paramiko.SSHException, RemoteError) as e:
+        if starter is not None:
+            starter.join()
+        if follower and not isinstance(follower[0], BaseException):
+            follower[0].close()
         if conn.lost():
             raise conn.dropped(
                 f"uploading {it.remote} ({it.resumed_from + it.sent} of {it.size} bytes sent; re-run to resume)"
             ) from None
         raise RemoteError(f"{conn.board.where}: uploading {it.remote} failed: {e}") from None
+    if answer == "ok":
+        it.verified = True
+    elif answer != "nopython":
+        _discard(conn, it)
+        raise _mismatch(conn, it, answer.split()[-1])
+
+
+def _start_follower(conn: Connection, it: _Item, out: list) -> None:
+    try:
+        out.append(conn.stream(
+            ["sh", "-c", _DISPATCH + "echo nopython", "sh", _FOLLOW_PY, conn.board.python,
+             _dash(it.tmp), str(it.size), it.sha256, f"{it.mode:o}", _dash(it.stale_prefix)], check=False))
+    except BaseException as e:  # handed to the uploading thread
+        out.append(e)
+
+
+def _discard(conn: Connection, it: _Item) -> None:
+    try:
+        conn.sftp.remove(it.tmp)
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+
+
+def _mismatch(conn: Connection, it: _Item, got: str) -> RemoteError:
+    return RemoteError(
+        f"{conn.board.where}: {it.remote}: sha256 on the board is {got[:16]}..., expected "
+        f"{it.sha256[:16]}...; the upload was discarded, the old file is untouched",
+        hint="re-run the push; if it repeats, check the board's storage",
+    )
 
 
 def _pipelined_write(sftp: paramiko.SFTPClient, handle: bytes, src: IO[bytes], offset: int, it: _Item,
@@ -327,15 +398,11 @@ def _pipelined_write(sftp: paramiko.SFTPClient, handle: bytes, src: IO[bytes], o
 
 def _verify(conn: Connection, items: list[_Item]) -> None:
     args = [a for it in items for a in (f"{it.mode:o}", _dash(it.tmp), it.sha256, _dash(it.stale_prefix))]
-    lines = _sh(conn, _VERIFY_PY, _VERIFY_SH, args, "verifying uploads")
+    res = conn.run(["sh", "-c", _VERIFY_SH, "sh", *args])
+    lines = res.stdout.splitlines()
     for it, line in zip(items, lines + ["bad no-answer"] * len(items)):
         if line != "ok":
-            got = line.split()[-1]
-            raise RemoteError(
-                f"{conn.board.where}: {it.remote}: sha256 on the board is {got[:16]}..., expected "
-                f"{it.sha256[:16]}...; the upload was discarded, the old file is untouched",
-                hint="re-run the push; if it repeats, check the board's storage",
-            )
+            raise _mismatch(conn, it, line.split()[-1])
 
 
 def _rename(conn: Connection, it: _Item) -> None:

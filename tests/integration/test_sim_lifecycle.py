@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from deployer.sim.net import Slot, netns_names
@@ -41,9 +43,10 @@ def sim_env(tmp_path):
 def test_up_status_down_leaves_nothing_behind(sim_env):
     env, tmp = sim_env
     targets = tmp / "targets"
-    first = json.loads(deployer(env, "sim", "up", "--link", "delay=5", "--targets-dir", str(targets), "--json").stdout)
+    link = "down:rate=2 up:delay=5,rate=50"
+    first = json.loads(deployer(env, "sim", "up", "--link", link, "--targets-dir", str(targets), "--json").stdout)
     assert first["added"] == ["sim-1"] and first["already_up"] == []
-    again = json.loads(deployer(env, "sim", "up", "--link", "delay=5", "--json").stdout)
+    again = json.loads(deployer(env, "sim", "up", "--link", link, "--json").stdout)
     assert again["added"] == [] and again["already_up"] == ["sim-1"]
 
     state = json.loads((tmp / "state/state.json").read_text())
@@ -52,19 +55,65 @@ def test_up_status_down_leaves_nothing_behind(sim_env):
     procs = [ProcRef(**board[k]) for k in ("unshare", "init", "shaper")]
     assert all(p.alive() for p in procs)
     assert {slot.netns, slot.wan_netns} <= netns_names()
+    # the board's overlay and proc/sys/dev mounts live in its own mount namespace, never on the host
+    assert board["board_dir"] not in Path("/proc/self/mountinfo").read_text()
+    board_mounts = Path(f"/proc/{board['init']['pid']}/mountinfo").read_text()
+    assert f"upperdir={board['board_dir']}/upper" in board_mounts.splitlines()[0]  # its / is the overlay
     assert (targets / "sim.yaml").exists() and (targets / "sim_known_hosts").read_text().startswith(board["address"])
 
     status = json.loads(deployer(env, "sim", "status", "--json").stdout)["boards"]
-    assert [(b["name"], b["state"], b["sshd"], b["link"]) for b in status] == [("sim-1", "up", True, "delay=5")]
+    assert [(b["name"], b["state"], b["sshd"], b["link"]) for b in status] == [
+        ("sim-1", "up", True, "down:rate=2 up:delay=5,rate=50")]
+    push, pull, stray = _exercise(board["address"], tmp / "state/client_ed25519", targets / "sim_known_hosts")
+    # 500 KB: >= 2 s at 2 Mbit/s host -> board; 0.08 s (+ starting `head` under emulation) at 50 back
+    assert push > 1.9 and pull < push / 2, (push, pull)
 
     down = json.loads(deployer(env, "sim", "down", "--json").stdout)
     assert down["stopped"] == ["sim-1"]
     assert not any(p.alive() for p in procs)
+    assert not any(p.alive() for p in stray)  # a detached process on the board died with its pid namespace
     assert not {slot.netns, slot.wan_netns} & netns_names()
     assert not Path(f"/sys/class/net/{slot.host_if}").exists()
     assert not Path(board["board_dir"]).exists()
     assert not (targets / "sim.yaml").exists() and not (targets / "sim_known_hosts").exists()
     assert json.loads(deployer(env, "sim", "status", "--json").stdout)["boards"] == []
+
+
+def _exercise(address: str, key: Path, known_hosts: Path, size: int = 500_000) -> tuple[float, float, list[ProcRef]]:
+    """Time a push and a pull over the shaped link; leave a detached process running on the board."""
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(address, username="pi", key_filename=str(key), allow_agent=False, look_for_keys=False, timeout=30)
+    with client:
+        chan = client.get_transport().open_session()
+        chan.exec_command("cat > /dev/null; echo done")
+        t = time.perf_counter()
+        chan.sendall(b"\0" * size)
+        chan.shutdown_write()
+        assert chan.recv(8).strip() == b"done"
+        push = time.perf_counter() - t
+        chan = client.get_transport().open_session()
+        chan.exec_command(f"head -c {size} /dev/zero")
+        t, got = time.perf_counter(), 0
+        while chunk := chan.recv(65536):
+            got += len(chunk)
+        pull = time.perf_counter() - t
+        assert got == size
+        _, out, _ = client.exec_command("setsid nohup sleep 4242.17 >/dev/null 2>&1 < /dev/null & echo started")
+        assert out.read().strip() == b"started"
+    stray = []
+    deadline = time.monotonic() + 10
+    while not stray and time.monotonic() < deadline:
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if b"sleep\x004242.17" in (proc / "cmdline").read_bytes():
+                    stray.append(ProcRef.of(int(proc.name)))
+            except OSError:
+                pass
+        time.sleep(0.1)
+    assert stray and all(p.alive() for p in stray)
+    return push, pull, stray
 
 
 @pytest.mark.boards
@@ -90,3 +139,36 @@ def test_down_of_an_unknown_board_is_one_line(sim_env):
     res = deployer(env, "sim", "down", "sim-9", check=False)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == ["error: sim down: no emulated board named sim-9 (running: none)"]
+
+
+@pytest.mark.boards
+def test_a_board_that_cannot_start_says_why_and_leaves_nothing(tmp_path):
+    reason = board_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from deployer.errors import DeployerError
+    from deployer.sim.linkspec import parse_link
+    from deployer.sim.manager import _start_one
+    from deployer.sim.net import free_slot, network_exists
+    from deployer.sim.profiles import PROFILES
+    from deployer.sim.state import SimState, locked
+
+    with locked():
+        slot = free_slot()
+        with pytest.raises(DeployerError) as err:
+            _start_one("sim-1", SimState(), tmp_path, PROFILES["arm64"], parse_link("delay=1"),
+                       tmp_path / "no-such-sysroot", "ssh-ed25519 AAAA test")
+    assert str(err.value).startswith("board sim-1: its sshd exited during start (")
+    assert "mount overlay" in str(err.value)
+    assert "mount overlay" in (tmp_path / "logs/sim-1.log").read_text()  # the log it names survives
+    assert not network_exists(slot)
+    assert not (tmp_path / "boards/sim-1").exists()
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline")
+                if str(tmp_path).encode() in _read(p)]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

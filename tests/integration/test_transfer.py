@@ -158,3 +158,16 @@ def test_download_round_trip(loop, rdir: Path, tmp_path: Path) -> None:
         transfer.upload(c, src, str(rdir / "r.bin"))
         got = transfer.download(c, str(rdir / "r.bin"), tmp_path / "back" / "r.bin")
     assert got == sha(src) == sha(tmp_path / "back" / "r.bin")
+
+
+def test_board_without_python_uses_sh_and_sha256sum(loop, rdir: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    no_py = dataclasses.replace(loop, python="/nonexistent/python3")
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(700_000))
+    with connect(no_py) as c:
+        first = transfer.upload(c, src, str(rdir / "m.bin"))
+        again = transfer.upload(c, src, str(rdir / "m.bin"))
+    assert not first.skipped and again.skipped and sha(rdir / "m.bin") == sha(src)
+    assert sorted(p.name for p in rdir.iterdir()) == ["m.bin"]

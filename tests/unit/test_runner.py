@@ -202,3 +202,27 @@ def test_make_input_values_deterministic() -> None:
     assert runner.make_input_values(3, "0.5", 0) == [0.5, 0.5, 0.5]
     with pytest.raises(ValueError):
         runner.make_input_values(3, "bogus", 0)
+
+
+@pytest.mark.parametrize("obj", [
+    {"a": [1, 2.5, -0.0, 1e-300, 3.4028234663852886e38, None, True, False], "b": {"c": "x"}},
+    {"text": 'quote " backslash \\ newline \n tab \t nul \x00 bell \x07 unicode é → 🙂 \u2028'},
+    {"k\"ey": "", "n": 12345678901234567890, "e": []},
+])
+def test_to_json_round_trips_through_json(obj) -> None:
+    text = runner.to_json(obj)
+    assert "\n" not in text
+    assert json.loads(text) == obj
+    assert json.loads(runner.to_json(float("nan"))) != json.loads(runner.to_json(float("nan")))  # NaN
+    assert json.loads(runner.to_json([float("inf"), float("-inf")])) == [float("inf"), float("-inf")]
+
+
+def test_argument_errors_are_error_lines(tiny_models) -> None:
+    for args, needle in [
+        ([*model_args(tiny_models), "--bogus", "1"], "unknown argument '--bogus'"),
+        ([*model_args(tiny_models), "--powersave", "5"], "--powersave must be one of 0, 1, 2"),
+        ([*model_args(tiny_models), "--iterations", "x"], "--iterations 'x' is not a valid int"),
+        (["--bin", str(tiny_models.int8_bin)], "--param is required"),
+    ]:
+        rc, lines, err = run_runner(*args)
+        assert rc == 2 and lines[-1]["type"] == "error" and needle in lines[-1]["error"], (args, lines)

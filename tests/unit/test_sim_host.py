@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from deployer.errors import DeployerError
@@ -58,8 +60,8 @@ def test_register_line_is_the_kernel_syntax_with_fix_binary():
 @pytest.mark.boards
 def test_kernel_accepts_our_register_line_and_keeps_flag_f():
     """Register a harmless entry (a magic no real file has) for real, check it, remove it."""
-    if host.binfmt_problem("arm64") is not None:
-        pytest.skip("binfmt_misc is not set up here (deployer sim up repairs it)")
+    if os.geteuid() != 0 or host.binfmt_problem("arm64") is not None:
+        pytest.skip("needs root and a working binfmt_misc (deployer sim up repairs it)")
     fmt = Binfmt("deployer-selftest", b"DPLYSELFTEST", "/usr/bin/true", mask=b"\xff" * 12)
     entry = host.BINFMT_DIR / fmt.name
     try:
@@ -72,3 +74,22 @@ def test_kernel_accepts_our_register_line_and_keeps_flag_f():
         if entry.exists():
             entry.write_text("-1")
     assert not entry.exists()
+
+
+def test_ensure_binfmt_leaves_a_good_handler_alone(tmp_path):
+    (tmp_path / "register").write_text("")
+    (tmp_path / "qemu-arm").write_text(_entry("PF"))
+    host.ensure_binfmt("armhf", tmp_path)
+    assert (tmp_path / "register").read_text() == ""
+
+
+def test_ensure_binfmt_registers_with_flag_f_and_says_how_to_fix_when_it_cannot(tmp_path):
+    """A fake binfmt_misc dir: it records the writes but (unlike the kernel) does not act on them."""
+    (tmp_path / "register").write_text("")
+    (tmp_path / "qemu-aarch64").write_text(_entry("P"))
+    with pytest.raises(DeployerError) as err:
+        host.ensure_binfmt("arm64", tmp_path)
+    assert (tmp_path / "register").read_bytes() == host._register_line(BINFMTS["arm64"])
+    assert (tmp_path / "qemu-aarch64").read_text() == "-1"  # the handler without F was unregistered first
+    assert str(err.value).startswith("cannot run arm64 binaries: ")
+    assert f"mount -t binfmt_misc binfmt_misc {tmp_path} && update-binfmts --enable qemu-aarch64" in str(err.value)

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Upload speed to an emulated board: deployer.ssh.transfer vs OpenSSH scp vs paramiko's sftp.put.
+
+Starts its own emulated arm64 boards (private sim state dir, torn down at the end): one behind a
+shaped link (default 10 Mbit/s, 50 ms each way) and one unshaped. On each it pushes the same random
+file with:
+  * scp          OpenSSH 9.x scp (SFTP protocol), a fresh `scp` process: connect + transfer
+  * deployer     connect() + upload(): connect, remote hash query, pipelined SFTP, on-board sha256, rename
+  * paramiko     a fresh connect() + paramiko's default SFTPClient.put (for reference)
+  * re-push      deployer upload() of the unchanged file on an open connection (the skip path)
+Prints a table and JSON (also written to --json). Needs root (namespaces) like `deployer sim up`.
+
+    /work/venv/bin/python bench/bench_transfer.py --size-mb 20 --link delay=50,rate=10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deployer.sim.linkspec import parse_link  # noqa: E402
+from deployer.sim.manager import sim_down, sim_up  # noqa: E402
+from deployer.ssh import transfer  # noqa: E402
+from deployer.ssh.connect import connect  # noqa: E402
+from deployer.targets import load_targets  # noqa: E402
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def scp(board, src: Path, dst: str) -> None:
+    cmd = ["scp", "-q", "-B", "-i", str(board.key), "-P", str(board.port or 22),
+           "-o", f"UserKnownHostsFile={board.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+           "-o", "IdentitiesOnly=yes", str(src), f"{board.user}@{board.host}:{dst}"]
+    subprocess.run(cmd, check=True)
+
+
+def deployer_push(board, src: Path, dst: str) -> None:
+    with connect(board) as c:
+        r = transfer.upload(c, src, dst)
+        assert not r.skipped and r.sent == r.size
+
+
+def paramiko_put(board, src: Path, dst: str) -> None:
+    with connect(board) as c:
+        c.sftp.put(str(src), dst)
+
+
+def bench_board(board, src: Path, repeats: int) -> dict:
+    rows: dict[str, list[float]] = {"scp": [], "deployer": [], "paramiko put": [], "re-push (skip)": []}
+    with connect(board) as c:
+        c.run(["mkdir", "-p", "bench"], check=True)
+    for _ in range(repeats):
+        for name, fn, dst in (("scp", scp, "bench/scp.bin"), ("deployer", deployer_push, "bench/dep.bin"),
+                              ("paramiko put", paramiko_put, "bench/pm.bin")):
+            with connect(board) as c:
+                c.run(["rm", "-f", dst, "bench/.dep.bin.part-*"])
+            rows[name].append(timed(lambda: fn(board, src, dst)))
+        with connect(board) as c:
+            rows["re-push (skip)"].append(timed(lambda: transfer.upload(c, src, "bench/dep.bin")))
+            c.run(["rm", "-rf", "bench"])
+    return {k: {"median_s": statistics.median(v), "runs_s": [round(x, 3) for x in v]} for k, v in rows.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=float, default=20)
+    ap.add_argument("--link", default="delay=50,rate=10", help="sim link spec for the shaped board")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--skip-unshaped", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
+    state, tdir = work / "state", work / "targets"
+    src = work / "payload.bin"
+    with open(src, "wb") as fh:
+        fh.write(os.urandom(int(args.size_mb * 1_000_000)))
+    results: dict = {"size_bytes": src.stat().st_size, "link": args.link, "repeats": args.repeats, "boards": {}}
+    try:
+        plans = [("shaped", parse_link(args.link))] + ([] if args.skip_unshaped else [("unshaped", None)])
+        for label, link in plans:
+            up = sim_up(arch="arm64", count=1, link=link, targets_dir=tdir, state_dir=state)
+            name = (up.added or up.existing)[0].name
+            board = load_targets(up.targets).board(name)
+            print(f"[{label}] board {name} at {board.host}: pushing {args.size_mb:g} MB ...", file=sys.stderr)
+            results["boards"][label] = {"board": name, **bench_board(board, src, args.repeats)}
+    finally:
+        sim_down(state_dir=state)
+    for label, r in results["boards"].items():
+        base = r["scp"]["median_s"]
+        r["deployer_vs_scp"] = round(r["deployer"]["median_s"] / base, 3)
+    print(f"\n{'link':10} {'method':16} {'median s':>9} {'Mbit/s':>8} {'vs scp':>7}")
+    for label, r in results["boards"].items():
+        for method in ("scp", "deployer", "paramiko put", "re-push (skip)"):
+            s = r[method]["median_s"]
+            mbit = "" if method.startswith("re-push") else f"{results['size_bytes'] * 8 / s / 1e6:8.2f}"
+            print(f"{label:10} {method:16} {s:9.3f} {mbit:>8} {s / r['scp']['median_s']:7.2f}")
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""method=eq: ncnn2table's documented scale search, done correctly and fast.
+
+ncnn's EQ (segfaults in its own tool, see ncnn-int8.md §2.7) starts from KL, then for every
+conv/dw/fc layer searches each weight scale element, then the input scale, over
+`scale * [0.5, 2.0)` in 100 steps, scoring the cosine similarity between the fp32 layer output and
+the layer run in int8 on the fp32 input, averaged over at most 50 calibration inputs; the best
+average wins and is kept before the next element is searched.
+
+Instead of 100 single-layer ncnn forwards per element, the int8 layer is simulated in numpy with
+ncnn's integer maths (round half away from zero, clamp +-127, exact integer accumulation,
+`acc / (s_in * s_w) + bias`, fused activation). A weight scale only changes its own output
+channel(s), so its 100 candidates cost one batched matmul per input and the cosine is updated from
+per-channel partial sums.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from deployer.errors import DeployerError
+from deployer.quant.collect import CollectJob, Runner, extract, feed, mat_view
+from deployer.quant.methods import LayerScales
+from deployer.quant.weights import CalibModel, QuantLayer
+
+MAX_FILES = 50
+STEPS = 100
+LOWER, UPPER = np.float32(0.5), np.float32(2.0)
+_MEMORY = 512 << 20
+
+
+def round_away(v: np.ndarray) -> np.ndarray:
+    """C roundf on float32 values, computed exactly in float64."""
+    v = v.astype(np.float64)
+    return np.where(v >= 0, np.floor(v + 0.5), np.ceil(v - 0.5))
+
+
+def quantize(x: np.ndarray, scale) -> np.ndarray:
+    """ncnn float2int8(x * scale): float32 product, ties away from zero, clamp to +-127."""
+    prod = (x.astype(np.float32) * np.asarray(scale, dtype=np.float32)).astype(np.float32)
+    return np.clip(round_away(prod), -127, 127)
+
+
+def activation(x: np.ndarray, kind: int, params: list[float]) -> np.ndarray:
+    if kind == 0:
+        return x
+    if kind == 1:
+        return np.maximum(x, 0)
+    if kind == 2:
+        return np.where(x > 0, x, x * np.float32(params[0]))
+    if kind == 3:
+        return np.clip(x, params[0], params[1])
+    if kind == 4:
+        return 1 / (1 + np.exp(-x))
+    if kind == 5:
+        return x * np.tanh(np.log1p(np.exp(x)))
+    if kind == 6:
+        alpha, beta = params
+        lower, upper = -beta / alpha, (1 - beta) / alpha
+        return np.where(x < lower, 0, np.where(x > upper, x, x * (x * alpha + beta)))
+    raise DeployerError(f"activation_type {kind} is not supported by the EQ simulation")
+
+
+@dataclass
+class _Geometry:
+    """How a layer maps its (C, H, W) input to columns: im2col per group."""
+
+    ql: QuantLayer
+    groups: int
+    cin_g: int
+    cout_g: int
+
+    @classmethod
+    def of(cls, ql: QuantLayer, cin: int) -> "_Geometry":
+        if ql.type == "InnerProduct":
+            return cls(ql, 1, cin, ql.num_output)
+        g = int(ql.layer.get(7, 1)) if ql.type == "ConvolutionDepthWise" else 1
+        return cls(ql, g, cin // g, ql.num_output // g)
+
+    def columns(self, x: np.ndarray) -> np.ndarray:
+        """[groups, K, P] integer-valued columns of the (already quantized) input."""
+        if self.ql.type == "InnerProduct":
+            return x.reshape(1, -1, 1)
+        g = self.ql.layer.get
+        kw = int(g(1, 0)); kh = int(g(11, kw))
+        dw = int(g(2, 1)); dh = int(g(12, dw))
+        sw = int(g(3, 1)); sh = int(g(13, sw))
+        pl = int(g(4, 0)); pr = int(g(15, pl)); pt = int(g(14, pl)); pb = int(g(16, pt))
+        c, h, w = x.shape
+        ekw, ekh = dw * (kw - 1) + 1, dh * (kh - 1) + 1
+        if pl in (-233, -234):
+            tw = max((math.ceil(w / sw) - 1) * sw + ekw - w, 0)
+            th = max((math.ceil(h / sh) - 1) * sh + ekh - h, 0)
+            if pl == -233:
+                pl, pr, pt, pb = tw // 2, tw - tw // 2, th // 2, th - th // 2
+            else:
+                pl, pr, pt, pb = tw - tw // 2, tw // 2, th - th // 2, th // 2
+        xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr)))
+        oh = (xp.shape[1] - ekh) // sh + 1
+        ow = (xp.shape[2] - ekw) // sw + 1
+        win = np.lib.stride_tricks.sliding_window_view(xp, (ekh, ekw), axis=(1, 2))
+        win = win[:, ::sh, ::sw, ::dh, ::dw][:, :oh, :ow]            # [C, oh, ow, kh, kw]
+        cols = win.transpose(0, 3, 4, 1, 2).reshape(self.groups, self.cin_g * kh * kw, oh * ow)
+        return np.ascontiguousarray(cols)
+
+    def weights(self) -> np.ndarray:
+        """[groups, cout_g, K] fp32 weights."""
+        return self.ql.weight.reshape(self.groups, self.cout_g, -1)
+
+
+def _matmul_dtype(k: int):
+    return np.float32 if k * 127 * 127 < (1 << 24) else np.float64
+
+
+def _dequant(acc: np.ndarray, s_in: np.float32, s_w: np.ndarray, bias: np.ndarray | None,
+             kind: int, params: list[float]) -> np.ndarray:
+    """acc [..., cout, P] -> float output like ncnn: acc * (1 / (s_in * s_w)) + bias, activation."""
+    denom = (np.float32(s_in) * s_w.astype(np.float32)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(denom == 0, np.float32(0), np.float32(1) / np.where(denom == 0, 1, denom))
+    out = acc.astype(np.float32) * inv.astype(np.float32)[..., :, None]
+    if bias is not None:
+        out = out + bias.astype(np.float32)[..., :, None]
+    return activation(out, kind, params)
+
+
+class _LayerSearch:
+    """EQ for one layer over the stored fp32 inputs X and outputs Y."""
+
+    def __init__(self, ql: QuantLayer, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
+        self.ql = ql
+        self.geo = _Geometry.of(ql, xs[0].shape[0] if xs[0].ndim == 3 else 1)
+        self.xs = xs
+        self.ys = [y.reshape(self.geo.groups * self.geo.cout_g, -1).astype(np.float64) for y in ys]
+        kind = int(ql.layer.get(9, 0))
+        params = ql.layer.get(10, [])
+        self.act = (kind, [float(p) for p in (params if isinstance(params, list) else [params])])
+        self.W = self.geo.weights()
+        self.bias = ql.bias
+
+    def _per_channel_scale(self, s_w: np.ndarray) -> np.ndarray:
+        """Weight scale per output channel (depthwise: group scale repeated)."""
+        return np.repeat(s_w, self.geo.cout_g) if self.ql.type == "ConvolutionDepthWise" else s_w
+
+    def _output(self, cols: np.ndarray, qw: np.ndarray, s_in, s_w_out: np.ndarray) -> np.ndarray:
+        dt = _matmul_dtype(cols.shape[1])
+        acc = np.matmul(qw.astype(dt), cols.astype(dt))           # [groups, cout_g, P]
+        acc = acc.reshape(-1, acc.shape[-1])
+        return _dequant(acc, s_in, s_w_out, self.bias, *self.act).astype(np.float64)
+
+    def _qw(self, s_w: np.ndarray) -> np.ndarray:
+        per = self._per_channel_scale(s_w).reshape(self.geo.groups, self.geo.cout_g, 1)
+        return quantize(self.W, per)
+
+    @staticmethod
+    def _candidates(scale: np.float32) -> np.ndarray:
+        lower = np.float32(scale * LOWER)
+        upper = np.float32(scale * UPPER)
+        step = np.float32((upper - lower) / np.float32(STEPS))
+        return (lower + np.arange(STEPS, dtype=np.float32) * step).astype(np.float32)
+
+    @staticmethod
+    def _pick(scale: np.float32, cands: np.ndarray, avg: np.ndarray) -> np.float32:
+        best, best_sim = scale, 0.0
+        for k in range(STEPS):
+            if best_sim < avg[k]:
+                best_sim, best = float(avg[k]), cands[k]
+        return np.float32(best)
+
+    def search_weights(self, s_w: np.ndarray, s_in: np.float32) -> np.ndarray:
+        s_w = s_w.astype(np.float32).copy()
+        cols = [self.geo.columns(quantize(x, s_in)) for x in self.xs]
+        qw = self._qw(s_w)
+        outs = [self._output(c, qw, s_in, self._per_channel_scale(s_w)) for c in cols]
+        # per image, per output channel: sum b^2 and sum a*b of the current int8 output
+        sa = [float(np.sum(y * y)) for y in self.ys]
+        sbb = [np.sum(o * o, axis=1) for o in outs]
+        sab = [np.sum(o * y, axis=1) for o, y in zip(outs, self.ys)]
+        cg = self.geo.cout_g
+        for j in range(s_w.size):
+            cands = self._candidates(s_w[j])
+            g = j if self.ql.type == "ConvolutionDepthWise" else 0
+            rows = slice(j * cg, (j + 1) * cg) if self.ql.type == "ConvolutionDepthWise" else slice(j, j + 1)
+            w_rows = self.W[g, (slice(None) if self.ql.type == "ConvolutionDepthWise" else slice(j, j + 1))]
+            qcand = quantize(w_rows[None], cands[:, None, None])          # [100, rows, K]
+            sims = np.zeros(STEPS)
+            new_outs = []
+            for i, c in enumerate(cols):
+                dt = _matmul_dtype(c.shape[1])
+                acc = np.matmul(qcand.astype(dt), c[g].astype(dt))        # [100, rows, P]
+                scale_rows = np.broadcast_to(cands[:, None], (STEPS, acc.shape[1]))
+                out = _dequant(acc, s_in, scale_rows, None if self.bias is None else self.bias[rows],
+                               *self.act).astype(np.float64)
+                y = self.ys[i][rows]
+                bb = np.sum(out * out, axis=(1, 2)) + (sbb[i].sum() - sbb[i][rows].sum())
+                ab = np.sum(out * y[None], axis=(1, 2)) + (sab[i].sum() - sab[i][rows].sum())
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    sims += np.nan_to_num(ab / math.sqrt(sa[i]) / np.sqrt(bb))
+                new_outs.append(out)
+            best = self._pick(s_w[j], cands, sims)
+            if best != s_w[j]:
+                k = int(np.nonzero(cands == best)[0][0])
+                s_w[j] = best
+                for i, o in enumerate(new_outs):
+                    sbb[i][rows] = np.sum(o[k] * o[k], axis=1)
+                    sab[i][rows] = np.sum(o[k] * self.ys[i][rows], axis=1)
+        return s_w
+
+    def search_input(self, s_w: np.ndarray, s_in: np.float32) -> np.float32:
+        cands = self._candidates(np.float32(s_in))
+        qw = self._qw(s_w)
+        per = self._per_channel_scale(s_w)
+        sims = np.zeros(STEPS)
+        for x, y in zip(self.xs, self.ys):
+            sa = math.sqrt(float(np.sum(y * y)))
+            for k, s in enumerate(cands):
+                out = self._output(self.geo.columns(quantize(x, s)), qw, s, per)
+                denom = sa * math.sqrt(float(np.sum(out * out)))
+                sims[k] += float(np.sum(out * y)) / denom if denom > 0 else 0.0
+        return self._pick(np.float32(s_in), cands, sims)
+
+
+def _layer_io(runner: Runner, job: CollectJob, layers: list[QuantLayer], nfiles: int):
+    xs = {q.name: [] for q in layers}
+    ys = {q.name: [] for q in layers}
+    for i in range(nfiles):
+        ex = feed(runner, job, i)
+        for q in layers:
+            for blob, store in ((q.bottom, xs), (q.top, ys)):
+                mat = extract(ex, blob, job, i)
+                arr = np.array(mat, dtype=np.float32)
+                if mat.dims == 4:
+                    arr = arr[:, 0]
+                if arr.ndim < 3 and q.type != "InnerProduct":
+                    arr = arr.reshape((1,) * (3 - arr.ndim) + arr.shape)
+                store[q.name].append(arr)
+                del mat
+        del ex
+    return xs, ys
+
+
+def eq_search(model: CalibModel, job: CollectJob, start: list[LayerScales], *,
+              progress: Callable[[str, int, int], None] | None = None,
+              max_files: int = MAX_FILES) -> list[LayerScales]:
+    """Refine KL's scales layer by layer (weights element by element, then the input scale)."""
+    nfiles = min(len(job.files[0]), max_files)
+    runner = Runner(job.param_path, job.bin_path)
+    by_name = {ls.name: ls for ls in start}
+    out: list[LayerScales] = []
+    pending = list(model.quant_layers)
+    done = 0
+    while pending:
+        # Forward the files once per batch of layers whose inputs/outputs fit the memory budget.
+        batch, used = [], 0
+        probe = feed(runner, job, 0)
+        for q in pending:
+            size = sum(mat_view(extract(probe, b, job, 0)).size for b in (q.bottom, q.top)) * 4 * nfiles
+            if batch and used + size > _MEMORY:
+                break
+            batch.append(q)
+            used += size
+        del probe
+        pending = pending[len(batch):]
+        xs, ys = _layer_io(runner, job, batch, nfiles)
+        for q in batch:
+            ls = by_name[q.name]
+            search = _LayerSearch(q, xs.pop(q.name), ys.pop(q.name))
+            s_in = np.float32(ls.input_scale)
+            s_w = search.search_weights(np.asarray(ls.weight_scales, np.float32), s_in)
+            s_in = search.search_input(s_w, s_in)
+            out.append(LayerScales(q.name, s_w, float(s_in), ls.absmax, float(np.float32(127) / s_in)))
+            done += 1
+            if progress:
+                progress("eq search", done, len(model.quant_layers))
+    return out

@@ -1,0 +1,368 @@
+"""`deployer ncnn2table`: ncnn2table's command line, validated, on top of the calibration library.
+
+Same positional arguments and `key=value` options as ncnn's tool (so scripts and docs keep
+working), same table, but every mistake ncnn's tool ignores or turns into a crash is a one-line
+DeployerError naming the key, file or line: misspelt keys (`pxel=`), missing/empty list files,
+unreadable images, count mismatches, shape mismatches, wrong npy dtype.
+
+Library entry point for other code: `Calibrator` (collect statistics once, then ask for the
+table of any method).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from deployer.errors import DeployerError
+from deployer.quant import collect as collect_mod
+from deployer.quant.collect import ActivationStats, CollectJob
+from deployer.quant.methods import ALL_METHODS, CalibrationMethod, LayerScales, get_method
+from deployer.quant.preprocess import PIXEL_NAMES, PIXEL_TYPES, RAW, InputSpec
+from deployer.quant.table import CalibrationTable
+from deployer.quant.weights import CalibModel, load_model, static_weight_scales, weight_scales
+
+KEYS = ("mean", "norm", "shape", "pixel", "thread", "method", "type", "percentile")
+USAGE = ("usage: deployer ncnn2table PARAM BIN LIST[,LIST...] TABLE [key=value ...]  "
+         "or  PARAM BIN TABLE [key=value ...] (weight-only); keys: mean=[..],[..] norm=[..] "
+         "shape=[w,h(,c)] pixel=RAW/RGB/BGR/GRAY/RGBA/BGRA thread=N method=kl/aciq/eq/maxabs/percentile/mse "
+         "type=0(images)/1(npy) percentile=99.99")
+_PIXEL_CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1, "RGBA": 4, "BGRA": 4}
+_MAX_LIST_PATH = 255
+
+
+@dataclass
+class Ncnn2TableArgs:
+    param: Path
+    bin: Path
+    table: Path
+    lists: list[Path] = field(default_factory=list)     # empty = weight-only table
+    means: list[list[float]] = field(default_factory=list)
+    norms: list[list[float]] = field(default_factory=list)
+    shapes: list[list[int]] = field(default_factory=list)
+    pixels: list[int] = field(default_factory=list)
+    threads: int = 0                                     # 0 = all CPUs (ncnn's get_cpu_count)
+    method: str = "kl"
+    file_type: int = 0
+    percentile: float = 99.99
+
+    @property
+    def weight_only(self) -> bool:
+        return not self.lists
+
+
+# ---------------------------------------------------------------------------------- parsing
+
+def parse_args(argv: list[str]) -> Ncnn2TableArgs:
+    """ncnn2table's argv (after the program name) -> validated arguments."""
+    for a in argv:
+        if a.startswith("-"):
+            raise DeployerError(f"unexpected option {a!r}; {USAGE}")
+    positional = [a for a in argv if "=" not in a]
+    options = [a for a in argv if "=" in a]
+    first_opt = next((i for i, a in enumerate(argv) if "=" in a), len(argv))
+    if any("=" not in a for a in argv[first_opt:]):
+        stray = next(a for a in argv[first_opt:] if "=" not in a)
+        raise DeployerError(f"argument {stray!r} after key=value options is not key=value; {USAGE}")
+    if len(positional) == 3:
+        param, binf, table = positional
+        lists: list[Path] = []
+    elif len(positional) == 4:
+        param, binf, lists_arg, table = positional
+        lists = [Path(p) for p in lists_arg.split(",") if p]
+        if not lists:
+            raise DeployerError(f"list argument {lists_arg!r} names no file")
+    else:
+        raise DeployerError(f"expected 3 or 4 positional arguments, got {len(positional)}; {USAGE}")
+    args = Ncnn2TableArgs(Path(param), Path(binf), Path(table), lists)
+    seen: set[str] = set()
+    for opt in options:
+        key, _, value = opt.partition("=")
+        canon = _canonical_key(key)
+        if canon in seen:
+            raise DeployerError(f"{key}= is given twice")
+        seen.add(canon)
+        if not value:
+            raise DeployerError(f"{key}= has no value")
+        if canon in ("mean", "norm"):
+            groups = [[_float(v, key) for v in g] for g in _groups(value, key)]
+            setattr(args, canon + "s", groups)
+        elif canon == "shape":
+            args.shapes = [[_int(v, key) for v in g] for g in _groups(value, key)]
+        elif canon == "pixel":
+            args.pixels = [_pixel(p) for p in value.split(",")]
+        elif canon == "thread":
+            args.threads = _int(value, key)
+            if args.threads < 0:
+                raise DeployerError(f"thread={value}: must be >= 0 (0 = all CPUs)")
+        elif canon == "method":
+            if value not in ALL_METHODS:
+                hint = difflib.get_close_matches(value, ALL_METHODS, n=1)
+                raise DeployerError(f"method={value}: unknown method"
+                                    + (f", did you mean {hint[0]}?" if hint else "")
+                                    + f" (expected one of {', '.join(ALL_METHODS)})")
+            args.method = value
+        elif canon == "type":
+            if value not in ("0", "1"):
+                raise DeployerError(f"type={value}: must be 0 (images) or 1 (npy)")
+            args.file_type = int(value)
+        elif canon == "percentile":
+            args.percentile = _float(value, key)
+            if not 0 < args.percentile <= 100:
+                raise DeployerError(f"percentile={value}: must be in (0, 100]")
+    if "percentile" in seen and args.method != "percentile":
+        raise DeployerError("percentile= only applies to method=percentile")
+    return args
+
+
+def _canonical_key(key: str) -> str:
+    """ncnn matches keys by prefix (`threads=` is thread); anything else is a typo -> error."""
+    for k in KEYS:
+        if key.startswith(k):
+            return k
+    hint = difflib.get_close_matches(key, KEYS, n=1)
+    raise DeployerError(f"unknown option {key}="
+                        + (f", did you mean {hint[0]}=?" if hint else "")
+                        + f" (known: {', '.join(k + '=' for k in KEYS)})")
+
+
+def _groups(value: str, key: str) -> list[list[str]]:
+    """`[a,b,c],[d,e,f]` (or a bare `a,b,c`) -> [[a,b,c],[d,e,f]]."""
+    if "[" not in value and "]" not in value:
+        return [value.split(",")]
+    if not re.fullmatch(r"\[[^\[\]]*\](,\[[^\[\]]*\])*", value):
+        raise DeployerError(f"{key}={value}: expected bracket groups like [1,2,3] or [1,2,3],[4,5,6]")
+    groups = re.findall(r"\[([^\[\]]*)\]", value)
+    out = []
+    for g in groups:
+        if not g.strip():
+            raise DeployerError(f"{key}={value}: empty group []")
+        out.append(g.split(","))
+    return out
+
+
+def _float(text: str, key: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise DeployerError(f"{key}=: {text!r} is not a number") from None
+
+
+def _int(text: str, key: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DeployerError(f"{key}=: {text!r} is not an integer") from None
+
+
+def _pixel(name: str) -> int:
+    if name not in PIXEL_TYPES:
+        hint = difflib.get_close_matches(name.upper(), PIXEL_TYPES, n=1)
+        raise DeployerError(f"pixel={name}: unknown pixel type"
+                            + (f", did you mean {hint[0]}?" if hint else "")
+                            + f" (expected one of {'/'.join(PIXEL_TYPES)})")
+    return PIXEL_TYPES[name]
+
+
+# ------------------------------------------------------------------------------ input lists
+
+@dataclass
+class InputSet:
+    """Calibration files per model input, plus where each came from (for error messages)."""
+
+    files: list[list[str]]          # files[input][i]
+    origins: list[str]              # "list.txt:12" of input 0's entry i
+
+
+def read_list(path: Path) -> tuple[list[str], list[int]]:
+    """ncnn's list format: first whitespace-separated token per line, blank lines skipped."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DeployerError(f"{path}: list file not found") from None
+    except OSError as err:
+        raise DeployerError(f"{path}: cannot read list file ({err.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DeployerError(f"{path}: list file is not UTF-8 text") from None
+    files, lines = [], []
+    for n, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        if len(tokens) > 1:
+            raise DeployerError(f"{path}: line {n}: {len(tokens)} fields; one path per line "
+                                "(ncnn2table cannot read paths with spaces)")
+        if len(tokens[0]) > _MAX_LIST_PATH:
+            raise DeployerError(f"{path}: line {n}: path longer than {_MAX_LIST_PATH} characters "
+                                "(ncnn2table would cut it)")
+        files.append(tokens[0])
+        lines.append(n)
+    if not files:
+        raise DeployerError(f"{path}: list file is empty; put one image/npy path per line")
+    return files, lines
+
+
+def read_lists(lists: list[Path]) -> InputSet:
+    all_files, origins = [], []
+    for k, lp in enumerate(lists):
+        files, lines = read_list(lp)
+        for f, n in zip(files, lines):
+            p = Path(f)
+            if not p.is_file():
+                raise DeployerError(f"{lp}: line {n}: {f}: file not found")
+        if k == 0:
+            origins = [f"{lp}:{n}" for n in lines]
+        elif len(files) != len(all_files[0]):
+            raise DeployerError(f"{lp} lists {len(files)} files but {lists[0]} lists "
+                                f"{len(all_files[0])}; entry i of every list is one sample")
+        all_files.append(files)
+    return InputSet(all_files, origins)
+
+
+def input_specs(args: Ncnn2TableArgs, num_inputs: int) -> list[InputSpec]:
+    """ncnn's sanity checks, plus the ones it lacks (channel counts, shape ranks)."""
+    n = num_inputs
+    if len(args.lists) != n:
+        raise DeployerError(f"the model has {n} input(s) but {len(args.lists)} list file(s) were given; "
+                            "give one comma-separated list per Input layer")
+    if args.file_type == 0:
+        for what, got in (("mean", args.means), ("norm", args.norms), ("pixel", args.pixels)):
+            if len(got) != n:
+                raise DeployerError(f"expect {n} {what}= group(s) (one per model input), got {len(got)}")
+    if len(args.shapes) != n:
+        raise DeployerError(f"expect {n} shape= group(s) (one per model input), got {len(args.shapes)}")
+    specs = []
+    for i in range(n):
+        shape = tuple(args.shapes[i])
+        if args.file_type == 0:
+            pixel = args.pixels[i]
+            if pixel == RAW:
+                raise DeployerError("pixel=RAW cannot be used with images (type=0); use type=1 with .npy")
+            if len(shape) not in (2, 3):
+                raise DeployerError(f"shape={list(shape)}: images take [w,h] or [w,h,c]")
+            ch = _PIXEL_CHANNELS[PIXEL_NAMES[pixel]]
+            for what, vals in (("mean", args.means[i]), ("norm", args.norms[i])):
+                if len(vals) != ch:
+                    raise DeployerError(f"{what}= group {i + 1} has {len(vals)} values but pixel="
+                                        f"{PIXEL_NAMES[pixel]} gives {ch} channel(s)")
+            specs.append(InputSpec(shape, tuple(args.means[i]), tuple(args.norms[i]), pixel, 0))
+        else:
+            if not 1 <= len(shape) <= 4 or any(d <= 0 for d in shape):
+                raise DeployerError(f"shape={list(shape)}: npy inputs need 1-4 positive dims in ncnn "
+                                    "[w,h,c] order")
+            specs.append(InputSpec(shape, file_type=1))
+    return specs
+
+
+# ------------------------------------------------------------------------------- calibration
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+class Calibrator:
+    """Collect activation statistics once; produce tables for any method from them."""
+
+    def __init__(self, model: CalibModel, specs: list[InputSpec], inputs: InputSet, *,
+                 threads: int = 0, memory_budget: int = collect_mod.DEFAULT_MEMORY_BUDGET) -> None:
+        self.model = model
+        self.specs = specs
+        self.inputs = inputs
+        self.threads = threads or collect_mod.cpu_count()
+        self.memory_budget = memory_budget
+        self._stats: ActivationStats | None = None
+        self._stats_hist = False
+        self.warnings: list[str] = []
+
+    @property
+    def job(self) -> CollectJob:
+        blobs = tuple(dict.fromkeys(q.bottom for q in self.model.quant_layers))
+        return CollectJob(str(self.model.param_path), str(self.model.bin_path),
+                          tuple(self.model.input_names), tuple(self.specs),
+                          tuple(tuple(f) for f in self.inputs.files), blobs,
+                          tuple(self.inputs.origins))
+
+    def stats(self, histograms: bool = True, progress: ProgressFn | None = None) -> ActivationStats:
+        if self._stats is None or (histograms and not self._stats_hist):
+            cb = (lambda d, t: progress("collect", d, t)) if progress else None
+            self._stats = collect_mod.collect(self.job, threads=self.threads, histograms=histograms,
+                                              memory_budget=self.memory_budget, progress=cb)
+            self._stats_hist = histograms
+        return self._stats
+
+    def layer_scales(self, method: str | CalibrationMethod, *, percentile: float = 99.99,
+                     progress: ProgressFn | None = None) -> list[LayerScales]:
+        m = get_method(method, percentile=percentile) if isinstance(method, str) else method
+        stats = self.stats(m.needs_histogram, progress)
+        th = m.thresholds(stats)
+        sc = m.scales(stats)
+        out = []
+        for ql in self.model.quant_layers:
+            ws = weight_scales(ql, m.weight_rule)
+            if ws.zero_channels:
+                self.warnings.append(f"layer {ql.name}: output channel(s) {ws.zero_channels[:8]} have "
+                                     "all-zero weights; wrote weight scale 1 (ncnn2table writes inf)")
+            b = stats.index(ql.bottom)
+            if stats.absmax[b] == 0:
+                self.warnings.append(f"layer {ql.name}: input blob {ql.bottom} is all zeros on the "
+                                     "calibration set; wrote input scale 1")
+            out.append(LayerScales(ql.name, ws.scales, float(sc[b]), float(stats.absmax[b]), float(th[b])))
+        if method == "eq":
+            from deployer.quant.eq import eq_search
+
+            out = eq_search(self.model, self.job, out, progress=progress)
+        return out
+
+    def table(self, method: str | CalibrationMethod, **kw) -> CalibrationTable:
+        return build_table(self.model, self.layer_scales(method, **kw))
+
+
+def build_table(model: CalibModel, layers: list[LayerScales] | None) -> CalibrationTable:
+    """ncnn2table's order: conv/dw/fc weight lines, their activation lines, then static-only layers."""
+    table = CalibrationTable()
+    if layers is not None:
+        for ls in layers:
+            table.set_weight(ls.name, [float(v) for v in np.asarray(ls.weight_scales, np.float32)])
+        for ls in layers:
+            table.set_activation(ls.name, float(np.float32(ls.input_scale)))
+    for layer, weights in model.static_layers:
+        for idx, scales in static_weight_scales(layer, weights):
+            table.set_weight(layer.name, [float(v) for v in scales], idx)
+    return table
+
+
+@dataclass
+class Ncnn2TableResult:
+    table: CalibrationTable
+    layers: list[LayerScales]
+    method: str
+    num_inputs: int
+    weight_only: bool
+    warnings: list[str]
+
+
+def run(args: Ncnn2TableArgs, progress: ProgressFn | None = None) -> Ncnn2TableResult:
+    """Everything `deployer ncnn2table` does except writing the file."""
+    model = load_model(args.param, args.bin)
+    if args.weight_only:
+        msg = ("calibration dataset not provided, skip activation calibration and generate "
+               "weight-only table (no conv/fc lines: ncnn2int8 will quantize no convolutions)")
+        return Ncnn2TableResult(build_table(model, None), [], args.method, 0, True, [msg])
+    specs = input_specs(args, len(model.input_names))
+    inputs = read_lists(args.lists)
+    if not model.quant_layers:
+        raise DeployerError(f"{args.param}: no Convolution/ConvolutionDepthWise/InnerProduct layers "
+                            "to calibrate")
+    cal = Calibrator(model, specs, inputs, threads=args.threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        layers = cal.layer_scales(args.method, percentile=args.percentile, progress=progress)
+    return Ncnn2TableResult(build_table(model, layers), layers, args.method,
+                            len(inputs.files[0]), False, cal.warnings)

@@ -1,0 +1,161 @@
+"""The runner on emulated ARM boards (real ARM sshd + python + ncnn wheels under qemu-user).
+
+Kept small for emulation (80-170x slower than native): inputs <= 64x64, <= 10 iterations, 1 thread.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from deployer.errors import RemoteError
+from deployer.remote import runner
+from deployer.remote.session import RunOptions, open_session
+from tests.fixtures.runner import host_output, tiny_models, wide_models  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.boards, pytest.mark.slow]
+
+
+def _board(sim_boards, attr: str):
+    from deployer.targets import load_targets
+
+    inv = load_targets([sim_boards.targets])
+    return inv, inv.board(getattr(sim_boards, attr))
+
+
+def _runner_procs(conn) -> list[str]:
+    """Runner processes on the board (its own pid namespace), by their command lines."""
+    res = conn.run(["sh", "-c", "grep -l 'bin/[r]unner[.]py' /proc/[0-9]*/cmdline 2>/dev/null; exit 0"])
+    return [ln for ln in res.stdout.splitlines() if ln.strip() and "/self/" not in ln]
+
+
+@pytest.mark.parametrize("attr, machine", [("pi4", "aarch64"), ("armhf", "armv7l")])
+def test_board_output_matches_host_ncnn(sim_boards, tiny_models, attr: str, machine: str) -> None:
+    inv, board = _board(sim_boards, attr)
+    opts = RunOptions(param=tiny_models.int8_param, bin=tiny_models.int8_bin, iterations=3, warmup=1,
+                      threads=1, fp16=False, return_output=True, seed=21)
+    conn, session = open_session(board, inventory=inv)
+    with conn:
+        result = session.run(opts)
+    assert result.facts["machine"] == machine
+    assert result.facts["cpu_features"].get("arm_neon") is True
+    assert result.options["int8"] is True and result.options["fp16"] is False and result.options["threads"] == 1
+    assert len(result.samples_ms) == 3 and result.stats["count"] == 3
+    values = runner.make_input_values(32 * 32 * 3, "random", 21)
+    shape, expected = host_output(tiny_models.int8_param, tiny_models.int8_bin, values, [32, 32, 3])
+    got = result.output["values"]
+    assert result.output["shape"] == list(shape)
+    worst = max(abs(a - b) for a, b in zip(got, expected))
+    assert worst <= 1e-6, f"{machine} int8 output differs from the host's by {worst}"
+    # and the int8 model's answer is not the fp32 model's (the board really ran int8)
+    _, fp32 = host_output(tiny_models.fp32_param, tiny_models.fp32_bin, values, [32, 32, 3], int8=False)
+    assert max(abs(a - b) for a, b in zip(got, fp32)) > 1e-4
+
+
+def test_provisioning_skips_what_is_there(sim_boards, tiny_models) -> None:
+    inv, board = _board(sim_boards, "pi4")
+    opts = RunOptions(param=tiny_models.fp32_param, bin=tiny_models.fp32_bin)
+    conn, session = open_session(board, inventory=inv)
+    with conn:
+        session.push(opts)                    # whatever state the board was in
+        again = session.push(opts)
+    assert not again.runtime.uploaded and not again.runtime.unpacked and again.uploaded == []
+    # a fresh session knows from the probe alone (the marker) that the runtime is complete
+    conn, session = open_session(board, inventory=inv)
+    with conn:
+        third = session.push(opts)
+        facts = session.probe()
+    assert not third.runtime.unpacked and third.uploaded == []
+    name = third.runtime.path.rsplit("/", 1)[1]
+    assert facts.runtimes[name] is not None and not any(n.startswith(".") for n in facts.runtimes)
+    assert "tiny.bin" in facts.models
+
+
+def test_timing_lines_arrive_during_the_run(sim_boards, wide_models) -> None:
+    inv, board = _board(sim_boards, "pi4")
+    arrivals: list[tuple[float, dict]] = []
+    opts = RunOptions(param=wide_models.int8_param, bin=wide_models.int8_bin, iterations=8, warmup=1,
+                      threads=1, fp16=False)
+    conn, session = open_session(board, inventory=inv, on_event=lambda e: arrivals.append((time.perf_counter(), e)))
+    with conn:
+        result = session.run(opts)
+    iters = [t for t, e in arrivals if e.get("type") == "iter"]
+    stats_at = next(t for t, e in arrivals if e.get("type") == "stats")
+    assert len(iters) == 8
+    compute_s = sum(result.samples_ms[1:]) / 1000
+    assert compute_s > 0.2, "model too fast to tell streaming from buffering"
+    # the first timing line reached the host while the board was still computing the other 7
+    assert iters[-1] - iters[0] >= 0.5 * compute_s
+    assert stats_at - iters[0] >= 0.5 * compute_s
+
+
+def test_ctrl_c_stops_the_runner_on_the_board(sim_boards, wide_models) -> None:
+    inv, board = _board(sim_boards, "pi4")
+
+    def interrupt(event: dict) -> None:
+        if event.get("type") == "iter" and event["i"] == 1:
+            raise KeyboardInterrupt
+
+    opts = RunOptions(param=wide_models.int8_param, bin=wide_models.int8_bin, duration=120, threads=1, fp16=False)
+    conn, session = open_session(board, inventory=inv, on_event=interrupt)
+    with conn:
+        with pytest.raises(KeyboardInterrupt):
+            session.run(opts)
+        deadline = time.monotonic() + 20
+        procs = _runner_procs(conn)
+        while procs and time.monotonic() < deadline:
+            time.sleep(0.5)
+            procs = _runner_procs(conn)
+    assert procs == []
+
+
+def _kill_board_sessions(state_dir: Path, name: str) -> int:
+    """SIGKILL the sshd processes below the board's listener (its PID 1): every live connection drops,
+    the listener and the runner itself are left alone."""
+    from deployer.sim.state import load_state
+
+    listener = load_state(state_dir).board(name).init.pid
+    children: dict[int, list[int]] = {}
+    comm: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        comm[int(d.name)] = stat[stat.index("(") + 1: stat.rindex(")")]
+        children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d.name))
+    todo, killed = list(children.get(listener, [])), 0
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        if comm.get(pid, "").startswith("sshd"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def test_board_dropping_the_connection_is_a_clear_error(sim_boards, wide_models) -> None:
+    inv, board = _board(sim_boards, "armhf")
+
+    def cut(event: dict) -> None:
+        if event.get("type") == "iter" and event["i"] == 1:
+            assert _kill_board_sessions(sim_boards.state_dir, board.name) > 0
+
+    opts = RunOptions(param=wide_models.int8_param, bin=wide_models.int8_bin, duration=20, threads=1, fp16=False)
+    conn, session = open_session(board, inventory=inv, on_event=cut)
+    t0 = time.monotonic()
+    with conn, pytest.raises(RemoteError) as err:
+        session.run(opts)
+    assert time.monotonic() - t0 < 60
+    assert err.value.exit_code == 3
+    msg = str(err.value)
+    assert board.name in msg and "connection lost" in msg and "\n" not in msg
