@@ -211,8 +211,9 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
     fp32_acc = case.accuracy(ref)
     fp32_ms = latency_ms(fp32, case, runs)
     fp32_bytes = case.model.bin.stat().st_size
-    err.print(f"[bold]{name}[/]: fp32 accuracy {'-' if fp32_acc is None else f'{fp32_acc:.3f}'}, {fp32_ms:.2f} ms, {len(case.calib.files)} "
-              f"calibration images, held-out {case.heldout_name}")
+    acc = "-" if fp32_acc is None else f"{fp32_acc:.3f}"
+    err.print(f"[bold]{name}[/]: fp32 accuracy {acc}, {fp32_ms:.2f} ms, {len(case.calib.files)} calibration images, "
+              f"held-out {case.heldout_name}")
     results = []
     for method in methods:
         res = MethodResult(method)
@@ -241,7 +242,8 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
 
 
 def render(report: dict, console: Console) -> None:
-    table = Table(title=f"int8 vs fp32 on the host ({report['host']['threads']} threads, ncnn {report['host']['ncnn']})")
+    host = report["host"]
+    table = Table(title=f"int8 vs fp32 on the host ({host['threads']} threads, ncnn {host['ncnn']})")
     for col in ("model", "method", "calib s", "img/s", "acc", "fp32 acc", "top-1 agree", "cos mean", "cos min",
                 "bin ratio", "int8 ms", "fp32 ms", "speedup"):
         table.add_column(col, justify="left" if col in ("model", "method") else "right")

@@ -2,8 +2,9 @@
 """Upload speed to an emulated board: deployer.ssh.transfer vs OpenSSH scp vs paramiko's sftp.put.
 
 Starts its own emulated arm64 boards (private sim state dir, torn down at the end): one behind a
-shaped link (default 10 Mbit/s, 50 ms each way) and one unshaped. On each it pushes the same random
-file with:
+shaped link (default 10 Mbit/s, 50 ms each way) and one unshaped, plus a native loopback sshd (the
+test fixture's recipe) where qemu's CPU cost does not hide the protocol's. On each it pushes the
+same random file with:
   * scp          OpenSSH 9.x scp (SFTP protocol), a fresh `scp` process: connect + transfer
   * deployer     connect() + upload(): connect, remote hash query, pipelined SFTP, on-board sha256, rename
   * paramiko     a fresh connect() + paramiko's default SFTPClient.put (for reference)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,12 +76,34 @@ def bench_board(board, src: Path, repeats: int) -> dict:
     return {k: {"median_s": statistics.median(v), "runs_s": [round(x, 3) for x in v]} for k, v in rows.items()}
 
 
+def bench_loopback(work: Path, src: Path, repeats: int) -> dict:
+    """A private native sshd on 127.0.0.1 (same recipe as tests/fixtures/sshd.py)."""
+    from tests.fixtures import sshd as fx
+
+    fx._require_root_sshd = lambda: None
+    env = fx._make_env(work / "loopback")
+    server = fx.start_sshd(env.root, "loop", "127.0.0.1", fx.free_port(), env.authorized_keys)
+    try:
+        env.known_hosts.write_text(server.host_key_line())
+        env.targets.write_text(
+            f"boards:\n  loop: {{host: 127.0.0.1, port: {server.port}, user: {env.user}, key: ../client_key, "
+            f"known_hosts: known_hosts}}\n")
+        board = load_targets(env.targets).board("loop")
+        print(f"[loopback] native sshd on 127.0.0.1:{server.port}: pushing ...", file=sys.stderr)
+        return {"board": "loopback", **bench_board(board, src, repeats)}
+    finally:
+        server.stop()
+        shutil.rmtree(env.remote_scratch, ignore_errors=True)
+        shutil.rmtree(env.authorized_keys.parent, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=float, default=20)
     ap.add_argument("--link", default="delay=50,rate=10", help="sim link spec for the shaped board")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--skip-unshaped", action="store_true")
+    ap.add_argument("--skip-loopback", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
 
@@ -99,6 +123,8 @@ def main() -> int:
             results["boards"][label] = {"board": name, **bench_board(board, src, args.repeats)}
     finally:
         sim_down(state_dir=state)
+    if not args.skip_loopback:
+        results["boards"]["loopback"] = bench_loopback(work, src, args.repeats)
     for label, r in results["boards"].items():
         base = r["scp"]["median_s"]
         r["deployer_vs_scp"] = round(r["deployer"]["median_s"] / base, 3)

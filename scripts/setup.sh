@@ -43,4 +43,9 @@ step "ncnn runtime wheels for the boards (host cache; boards stay offline)"
 for arch in aarch64 armv7l; do
   "$VENV/bin/deployer" runtime fetch --arch "$arch" --python 3.11 --version "$NCNN_VERSION" >&2
 done
+if [ "$(id -u)" = 0 ]; then
+  step "ARM sysroots for the emulated boards (Debian packages, cached)"
+  "$VENV/bin/deployer" sim sysroot --arch arm64 >&2
+  "$VENV/bin/deployer" sim sysroot --arch armhf >&2
+fi
 echo "setup: done" >&2

@@ -90,13 +90,16 @@ class LiveView:
 
 def _summary_table(results: list[Any]) -> Table:
     table = Table(title="latency (ms)", title_justify="left")
-    for col in ("board", "machine", "cpu", "ncnn", "n", "min", "median", "mean", "p90", "p99", "std", "saved"):
-        table.add_column(col)
+    table.add_column("board")
+    table.add_column("cpu")
+    table.add_column("n", justify="right")
+    for col in ("min", "median", "mean", "p90", "p99", "std"):
+        table.add_column(col, justify="right")
     for r in results:
         s = r.stats or {}
         nums = [f"{s[k]:.3f}" if k in s else "-" for k in ("min_ms", "median_ms", "mean_ms", "p90_ms", "p99_ms", "std_ms")]
-        table.add_row(r.board, str(r.facts.get("machine")), str(r.facts.get("cpu")), str(r.facts.get("ncnn_version")),
-                      str(len(r.samples_ms)) + (" (partial)" if r.partial else ""), *nums, r.saved_to or "")
+        cpu = f"{r.facts.get('machine', '?')} {r.facts.get('cpu') or ''}".strip()
+        table.add_row(r.board, cpu, str(len(r.samples_ms)) + ("*" if r.partial else ""), *nums)
     return table
 
 
@@ -209,6 +212,15 @@ def register(app: typer.Typer) -> None:
             emit_json(objs[0] if len(objs) == 1 else {"boards": objs})
         else:
             out.print(_summary_table(found))
+            for r in found:
+                opts = r.options
+                console.print(f"{r.board}: ncnn {r.facts.get('ncnn_version')}, threads {opts.get('threads')}, "
+                              f"fp16 {opts.get('fp16')}, int8 {opts.get('int8')}, powersave {opts.get('powersave')}"
+                              f" -> {r.saved_to}")
+        stopped = [r.board for r in found if r.partial]
+        if stopped:  # the runner was signalled on the board: results are saved but incomplete
+            console.print(f"[yellow]stopped early on the board:[/] {', '.join(stopped)} (partial results saved)")
+            raise typer.Exit(3)
 
     @runtime_app.command("fetch")
     @handle_errors

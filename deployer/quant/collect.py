@@ -16,7 +16,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,9 +40,16 @@ class ActivationStats:
     totals: np.ndarray               # int64 [nblobs]: c*w*h of the blob for the last input (ACIQ's N)
     num_inputs: int
     two_pass: bool = False
+    # Results of per-histogram functions computed by the workers while they were still up
+    # (e.g. KL threshold bins), keyed by "module.function".
+    derived: dict[str, np.ndarray] = field(default_factory=dict)
 
     def index(self, blob: str) -> int:
         return self.blobs.index(blob)
+
+
+def fn_key(fn: Callable) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 @dataclass(frozen=True)
@@ -261,6 +268,12 @@ def _worker_main(conn, job: CollectJob, indices: list[int], per_input: int | Non
         if want_hist:
             msg = conn.recv()
             conn.send(("pass2", col.pass2(msg)))
+            # Then share per-histogram work (KL search) on the merged histograms, if asked.
+            while True:
+                fn, rows = conn.recv()
+                if fn is None:
+                    break
+                conn.send(("mapped", np.array([fn(r) for r in rows])))
     except DeployerError as err:
         conn.send(("error", str(err)))
     except BaseException:  # a crash must reach the parent as a message, not a hang
@@ -277,11 +290,14 @@ def _context():
 
 def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
             memory_budget: int = DEFAULT_MEMORY_BUDGET,
-            progress: Callable[[int, int], None] | None = None) -> ActivationStats:
+            progress: Callable[[int, int], None] | None = None,
+            per_histogram: Sequence[Callable[[np.ndarray], object]] = ()) -> ActivationStats:
     """Run the fp32 net once per input and gather absmax (+ histograms) for `job.blobs`.
 
     `progress(done, total)` is called from this process as inputs complete (total counts the
-    second pass when one is needed).
+    second pass when one is needed). Each function in `per_histogram` (a module-level function,
+    it is pickled by name) is applied to every merged histogram, spread over the workers; the
+    results land in `stats.derived[fn_key(fn)]`.
     """
     n = len(job.files[0])
     if n == 0:
@@ -310,7 +326,11 @@ def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
         col = _Collector(job, list(range(n)), per_input * n if per_input is not None else None, tick)
         col.pass1(histograms)
         hist = col.pass2(col.absmax) if histograms else None
-        return ActivationStats(list(job.blobs), col.absmax, hist, col.totals, n, per_input is None)
+        stats = ActivationStats(list(job.blobs), col.absmax, hist, col.totals, n, per_input is None)
+        if histograms:
+            for fn in per_histogram:
+                stats.derived[fn_key(fn)] = np.array([fn(r) for r in hist])
+        return stats
 
     ctx = _context()
     conns, procs = [], []
@@ -338,7 +358,20 @@ def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
             hist = np.zeros((nblobs, NUM_BINS), np.uint64)
             for _, h in _gather(conns, "pass2", tick):
                 hist += h
-        return ActivationStats(list(job.blobs), absmax, hist, totals, n, per_input is None)
+        stats = ActivationStats(list(job.blobs), absmax, hist, totals, n, per_input is None)
+        if histograms:
+            for fn in per_histogram:
+                # interleave blobs so each worker gets early and late layers alike
+                for w, c in enumerate(conns):
+                    c.send((fn, hist[w::workers]))
+                parts = [m[1] for m in _gather(conns, "mapped", lambda k: None)]
+                out = np.empty(nblobs, dtype=parts[0].dtype)
+                for w, part in enumerate(parts):
+                    out[w::workers] = part
+                stats.derived[fn_key(fn)] = out
+            for c in conns:
+                c.send((None, None))
+        return stats
     finally:
         for c in conns:
             c.close()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deployer.errors import DeployerError
-from deployer.quant.collect import NUM_BINS, ActivationStats
+from deployer.quant.collect import NUM_BINS, ActivationStats, fn_key
 from deployer.quant.weights import aciq_gaussian_clip
 
 TARGET_BIN = 128
@@ -206,9 +206,12 @@ class KLMethod(CalibrationMethod):
 
     def thresholds(self, stats: ActivationStats) -> np.ndarray:
         hist = self._hist(stats)
+        bins = stats.derived.get(fn_key(kl_threshold_bin))
+        if bins is None:
+            bins = [kl_threshold_bin(h) for h in hist]
         out = np.zeros(len(stats.blobs), np.float32)
         for i in range(len(stats.blobs)):
-            tb = kl_threshold_bin(hist[i])
+            tb = int(bins[i])
             # (target_threshold + 0.5f) * absmax / 2048 in float32
             out[i] = (_F32(tb) + _F32(0.5)) * stats.absmax[i] / _F32(NUM_BINS)
         return out

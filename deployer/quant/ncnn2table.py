@@ -23,7 +23,8 @@ import numpy as np
 from deployer.errors import DeployerError
 from deployer.quant import collect as collect_mod
 from deployer.quant.collect import ActivationStats, CollectJob
-from deployer.quant.methods import ALL_METHODS, CalibrationMethod, LayerScales, get_method
+from deployer.quant.methods import (ALL_METHODS, CalibrationMethod, KLMethod, LayerScales,
+                                    get_method, kl_threshold_bin)
 from deployer.quant.preprocess import PIXEL_NAMES, PIXEL_TYPES, RAW, InputSpec
 from deployer.quant.table import CalibrationTable
 from deployer.quant.weights import CalibModel, load_model, static_weight_scales, weight_scales
@@ -289,18 +290,21 @@ class Calibrator:
                           tuple(tuple(f) for f in self.inputs.files), blobs,
                           tuple(self.inputs.origins))
 
-    def stats(self, histograms: bool = True, progress: ProgressFn | None = None) -> ActivationStats:
+    def stats(self, histograms: bool = True, progress: ProgressFn | None = None, *,
+              kl: bool = False) -> ActivationStats:
+        """Collected once. `kl`: also run the KL threshold search in the collection workers."""
         if self._stats is None or (histograms and not self._stats_hist):
             cb = (lambda d, t: progress("collect", d, t)) if progress else None
             self._stats = collect_mod.collect(self.job, threads=self.threads, histograms=histograms,
-                                              memory_budget=self.memory_budget, progress=cb)
+                                              memory_budget=self.memory_budget, progress=cb,
+                                              per_histogram=[kl_threshold_bin] if histograms and kl else [])
             self._stats_hist = histograms
         return self._stats
 
     def layer_scales(self, method: str | CalibrationMethod, *, percentile: float = 99.99,
                      progress: ProgressFn | None = None) -> list[LayerScales]:
         m = get_method(method, percentile=percentile) if isinstance(method, str) else method
-        stats = self.stats(m.needs_histogram, progress)
+        stats = self.stats(m.needs_histogram, progress, kl=isinstance(m, KLMethod))
         th = m.thresholds(stats)
         sc = m.scales(stats)
         out = []

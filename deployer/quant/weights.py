@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deployer.errors import DeployerError
-from deployer.ncnn.param import Graph, Layer, read_param
+from deployer.ncnn.param import Graph, Layer
 
 CALIBRATED_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
 STATIC_ONLY_TYPES = ("Embed", "MultiHeadAttention", "RNN", "LSTM", "GRU")
@@ -90,30 +90,29 @@ class CalibModel:
         return self.graph.input_names
 
 
-def _layer_weights(param_path: Path, bin_path: Path, graph: Graph) -> dict[str, dict[str, np.ndarray]]:
-    """fp32 weights per layer. Uses deployer.ncnn.model when available, else a stop-gap reader."""
-    try:
-        from deployer.ncnn.model import NcnnModel  # type: ignore[import-not-found]
-    except ImportError:
-        from deployer.quant._modelbin_lite import read_weights
+def _layer_weights(param_path: Path, bin_path: Path) -> tuple[Graph, dict[str, dict[str, np.ndarray]]]:
+    """The graph and every layer's fp32 weights (fp16/codebook storage decoded by deployer.ncnn)."""
+    from deployer.ncnn.model import NcnnModel
 
-        return read_weights(graph, bin_path)
     model = NcnnModel.load(param_path, bin_path)
     out: dict[str, dict[str, np.ndarray]] = {}
     for lname, ws in model.weights.items():
-        out[lname] = {w.name: np.asarray(w.data, dtype=np.float32) for w in ws
-                      if w.storage in ("fp32", "fp16", "raw")}
-    return out
+        for w in ws:
+            if w.storage == "int8" and lname in {l.name for l in model.graph.layers
+                                                 if l.type in CALIBRATED_TYPES + STATIC_ONLY_TYPES}:
+                raise DeployerError(f"{bin_path.name}: layer {lname} already has int8 weights; "
+                                    "calibrate the fp32 model, not an int8 one")
+        out[lname] = {w.name: np.asarray(w.data, dtype=np.float32) for w in ws if w.storage != "int8"}
+    return model.graph, out
 
 
 def load_model(param_path: str | Path, bin_path: str | Path) -> CalibModel:
     param_path, bin_path = Path(param_path), Path(bin_path)
     if not bin_path.is_file():
         raise DeployerError(f"{bin_path}: model .bin not found")
-    graph = read_param(param_path)
+    graph, weights = _layer_weights(param_path, bin_path)
     if not graph.input_names:
         raise DeployerError(f"{param_path}: the model has no Input layer; ncnn2table needs one per input")
-    weights = _layer_weights(param_path, bin_path, graph)
     quant: list[QuantLayer] = []
     static: list[tuple[Layer, dict[str, np.ndarray]]] = []
     for i, layer in enumerate(graph.layers):

@@ -369,7 +369,8 @@ class _Proc:
             self._pid_seen = True
             parts = head.decode(errors="replace").split()
             if len(parts) >= 2 and parts[0] == _PID_MARK:
-                self.pgid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else int(parts[1])
+                pgid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
+                self.pgid = pgid if pgid > 0 else int(parts[1])   # never "kill -0": that is our own group
                 self._err = rest
             return
         self._err = (self._err + data)[-self.STDERR_KEEP:]

@@ -104,3 +104,56 @@ def test_runtime_list_json(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert [w["platforms"] for w in out["wheels"]] == [["manylinux_2_31_armv7l"]]
+
+
+@pytest.mark.boards
+@pytest.mark.slow
+def test_run_a_group_of_emulated_boards(sim_boards, tiny_models, tmp_path: Path) -> None:
+    groups = tmp_path / "groups.yaml"
+    groups.write_text(f"groups:\n  arm: [{sim_boards.pi4}, {sim_boards.armhf}]\n")
+    p = deployer("run", "arm", "--targets", str(sim_boards.targets), "--targets", str(groups),
+                 "--param", str(tiny_models.int8_param), "--bin", str(tiny_models.int8_bin),
+                 "-n", "3", "--warmup", "1", "--threads", "1", "--no-fp16", "--json", cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr
+    boards = json.loads(p.stdout)["boards"]
+    assert [b["board"] for b in boards] == [sim_boards.pi4, sim_boards.armhf]
+    assert [b["machine"] for b in boards] == ["aarch64", "armv7l"]
+    assert all(b["count"] == 3 and b["cpu"] for b in boards)
+    for b in boards:
+        assert (tmp_path / b["saved_to"]).is_file()
+
+
+@pytest.mark.sshd
+def test_ctrl_c_on_the_host_stops_the_board(sshd, tiny_models, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from tests.integration.test_run_loopback import runner_pids
+
+    proc = subprocess.Popen([*DEPLOYER, "run", "loop", "--targets", str(sshd.targets), "--param",
+                             str(tiny_models.int8_param), "--bin", str(tiny_models.int8_bin), "--shape", "384,384,3",
+                             "--duration", "60", "--threads", "1"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not runner_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert runner_pids(), "the runner never started on the board"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while runner_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert runner_pids() == []
+    assert not (tmp_path / "results").exists()  # nothing half-written
+
+
+@pytest.mark.sshd
+def test_human_output(sshd, tiny_models, tmp_path: Path) -> None:
+    p = deployer("run", "loop", "--targets", str(sshd.targets), "--param", str(tiny_models.int8_param),
+                 "--bin", str(tiny_models.int8_bin), "-n", "3", "--threads", "1", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "median" in p.stdout and "loop" in p.stdout
+    assert "threads 1" in p.stderr and "results/loop/" in p.stderr

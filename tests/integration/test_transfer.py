@@ -171,3 +171,19 @@ def test_board_without_python_uses_sh_and_sha256sum(loop, rdir: Path, tmp_path: 
         again = transfer.upload(c, src, str(rdir / "m.bin"))
     assert not first.skipped and again.skipped and sha(rdir / "m.bin") == sha(src)
     assert sorted(p.name for p in rdir.iterdir()) == ["m.bin"]
+
+
+def test_rich_progress_draws_a_bar_per_file(loop, rdir: Path, tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    files = []
+    for name in ("a.param", "b.bin"):
+        (tmp_path / name).write_bytes(os.urandom(200_000))
+        files.append((tmp_path / name, str(rdir / name)))
+    with connect(loop) as c, transfer.rich_progress(Console(file=buf, width=100, force_terminal=False)) as bar:
+        transfer.upload_many(c, files, bar)
+    text = buf.getvalue()
+    assert "upload a.param" in text and "upload b.bin" in text and "200.0 kB" in text

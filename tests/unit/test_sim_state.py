@@ -92,3 +92,15 @@ def test_cpuinfo_looks_like_the_board(arch, part, arch_line):
     assert arch_line in text
     assert "Model\t\t: Raspberry Pi 4 Model B Rev 1.4" in text
     assert "Serial\t\t: 1000000000000005" in text
+
+
+def test_targets_dir_stays_where_the_running_boards_are_listed(tmp_path):
+    from deployer.sim.manager import _free_name, _targets_dir
+
+    running = SimState(str(tmp_path / "a"), [_board("sim-1", 1), _board("sim-3", 3)])
+    assert _targets_dir(running, None) == tmp_path / "a"
+    assert _targets_dir(running, tmp_path / "a") == tmp_path / "a"
+    with pytest.raises(DeployerError, match=r"--targets-dir .*/b: the running emulated boards are listed in .*/a/sim.yaml"):
+        _targets_dir(running, tmp_path / "b")
+    assert _targets_dir(SimState(str(tmp_path / "a"), []), tmp_path / "b") == tmp_path / "b"
+    assert _free_name(running) == "sim-2"

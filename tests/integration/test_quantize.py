@@ -1,0 +1,176 @@
+"""`deployer quantize` end to end on real models (MTCNN RNet, a pnnx-imported ONNX net) with stock ncnn."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from deployer.errors import DeployerError
+from deployer.profile import Override, load_profile
+from deployer.quant.pipeline import run_quantize
+from deployer.quant.table import read_table
+from tests.fixtures.quantize import face_accuracy, rnet_quantized, write_profile  # noqa: F401
+
+
+def test_outputs_are_int8_and_load_in_stock_ncnn(rnet_quantized, mtcnn_rnet, lfw_heldout):
+    _, result = rnet_quantized
+    paths = result.paths
+    for p in paths.all():
+        assert p.is_file() and "int8" in p.name
+    assert sorted(x.name for x in paths.folder.iterdir()) == sorted(p.name for p in paths.all())
+    # the .param really is int8: every conv/fc carries int8_scale_term, the .bin shrank ~4x
+    param_text = paths.param.read_text()
+    assert param_text.count(" 8=") >= 5
+    report = json.loads(paths.report.read_text())
+    assert report == json.loads(json.dumps(result.report))
+    assert report["method"] in report["methods"] and len(report["methods"]) == 5
+    assert report["sizes"]["ratio"] >= 3.5
+    assert report["sizes"]["int8_bin"] == paths.bin.stat().st_size
+    # the table is ncnn's format and covers every quantized layer (weight + activation line)
+    table = read_table(paths.table)
+    for layer in report["int8_layers"]:
+        assert table.activation_scale(layer) is not None and table.weight_scales(layer) is not None
+    # accuracy on 150 held-out labelled faces/non-faces holds (stock ncnn wheel, both models)
+    fp32 = face_accuracy(mtcnn_rnet.param, mtcnn_rnet.bin, lfw_heldout)
+    int8 = face_accuracy(paths.param, paths.bin, lfw_heldout)
+    assert fp32 >= 0.95
+    assert int8 >= fp32 - 0.02, (fp32, int8)
+
+
+def test_best_method_is_the_closest_on_heldout(rnet_quantized):
+    report = rnet_quantized[1].report
+    errors = {m: row["error"] for m, row in report["methods"].items()}
+    passing = [m for m, row in report["methods"].items() if row["passed"]]
+    pool = passing or list(errors)
+    assert report["method"] == min(pool, key=errors.get)
+
+
+def test_flags_override_profile_and_method(tmp_path, mtcnn_rnet, lfw_calibration):
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, tmp_path / "ignored")
+    prof = load_profile(profile, [Override("quantize.method", "maxabs", "--method"),
+                                  Override("out", str(tmp_path / "flagged"), "--out"),
+                                  Override("name", "rnet", "--name")])
+    result = run_quantize(prof)
+    assert result.report["method"] == "maxabs" and list(result.report["methods"]) == ["maxabs"]
+    assert (tmp_path / "flagged" / "rnet_int8.param").is_file()
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_keep_fp32_layer_stays_float(tmp_path, mtcnn_rnet, lfw_calibration):
+    from deployer.ncnn.param import read_param
+
+    first_conv = next(lay.name for lay in read_param(mtcnn_rnet.param).layers if lay.type == "Convolution")
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, tmp_path / "out",
+                            quantize={"method": "kl", "keep_fp32": [first_conv]})
+    result = run_quantize(load_profile(profile))
+    assert first_conv in result.report["fp32_layers"]
+    assert first_conv not in result.report["int8_layers"]
+    layer = read_param(result.paths.param).layer(first_conv)
+    assert int(layer.get(8, 0)) == 0
+
+
+def test_interrupted_run_leaves_no_files(tmp_path, mtcnn_rnet, lfw_calibration):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, out)
+
+    def interrupt(phase: str, done: int, total: int) -> None:
+        if phase == "methods":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_quantize(load_profile(profile), progress=interrupt)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_failing_run_leaves_no_files(tmp_path, mtcnn_rnet, lfw_calibration):
+    out = tmp_path / "out"
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, out,
+                            quantize={"keep_fp32": ["conv_does_not_exist"]})
+    with pytest.raises(DeployerError, match=r"quantize.keep_fp32: the model has no layer 'conv_does_not_exist'"):
+        run_quantize(load_profile(profile))
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_failing_write_leaves_no_files(tmp_path, mtcnn_rnet, lfw_calibration, monkeypatch):
+    """A crash while the outputs are being written (disk full, ...) leaves no partial files."""
+    from deployer import fsutil
+
+    out = tmp_path / "out"
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, out, quantize={"method": "maxabs"})
+    real = fsutil.write_bytes
+    calls = []
+
+    def flaky(path, data):
+        if Path(path).is_relative_to(out):
+            calls.append(path)
+            if len(calls) == 3:          # param and bin staged, the table write fails
+                raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(fsutil, "write_bytes", flaky)
+    with pytest.raises(OSError):
+        run_quantize(load_profile(profile))
+    assert len(calls) == 3
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    torch = pytest.importorskip("torch")
+    folder = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5),
+    ).eval()
+    path = folder / "tiny.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # the legacy exporter pnnx handles best
+        torch.onnx.export(net, torch.rand(1, 3, 24, 24), str(path), opset_version=13, dynamo=False)
+    return path
+
+
+def test_onnx_source_goes_through_pnnx(tmp_path, tiny_onnx, lfw_calibration, monkeypatch):
+    monkeypatch.setenv("DEPLOYER_CACHE", str(tmp_path / "cache"))
+    data = {"model": {"source": str(tiny_onnx), "inputshape": [1, 3, 24, 24]},
+            "inputs": [{"shape": [24, 24], "pixel": "RGB", "mean": [127.5] * 3, "norm": [0.0078125] * 3}],
+            "calibration": {"images": str(lfw_calibration.list_file)},
+            "quantize": {"method": "kl"}, "out": str(tmp_path / "out")}
+    (tmp_path / "p.yaml").write_text(json.dumps(data))
+    result = run_quantize(load_profile(tmp_path / "p.yaml"))
+    assert result.paths.param.name == "tiny_int8.param"
+    assert len(result.report["int8_layers"]) == 3
+    converted = Path(result.report["model"]["param"])
+    assert converted.is_relative_to(tmp_path / "cache" / "pnnx")
+    # fp16=0: the converted fp32 .bin has no fp16-tagged weights
+    assert b"\x47\x6b\x30\x01" not in converted.with_suffix(".bin").read_bytes()
+    # nothing was written next to the user's model
+    assert sorted(p.name for p in tiny_onnx.parent.iterdir()) == ["tiny.onnx"]
+    # second run reuses the conversion
+    again = run_quantize(load_profile(tmp_path / "p.yaml"))
+    assert again.report["model"]["pnnx_cached"] is True
+
+
+def test_pnnx_errors_name_the_model(tmp_path, monkeypatch, tiny_onnx):
+    from deployer.quant.importer import import_model
+
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    with pytest.raises(DeployerError) as err:
+        import_model(bad, [[1, 3, 24, 24]], cache_dir=tmp_path / "cache")
+    assert str(err.value).startswith(f"{bad}: pnnx conversion failed")
+    assert not any((tmp_path / "cache").iterdir())          # no half-made conversion left behind
+    monkeypatch.setenv("DEPLOYER_PNNX", str(tmp_path / "no-such-pnnx"))
+    with pytest.raises(DeployerError) as err:
+        import_model(tiny_onnx, [[1, 3, 24, 24]], cache_dir=tmp_path / "cache")
+    assert str(err.value) == (f"{tiny_onnx}: cannot convert, pnnx is not installed "
+                              "(pip install torch==2.13.0 pnnx (torch first), or set DEPLOYER_PNNX)")
+    assert os.environ["DEPLOYER_PNNX"]

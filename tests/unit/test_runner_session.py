@@ -1,0 +1,127 @@
+"""Host-side run logic that needs no board: runner command lines, option precedence, stream parsing,
+results files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deployer.cli.boards import sparkline
+from deployer.errors import DeployerError, RemoteError
+from deployer.remote import runner
+from deployer.remote.session import RunOptions, RunResult, Session, _check_local, runner_argv, save_result
+from deployer.targets import Board, NcnnOptions
+
+
+def _opts(tmp_path: Path, **kw) -> RunOptions:
+    for name in ("m.param", "m.bin"):
+        (tmp_path / name).write_text("x")
+    return RunOptions(param=tmp_path / "m.param", bin=tmp_path / "m.bin", **kw)
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_flags_override_board_defaults_which_override_ncnn(tmp_path: Path) -> None:
+    remote = {"param": "d/models/m.param", "bin": "d/models/m.bin"}
+    board = Board(name="pi", host="h", ncnn=NcnnOptions(threads=4, powersave=2, fp16=False))
+    argv = runner_argv("python3", "d/bin/runner.py", _opts(tmp_path), board, remote, "d/runtime/ncnn-x")
+    assert argv[:5] == ["env", "PYTHONPATH=d/runtime/ncnn-x", "python3", "-u", "d/bin/runner.py"]
+    assert (_flag(argv, "--threads"), _flag(argv, "--powersave"), _flag(argv, "--fp16")) == ("4", "2", "0")
+    argv = runner_argv("python3", "r.py", _opts(tmp_path, threads=1, powersave=0, fp16=True), board, remote, "p")
+    assert (_flag(argv, "--threads"), _flag(argv, "--powersave"), _flag(argv, "--fp16")) == ("1", "0", "1")
+    plain = Board(name="pi", host="h")  # nothing set: ncnn's own defaults (0 = auto threads, fp16 on)
+    argv = runner_argv("python3", "r.py", _opts(tmp_path), plain, remote, "p")
+    assert (_flag(argv, "--threads"), _flag(argv, "--fp16"), _flag(argv, "--int8")) == ("0", "1", "1")
+    assert "--duration" not in argv and "--return-output" not in argv
+    argv = runner_argv("python3", "r.py", _opts(tmp_path, duration=2.5, return_output=True, shape="8,8,3"),
+                       plain, {**remote, "input_file": "d/models/x.f32"}, "p")
+    assert _flag(argv, "--duration") == "2.5" and _flag(argv, "--shape") == "8,8,3"
+    assert _flag(argv, "--input-file") == "d/models/x.f32" and argv[-1] == "--return-output"
+    # every flag the host sends is one the runner's parser accepts
+    parsed = runner.Args(argv[5:])
+    assert parsed.duration == 2.5 and parsed.return_output is True
+
+
+def test_local_checks(tmp_path: Path) -> None:
+    with pytest.raises(DeployerError, match="--param .*nope.param: no such file"):
+        _check_local(RunOptions(param=tmp_path / "nope.param", bin=tmp_path / "m.bin"))
+    bad = tmp_path / "we ird;name.bin"
+    bad.write_text("x")
+    opts = _opts(tmp_path)
+    opts.bin = bad
+    with pytest.raises(DeployerError, match="may only use letters"):
+        _check_local(opts)
+    for kw, needle in [({"iterations": 0}, "--iterations"), ({"duration": -1.0}, "--duration"),
+                       ({"threads": 0}, "--threads"), ({"powersave": 3}, "--powersave"), ({"shape": "a,b"}, "--shape")]:
+        with pytest.raises(DeployerError, match=needle):
+            _check_local(_opts(tmp_path, **kw))
+
+
+class _FakeConn:
+    """Only for _collect, which parses lines: no transport involved."""
+
+    alive = True
+    name = "pi"
+
+
+def _session() -> Session:
+    return Session(Board(name="pi", host="h"), _FakeConn())
+
+
+def _lines(*objs) -> list[str]:
+    return [runner.to_json(o) for o in objs]
+
+
+def test_collect_builds_result_and_recomputes_stats() -> None:
+    events = []
+    s = _session()
+    s.on_event = events.append
+    lines = _lines({"type": "board", "facts": {"machine": "aarch64", "cpu": "Cortex-A72"}, "options": {"threads": 1}},
+                   {"type": "iter", "i": 0, "ms": 3.0}, {"type": "iter", "i": 1, "ms": 1.0},
+                   {"type": "output", "blob": "out0", "shape": [2], "data": "AACAPwAAAEA="},
+                   {"type": "stats", "partial": False, "load_ms": 5.0, "shape": [8, 8, 3]})
+    r = s._collect(["not json: ncnn warning", *lines], __import__("datetime").datetime(2026, 1, 2, 3, 4, 5), {}, {})
+    assert r.samples_ms == [3.0, 1.0] and r.stats["median_ms"] == 2.0 and r.stats["count"] == 2
+    assert r.output == {"blob": "out0", "shape": [2], "values": [1.0, 2.0]}
+    assert r.options["load_ms"] == 5.0 and r.facts["cpu"] == "Cortex-A72"
+    assert [e["type"] for e in events] == ["board", "iter", "iter", "stats"] and events[0]["board"] == "pi"
+    out = r.to_json()
+    assert out["machine"] == "aarch64" and out["samples_ms"] == [3.0, 1.0] and out["ok"] is True
+
+
+def test_collect_errors() -> None:
+    s = _session()
+    with pytest.raises(DeployerError, match="pi: runner: ValueError: bad blob"):
+        s._collect(_lines({"type": "board"}, {"type": "error", "error": "ValueError: bad blob"}), None, {}, {})
+    with pytest.raises(RemoteError, match="stopped after 1 iteration.*exit code 127: env: python3: not found"):
+        s._collect(_lines({"type": "iter", "i": 0, "ms": 1.0},
+                          {"type": "exit", "rc": 127, "stderr": "env: python3: not found"}), None, {}, {})
+
+
+def test_partial_run_is_kept_and_flagged() -> None:
+    r = _session()._collect(_lines({"type": "iter", "i": 0, "ms": 2.0}, {"type": "stats", "partial": True, "signal": 15}),
+                            __import__("datetime").datetime(2026, 1, 2), {}, {})
+    assert r.partial and r.to_json()["ok"] is False and r.samples_ms == [2.0]
+
+
+def test_save_result_is_atomic_and_named_by_board_and_time(tmp_path: Path) -> None:
+    r = RunResult(board="pi", started_at="2026-01-02T03:04:05.000006Z", facts={}, options={}, samples_ms=[1.0],
+                  stats=None, partial=False, runtime={}, model={})
+    path = save_result(r, tmp_path)
+    assert path == tmp_path / "pi" / "20260102T030405.000006Z.json"
+    assert json.loads(path.read_text())["saved_to"] == str(path)
+    assert [p.name for p in (tmp_path / "pi").iterdir()] == [path.name]
+    r.board = "../evil"
+    with pytest.raises(DeployerError, match="board name"):
+        save_result(r, tmp_path)
+
+
+def test_sparkline() -> None:
+    assert sparkline([]) == ""
+    assert sparkline([1.0, 2.0, 3.0]) == "▁▅█"
+    assert sparkline([5.0, 5.0]) == "▁▁"
+    assert len(sparkline([float(i) for i in range(100)], width=40)) == 40
