@@ -11,7 +11,7 @@ same random file with:
   * re-push      deployer upload() of the unchanged file on an open connection (the skip path)
 Prints a table and JSON (also written to --json). Needs root (namespaces) like `deployer sim up`.
 
-    /work/venv/bin/python bench/bench_transfer.py --size-mb 20 --link delay=50,rate=10
+    /work/venv/bin/python bench/bench_transfer.py --size-mb 20 --link delay=50,rate=10   # ~2 min
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def paramiko_put(board, src: Path, dst: str) -> None:
 
 def bench_board(board, src: Path, repeats: int) -> dict:
     rows: dict[str, list[float]] = {"scp": [], "deployer": [], "paramiko put": [], "re-push (skip)": []}
-    with connect(board) as c:
-        c.run(["mkdir", "-p", "bench"], check=True)
     for _ in range(repeats):
+        with connect(board) as c:
+            c.run(["mkdir", "-p", "bench"], check=True)
         for name, fn, dst in (("scp", scp, "bench/scp.bin"), ("deployer", deployer_push, "bench/dep.bin"),
                               ("paramiko put", paramiko_put, "bench/pm.bin")):
             with connect(board) as c:
@@ -74,6 +74,15 @@ def bench_board(board, src: Path, repeats: int) -> dict:
             rows["re-push (skip)"].append(timed(lambda: transfer.upload(c, src, "bench/dep.bin")))
             c.run(["rm", "-rf", "bench"])
     return {k: {"median_s": statistics.median(v), "runs_s": [round(x, 3) for x in v]} for k, v in rows.items()}
+
+
+def host_info() -> dict:
+    """Numbers depend on the machine and its load: record both."""
+    import paramiko
+
+    ssh_v = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    return {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "kernel": os.uname().release,
+            "python": sys.version.split()[0], "paramiko": paramiko.__version__, "openssh": ssh_v}
 
 
 def bench_loopback(work: Path, src: Path, repeats: int) -> dict:
@@ -104,7 +113,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--skip-unshaped", action="store_true")
     ap.add_argument("--skip-loopback", action="store_true")
-    ap.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "transfer.json",
+                    help="where to write the JSON (default bench/results/transfer.json)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
@@ -112,7 +122,8 @@ def main() -> int:
     src = work / "payload.bin"
     with open(src, "wb") as fh:
         fh.write(os.urandom(int(args.size_mb * 1_000_000)))
-    results: dict = {"size_bytes": src.stat().st_size, "link": args.link, "repeats": args.repeats, "boards": {}}
+    results: dict = {"size_bytes": src.stat().st_size, "link": args.link, "repeats": args.repeats,
+                     "host": host_info(), "boards": {}}
     try:
         plans = [("shaped", parse_link(args.link))] + ([] if args.skip_unshaped else [("unshaped", None)])
         for label, link in plans:
@@ -134,9 +145,11 @@ def main() -> int:
             s = r[method]["median_s"]
             mbit = "" if method.startswith("re-push") else f"{results['size_bytes'] * 8 / s / 1e6:8.2f}"
             print(f"{label:10} {method:16} {s:9.3f} {mbit:>8} {s / r['scp']['median_s']:7.2f}")
+    results["host"]["loadavg_at_end"] = os.getloadavg()
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
     return 0
 

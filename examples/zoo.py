@@ -194,7 +194,12 @@ def _convert_torch_net(class_name: str) -> Callable[[Recipe, Path, Path], dict]:
         from examples import nets
 
         net = getattr(nets, class_name)()
-        net.load_state_dict(load_state_dict(recipe.source()), strict=True)
+        try:
+            net.load_state_dict(load_state_dict(recipe.source()), strict=True)
+        except RuntimeError as err:   # missing/unexpected keys or shapes: the wheel is not the expected one
+            first = str(err).strip().splitlines()[0]
+            raise DeployerError(f"{recipe.source()}: does not fit examples.nets.{class_name} ({first})",
+                                hint="install the wheel version named in examples/README.md") from None
         _torch_to_ncnn(net, recipe, work)
         return {}
     return convert

@@ -61,6 +61,9 @@ class LiveView:
         kind = event.get("type")
         if kind == "stage":
             row["stage"] = event["stage"]
+        elif kind == "progress":
+            pct = 100 * event["done"] // max(1, event["total"])
+            row["stage"] = f"upload {event['file'][:24]} {pct}%"
         elif kind == "board":
             facts = event.get("facts", {})
             row["cpu"] = f"{facts.get('machine', '?')} {facts.get('cpu') or ''}".strip()
@@ -71,6 +74,8 @@ class LiveView:
         elif kind == "stats":
             row["stats"] = event
             row["stage"] = "partial" if event.get("partial") else "done"
+        elif kind == "failed":
+            row["stage"] = "failed"
         self.live.update(self.render())
 
     def render(self) -> Table:
@@ -150,12 +155,13 @@ def register(app: typer.Typer) -> None:
         from dataclasses import asdict
 
         from deployer.remote.session import push_boards
+        from deployer.ssh.transfer import rich_progress
 
         inventory = _inventory(targets)
         opts = _run_options(param=param, bin=bin, ncnn_version=ncnn_version)
-        reports = push_boards(_boards(inventory, target), opts, accept_new=accept_new, inventory=inventory,
-                              on_event=lambda e: console.print(f"[dim]{e['board']}: {e.get('stage', '')}[/]")
-                              if e.get("type") == "stage" else None)
+        with rich_progress(console) as bars:
+            reports = push_boards(_boards(inventory, target), opts, accept_new=accept_new, inventory=inventory,
+                                  progress=bars)
         if json_output:
             emit_json({name: asdict(r) for name, r in reports.items()})
             return
@@ -184,6 +190,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         input_file: Optional[Path] = typer.Option(None, "--input-file", help="raw float32 input (CHW)"),
         return_output: bool = typer.Option(False, "--return-output", help="include the output tensor"),
+        compare: bool = typer.Option(False, "--compare", help="compare the board's output with the host's ncnn"),
         ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="board wheel version (default: host's)"),
         results: Path = typer.Option(Path("results"), "--results", help="folder for results/<board>/<time>.json"),
         targets: Optional[List[Path]] = TargetsOpt,
@@ -197,7 +204,8 @@ def register(app: typer.Typer) -> None:
         opts = _run_options(param=param, bin=bin, shape=shape, iterations=iterations, duration=duration,
                             warmup=warmup, threads=threads, powersave=powersave, fp16=fp16, int8=int8,
                             input_blob=input_blob, output_blob=output_blob, fill=fill, seed=seed,
-                            input_file=input_file, return_output=return_output, ncnn_version=ncnn_version)
+                            input_file=input_file, return_output=return_output, compare=compare,
+                            ncnn_version=ncnn_version)
         boards = _boards(inventory, target)
         view = LiveView()
         try:
@@ -207,20 +215,34 @@ def register(app: typer.Typer) -> None:
         finally:
             if not console.is_terminal:
                 console.line()  # rich leaves the last frame unterminated off a tty
+        from deployer.remote.session import BoardFailure
+
+        done = [r for r in found if not isinstance(r, BoardFailure)]
+        failed = [r for r in found if isinstance(r, BoardFailure)]
         if json_output:
             objs = [r.to_json() for r in found]
             emit_json(objs[0] if len(objs) == 1 else {"boards": objs})
-        else:
-            out.print(_summary_table(found))
-            for r in found:
+        elif done:
+            out.print(_summary_table(done))
+            for r in done:
                 opts = r.options
                 console.print(f"{r.board}: ncnn {r.facts.get('ncnn_version')}, threads {opts.get('threads')}, "
                               f"fp16 {opts.get('fp16')}, int8 {opts.get('int8')}, powersave {opts.get('powersave')}"
                               f" -> {r.saved_to}")
-        stopped = [r.board for r in found if r.partial]
+                for warning in r.warnings():
+                    console.print(f"[yellow]{r.board}: {warning}[/]")
+                if r.host_compare:
+                    c = r.host_compare
+                    console.print(f"{r.board}: output vs host ncnn: "
+                                  + ("bit-identical" if c.get("identical") else
+                                     c.get("error") or f"max abs diff {c['max_abs_diff']:.3g}, cosine {c['cosine']:.6f}"))
+        for f in failed:
+            console.print(f"[bold red]error:[/] {f.error}", soft_wrap=True)
+        stopped = [r.board for r in done if r.partial]
         if stopped:  # the runner was signalled on the board: results are saved but incomplete
             console.print(f"[yellow]stopped early on the board:[/] {', '.join(stopped)} (partial results saved)")
-            raise typer.Exit(3)
+        if failed or stopped:
+            raise typer.Exit(max([f.error.exit_code for f in failed] + [3 if stopped else 0]))
 
     @runtime_app.command("fetch")
     @handle_errors

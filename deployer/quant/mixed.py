@@ -10,8 +10,9 @@ question, so we rank once on a tiny probe and then search greedily on all held-o
    layers by the relative error each adds to its own output was tried and rejected: on
    MobileNetV2 it ranked the projection convs first and missed the first depthwise conv, which
    is by far the most sensitive layer at the network's output.)
-2. Greedy: keep layers fp32 in order of benefit, re-checking the gates on all held-out inputs
-   after each, until they hold or the budget (`max_fp32_layers`) is spent.
+2. Greedy: try layers fp32 in order of benefit, re-checking the gates on all held-out inputs;
+   a layer is kept only if it lowers the error (single-layer benefits do not simply add up),
+   until the gates hold, the budget (`max_fp32_layers`) is spent or 2x budget layers were tried.
 3. Prune: drop any chosen layer whose removal still passes.
 If the budget cannot buy the gate, the all-int8 model is returned (extra fp32 layers that do not
 meet the gate are pure cost) and the report shows what was tried.
@@ -144,15 +145,18 @@ def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start
     chosen: list[str] = []
     best = start
     steps = []
-    for i, row in enumerate(ranking[:budget]):
-        if row["benefit"] <= 0 and chosen:
-            break   # nothing left that helps on its own
-        chosen.append(row["layer"])
-        best = evaluator.evaluate(table, base_exclude | set(chosen))
-        steps.append({"keep_fp32": list(chosen), "error": best.error, "passed": best.passed})
+    trials = ranking[: 2 * budget]
+    for i, row in enumerate(trials):
+        if row["benefit"] <= 0:
+            break   # the rest do not help even on their own
+        trial = chosen + [row["layer"]]
+        ev = evaluator.evaluate(table, base_exclude | set(trial))
+        steps.append({"keep_fp32": trial, "error": ev.error, "passed": ev.passed})
         if progress:
-            progress("greedy", i + 1, budget)
-        if best.passed:
+            progress("greedy", i + 1, len(trials))
+        if ev.passed or ev.error < best.error:
+            chosen, best = trial, ev     # a layer that makes things worse in company is skipped
+        if best.passed or len(chosen) >= budget:
             break
 
     if best.passed and len(chosen) > 1:

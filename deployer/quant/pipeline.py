@@ -14,14 +14,14 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from deployer import fsutil
-from deployer.check.crosscheck import Sample, run_outputs
+from deployer.check.crosscheck import run_outputs
 from deployer.check.gates import parse_gates
 from deployer.check.net import NcnnNet
 from deployer.check.samples import input_names, list_inputs, load_samples

@@ -211,6 +211,18 @@ def throttled():
     return None
 
 
+def peak_rss_kb():
+    # type: () -> Optional[int]
+    """Peak resident memory of this process (model + buffers + Python); under qemu-user it
+    includes the emulator itself."""
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    except (ImportError, OSError, ValueError):
+        return None
+
+
 def volatile_state():
     # type: () -> Dict[str, object]
     """What can change during a run (clocks, heat, throttling): reported before and after."""
@@ -500,7 +512,7 @@ def run(args):
         emit(payload)
     stats = {"type": "stats"}  # type: Dict[str, object]
     stats.update(summarize(samples))
-    stats.update({"samples_ms": samples, "partial": partial_signal is not None,
+    stats.update({"samples_ms": samples, "partial": partial_signal is not None, "peak_rss_kb": peak_rss_kb(),
                   "load_ms": load_ms, "input_blob": in_blob, "output_blob": out_blob, "shape": shape,
                   "wall_s": time.perf_counter() - t0, "end_state": volatile_state()})
     if partial_signal is not None:

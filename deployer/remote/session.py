@@ -4,7 +4,7 @@ Why it is shaped like this:
 - Every step that can be skipped is skipped by content (sha256), so a second `deployer run` on the
   same board costs one probe plus the run itself.
 - The runner's stdout is consumed line by line and handed to `on_event` as it arrives, so the CLI
-  can draw timings live and a dropped link still leaves the host with every line received so far.
+  draws timings live; a dropped link is one RemoteError (exit 3) that says how far the run got.
 - The host never trusts the board's arithmetic blindly: statistics are recomputed from the samples
   with the same function (deployer.remote.stats), and the result file records everything needed
   to reproduce the run (facts, options, versions, sha256 of the model files).
@@ -56,6 +56,7 @@ class RunOptions:
     seed: int = 0
     input_file: Path | None = None
     return_output: bool = False
+    compare: bool = False            # also run the host's ncnn on the same input and report the difference
     ncnn_version: str | None = None  # wheel version on the board; default = the host's ncnn
 
 
@@ -79,8 +80,26 @@ class RunResult:
     runtime: dict[str, Any]
     model: dict[str, Any]
     output: dict[str, Any] | None = None  # {"blob", "shape", "values"} when requested
+    probe: dict[str, Any] = field(default_factory=dict)  # deployer.remote.probe facts (OS, glibc, memory...)
+    host_compare: dict[str, Any] | None = None            # board output vs host ncnn (--compare)
     end_state: dict[str, Any] = field(default_factory=dict)
     saved_to: str | None = None
+
+    def warnings(self) -> list[str]:
+        """Conditions that make timings unreliable (user reports: governor, heat, throttling)."""
+        found = []
+        governors = {c.get("governor") for c in self.facts.get("cpufreq") or [] if c.get("governor")}
+        if governors - {"performance"}:
+            found.append(f"cpufreq governor {'/'.join(sorted(governors))}: clocks move during the run; "
+                         "for stable numbers set 'performance'")
+        for when, state in (("before", self.facts), ("after", self.end_state)):
+            flags = state.get("throttled")
+            if flags and flags not in ("0x0", "0"):
+                found.append(f"throttling flags {flags} {when} the run (vcgencmd get_throttled)")
+        temps = [z.get("celsius") for z in self.end_state.get("thermal") or [] if z.get("celsius") is not None]
+        if temps and max(temps) >= 80:
+            found.append(f"hot: {max(temps):.0f} C at the end of the run")
+        return found
 
     def to_json(self) -> dict[str, Any]:
         """The one object `deployer run --json` prints and the results file holds."""
@@ -91,9 +110,12 @@ class RunResult:
         for key in ("machine", "cpu", "cores", "model", "python", "ncnn_version", "cpu_features", "hostname"):
             out[key] = self.facts.get(key)
         out.update({"options": self.options, "facts": self.facts, "end_state": self.end_state,
-                    "runtime": self.runtime, "model_files": self.model})
+                    "runtime": self.runtime, "model_files": self.model, "probe": self.probe})
         if self.output is not None:
             out["output"] = self.output
+        if self.host_compare is not None:
+            out["host_compare"] = self.host_compare
+        out["warnings"] = self.warnings()
         if self.saved_to:
             out["saved_to"] = self.saved_to
         return out
@@ -175,15 +197,69 @@ def runner_argv(python: str, runner: str, opts: RunOptions, board: Any, remote: 
         argv += ["--output-blob", opts.output_blob]
     if "input_file" in remote:
         argv += ["--input-file", remote["input_file"]]
-    if opts.return_output:
+    if opts.return_output or opts.compare:
         argv.append("--return-output")
     return argv
+
+
+def host_reference(result: "RunResult", opts: RunOptions) -> dict[str, Any]:
+    """The host ncnn wheel's output for the same model, input and ncnn options the board used.
+
+    Runs the very same runner.py locally (one iteration), so input generation and option handling
+    cannot drift between the two sides; threads are irrelevant to the numbers and set to 1."""
+    import subprocess
+    import sys
+
+    used = result.options
+    argv = [sys.executable, "-u", str(RUNNER_PATH), "--param", str(opts.param), "--bin", str(opts.bin),
+            "--iterations", "1", "--warmup", "0", "--threads", "1", "--powersave", "0",
+            "--fp16", str(int(bool(used.get("fp16")))), "--int8", str(int(bool(used.get("int8", True)))),
+            "--winograd", str(int(bool(used.get("winograd", True)))), "--sgemm", str(int(bool(used.get("sgemm", True)))),
+            "--fill", opts.fill, "--seed", str(opts.seed), "--return-output",
+            "--shape", ",".join(str(d) for d in used.get("shape") or []) or (opts.shape or "")]
+    for flag, value in (("--input-blob", used.get("input_blob")), ("--output-blob", used.get("output_blob")),
+                        ("--input-file", opts.input_file)):
+        if value:
+            argv += [flag, str(value)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    out = next((ln for ln in lines if ln.get("type") == "output"), None)
+    if out is None:
+        err = next((ln.get("error") for ln in lines if ln.get("type") == "error"), proc.stderr.strip()[-200:])
+        raise DeployerError(f"host reference run of {opts.param} failed: {err}")
+    return decode_output(out)
+
+
+def compare_outputs(board: dict[str, Any], host: dict[str, Any]) -> dict[str, Any]:
+    """How far the board's output is from the host's: max abs/rel difference, cosine, bit-identity."""
+    import numpy as np
+
+    a = np.asarray(board["values"], dtype=np.float64)
+    b = np.asarray(host["values"], dtype=np.float64)
+    if board.get("shape") != host.get("shape"):
+        return {"identical": False, "error": f"shape {board.get('shape')} on the board vs {host.get('shape')} on the host"}
+    diff = np.abs(a - b)
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return {"identical": bool(np.array_equal(np.asarray(board["values"], np.float32), np.asarray(host["values"], np.float32))),
+            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "max_rel_diff": float((diff / np.maximum(np.abs(b), 1e-12)).max()) if diff.size else 0.0,
+            "cosine": min(1.0, float(a @ b / denom)) if denom else 1.0, "count": int(a.size)}
 
 
 def decode_output(line: dict[str, Any]) -> dict[str, Any]:
     values = array.array("f")
     values.frombytes(base64.b64decode(line["data"]))
     return {"blob": line.get("blob"), "shape": line.get("shape"), "values": values.tolist()}
+
+
+def _probe_summary(facts: Any) -> dict[str, Any]:
+    """The probe's facts minus the per-file model listing (that can be long and is not about the run)."""
+    if facts is None:
+        return {}
+    d = facts.to_dict() if hasattr(facts, "to_dict") else (asdict(facts) if hasattr(facts, "__dataclass_fields__")
+                                                            else dict(facts))
+    d.pop("models", None)
+    return d
 
 
 def _emit(sink: EventSink | None, board: str, event: dict[str, Any]) -> None:
@@ -202,6 +278,7 @@ class Session:
         self.python: str = getattr(board, "python", None) or "python3"
         self.root = rt.remote_root(getattr(board, "runtime_dir", None) or ".deployer")
         self._facts: Any = None
+        self.platform_facts: Any = None  # the probe the runtime was chosen from
 
     # -- facts / provisioning -------------------------------------------------------------------
 
@@ -223,14 +300,22 @@ class Session:
         _emit(self.on_event, self.name, {"type": "stage", "stage": "runtime", "wheel": wheel.path.name})
         install = rt.ensure_runtime(self.conn, wheel, runtime_dir=self.root, python=self.python, board=self.name,
                                     upload=upload, progress=progress, markers=getattr(facts, "runtimes", None))
+        self.platform_facts = facts
         if install.unpacked:
             self._facts = None  # the board changed: a later probe() must look again
         return install
 
+    def _upload_events(self, remote: str, done: int, total: int) -> None:
+        _emit(self.on_event, self.name, {"type": "progress", "file": remote.rsplit("/", 1)[-1], "done": done,
+                                         "total": total})
+
     def push(self, opts: RunOptions, progress: Callable[..., Any] | None = None) -> PushReport:
-        """Runtime + runner + model files, each skipped when the board already has identical bytes."""
+        """Runtime + runner + model files, each skipped when the board already has identical bytes.
+
+        Upload progress goes to `progress(remote, done, total)`, else to on_event as `progress` events."""
         from deployer.ssh.transfer import upload_many
 
+        progress = progress or (self._upload_events if self.on_event else None)
         local = _check_local(opts)
         install = self.provision(opts.ncnn_version, progress)
         _emit(self.on_event, self.name, {"type": "stage", "stage": "upload"})
@@ -253,6 +338,11 @@ class Session:
         stream = self.conn.stream(argv, check=False)
         with stream:
             result = self._collect(self._guard(stream), started, asdict(pushed.runtime), model)
+        result.probe = _probe_summary(self.platform_facts)
+        if opts.compare and result.output is not None:
+            result.host_compare = compare_outputs(result.output, host_reference(result, opts))
+            if not opts.return_output:
+                result.output = None
         return result
 
     def _guard(self, stream: Any) -> Iterator[str]:
@@ -276,6 +366,13 @@ class Session:
             tail = [ln for ln in (getattr(stream, "stderr", "") or "").splitlines() if ln.strip()]
             yield json.dumps({"type": "exit", "rc": rc, "stderr": tail[-1].strip() if tail else ""})
 
+    @staticmethod
+    def _counting(stream: Iterator[str], samples: list[float]) -> Iterator[str]:
+        try:
+            yield from stream
+        except RemoteError as err:
+            raise RemoteError(f"{err.message} after {len(samples)} timed iteration(s)", hint=err.hint) from None
+
     def _collect(self, lines: Iterable[str], started: _dt.datetime, runtime: dict[str, Any],
                  model: dict[str, Any]) -> RunResult:
         facts: dict[str, Any] = {}
@@ -286,7 +383,7 @@ class Session:
         noise: list[str] = []
         stream = iter(lines)
         try:
-            for raw in stream:
+            for raw in self._counting(stream, samples):
                 text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
                 try:
                     line = json.loads(text)
@@ -327,7 +424,7 @@ class Session:
             options=options, samples_ms=samples, stats=asdict(stats) if stats else None,
             partial=bool(final.get("partial")), runtime=runtime, model=model, output=output,
             end_state=final.get("end_state") or {})
-        for key in ("load_ms", "input_blob", "output_blob", "shape", "wall_s"):
+        for key in ("load_ms", "input_blob", "output_blob", "shape", "wall_s", "peak_rss_kb"):
             if key in final:
                 result.options[key] = final[key]
         return result
@@ -353,16 +450,36 @@ def open_session(board: Any, *, accept_new: bool = False, inventory: Any = None,
     return conn, Session(board, conn, on_event)
 
 
+@dataclass
+class BoardFailure:
+    board: str
+    error: DeployerError
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": False, "board": self.board, "error": str(self.error), "exit_code": self.error.exit_code}
+
+
 def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False, inventory: Any = None,
                on_event: EventSink | None = None, results_dir: Path | None = Path("results"),
-               progress: Callable[..., Any] | None = None) -> list[RunResult]:
-    """Boards one after another: parallel runs on one network would disturb each other's timing."""
+               progress: Callable[..., Any] | None = None) -> list[RunResult | BoardFailure]:
+    """Boards one after another: parallel runs on one network would disturb each other's timing.
+
+    With one board its error is raised; with several, a board that fails is recorded as a
+    BoardFailure and the others still run (one flaky board must not void a fleet benchmark).
+    Ctrl-C always stops everything."""
     _check_local(opts)
-    results = []
+    results: list[RunResult | BoardFailure] = []
     for board in boards:
-        conn, session = open_session(board, accept_new=accept_new, inventory=inventory, on_event=on_event)
-        with conn:
-            result = session.run(opts, progress)
+        try:
+            conn, session = open_session(board, accept_new=accept_new, inventory=inventory, on_event=on_event)
+            with conn:
+                result = session.run(opts, progress)
+        except DeployerError as err:
+            if len(boards) == 1:
+                raise
+            _emit(on_event, board.name, {"type": "failed", "error": str(err)})
+            results.append(BoardFailure(board.name, err))
+            continue
         if results_dir is not None:
             save_result(result, results_dir)
         results.append(result)

@@ -20,7 +20,7 @@ import shlex
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Callable, Iterator
 
 import paramiko
@@ -303,14 +303,17 @@ class Connection:
         """Start argv; iterate the returned stream for stdout lines as they arrive."""
         return RemoteStream(_Proc(self, argv, self._open(argv, timeout)), timeout, idle_timeout, check)
 
-    def kill(self, pgid: int, grace: float = 2.0) -> None:
-        """TERM a remote process group, KILL it if still alive after `grace` seconds."""
+    def kill(self, pgid: int, grace: float = 2.0, pid: int | None = None) -> None:
+        """TERM a remote process group, KILL it if still alive after `grace` seconds.
+
+        `pid` is the fallback when the group cannot be signalled (no /proc or cut on the board)."""
+        pid = pid or pgid
         tries = max(1, int(grace / 0.2))
         # liveness ignores zombies: a container's pid 1 may never reap orphans
         script = (
             'alive() { if command -v ps >/dev/null 2>&1; then ps -eo pgid=,stat= | grep -Eq "^ *$1 +[^Z]"; '
             'else kill -0 -$1 2>/dev/null; fi; }; '
-            f'kill -TERM -{pgid} 2>/dev/null || exit 0; i=0; '
+            f'kill -TERM -{pgid} 2>/dev/null || {{ kill -TERM {pid} 2>/dev/null; exit 0; }}; i=0; '
             f'while [ $i -lt {tries} ]; do alive {pgid} || exit 0; sleep 0.2; i=$((i+1)); done; '
             f'kill -KILL -{pgid} 2>/dev/null; exit 0'
         )
@@ -345,6 +348,7 @@ class _Proc:
     def __init__(self, conn: Connection, argv: list[str], chan: paramiko.Channel) -> None:
         self.conn, self.argv, self.chan = conn, argv, chan
         self.pgid: int | None = None
+        self.pid: int | None = None
         self._err = b""
         self._pid_seen = False
         self.rc: int | None = None
@@ -370,7 +374,8 @@ class _Proc:
             parts = head.decode(errors="replace").split()
             if len(parts) >= 2 and parts[0] == _PID_MARK:
                 pgid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
-                self.pgid = pgid if pgid > 0 else int(parts[1])   # never "kill -0": that is our own group
+                self.pid = int(parts[1])
+                self.pgid = pgid if pgid > 0 else self.pid   # never "kill -0": that is our own group
                 self._err = rest
             return
         self._err = (self._err + data)[-self.STDERR_KEEP:]
@@ -426,7 +431,7 @@ class _Proc:
                 else:
                     time.sleep(0.01)
         if self.pgid is not None and self.conn.transport.is_active():
-            self.conn.kill(self.pgid)
+            self.conn.kill(self.pgid, pid=self.pid)
         _quiet_close(self.chan)
 
     def failed(self) -> RemoteError:
@@ -469,6 +474,19 @@ class RemoteStream:
 
     def __next__(self) -> str:
         return next(iter(self))
+
+    def send(self, data: bytes) -> bool:
+        """Write to the remote process's stdin; False if it has already exited (nothing reads it)."""
+        chan = self._proc.chan
+        if chan.closed or chan.exit_status_ready():
+            return False
+        try:
+            chan.sendall(data)
+        except OSError:
+            if chan.exit_status_ready():
+                return False
+            raise
+        return True
 
     def _lines(self) -> Iterator[str]:
         buf = b""

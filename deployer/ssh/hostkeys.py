@@ -55,11 +55,6 @@ def fingerprint(blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def key_blob(key) -> bytes:
-    """Public key blob of a paramiko PKey."""
-    return key.asbytes()
-
-
 class KnownHosts:
     """One known_hosts file, parsed with line numbers."""
 

@@ -6,6 +6,11 @@ over the real name (SFTP posix-rename: atomic on the board's filesystem). The te
 the content hash, so a retry finds the partial file of the same content, checks its prefix hash,
 and resumes from there instead of starting over.
 
+The on-board check runs *during* the upload: the board's python follows the growing temp file and
+hashes it as bytes land, so a long transfer pays nothing extra at the end (sh + sha256sum after the
+upload on boards without python). upload_many renames only after every file verified, so a model's
+.param and .bin change together.
+
 Pushes are usually repeats, so one remote command hashes every candidate file at once and files
 whose sha256 already matches are skipped: a re-push costs one round trip plus hashing.
 
@@ -77,39 +82,50 @@ _VERIFY_SH = _SH_HASH + (
     'if [ "$g" = "$w" ]; then echo ok; for x in "$s"*; do [ "$x" = "$t" ] || rm -f -- "$x"; done; '
     'else echo "bad ${g:-unreadable}"; rm -f -- "$t"; fi; done'
 )
-# Hashes the temp file on the board *while* it is being uploaded (following its growth), so the
-# on-board check costs nothing extra at the end of a long transfer. Exits if the client goes away
-# (stdin EOF). args: tmp size want mode stale_prefix -> "ok" or "bad <sha>".
+# Hashes the temp files on the board *while* they are uploaded (following their growth), so the
+# on-board check costs nothing extra at the end of a long transfer. One process serves a whole
+# upload_many. File k is opened only after the client sends "k" on stdin (after SFTP truncated it);
+# stdin EOF means the client went away. args: (tmp size want mode stale_prefix)... -> per file
+# "ok" or "bad <sha>".
 _FOLLOW_PY = _PY_HASH + (
-    "import select, time\n"
-    "t, n, w, m, s = a[0], int(a[1]), a[2], int(a[3], 8), a[4]\n"
-    "d, got = hashlib.sha256(), 0\n"
-    "def gone():\n"
-    "    r = select.select([sys.stdin], [], [], 0.05)[0]\n"
-    "    return bool(r) and not os.read(sys.stdin.fileno(), 1)\n"
-    "with open(t, 'rb') as f:\n"
-    "    while got < n:\n"
-    "        b = f.read(min(1 << 20, n - got))\n"
-    "        if b:\n"
-    "            d.update(b)\n"
-    "            got += len(b)\n"
-    "        elif gone():\n"
+    "import select\n"
+    "inbox = [b'']\n"
+    "def poll(wait):\n"
+    "    if select.select([sys.stdin], [], [], wait)[0]:\n"
+    "        b = os.read(sys.stdin.fileno(), 4096)\n"
+    "        if not b:\n"
     "            sys.exit(3)\n"
-    "    if f.read(1):\n"
-    "        got = -1\n"
-    "g = d.hexdigest() if got == n else 'too-long'\n"
-    "if g != w:\n"
-    "    print('bad', g)\n"
-    "    sys.exit(0)\n"
-    "os.chmod(t, m)\n"
-    "dd, base = os.path.dirname(s) or '.', os.path.basename(s)\n"
-    "for x in os.listdir(dd):\n"
-    "    if x.startswith(base) and x != os.path.basename(t):\n"
-    "        try:\n"
-    "            os.remove(os.path.join(dd, x))\n"
-    "        except OSError:\n"
-    "            pass\n"
-    "print('ok')\n"
+    "        inbox[0] += b\n"
+    "def signal(k):\n"
+    "    while (b'%d\\n' % k) not in inbox[0]:\n"
+    "        poll(None)\n"
+    "for k in range(len(a) // 5):\n"
+    "    t, n, w, m, s = a[5 * k], int(a[5 * k + 1]), a[5 * k + 2], int(a[5 * k + 3], 8), a[5 * k + 4]\n"
+    "    signal(k)\n"
+    "    d, got = hashlib.sha256(), 0\n"
+    "    with open(t, 'rb') as f:\n"
+    "        while got < n:\n"
+    "            b = f.read(min(1 << 20, n - got))\n"
+    "            if b:\n"
+    "                d.update(b)\n"
+    "                got += len(b)\n"
+    "            else:\n"
+    "                poll(0.05)\n"
+    "        if f.read(1):\n"
+    "            got = -1\n"
+    "    g = d.hexdigest() if got == n else 'too-long'\n"
+    "    if g != w:\n"
+    "        print('bad', g, flush=True)\n"
+    "        continue\n"
+    "    os.chmod(t, m)\n"
+    "    dd, base = os.path.dirname(s) or '.', os.path.basename(s)\n"
+    "    for x in os.listdir(dd):\n"
+    "        if x.startswith(base) and x != os.path.basename(t):\n"
+    "            try:\n"
+    "                os.remove(os.path.join(dd, x))\n"
+    "            except OSError:\n"
+    "                pass\n"
+    "    print('ok', flush=True)\n"
 )
 
 # Fresh pushes have nothing to hash: answer in sh and skip the python start-up (slow on small boards).
@@ -137,7 +153,7 @@ class TransferResult:
     seconds: float
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     local: Path
     remote: str
@@ -182,6 +198,11 @@ def upload_many(conn: Connection, files: Sequence[tuple[str | os.PathLike, str]]
     items = [_prepare(Path(local), remote, mode) for local, remote in files]
     if not items:
         return []
+    seen: set[str] = set()
+    for it in items:
+        if it.remote in seen:
+            raise DeployerError(f"{conn.board.where}: {it.remote} is the target of two uploads in one push")
+        seen.add(it.remote)
     _query_state(conn, items)
     todo = [it for it in items if it.remote_sha != it.sha256]
     for it in items:
@@ -189,8 +210,8 @@ def upload_many(conn: Connection, files: Sequence[tuple[str | os.PathLike, str]]
             _plan_resume(it)
         elif progress:
             progress(it.remote, it.size, it.size)
-    for it in todo:
-        _send(conn, it, progress)
+    if todo:
+        _send_all(conn, todo, progress)
     unverified = [it for it in todo if not it.verified]
     if unverified:                     # the board had no python to hash while uploading
         _verify(conn, unverified)
@@ -295,59 +316,90 @@ def _plan_resume(it: _Item) -> None:
         it.resumed_from = it.part_size
 
 
-def _send(conn: Connection, it: _Item, progress: ProgressFn | None) -> None:
-    sftp = conn.sftp
-    offset = it.resumed_from
-    if progress:
-        progress(it.remote, offset, it.size)
+def _send_all(conn: Connection, items: list[_Item], progress: ProgressFn | None) -> None:
+    """Upload every item to its temp name; the board hashes each one while it arrives."""
     follower: list = []
-    starter = None
+    # starting a remote process costs a round trip plus a fork and a python start-up (seconds on
+    # an emulated board): do it on a thread while the SFTP session opens and the writes flow
+    starter = threading.Thread(target=_start_follower, args=(conn, items, follower), daemon=True)
+    starter.start()
+    it = items[0]
     try:
-        with open(it.local, "rb") as src:
-            src.seek(offset)
-            f = sftp.open(it.tmp, "r+b" if offset else "wb")     # truncation happens before the follower starts
-            try:
-                # starting a remote process costs a round trip plus a fork (most of a second on an
-                # emulated board): do it on a thread while the writes flow
-                starter = threading.Thread(target=_start_follower, args=(conn, it, follower), daemon=True)
-                starter.start()
-                _pipelined_write(sftp, f.handle, src, offset, it, progress)
-            finally:
-                f.close()
-                starter.join()
-        if not follower or isinstance(follower[0], BaseException):
-            raise follower[0] if follower else RemoteError(f"{conn.board.where}: could not start the hash check")
-        lines = iter(follower[0])
-        answer = next(lines, "no answer")
-        for _ in lines:      # let it exit by itself: killing costs another remote process
-            pass
+        for k, it in enumerate(items):
+            _send_one(conn, it, k, starter, follower, progress)
+        starter.join()
+        stream = _follower(conn, follower)
+        lines = iter(stream)
+        answers = [next(lines, "no answer") for _ in items]
+        if answers[0] != "nopython":
+            for _ in lines:          # let it exit by itself: killing costs another remote process
+                pass
     except FileNotFoundError as e:
+        _stop_follower(starter, follower)
         raise DeployerError(f"{conn.board.where}: cannot create {it.tmp}: {e}") from None
     except PermissionError:
+        _stop_follower(starter, follower)
         raise DeployerError(f"{conn.board.where}: permission denied writing {it.tmp}",
                             hint="pick a runtime_dir the login user can write") from None
     except (OSError, EOFError, paramiko.SSHException, RemoteError) as e:
-        if starter is not None:
-            starter.join()
-        if follower and not isinstance(follower[0], BaseException):
-            follower[0].close()
+        _stop_follower(starter, follower)
         if conn.lost():
             raise conn.dropped(
                 f"uploading {it.remote} ({it.resumed_from + it.sent} of {it.size} bytes sent; re-run to resume)"
             ) from None
         raise RemoteError(f"{conn.board.where}: uploading {it.remote} failed: {e}") from None
-    if answer == "ok":
-        it.verified = True
-    elif answer != "nopython":
-        _discard(conn, it)
-        raise _mismatch(conn, it, answer.split()[-1])
+    except BaseException:
+        _stop_follower(starter, follower)
+        raise
+    if answers[0] == "nopython":
+        return                       # _verify checks them afterwards with sh + sha256sum
+    for it, answer in zip(items, answers):
+        if answer == "ok":
+            it.verified = True
+        else:
+            for other in items:
+                _discard(conn, other)
+            raise _mismatch(conn, it, answer.split()[-1])
 
 
-def _start_follower(conn: Connection, it: _Item, out: list) -> None:
+def _send_one(conn: Connection, it: _Item, k: int, starter: threading.Thread, follower: list,
+              progress: ProgressFn | None) -> None:
+    sftp = conn.sftp
+    offset = it.resumed_from
+    if progress:
+        progress(it.remote, offset, it.size)
+    with open(it.local, "rb") as src:
+        src.seek(offset)
+        f = sftp.open(it.tmp, "r+b" if offset else "wb")
+        try:
+            if k == 0:
+                starter.join()
+            stream = _follower(conn, follower)
+            stream.send(f"{k}\n".encode())       # truncated (or resumed) now: the board may read it
+            _pipelined_write(sftp, f.handle, src, offset, it, progress)
+        finally:
+            f.close()
+
+
+def _follower(conn: Connection, follower: list):
+    if not follower:
+        raise RemoteError(f"{conn.board.where}: could not start the on-board hash check")
+    if isinstance(follower[0], BaseException):
+        raise follower[0]
+    return follower[0]
+
+
+def _stop_follower(starter: threading.Thread, follower: list) -> None:
+    starter.join()
+    if follower and not isinstance(follower[0], BaseException):
+        follower[0].close()
+
+
+def _start_follower(conn: Connection, items: list[_Item], out: list) -> None:
+    args = [a for it in items for a in (_dash(it.tmp), str(it.size), it.sha256, f"{it.mode:o}", _dash(it.stale_prefix))]
     try:
         out.append(conn.stream(
-            ["sh", "-c", _DISPATCH + "echo nopython", "sh", _FOLLOW_PY, conn.board.python,
-             _dash(it.tmp), str(it.size), it.sha256, f"{it.mode:o}", _dash(it.stale_prefix)], check=False))
+            ["sh", "-c", _DISPATCH + "echo nopython", "sh", _FOLLOW_PY, conn.board.python, *args], check=False))
     except BaseException as e:  # handed to the uploading thread
         out.append(e)
 

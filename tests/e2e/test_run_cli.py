@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.runner import tiny_models  # noqa: F401  (fixture)
+from tests.fixtures.runner import require_cached_wheels, tiny_models  # noqa: F401  (fixture)
 
 DEPLOYER = [str(Path(sys.executable).with_name("deployer"))]
 
@@ -22,6 +22,7 @@ def deployer(*args: str, cwd: Path | None = None, env: dict | None = None, timeo
 
 @pytest.mark.sshd
 def test_run_json_and_results_file(sshd, tiny_models, tmp_path: Path) -> None:
+    require_cached_wheels("x86_64")
     p = deployer("run", "loop", "--targets", str(sshd.targets), "--param", str(tiny_models.int8_param),
                  "--bin", str(tiny_models.int8_bin), "-n", "4", "--warmup", "1", "--json", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
@@ -35,6 +36,7 @@ def test_run_json_and_results_file(sshd, tiny_models, tmp_path: Path) -> None:
     import ncnn
 
     assert out["options"]["threads"] == ncnn.get_physical_big_cpu_count() and out["options"]["fp16"] is True
+    assert out["probe"]["glibc"] and out["probe"]["wheel_arch"] == "x86_64" and "models" not in out["probe"]
     saved = Path(out["saved_to"])
     assert not saved.is_absolute() and saved.parts[:2] == ("results", "loop")
     assert json.loads((tmp_path / saved).read_text())["samples_ms"] == out["samples_ms"]
@@ -42,6 +44,7 @@ def test_run_json_and_results_file(sshd, tiny_models, tmp_path: Path) -> None:
 
 @pytest.mark.sshd
 def test_push_then_human_run(sshd, tiny_models, tmp_path: Path) -> None:
+    require_cached_wheels("x86_64")
     p = deployer("push", "loop", "--targets", str(sshd.targets), "--param", str(tiny_models.fp32_param),
                  "--bin", str(tiny_models.fp32_bin), "--json")
     assert p.returncode == 0, p.stderr
@@ -109,11 +112,13 @@ def test_runtime_list_json(tmp_path: Path) -> None:
 @pytest.mark.boards
 @pytest.mark.slow
 def test_run_a_group_of_emulated_boards(sim_boards, tiny_models, tmp_path: Path) -> None:
+    require_cached_wheels("aarch64", "armv7l")
     groups = tmp_path / "groups.yaml"
     groups.write_text(f"groups:\n  arm: [{sim_boards.pi4}, {sim_boards.armhf}]\n")
     p = deployer("run", "arm", "--targets", str(sim_boards.targets), "--targets", str(groups),
                  "--param", str(tiny_models.int8_param), "--bin", str(tiny_models.int8_bin),
-                 "-n", "3", "--warmup", "1", "--threads", "1", "--no-fp16", "--json", cwd=tmp_path, timeout=300)
+                 "-n", "3", "--warmup", "1", "--threads", "1", "--no-fp16", "--compare", "--json", cwd=tmp_path,
+                 timeout=300)
     assert p.returncode == 0, p.stderr
     boards = json.loads(p.stdout)["boards"]
     assert [b["board"] for b in boards] == [sim_boards.pi4, sim_boards.armhf]
@@ -121,10 +126,14 @@ def test_run_a_group_of_emulated_boards(sim_boards, tiny_models, tmp_path: Path)
     assert all(b["count"] == 3 and b["cpu"] for b in boards)
     for b in boards:
         assert (tmp_path / b["saved_to"]).is_file()
+        # the host ran the same runner on x86: ARM int8 output within 1e-6 of it
+        assert b["host_compare"]["max_abs_diff"] <= 1e-6 and b["host_compare"]["count"] == 10
+        assert "output" not in b  # --compare alone does not dump the tensor
 
 
 @pytest.mark.sshd
 def test_ctrl_c_on_the_host_stops_the_board(sshd, tiny_models, tmp_path: Path) -> None:
+    require_cached_wheels("x86_64")
     import signal
     import time
 
@@ -152,8 +161,29 @@ def test_ctrl_c_on_the_host_stops_the_board(sshd, tiny_models, tmp_path: Path) -
 
 @pytest.mark.sshd
 def test_human_output(sshd, tiny_models, tmp_path: Path) -> None:
+    require_cached_wheels("x86_64")
     p = deployer("run", "loop", "--targets", str(sshd.targets), "--param", str(tiny_models.int8_param),
                  "--bin", str(tiny_models.int8_bin), "-n", "3", "--threads", "1", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "median" in p.stdout and "loop" in p.stdout
     assert "threads 1" in p.stderr and "results/loop/" in p.stderr
+
+
+@pytest.mark.sshd
+def test_group_keeps_going_past_a_dead_board(sshd, tiny_models, tmp_path: Path) -> None:
+    require_cached_wheels("x86_64")
+    from tests.fixtures.sshd import free_port
+
+    extra = tmp_path / "fleet.yaml"
+    extra.write_text(
+        f"boards:\n  dead:\n    host: 127.0.0.1\n    port: {free_port()}\n    user: {sshd.user}\n"
+        f"    key: {sshd.client_key}\n    known_hosts: {sshd.known_hosts}\n    retries: 0\n    timeout: 2\n"
+        "groups:\n  fleet: [dead, loop]\n")
+    p = deployer("run", "fleet", "--targets", str(sshd.targets), "--targets", str(extra), "--param",
+                 str(tiny_models.int8_param), "--bin", str(tiny_models.int8_bin), "-n", "2", "--threads", "1",
+                 "--json", cwd=tmp_path)
+    assert p.returncode == 3, p.stderr
+    dead, loop = json.loads(p.stdout)["boards"]
+    assert dead["ok"] is False and dead["board"] == "dead" and "Connection refused" in dead["error"]
+    assert loop["ok"] is True and loop["count"] == 2
+    assert [ln for ln in p.stderr.splitlines() if ln.startswith("error:")][0].startswith("error: board 'dead'")

@@ -20,6 +20,8 @@ from PIL import Image
 from deployer.quant.methods import kl_threshold_bin
 from deployer.quant.table import read_table
 from tests.fixtures.calib import two_input_model, write_images, write_npys
+# Fixtures, until tests/fixtures/calib.py is registered in tests/conftest.py (harmless after).
+from tests.fixtures.calib import calib_images, calib_tiny  # noqa: F401
 
 f32 = np.float32
 MEAN = "[104,117,123]"

@@ -6,6 +6,7 @@ Kept small for emulation (80-170x slower than native): inputs <= 64x64, <= 10 it
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -15,9 +16,14 @@ import pytest
 from deployer.errors import RemoteError
 from deployer.remote import runner
 from deployer.remote.session import RunOptions, open_session
-from tests.fixtures.runner import host_output, tiny_models, wide_models  # noqa: F401  (fixtures)
+from tests.fixtures.runner import host_output, require_cached_wheels, tiny_models, wide_models  # noqa: F401
 
 pytestmark = [pytest.mark.boards, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _wheels() -> None:
+    require_cached_wheels("aarch64", "armv7l")
 
 
 def _board(sim_boards, attr: str):
@@ -159,3 +165,5 @@ def test_board_dropping_the_connection_is_a_clear_error(sim_boards, wide_models)
     assert err.value.exit_code == 3
     msg = str(err.value)
     assert board.name in msg and "connection lost" in msg and "\n" not in msg
+    m = re.search(r"after (\d+) timed iteration", msg)
+    assert m and int(m.group(1)) >= 2  # lines already received are counted

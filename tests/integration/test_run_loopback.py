@@ -8,26 +8,25 @@ streaming, Ctrl-C, dropped links, runner errors, results files.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
 import pytest
 
 from deployer.errors import DeployerError, RemoteError
-from deployer.remote import runner, runtime as rt
+from deployer.remote import runner
 from deployer.remote.session import RunOptions, open_session, run_boards
-from tests.fixtures.runner import host_output, tiny_models  # noqa: F401  (fixture)
+from tests.fixtures.runner import host_output, require_cached_wheels, tiny_models  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.sshd
 
 
 @pytest.fixture(scope="module")
 def loop(sshd):
-    plat = rt.WheelPlatform("x86_64", (3, int(os.popen("python3 -c 'import sys;print(sys.version_info[1])'").read())))
-    try:
-        rt.select_wheel(plat)
-    except DeployerError as err:
-        pytest.skip(f"host wheel cache lacks the x86_64 ncnn wheel: {err}")
+    """The loopback board runs the system python3 (Debian's), so it needs that Python's x86_64 wheel."""
+    minor = int(os.popen("python3 -c 'import sys;print(sys.version_info[1])'").read())
+    require_cached_wheels("x86_64", python=(3, minor))
     inv = sshd.inventory()
     return inv, inv.board("loop")
 
@@ -120,6 +119,8 @@ def test_dropped_connection_is_one_clear_error(loop, sshd, tiny_models) -> None:
         session.run(opts)
     assert err.value.exit_code == 3
     assert "loop" in str(err.value) and "connection lost" in str(err.value)
+    m = re.search(r"after (\d+) timed iteration", str(err.value))
+    assert m and int(m.group(1)) >= 2  # lines already received are counted
     deadline = time.monotonic() + 10
     while runner_pids() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -21,12 +21,14 @@ def test_stream_close_kills_the_process_group_on_an_arm_board(sim_boards) -> Non
         with c.stream(["sh", "-c", "sleep 3201 & echo started; sleep 3202"]) as s:
             assert next(iter(s)) == "started"
             assert s.pgid and s.pgid > 1
-            assert count_sleeps(c) == "2"
-        assert count_sleeps(c) == "0"
+            assert group_size(c, s.pgid) == 3          # sh + two sleeps
+        assert group_size(c, s.pgid) == 0
 
 
-def count_sleeps(c) -> str:
-    return c.run(["sh", "-c", "ps -eo args= | grep -c 'sleep 320[12]' || true"]).stdout.strip()
+def group_size(c, pgid: int) -> int:
+    """Live (non-zombie) processes of a process group on the board."""
+    out = c.run(["ps", "-eo", "pgid=,stat="], check=True).stdout
+    return sum(1 for line in out.splitlines() if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z"))
 
 
 def test_upload_to_an_arm_board_is_verified_there_and_skipped_next_time(sim_boards, tmp_path: Path) -> None:

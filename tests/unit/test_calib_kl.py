@@ -16,6 +16,7 @@ import pytest
 from deployer.quant.collect import histogram
 from deployer.quant.methods import (KLMethod, kl_divergence_f32, kl_divergences, kl_threshold_bin,
                                     normalized)
+from tests.fixtures.calib import calib_images, calib_tiny  # noqa: F401  (until registered in conftest)
 
 f32 = np.float32
 EPS = f32(0.0001)

@@ -74,6 +74,7 @@ def test_line_protocol_first_board_last_stats(tiny_models) -> None:
     assert stats["min_ms"] == min(samples) and stats["max_ms"] == max(samples)
     assert stats["shape"] == [32, 32, 3]  # read from the Input layer when --shape is omitted
     assert stats["input_blob"] == "in0" and stats["output_blob"] == "out0"
+    assert stats["peak_rss_kb"] > 10_000  # python + ncnn: tens of MB
 
 
 @pytest.mark.parametrize("int8", [True, False])

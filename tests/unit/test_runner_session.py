@@ -120,6 +120,31 @@ def test_save_result_is_atomic_and_named_by_board_and_time(tmp_path: Path) -> No
         save_result(r, tmp_path)
 
 
+def test_compare_outputs() -> None:
+    from deployer.remote.session import compare_outputs
+
+    same = compare_outputs({"shape": [3], "values": [1.0, -2.0, 0.5]}, {"shape": [3], "values": [1.0, -2.0, 0.5]})
+    assert same["identical"] and same["max_abs_diff"] == 0.0 and same["cosine"] == 1.0
+    off = compare_outputs({"shape": [2], "values": [1.0, 2.0]}, {"shape": [2], "values": [1.0, 2.5]})
+    assert not off["identical"] and off["max_abs_diff"] == 0.5 and off["max_rel_diff"] == pytest.approx(0.2)
+    assert off["cosine"] == pytest.approx((1 + 5) / ((1 + 4) ** 0.5 * (1 + 6.25) ** 0.5))
+    assert "shape [2] on the board vs [3]" in compare_outputs({"shape": [2], "values": [1.0, 2.0]},
+                                                              {"shape": [3], "values": [1.0, 2.0, 3.0]})["error"]
+
+
+def test_warnings_for_unstable_clocks() -> None:
+    r = RunResult(board="pi", started_at="", facts={"cpufreq": [{"governor": "ondemand"}, {"governor": "ondemand"}],
+                                                    "throttled": "0x0"},
+                  options={}, samples_ms=[1.0], stats=None, partial=False, runtime={}, model={},
+                  end_state={"throttled": "0x50005", "thermal": [{"celsius": 82.5}]})
+    w = r.warnings()
+    assert any("governor ondemand" in x for x in w) and any("0x50005 after" in x for x in w)
+    assert any("82 C" in x for x in w) and not any("before" in x for x in w)
+    calm = RunResult(board="pi", started_at="", facts={"cpufreq": [{"governor": "performance"}]}, options={},
+                     samples_ms=[], stats=None, partial=False, runtime={}, model={})
+    assert calm.warnings() == []
+
+
 def test_sparkline() -> None:
     assert sparkline([]) == ""
     assert sparkline([1.0, 2.0, 3.0]) == "▁▅█"

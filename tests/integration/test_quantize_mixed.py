@@ -1,0 +1,65 @@
+"""Automatic mixed precision on a real model: meets a gate the all-int8 model misses, with few fp32 layers."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployer.check.net import NcnnNet
+from deployer.errors import DeployerError
+from deployer.profile import load_profile
+from deployer.quant.pipeline import run_quantize
+from tests.fixtures.quantize import rnet_quantized, write_profile  # noqa: F401
+
+
+def _out1_cosine(report: dict) -> float:
+    return report["heldout"]["outputs"]["out1"]["cosine"]
+
+
+def test_mixed_precision_meets_a_tighter_gate(tmp_path, rnet_quantized, mtcnn_rnet, lfw_calibration):
+    base = rnet_quantized[1].report
+    method = base["method"]
+    c0 = _out1_cosine(base)
+    if c0 > 0.9999:
+        pytest.skip(f"all-int8 RNet already has box cosine {c0}; no room for a tighter gate")
+    target = round(c0 + 0.3 * (1 - c0), 6)           # out of reach for all-int8, reachable with fp32 layers
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, tmp_path / "out",
+                            quantize={"method": method, "max_fp32_layers": 3},
+                            gate=[f"cosine@out1>={target}"])
+    result = run_quantize(load_profile(profile))
+    report = result.report
+    mixed = report["mixed"]
+    assert mixed["ran"] is True
+    assert report["gate"]["passed"] is True, mixed
+    auto = report["keep_fp32"]["auto"]
+    assert 1 <= len(auto) <= 3
+    assert set(auto) <= set(report["fp32_layers"])
+    assert _out1_cosine(report) >= target > c0
+    # the cost is reported and real: fp32 (fp16-stored) weights are bigger than int8 ones
+    assert report["sizes"]["mixed_cost_bytes"] == report["sizes"]["int8_bin"] - report["sizes"]["all_int8_bin"] > 0
+    assert result.paths.bin.stat().st_size == report["sizes"]["int8_bin"]
+    # the sensitivity ranking is recorded, best first
+    benefits = [row["benefit"] for row in mixed["sensitivity"]]
+    assert benefits == sorted(benefits, reverse=True)
+    # the written model is the mixed one: stock ncnn loads it, and the kept layers have no int8 term
+    NcnnNet(result.paths.param, result.paths.bin)
+    from deployer.ncnn.param import read_param
+
+    graph = read_param(result.paths.param)
+    assert all(int(graph.layer(n).get(8, 0)) == 0 for n in auto)
+
+
+def test_unreachable_gate_keeps_all_int8_and_fails(tmp_path, mtcnn_rnet, lfw_calibration):
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, tmp_path / "out",
+                            quantize={"method": "maxabs", "max_fp32_layers": 1}, gate=["max_abs<=0"])
+    report = run_quantize(load_profile(profile)).report
+    assert report["gate"]["passed"] is False
+    assert report["mixed"]["ran"] is True and report["mixed"]["passed"] is False
+    assert report["keep_fp32"]["auto"] == [] and report["sizes"]["mixed_cost_bytes"] == 0
+
+
+def test_gate_on_missing_output_is_an_input_error(tmp_path, mtcnn_rnet, lfw_calibration):
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, tmp_path / "out",
+                            quantize={"method": "maxabs"}, gate=["cosine@logits>=0.9"])
+    with pytest.raises(DeployerError, match=r"gate cosine@logits>=0.9: the model has no output 'logits'"):
+        run_quantize(load_profile(profile))
+    assert not (tmp_path / "out").exists()
