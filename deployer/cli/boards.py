@@ -191,6 +191,7 @@ def register(app: typer.Typer) -> None:
         input_file: Optional[Path] = typer.Option(None, "--input-file", help="raw float32 input (CHW)"),
         return_output: bool = typer.Option(False, "--return-output", help="include the output tensor"),
         compare: bool = typer.Option(False, "--compare", help="compare the board's output with the host's ncnn"),
+        idle_timeout: float = typer.Option(600.0, "--idle-timeout", help="kill the run after S seconds of silence"),
         ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="board wheel version (default: host's)"),
         results: Path = typer.Option(Path("results"), "--results", help="folder for results/<board>/<time>.json"),
         targets: Optional[List[Path]] = TargetsOpt,
@@ -205,6 +206,7 @@ def register(app: typer.Typer) -> None:
                             warmup=warmup, threads=threads, powersave=powersave, fp16=fp16, int8=int8,
                             input_blob=input_blob, output_blob=output_blob, fill=fill, seed=seed,
                             input_file=input_file, return_output=return_output, compare=compare,
+                            idle_timeout=idle_timeout,
                             ncnn_version=ncnn_version)
         boards = _boards(inventory, target)
         view = LiveView()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from deployer.cli.common import console, emit_json, handle_errors
@@ -14,16 +15,18 @@ def register(app: typer.Typer) -> None:
     app.command(
         name="ncnn2table",
         context_settings={"allow_extra_args": False},
+        # `\\[` keeps rich from reading the brackets as markup
         help="Calibrate an fp32 ncnn model and write an int8 calibration table (drop-in for ncnn2table). "
-             "PARAM BIN LIST[,LIST...] TABLE [key=value ...] or PARAM BIN TABLE [key=value ...] for a "
-             "weight-only table. Keys: mean=[..] norm=[..] shape=[w,h(,c)] pixel=BGR thread=N "
-             "method=kl|aciq|eq|maxabs|percentile|mse type=0|1 percentile=99.99",
+             "PARAM BIN LIST\\[,LIST...] TABLE \\[key=value ...] or PARAM BIN TABLE \\[key=value ...] for a "
+             "weight-only table. Keys: mean=\\[104,117,123] norm=\\[0.017,0.017,0.017] shape=\\[w,h(,c)] "
+             "pixel=RAW|RGB|BGR|GRAY|RGBA|BGRA thread=N method=kl|aciq|eq|maxabs|percentile|mse "
+             "type=0 (images)|1 (npy, shape in ncnn w,h,c order) percentile=99.99",
     )(ncnn2table)
 
 
 @handle_errors
 def ncnn2table(
-    args: list[str] = typer.Argument(..., metavar="PARAM BIN [LISTS] TABLE [key=value ...]"),
+    args: list[str] = typer.Argument(..., metavar="PARAM BIN LISTS TABLE KEY=VALUE..."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     from deployer.quant import ncnn2table as lib
@@ -55,7 +58,7 @@ def ncnn2table(
         })
         return
     for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
     for ls in result.layers:
         console.print(f"{ls.name:<40} : max = {ls.absmax:<15f}  threshold = {ls.threshold:<15f}  "
                       f"scale = {ls.input_scale:<15f}", soft_wrap=True, markup=False)

@@ -143,77 +143,91 @@ def forward(runner: Runner, job: CollectJob, i: int, blobs: Sequence[str]) -> li
     return [mat_view(extract(ex, b, job, i)).copy() for b in blobs]
 
 
-def histogram(values: np.ndarray, absmax: np.float32, out: np.ndarray) -> None:
+_CHUNK = 1 << 22
+
+
+def histogram(values: np.ndarray, absmax: np.float32, out: np.ndarray,
+              scratch: np.ndarray | None = None) -> None:
     """Add ncnn's histogram of |values| (already absolute) into `out` (2048 bins). Consumes `values`.
 
     ncnn: `min((int)(fabs(x) / absmax * 2048), 2047)` in float32, exact zeros skipped. Dividing by
     absmax/2048 gives the same float (scaling by a power of two commutes with rounding) in one pass.
+    Works in chunks through an int32 `scratch` buffer so no large temporaries are faulted in.
     """
     if values.size == 0 or absmax == 0:
         return
-    zeros = values.size - np.count_nonzero(values)
+    if scratch is None or scratch.size < min(values.size, _CHUNK):
+        scratch = np.empty(min(values.size, _CHUNK), np.int32)
     step = np.float32(absmax) / np.float32(NUM_BINS)
-    if np.isfinite(step) and step >= np.finfo(np.float32).tiny:
-        np.divide(values, step, out=values)
-    else:
-        np.divide(values, np.float32(absmax), out=values)
-        np.multiply(values, np.float32(NUM_BINS), out=values)
-    idx = values.astype(np.int32)
-    counts = np.bincount(idx, minlength=NUM_BINS + 1)
-    counts[NUM_BINS - 1] += counts[NUM_BINS:].sum()
+    exact_step = bool(np.isfinite(step) and step >= np.finfo(np.float32).tiny)
+    counts = np.zeros(NUM_BINS + 1, np.int64)
+    zeros = 0
+    for start in range(0, values.size, _CHUNK):
+        chunk = values[start:start + _CHUNK]
+        zeros += chunk.size - np.count_nonzero(chunk)
+        if exact_step:
+            np.divide(chunk, step, out=chunk)
+        else:
+            np.divide(chunk, np.float32(absmax), out=chunk)
+            np.multiply(chunk, np.float32(NUM_BINS), out=chunk)
+        idx = scratch[:chunk.size]
+        np.copyto(idx, chunk, casting="unsafe")          # truncation toward zero, like (int)
+        counts += np.bincount(idx, minlength=NUM_BINS + 1)[:NUM_BINS + 1]
+    counts[NUM_BINS - 1] += counts[NUM_BINS]
     counts[0] -= zeros
     out += counts[:NUM_BINS].astype(np.uint64)
 
 
 class _Arena:
-    """One pre-populated float32 buffer for the kept |x|: faulting pages in one by one costs more
-    than a forward on VMs, MAP_POPULATE maps them in bulk."""
+    """Kept |x| for one worker, laid out [blob][input] so each blob is histogrammed in one call.
 
-    def __init__(self, elements: int) -> None:
+    Pre-populated in bulk (MAP_POPULATE): faulting the pages in one by one costs more than a
+    forward on VMs.
+    """
+
+    def __init__(self, sizes: Sequence[int], count: int) -> None:
         import mmap
 
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-        self._mm = mmap.mmap(-1, max(elements, 1) * 4, flags=flags)
-        self.data = np.frombuffer(self._mm, np.float32)
-        self.used = 0
-
-    def take(self, n: int) -> np.ndarray:
-        out = self.data[self.used:self.used + n]
-        self.used += n
-        return out
+        self._mm = mmap.mmap(-1, max(sum(sizes) * count, 1) * 4, flags=flags)
+        data = np.frombuffer(self._mm, np.float32)
+        self.blobs: list[np.ndarray] = []
+        offset = 0
+        for size in sizes:
+            self.blobs.append(data[offset:offset + size * count].reshape(count, size))
+            offset += size * count
 
 
 class _Collector:
     """One worker's share: pass 1 (absmax, keep |x|), then pass 2 (histograms)."""
 
-    def __init__(self, job: CollectJob, indices: list[int], keep_elements: int | None,
+    def __init__(self, job: CollectJob, indices: list[int], keep_sizes: Sequence[int] | None,
                  progress: Callable[[int], None] | None = None) -> None:
         self.job = job
         self.indices = indices
         self.progress = progress
         self.runner = Runner(job.param_path, job.bin_path)
-        self.arena = _Arena(keep_elements) if keep_elements is not None else None
-        self.kept: list[tuple[int, np.ndarray]] = []
+        self.arena = _Arena(keep_sizes, len(indices)) if keep_sizes is not None else None
         self.absmax = np.zeros(len(job.blobs), np.float32)
         self.totals = np.zeros(len(job.blobs), np.int64)
         self.last_index = -1
 
     def pass1(self, want_hist: bool) -> None:
         keep = want_hist and self.arena is not None
-        for i in self.indices:
+        for k, i in enumerate(self.indices):
             ex = feed(self.runner, self.job, i)
             for b, blob in enumerate(self.job.blobs):
                 mat = extract(ex, blob, self.job, i)
                 v = mat_view(mat)
                 if v.size:
                     self.absmax[b] = max(self.absmax[b], v.max(), -v.min())
-                    if keep:
-                        if self.arena.used + v.size > self.arena.data.size:
-                            raise DeployerError(f"blob {blob} changed size between inputs; "
-                                                "all calibration inputs must give the same shapes")
-                        dst = self.arena.take(v.size)
-                        np.abs(v, out=dst)
-                        self.kept.append((b, dst))
+                if keep:
+                    dst = self.arena.blobs[b][k]
+                    if v.size != dst.size:
+                        raise DeployerError(f"{self.job.where(i)}: blob {blob} has {v.size} values but "
+                                            f"{dst.size} for the first input; with a fixed shape= every "
+                                            "input must give the same blob shapes")
+                    np.abs(v, out=dst)
                 self.totals[b] = v.size
                 del mat, v
             del ex
@@ -223,23 +237,24 @@ class _Collector:
 
     def pass2(self, absmax: np.ndarray) -> np.ndarray:
         hist = np.zeros((len(self.job.blobs), NUM_BINS), np.uint64)
+        scratch = np.empty(_CHUNK, np.int32)
         if self.arena is not None:
-            for b, arr in self.kept:
-                histogram(arr, absmax[b], hist[b])
-            self.kept.clear()
+            for b, arr in enumerate(self.arena.blobs):
+                histogram(arr.reshape(-1), absmax[b], hist[b], scratch)
+            self.arena = None
             return hist
-        scratch = np.empty(0, np.float32)
+        buf = np.empty(0, np.float32)
         for i in self.indices:
             ex = feed(self.runner, self.job, i)
             for b, blob in enumerate(self.job.blobs):
                 mat = extract(ex, blob, self.job, i)
                 v = mat_view(mat)
-                if scratch.size < v.size:
-                    scratch = np.empty(v.size, np.float32)
-                buf = scratch[:v.size]
-                np.abs(v, out=buf)
+                if buf.size < v.size:
+                    buf = np.empty(v.size, np.float32)
+                absv = buf[:v.size]
+                np.abs(v, out=absv)
                 del mat, v
-                histogram(buf, absmax[b], hist[b])
+                histogram(absv, absmax[b], hist[b], scratch)
             del ex
             if self.progress:
                 self.progress(1)
@@ -258,11 +273,11 @@ def _tune_malloc() -> None:
         pass
 
 
-def _worker_main(conn, job: CollectJob, indices: list[int], per_input: int | None, want_hist: bool) -> None:
+def _worker_main(conn, job: CollectJob, indices: list[int], keep_sizes: list[int] | None,
+                 want_hist: bool) -> None:
     try:
         _tune_malloc()
-        keep = per_input * len(indices) if per_input is not None else None
-        col = _Collector(job, indices, keep, progress=lambda n: conn.send(("progress", n)))
+        col = _Collector(job, indices, keep_sizes, progress=lambda n: conn.send(("progress", n)))
         col.pass1(want_hist)
         conn.send(("pass1", col.absmax, col.totals, col.last_index))
         if want_hist:
@@ -305,15 +320,17 @@ def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
     nblobs = len(job.blobs)
     workers = max(1, min(threads, n // _MIN_FILES_PER_WORKER))
 
-    # One probe forward tells how much memory keeping |x| would take.
-    per_input: int | None = None
-    if histograms:
+    # Keeping |x| needs every input to give the same blob sizes (a fixed resize or npy) and the
+    # whole set to fit the budget; one probe forward tells the sizes.
+    keep_sizes: list[int] | None = None
+    fixed = all(s.file_type == 1 or (s.shape[0] > 0 and s.shape[1] > 0) for s in job.specs)
+    if histograms and fixed:
         probe = Runner(job.param_path, job.bin_path)
-        size = sum(v.size for v in forward(probe, job, 0, job.blobs))
+        sizes = [v.size for v in forward(probe, job, 0, job.blobs)]
         del probe
-        if size * 4 * n <= memory_budget:
-            per_input = size
-    total_steps = n * (1 if per_input is not None or not histograms else 2)
+        if sum(sizes) * 4 * n <= memory_budget:
+            keep_sizes = sizes
+    total_steps = n * (1 if keep_sizes is not None or not histograms else 2)
     done = 0
 
     def tick(k: int) -> None:
@@ -323,10 +340,11 @@ def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
             progress(done, total_steps)
 
     if workers == 1:
-        col = _Collector(job, list(range(n)), per_input * n if per_input is not None else None, tick)
+        col = _Collector(job, list(range(n)), keep_sizes, tick)
         col.pass1(histograms)
         hist = col.pass2(col.absmax) if histograms else None
-        stats = ActivationStats(list(job.blobs), col.absmax, hist, col.totals, n, per_input is None)
+        stats = ActivationStats(list(job.blobs), col.absmax, hist, col.totals, n,
+                                histograms and keep_sizes is None)
         if histograms:
             for fn in per_histogram:
                 stats.derived[fn_key(fn)] = np.array([fn(r) for r in hist])
@@ -338,7 +356,7 @@ def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
         for w in range(workers):
             parent, child = ctx.Pipe()
             indices = list(range(w, n, workers))
-            p = ctx.Process(target=_worker_main, args=(child, job, indices, per_input, histograms),
+            p = ctx.Process(target=_worker_main, args=(child, job, indices, keep_sizes, histograms),
                             daemon=True)
             p.start()
             child.close()
@@ -358,7 +376,8 @@ def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
             hist = np.zeros((nblobs, NUM_BINS), np.uint64)
             for _, h in _gather(conns, "pass2", tick):
                 hist += h
-        stats = ActivationStats(list(job.blobs), absmax, hist, totals, n, per_input is None)
+        stats = ActivationStats(list(job.blobs), absmax, hist, totals, n,
+                                histograms and keep_sizes is None)
         if histograms:
             for fn in per_histogram:
                 # interleave blobs so each worker gets early and late layers alike

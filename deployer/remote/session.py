@@ -57,6 +57,7 @@ class RunOptions:
     input_file: Path | None = None
     return_output: bool = False
     compare: bool = False            # also run the host's ncnn on the same input and report the difference
+    idle_timeout: float = 600.0      # seconds without a line from the runner before it is killed as hung
     ncnn_version: str | None = None  # wheel version on the board; default = the host's ncnn
 
 
@@ -152,6 +153,8 @@ def _check_local(opts: RunOptions) -> list[Path]:
         raise DeployerError("--iterations must be at least 1")
     if opts.duration is not None and opts.duration <= 0:
         raise DeployerError("--duration must be positive (seconds)")
+    if opts.idle_timeout <= 0:
+        raise DeployerError("--idle-timeout must be positive (seconds)")
     if opts.warmup < 0:
         raise DeployerError("--warmup must be 0 or more")
     if opts.threads is not None and opts.threads < 1:
@@ -335,7 +338,7 @@ class Session:
         _emit(self.on_event, self.name, {"type": "stage", "stage": "run"})
         model = {"param": {"path": str(opts.param), "sha256": _sha256(Path(opts.param))},
                  "bin": {"path": str(opts.bin), "sha256": _sha256(Path(opts.bin))}}
-        stream = self.conn.stream(argv, check=False)
+        stream = self.conn.stream(argv, check=False, idle_timeout=opts.idle_timeout)
         with stream:
             result = self._collect(self._guard(stream), started, asdict(pushed.runtime), model)
         result.probe = _probe_summary(self.platform_facts)

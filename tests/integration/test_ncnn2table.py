@@ -360,3 +360,21 @@ def test_eq_int8_simulation_equals_ncnn_int8_layer(tmp_path, calib_tiny, calib_i
         np.testing.assert_allclose(sim, got, rtol=1e-5, atol=1e-5 * float(np.abs(got).max()))
         # and int8 really differs from fp32 (the test would be empty otherwise)
         assert not np.allclose(got, y.reshape(-1), rtol=1e-6, atol=0)
+
+
+def test_unresized_images_of_different_sizes(tmp_path, calib_tiny, calib_images):
+    """shape=[0,0] keeps each image's own size (the fully-convolutional+gap model accepts any):
+    blob sizes vary per input, so statistics come from two passes; workers agree with one process."""
+    from deployer.quant.ncnn2table import Calibrator, read_lists
+    from deployer.quant.preprocess import InputSpec
+    from deployer.quant.weights import load_model
+
+    model = load_model(calib_tiny.param, calib_tiny.bin)
+    spec = InputSpec((0, 0, 3), (104.0, 117.0, 123.0), (0.017,) * 3, 2)
+    inputs = read_lists([calib_images])
+    one = Calibrator(model, [spec], inputs, threads=1).stats()
+    two = Calibrator(model, [spec], inputs, threads=2).stats()
+    assert one.two_pass and two.two_pass
+    assert np.array_equal(one.histograms, two.histograms) and np.array_equal(one.absmax, two.absmax)
+    sizes = {Image.open(f).size for f in Path(calib_images).read_text().split()}
+    assert len(sizes) > 1

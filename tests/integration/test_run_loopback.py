@@ -135,3 +135,27 @@ def test_runner_error_names_board_and_blob(loop, tiny_models) -> None:
         session.run(opts)
     assert type(err.value) is DeployerError
     assert "loop: runner: ValueError: output blob 'prob' is not a blob" in str(err.value)
+
+
+def test_silent_runner_is_killed_after_the_idle_timeout(loop, wide_models_host) -> None:
+    """One inference longer than the idle timeout: the board process is killed, one clear error."""
+    inv, board = loop
+    opts = RunOptions(param=wide_models_host.int8_param, bin=wide_models_host.int8_bin, shape="1024,1024,3",
+                      iterations=1, warmup=1, threads=1, idle_timeout=1.0)
+    conn, session = open_session(board, inventory=inv)
+    t0 = time.monotonic()
+    with conn, pytest.raises(RemoteError) as err:
+        session.run(opts)
+    assert time.monotonic() - t0 < 30
+    assert "printed nothing for 1 s" in str(err.value) and "loop" in str(err.value)
+    deadline = time.monotonic() + 10
+    while runner_pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runner_pids() == []
+
+
+@pytest.fixture(scope="module")
+def wide_models_host(tmp_path_factory):
+    from tests.fixtures.runner import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("wide_host"), size=64, widths=(64, 128))
