@@ -30,6 +30,6 @@ deployer push sim-1 --param "$BUILD/mobilenet_v2_int8/mobilenet_v2_int8.param" \
 
 step "6/6 run on sim-1 (NEON int8 under qemu-user: expect ~seconds per inference), timing streamed live"
 deployer run sim-1 --param "$BUILD/mobilenet_v2_int8/mobilenet_v2_int8.param" \
-    --bin "$BUILD/mobilenet_v2_int8/mobilenet_v2_int8.bin" --shape 224,224,3 --iterations 8 --warmup 1 --threads 1
+    --bin "$BUILD/mobilenet_v2_int8/mobilenet_v2_int8.bin" --shape 224,224,3 --iterations 8 --warmup 1 --threads 1 --no-fp16 --compare
 
 printf '\nDone. The board stays up for more runs: `deployer sim status`, `deployer sim down` to stop it.\n' >&2

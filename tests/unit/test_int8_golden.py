@@ -134,11 +134,11 @@ def _sha(p: Path) -> str:
 
 
 GRAPH_CASES = {  # table variant -> (sha256 of ncnn2int8's .bin, expected 8= per layer)
-    "full": ("GRAPH_FULL", {"conv1": 102, "conv2": 102, "dw1": 101, "conv3a": 2, "conv3b": 2, "conv4": 2, "fc": 2}),
-    "drop": ("GRAPH_DROP", {"conv1": 2, "conv2": 0, "dw1": 1, "conv3a": 2, "conv3b": 0, "conv4": 2, "fc": 2}),
-    "none": ("GRAPH_NONE", {}),
+    "full": ("617f49b35a0651c0c09a9337977d6f1a5295875fa4ae2b778a85daff15dac363", {"conv1": 102, "conv2": 102, "dw1": 101, "conv3a": 2, "conv3b": 2, "conv4": 2, "fc": 2}),
+    "drop": ("7729e7e96eeaecefc2686e21916913af67264c8aa32ccb2c8e485ca589966592", {"conv1": 2, "conv2": 0, "dw1": 1, "conv3a": 2, "conv3b": 0, "conv4": 2, "fc": 2}),
+    "none": ("f9b1632bf4692bdc838ad4b602cb4ca51134b179b72a383cb6294450aa8bdc7c", {}),
 }
-EDGE_SHA = "EDGE_SHA"
+EDGE_SHA = "bce8db6ba29a8a9f6bc0df8170f5b10ec3112860071fee596399786e7e112278"
 
 
 @pytest.mark.parametrize("variant", sorted(GRAPH_CASES))
