@@ -84,6 +84,7 @@ class MethodResult:
     bin_bytes: int | None = None
     bin_ratio: float | None = None
     latency_ms: float | None = None
+    fp32_latency_ms: float | None = None      # measured interleaved with this method's int8 model
     speedup: float | None = None
     error: str | None = None
     extra: dict = field(default_factory=dict)
@@ -119,19 +120,26 @@ def run_all(runner: NcnnRunner, case: Case) -> list[dict[str, np.ndarray]]:
     return [runner.run({case.model.inputs[0]: x}, case.model.outputs) for x in case.inputs]
 
 
-def latency_ms(runner: NcnnRunner, case: Case, runs: int, min_seconds: float = 1.0) -> float:
-    """Median wall time of one forward (all outputs): at least `runs` forwards and `min_seconds`, after
-    3 warm-ups, so sub-millisecond models get enough samples for a stable median."""
+def paired_latency_ms(fp32: NcnnRunner, int8: NcnnRunner, case: Case, runs: int,
+                      min_seconds: float = 1.0) -> tuple[float, float]:
+    """Median forward time (all outputs) of fp32 and int8, interleaved one forward each.
+
+    Alternating keeps load from other processes and clock changes from favouring either side, so
+    the ratio stays meaningful on a busy machine even when the absolute numbers are not. At least
+    `runs` pairs and `min_seconds`, after 3 warm-up pairs.
+    """
     x = {case.model.inputs[0]: case.inputs[0]}
-    for _ in range(3):
-        runner.run(x, case.model.outputs)
-    times: list[float] = []
+    times: tuple[list[float], list[float]] = ([], [])
     started = time.perf_counter()
-    while len(times) < runs or time.perf_counter() - started < min_seconds:
-        t0 = time.perf_counter()
-        runner.run(x, case.model.outputs)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    pairs = 0
+    while pairs < runs + 3 or time.perf_counter() - started < min_seconds:
+        for runner, bucket in ((fp32, times[0]), (int8, times[1])) if pairs % 2 else ((int8, times[1]), (fp32, times[0])):
+            t0 = time.perf_counter()
+            runner.run(x, case.model.outputs)
+            if pairs >= 3:
+                bucket.append((time.perf_counter() - t0) * 1000)
+        pairs += 1
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def compare(case: Case, ref: list[dict[str, np.ndarray]], test: list[dict[str, np.ndarray]], res: MethodResult) -> None:
@@ -209,7 +217,7 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
     fp32 = NcnnRunner(case.model.param, case.model.bin, threads=threads)
     ref = run_all(fp32, case)
     fp32_acc = case.accuracy(ref)
-    fp32_ms = latency_ms(fp32, case, runs)
+    fp32_ms = paired_latency_ms(fp32, fp32, case, runs)[0]
     fp32_bytes = case.model.bin.stat().st_size
     acc = "-" if fp32_acc is None else f"{fp32_acc:.3f}"
     err.print(f"[bold]{name}[/]: fp32 accuracy {acc}, {fp32_ms:.2f} ms, {len(case.calib.files)} calibration images, "
@@ -226,8 +234,8 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
                 compare(case, ref, run_all(int8, case), res)
                 res.bin_bytes = binf.stat().st_size
                 res.bin_ratio = res.bin_bytes / fp32_bytes
-                res.latency_ms = latency_ms(int8, case, runs)
-                res.speedup = fp32_ms / res.latency_ms
+                res.fp32_latency_ms, res.latency_ms = paired_latency_ms(fp32, int8, case, runs)
+                res.speedup = res.fp32_latency_ms / res.latency_ms
             except Exception as exc:  # a missing/broken method must not hide the others' numbers
                 res.error = f"{type(exc).__name__}: {exc}"[:240]
         acc = "-" if res.accuracy is None else f"{res.accuracy:.3f}"
@@ -258,7 +266,7 @@ def render(report: dict, console: Console) -> None:
             table.add_row(m["model"], r["method"], f(r["calib_seconds"], ".1f"), f(r["images_per_s"], ".1f"),
                           f(r["accuracy"], ".3f"), f(m["fp32"]["accuracy"], ".3f"), f(r["top1_agreement"], ".3f"),
                           f(r["cosine_mean"], ".4f"), f(r["cosine_min"], ".4f"), f(r["bin_ratio"], ".3f"),
-                          f(r["latency_ms"], ".2f"), f(m["fp32"]["latency_ms"], ".2f"), f(r["speedup"], ".2f"))
+                          f(r["latency_ms"], ".2f"), f(r["fp32_latency_ms"], ".2f"), f(r["speedup"], ".2f"))
     console.print(table)
     for line in errors:
         console.print(f"[red]failed[/] {line}", soft_wrap=True)
