@@ -133,7 +133,8 @@ def paired_latency_ms(fp32: NcnnRunner, int8: NcnnRunner, case: Case, runs: int,
     started = time.perf_counter()
     pairs = 0
     while pairs < runs + 3 or time.perf_counter() - started < min_seconds:
-        for runner, bucket in ((fp32, times[0]), (int8, times[1])) if pairs % 2 else ((int8, times[1]), (fp32, times[0])):
+        order = ((fp32, times[0]), (int8, times[1]))
+        for runner, bucket in order if pairs % 2 else order[::-1]:
             t0 = time.perf_counter()
             runner.run(x, case.model.outputs)
             if pairs >= 3:
@@ -241,7 +242,7 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
         acc = "-" if res.accuracy is None else f"{res.accuracy:.3f}"
         err.print(f"  {method:<10} " + (f"[red]{res.error}[/]" if res.error else
                   f"agree {res.top1_agreement:.3f} cos {res.cosine_mean:.4f} acc {acc} "
-                  f"calib {res.calib_seconds:.1f}s lat {res.latency_ms:.2f}ms"))
+                  f"calib {res.calib_seconds:.1f}s int8/fp32 {res.latency_ms:.2f}/{res.fp32_latency_ms:.2f} ms"))
         results.append(res)
     return {"model": name, "heldout": case.heldout_name, "calibration_images": len(case.calib.files),
             "heldout_images": len(case.inputs),
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--runs", type=int, default=30, help="timed forwards per latency figure")
+    ap.add_argument("--runs", type=int, default=30, help="minimum timed fp32+int8 pairs per latency figure")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per deployer command")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quantize.json")
     ap.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of the table")
