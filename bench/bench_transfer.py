@@ -8,7 +8,11 @@ same random file with:
   * scp          OpenSSH 9.x scp (SFTP protocol), a fresh `scp` process: connect + transfer
   * deployer     connect() + upload(): connect, remote hash query, pipelined SFTP, on-board sha256, rename
   * paramiko     a fresh connect() + paramiko's default SFTPClient.put (for reference)
-  * re-push      deployer upload() of the unchanged file on an open connection (the skip path)
+  * re-push      deployer upload() of the unchanged file, timed from an already-open connection
+                 (SFTP channel not yet open, so its start-up is included): the manifest quick check
+  * re-push --checksum   the same with checksum=True: hashed on the board (the pre-manifest path)
+  * re-push incl. connect   connect() + upload() of the unchanged file
+Re-push rows run right after the deployer push, whose local source was last modified well before.
 Prints a table and JSON (also written to --json). Needs root (namespaces) like `deployer sim up`.
 
     /work/venv/bin/python bench/bench_transfer.py --size-mb 20 --link delay=50,rate=10   # ~2 min
@@ -17,6 +21,7 @@ Prints a table and JSON (also written to --json). Needs root (namespaces) like `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -60,18 +65,32 @@ def paramiko_put(board, src: Path, dst: str) -> None:
         c.sftp.put(str(src), dst)
 
 
-def bench_board(board, src: Path, repeats: int) -> dict:
-    rows: dict[str, list[float]] = {"scp": [], "deployer": [], "paramiko put": [], "re-push (skip)": []}
+REPUSH = ("re-push", "re-push --checksum", "re-push incl. connect")
+
+
+def repush(board, src: Path, checksum: bool, conn=None) -> None:
+    with contextlib.ExitStack() as stack:
+        c = conn or stack.enter_context(connect(board))
+        r = transfer.upload(c, src, "bench/dep.bin", checksum=checksum)
+        assert r.skipped and r.checked_by == ("sha256" if checksum else "manifest"), r
+
+
+def bench_board(board, src: Path, repeats: int, repush_only: bool = False) -> dict:
+    methods = ((() if repush_only else (("scp", scp, "bench/scp.bin"),)) + (("deployer", deployer_push, "bench/dep.bin"),)
+               + (() if repush_only else (("paramiko put", paramiko_put, "bench/pm.bin"),)))
+    rows: dict[str, list[float]] = {m[0]: [] for m in methods} | {k: [] for k in REPUSH}
     for _ in range(repeats):
         with connect(board) as c:
             c.run(["mkdir", "-p", "bench"], check=True)
-        for name, fn, dst in (("scp", scp, "bench/scp.bin"), ("deployer", deployer_push, "bench/dep.bin"),
-                              ("paramiko put", paramiko_put, "bench/pm.bin")):
+        for name, fn, dst in methods:
             with connect(board) as c:
-                c.run(["rm", "-f", dst, "bench/.dep.bin.part-*"])
+                c.run(["rm", "-f", dst, "bench/.dep.bin.part-*", "bench/.deployer-manifest.json"])
             rows[name].append(timed(lambda: fn(board, src, dst)))
+        for checksum, name in ((False, "re-push"), (True, "re-push --checksum")):
+            with connect(board) as c:     # timed from an open connection (the SFTP channel opens inside)
+                rows[name].append(timed(lambda: repush(board, src, checksum, c)))
+        rows["re-push incl. connect"].append(timed(lambda: repush(board, src, False)))
         with connect(board) as c:
-            rows["re-push (skip)"].append(timed(lambda: transfer.upload(c, src, "bench/dep.bin")))
             c.run(["rm", "-rf", "bench"])
     return {k: {"median_s": statistics.median(v), "runs_s": [round(x, 3) for x in v]} for k, v in rows.items()}
 
@@ -85,7 +104,7 @@ def host_info() -> dict:
             "python": sys.version.split()[0], "paramiko": paramiko.__version__, "openssh": ssh_v}
 
 
-def bench_loopback(work: Path, src: Path, repeats: int) -> dict:
+def bench_loopback(work: Path, src: Path, repeats: int, repush_only: bool = False) -> dict:
     """A private native sshd on 127.0.0.1 (same recipe as tests/fixtures/sshd.py)."""
     from tests.fixtures import sshd as fx
 
@@ -99,7 +118,7 @@ def bench_loopback(work: Path, src: Path, repeats: int) -> dict:
             f"known_hosts: known_hosts}}\n")
         board = load_targets(env.targets).board("loop")
         print(f"[loopback] native sshd on 127.0.0.1:{server.port}: pushing ...", file=sys.stderr)
-        return {"board": "loopback", **bench_board(board, src, repeats)}
+        return {"board": "loopback", **bench_board(board, src, repeats, repush_only)}
     finally:
         server.stop()
         shutil.rmtree(env.remote_scratch, ignore_errors=True)
@@ -113,6 +132,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--skip-unshaped", action="store_true")
     ap.add_argument("--skip-loopback", action="store_true")
+    ap.add_argument("--repush-only", action="store_true", help="only the deployer push and the re-push rows")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "transfer.json",
                     help="where to write the JSON (default bench/results/transfer.json)")
     args = ap.parse_args()
@@ -122,6 +142,7 @@ def main() -> int:
     src = work / "payload.bin"
     with open(src, "wb") as fh:
         fh.write(os.urandom(int(args.size_mb * 1_000_000)))
+    os.utime(src, (time.time() - 3600,) * 2)      # a model edited a while ago, not in the push's second
     results: dict = {"size_bytes": src.stat().st_size, "link": args.link, "repeats": args.repeats,
                      "host": host_info(), "boards": {}}
     try:
@@ -131,20 +152,25 @@ def main() -> int:
             name = (up.added or up.existing)[0].name
             board = load_targets(up.targets).board(name)
             print(f"[{label}] board {name} at {board.host}: pushing {args.size_mb:g} MB ...", file=sys.stderr)
-            results["boards"][label] = {"board": name, **bench_board(board, src, args.repeats)}
+            results["boards"][label] = {"board": name, **bench_board(board, src, args.repeats, args.repush_only)}
     finally:
         sim_down(state_dir=state)
     if not args.skip_loopback:
-        results["boards"]["loopback"] = bench_loopback(work, src, args.repeats)
+        results["boards"]["loopback"] = bench_loopback(work, src, args.repeats, args.repush_only)
     for label, r in results["boards"].items():
-        base = r["scp"]["median_s"]
-        r["deployer_vs_scp"] = round(r["deployer"]["median_s"] / base, 3)
-    print(f"\n{'link':10} {'method':16} {'median s':>9} {'Mbit/s':>8} {'vs scp':>7}")
+        if "scp" in r:
+            r["deployer_vs_scp"] = round(r["deployer"]["median_s"] / r["scp"]["median_s"], 3)
+    print(f"\n{'link':10} {'method':22} {'median s':>9} {'Mbit/s':>8} {'vs scp':>7}")
     for label, r in results["boards"].items():
-        for method in ("scp", "deployer", "paramiko put", "re-push (skip)"):
+        for method in ("scp", "deployer", "paramiko put", *REPUSH):
+            if method not in r:
+                continue
             s = r[method]["median_s"]
             mbit = "" if method.startswith("re-push") else f"{results['size_bytes'] * 8 / s / 1e6:8.2f}"
-            print(f"{label:10} {method:16} {s:9.3f} {mbit:>8} {s / r['scp']['median_s']:7.2f}")
+            vs = f"{s / r['scp']['median_s']:7.2f}" if "scp" in r else ""
+            print(f"{label:10} {method:22} {s:9.3f} {mbit:>8} {vs:>7}")
+    print("re-push rows: timed from an open SSH connection (SFTP channel start included), "
+          "except 're-push incl. connect'")
     results["host"]["loadavg_at_end"] = os.getloadavg()
     text = json.dumps(results, indent=2)
     print(text)

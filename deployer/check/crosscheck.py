@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from deployer.check.gates import Gate, GateResult, evaluate_gates
-from deployer.check.metrics import OutputSummary, cosine, summarize
+from deployer.check.metrics import OutputSummary, cosine, l2, summarize
 from deployer.check.net import NcnnNet
 from deployer.errors import DeployerError
 
@@ -126,9 +126,9 @@ def compare_outputs(refs: list[Outputs], tests: list[Outputs]) -> dict[str, Outp
 def _layer_metrics(ref: np.ndarray, test: np.ndarray) -> tuple[float, float, float]:
     r = ref.astype(np.float64).ravel()
     t = test.astype(np.float64).ravel()
-    norm = float(np.linalg.norm(r))
+    norm = l2(r)
     diff = r - t
-    rel = float(np.linalg.norm(diff) / norm) if norm > 0 else float(np.linalg.norm(diff) > 0)
+    rel = l2(diff) / norm if norm > 0 else float(l2(diff) > 0)
     return cosine(r, t), rel, float(np.max(np.abs(diff))) if diff.size else 0.0
 
 

@@ -38,14 +38,20 @@ def _check_same_size(ref: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.
     return r, t
 
 
+def l2(x: np.ndarray) -> float:
+    """Euclidean norm without BLAS: OpenBLAS threads spinning next to ncnn's OpenMP threads made
+    a 60-input RNet check take 24 s instead of 0.2 s on a busy 2-core machine."""
+    return float(np.sqrt(np.sum(x * x)))
+
+
 def cosine(ref: np.ndarray, test: np.ndarray) -> float:
     r, t = _check_same_size(ref, test)
-    nr, nt = float(np.linalg.norm(r)), float(np.linalg.norm(t))
+    nr, nt = l2(r), l2(t)
     if nr == 0.0 and nt == 0.0:
         return 1.0
     if nr == 0.0 or nt == 0.0:
         return 0.0
-    return float(np.clip(np.dot(r, t) / (nr * nt), -1.0, 1.0))
+    return float(np.clip(np.sum(r * t) / (nr * nt), -1.0, 1.0))
 
 
 def psnr(ref: np.ndarray, test: np.ndarray) -> float:

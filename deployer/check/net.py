@@ -30,6 +30,9 @@ class NcnnNet:
         opt = self.net.opt
         opt.num_threads = threads
         opt.lightmode = not intermediates
+        # don't spin between layers: on a shared 2-core machine idle OpenMP workers spinning for
+        # 20 ms after every parallel region starve numpy and the other net
+        opt.openmp_blocktime = 0
         opt.use_vulkan_compute = False
         for key in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
             setattr(opt, key, False)

@@ -127,33 +127,45 @@ def _dequant(acc: np.ndarray, s_in: np.float32, s_w: np.ndarray, bias: np.ndarra
     return activation(out, kind, params)
 
 
+_BATCH_ELEMENTS = 1 << 23      # int8 outputs computed per matmul chunk (memory bound)
+
+
 class _LayerSearch:
-    """EQ for one layer over the stored fp32 inputs X and outputs Y."""
+    """EQ for one layer over the stored fp32 inputs X and outputs Y, all inputs batched."""
 
     def __init__(self, ql: QuantLayer, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
         self.ql = ql
-        self.geo = _Geometry.of(ql, xs[0].shape[0] if xs[0].ndim == 3 else 1)
-        self.xs = xs
-        self.ys = [y.reshape(self.geo.groups * self.geo.cout_g, -1).astype(np.float64) for y in ys]
+        self.X = np.stack([x.reshape(-1) if ql.type == "InnerProduct" else x for x in xs])
+        self.geo = _Geometry.of(ql, self.X.shape[1] if self.X.ndim == 4 else 1)
+        cout = self.geo.groups * self.geo.cout_g
+        self.Y = np.stack([y.reshape(cout, -1) for y in ys]).astype(np.float64)     # [N, cout, P]
+        self.sa = np.sqrt(np.sum(self.Y * self.Y, axis=(1, 2)))                    # [N]
         kind = int(ql.layer.get(9, 0))
         params = ql.layer.get(10, [])
         self.act = (kind, [float(p) for p in (params if isinstance(params, list) else [params])])
         self.W = self.geo.weights()
         self.bias = ql.bias
+        self.dw = ql.type == "ConvolutionDepthWise"
+
+    def columns(self, s_in) -> np.ndarray:
+        """[N, groups, K, P] of the input quantized with `s_in`."""
+        q = quantize(self.X, s_in)
+        return np.stack([self.geo.columns(x) for x in q])
 
     def _per_channel_scale(self, s_w: np.ndarray) -> np.ndarray:
         """Weight scale per output channel (depthwise: group scale repeated)."""
-        return np.repeat(s_w, self.geo.cout_g) if self.ql.type == "ConvolutionDepthWise" else s_w
-
-    def _output(self, cols: np.ndarray, qw: np.ndarray, s_in, s_w_out: np.ndarray) -> np.ndarray:
-        dt = _matmul_dtype(cols.shape[1])
-        acc = np.matmul(qw.astype(dt), cols.astype(dt))           # [groups, cout_g, P]
-        acc = acc.reshape(-1, acc.shape[-1])
-        return _dequant(acc, s_in, s_w_out, self.bias, *self.act).astype(np.float64)
+        return np.repeat(s_w, self.geo.cout_g) if self.dw else s_w
 
     def _qw(self, s_w: np.ndarray) -> np.ndarray:
         per = self._per_channel_scale(s_w).reshape(self.geo.groups, self.geo.cout_g, 1)
         return quantize(self.W, per)
+
+    def output(self, cols: np.ndarray, qw: np.ndarray, s_in, s_w: np.ndarray) -> np.ndarray:
+        """The int8 layer's float output [N, cout, P] for quantized columns and weights."""
+        dt = _matmul_dtype(cols.shape[-2])
+        acc = np.matmul(qw.astype(dt)[None], cols.astype(dt))          # [N, groups, cout_g, P]
+        acc = acc.reshape(acc.shape[0], -1, acc.shape[-1])
+        return _dequant(acc, s_in, self._per_channel_scale(s_w), self.bias, *self.act).astype(np.float64)
 
     @staticmethod
     def _candidates(scale: np.float32) -> np.ndarray:
@@ -164,62 +176,81 @@ class _LayerSearch:
 
     @staticmethod
     def _pick(scale: np.float32, cands: np.ndarray, avg: np.ndarray) -> np.float32:
+        """ncnn: the first candidate with a strictly larger summed cosine than 0 / the best so far."""
         best, best_sim = scale, 0.0
         for k in range(STEPS):
             if best_sim < avg[k]:
                 best_sim, best = float(avg[k]), cands[k]
         return np.float32(best)
 
+    def _rows(self, j: int) -> tuple[int, slice]:
+        """(group, output rows) that weight scale j controls."""
+        cg = self.geo.cout_g
+        return (j, slice(j * cg, (j + 1) * cg)) if self.dw else (0, slice(j, j + 1))
+
+    def _channel_outputs(self, cols_g: np.ndarray, w_rows: np.ndarray, scales: np.ndarray,
+                         s_in, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """For each candidate weight scale: per input, sum(out^2) and sum(out*y) over `rows`."""
+        n, _, p = cols_g.shape
+        r = w_rows.shape[0]
+        dt = _matmul_dtype(cols_g.shape[1])
+        cols_dt = cols_g.astype(dt)
+        bias = None if self.bias is None else self.bias[rows]
+        y = self.Y[:, rows]                                                  # [N, R, P]
+        bb = np.empty((scales.size, n))
+        ab = np.empty((scales.size, n))
+        chunk = max(1, _BATCH_ELEMENTS // max(1, n * r * p))
+        for c0 in range(0, scales.size, chunk):
+            sc = scales[c0:c0 + chunk]
+            q = quantize(w_rows[None], sc[:, None, None]).astype(dt)          # [S, R, K]
+            acc = np.matmul(q[None], cols_dt[:, None])                       # [N, S, R, P]
+            out = _dequant(acc, s_in, np.broadcast_to(sc[:, None], (sc.size, r)), bias,
+                           *self.act).astype(np.float64)
+            bb[c0:c0 + chunk] = np.sum(out * out, axis=(2, 3)).T
+            ab[c0:c0 + chunk] = np.einsum("nsrp,nrp->sn", out, y)
+        return bb, ab
+
     def search_weights(self, s_w: np.ndarray, s_in: np.float32) -> np.ndarray:
         s_w = s_w.astype(np.float32).copy()
-        cols = [self.geo.columns(quantize(x, s_in)) for x in self.xs]
-        qw = self._qw(s_w)
-        outs = [self._output(c, qw, s_in, self._per_channel_scale(s_w)) for c in cols]
-        # per image, per output channel: sum b^2 and sum a*b of the current int8 output
-        sa = [float(np.sum(y * y)) for y in self.ys]
-        sbb = [np.sum(o * o, axis=1) for o in outs]
-        sab = [np.sum(o * y, axis=1) for o, y in zip(outs, self.ys)]
-        cg = self.geo.cout_g
+        cols = self.columns(s_in)                                            # [N, G, K, P]
+        out = self.output(cols, self._qw(s_w), s_in, s_w)
+        sbb = np.sum(out * out, axis=2)                                      # [N, cout]
+        sab = np.sum(out * self.Y, axis=2)
+        del out
         for j in range(s_w.size):
+            g, rows = self._rows(j)
+            w_rows = self.W[g] if self.dw else self.W[0, j:j + 1]
             cands = self._candidates(s_w[j])
-            g = j if self.ql.type == "ConvolutionDepthWise" else 0
-            rows = slice(j * cg, (j + 1) * cg) if self.ql.type == "ConvolutionDepthWise" else slice(j, j + 1)
-            w_rows = self.W[g, (slice(None) if self.ql.type == "ConvolutionDepthWise" else slice(j, j + 1))]
-            qcand = quantize(w_rows[None], cands[:, None, None])          # [100, rows, K]
-            sims = np.zeros(STEPS)
-            new_outs = []
-            for i, c in enumerate(cols):
-                dt = _matmul_dtype(c.shape[1])
-                acc = np.matmul(qcand.astype(dt), c[g].astype(dt))        # [100, rows, P]
-                scale_rows = np.broadcast_to(cands[:, None], (STEPS, acc.shape[1]))
-                out = _dequant(acc, s_in, scale_rows, None if self.bias is None else self.bias[rows],
-                               *self.act).astype(np.float64)
-                y = self.ys[i][rows]
-                bb = np.sum(out * out, axis=(1, 2)) + (sbb[i].sum() - sbb[i][rows].sum())
-                ab = np.sum(out * y[None], axis=(1, 2)) + (sab[i].sum() - sab[i][rows].sum())
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    sims += np.nan_to_num(ab / math.sqrt(sa[i]) / np.sqrt(bb))
-                new_outs.append(out)
+            bb, ab = self._channel_outputs(cols[:, g], w_rows, cands, s_in, rows)
+            bb_tot = bb + (sbb.sum(axis=1) - sbb[:, rows].sum(axis=1))[None]
+            ab_tot = ab + (sab.sum(axis=1) - sab[:, rows].sum(axis=1))[None]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                sims = np.nan_to_num(ab_tot / self.sa[None] / np.sqrt(bb_tot)).sum(axis=1)
             best = self._pick(s_w[j], cands, sims)
             if best != s_w[j]:
-                k = int(np.nonzero(cands == best)[0][0])
                 s_w[j] = best
-                for i, o in enumerate(new_outs):
-                    sbb[i][rows] = np.sum(o[k] * o[k], axis=1)
-                    sab[i][rows] = np.sum(o[k] * self.ys[i][rows], axis=1)
+                one = np.array([best], np.float32)
+                bb1, ab1 = self._per_row_sums(cols[:, g], w_rows, one, s_in, rows)
+                sbb[:, rows], sab[:, rows] = bb1, ab1
         return s_w
+
+    def _per_row_sums(self, cols_g, w_rows, scale, s_in, rows):
+        dt = _matmul_dtype(cols_g.shape[1])
+        q = quantize(w_rows, scale[0]).astype(dt)                            # [R, K]
+        acc = np.matmul(q[None], cols_g.astype(dt))                          # [N, R, P]
+        bias = None if self.bias is None else self.bias[rows]
+        out = _dequant(acc, s_in, np.repeat(scale, w_rows.shape[0]), bias, *self.act).astype(np.float64)
+        return np.sum(out * out, axis=2), np.sum(out * self.Y[:, rows], axis=2)
 
     def search_input(self, s_w: np.ndarray, s_in: np.float32) -> np.float32:
         cands = self._candidates(np.float32(s_in))
         qw = self._qw(s_w)
-        per = self._per_channel_scale(s_w)
         sims = np.zeros(STEPS)
-        for x, y in zip(self.xs, self.ys):
-            sa = math.sqrt(float(np.sum(y * y)))
-            for k, s in enumerate(cands):
-                out = self._output(self.geo.columns(quantize(x, s)), qw, s, per)
-                denom = sa * math.sqrt(float(np.sum(out * out)))
-                sims[k] += float(np.sum(out * y)) / denom if denom > 0 else 0.0
+        for k, s in enumerate(cands):
+            out = self.output(self.columns(s), qw, s, s_w)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cos = np.sum(out * self.Y, axis=(1, 2)) / self.sa / np.sqrt(np.sum(out * out, axis=(1, 2)))
+            sims[k] = float(np.nan_to_num(cos).sum())
         return self._pick(np.float32(s_in), cands, sims)
 
 

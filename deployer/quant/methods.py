@@ -3,8 +3,8 @@
 Pattern (as in onnxruntime's calibrate.py): `collect.collect()` gathers absmax + ncnn's 2048-bin
 |x| histogram per conv input once; each method turns those statistics into one per-tensor scale
 per blob. So a pipeline can compare kl / aciq / maxabs / percentile / mse without re-running
-the network. EQ additionally searches scales against single-layer int8 outputs (see eq.py-style
-`EqSearch` in this module) starting from KL.
+the network. EQ starts from KL here and then searches scales against single-layer int8 outputs
+(`deployer.quant.eq.eq_search`), which needs the layers' inputs/outputs, not just statistics.
 
 `kl` and `aciq` reproduce ncnn2table bit for bit: KL is vectorised over all thresholds with
 prefix sums (float64), and the few thresholds whose KL is within float32 noise of the minimum are
@@ -310,7 +310,7 @@ ALL_METHODS = (*METHODS, "eq")
 
 
 def get_method(name: str, **params: float) -> CalibrationMethod:
-    """A method by name (`eq` starts from KL; its search lives in EqSearch)."""
+    """A method by name. `eq` gives its KL starting point; run `eq.eq_search` on the result."""
     if name == "eq":
         return KLMethod()
     if name not in METHODS:

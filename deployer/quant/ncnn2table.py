@@ -336,10 +336,22 @@ def build_table(model: CalibModel, layers: list[LayerScales] | None) -> Calibrat
             table.set_weight(ls.name, [float(v) for v in np.asarray(ls.weight_scales, np.float32)])
         for ls in layers:
             table.set_activation(ls.name, float(np.float32(ls.input_scale)))
-    for layer, weights in model.static_layers:
+    order = {"Embed": 0, "MultiHeadAttention": 1, "RNN": 2, "LSTM": 3, "GRU": 4}   # ncnn2table's
+    for layer, weights in sorted(model.static_layers, key=lambda lw: order[lw[0].type]):
         for idx, scales in static_weight_scales(layer, weights):
             table.set_weight(layer.name, [float(v) for v in scales], idx)
     return table
+
+
+def _refuse_overwriting_a_list(table: Path) -> None:
+    """`PARAM BIN list.txt key=...` (table forgotten) would make list.txt the weight-only table."""
+    try:
+        first = next((ln.split()[0] for ln in table.read_text(errors="replace").splitlines() if ln.split()), None)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return
+    if first is not None and Path(first).is_file():
+        raise DeployerError(f"{table} looks like a list of input files, not a table; refusing to overwrite "
+                            "it with a weight-only table (give the output table as the 4th argument)")
 
 
 @dataclass
@@ -356,6 +368,7 @@ def run(args: Ncnn2TableArgs, progress: ProgressFn | None = None) -> Ncnn2TableR
     """Everything `deployer ncnn2table` does except writing the file."""
     model = load_model(args.param, args.bin)
     if args.weight_only:
+        _refuse_overwriting_a_list(args.table)
         msg = ("calibration dataset not provided, skip activation calibration and generate "
                "weight-only table (no conv/fc lines: ncnn2int8 will quantize no convolutions)")
         return Ncnn2TableResult(build_table(model, None), [], args.method, 0, True, [msg])

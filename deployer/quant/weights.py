@@ -198,5 +198,6 @@ def static_weight_scales(layer: Layer, weights: dict[str, np.ndarray]) -> list[t
     num_output = int(layer.get(0, 0))
     nd = 2 if int(layer.get(2, 0)) == 2 else 1
     gates = {"RNN": 1, "LSTM": 4, "GRU": 3}[layer.type]
-    nrows = gates * num_output * nd
+    hidden = int(layer.get(3, num_output)) if layer.type == "LSTM" else num_output
+    nrows = gates * hidden * nd
     return [(0, rows(weights["weight_xc"], nrows)), (1, rows(weights["weight_hc"], nrows))]

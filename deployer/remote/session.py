@@ -362,7 +362,9 @@ class Session:
                 raise RemoteError(f"{self.name}: connection lost during the run ({err})") from None
             raise
         rc = getattr(stream, "rc", None)
-        if rc == -1 or not getattr(self.conn, "alive", True):  # paramiko's "no exit status": the link died
+        # connect.stream itself raises when the link dies mid-run (also with check=False); this
+        # catches a link that died right after the runner's last line
+        if not getattr(self.conn, "alive", True):
             raise RemoteError(f"{self.name}: connection lost during the run (no exit status from the board)",
                               hint="check the board's network/power; partial timings were not saved")
         if rc not in (0, None):

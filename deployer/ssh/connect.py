@@ -399,14 +399,19 @@ class _Proc:
                 continue
             # a real exit status arrived (paramiko also sets the event on close, leaving exit_status -1)
             exited = chan.status_event.is_set() and chan.exit_status != -1
-            if exited and not chan.recv_ready() and not chan.recv_stderr_ready() and (chan.eof_received or chan.closed):
+            drained = not chan.recv_ready() and not chan.recv_stderr_ready()
+            if exited and drained and chan.eof_received:
                 break
             if chan.closed or not self.conn.transport.is_active():
-                if exited:
+                # Closed without EOF: sshd sends exit-status before it has flushed all output, so a
+                # link that dies now has lost some of it - that is a dropped connection, not an exit.
+                if exited and drained and not self.conn.lost(0.2):
                     break
                 if self.conn.lost():
                     raise self.conn.dropped(f"running `{_short(self.argv)}`")
-                raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` ended without an exit status (killed?)")
+                # paramiko ignores "exit-signal": the process was killed, or its sshd session closed it
+                raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` ended without an exit status "
+                                  "(killed by a signal on the board, or its sshd session ended)")
             now = time.monotonic()
             if deadline is not None and now > deadline:
                 self.kill()
@@ -476,17 +481,19 @@ class RemoteStream:
         return next(iter(self))
 
     def send(self, data: bytes) -> bool:
-        """Write to the remote process's stdin; False if it has already exited (nothing reads it)."""
-        chan = self._proc.chan
-        if chan.closed or chan.exit_status_ready():
-            return False
-        try:
-            chan.sendall(data)
-        except OSError:
-            if chan.exit_status_ready():
-                return False
-            raise
-        return True
+        """Write to the remote process's stdin; False if it has already exited (nothing reads it).
+        A dropped connection raises RemoteError (paramiko would call it "closed", like an exit)."""
+        proc = self._proc
+        chan = proc.chan
+        if not (chan.closed or chan.exit_status_ready()):
+            try:
+                chan.sendall(data)
+                return True
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+        if not (chan.status_event.is_set() and chan.exit_status != -1) and proc.conn.lost(0.2):
+            raise proc.conn.dropped(f"sending input to `{_short(proc.argv)}`")
+        return False
 
     def _lines(self) -> Iterator[str]:
         buf = b""

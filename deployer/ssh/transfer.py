@@ -11,8 +11,12 @@ hashes it as bytes land, so a long transfer pays nothing extra at the end (sh + 
 upload on boards without python). upload_many renames only after every file verified, so a model's
 .param and .bin change together.
 
-Pushes are usually repeats, so one remote command hashes every candidate file at once and files
-whose sha256 already matches are skipped: a re-push costs one round trip plus hashing.
+Pushes are usually repeats. Every verified upload is recorded in a per-folder manifest on the
+board (deployer/ssh/manifest.py), so a re-push first compares each target's size+mtime with it over
+the open SFTP channel - two round trips, no remote process, no hashing. Files the quick check cannot
+vouch for (touched, new, no or corrupt manifest) are hashed on the board by one remote command for
+all of them, and skipped if their sha256 matches. That quick check is rsync's trade-off: an edit on
+the board that keeps the size and restores the mtime is missed; `checksum=True` hashes everything.
 
 Writes are pipelined by hand (many outstanding SFTP write requests, acked oldest-first) because
 paramiko's own pipelining drains the whole queue every ~100 requests, which idles a long link.
@@ -31,10 +35,11 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator, Sequence
 
 import paramiko
-from paramiko.sftp import CMD_STATUS, CMD_WRITE, int64
+from paramiko.sftp import CMD_EXTENDED, CMD_SETSTAT, CMD_STATUS, CMD_WRITE, int64
 
 from deployer import fsutil
 from deployer.errors import DeployerError, RemoteError
+from deployer.ssh import manifest
 from deployer.ssh.connect import Connection, safe_remote_path
 
 ProgressFn = Callable[[str, int, int], None]     # (remote path, bytes done, total bytes)
@@ -151,6 +156,7 @@ class TransferResult:
     sent: int              # bytes actually sent this time
     resumed_from: int      # bytes reused from an interrupted earlier upload
     seconds: float
+    checked_by: str = ""   # "manifest" (size+mtime quick check), "sha256" (hashed on the board), "upload"
 
 
 @dataclass(eq=False)
@@ -168,6 +174,9 @@ class _Item:
     resumed_from: int = 0
     sent: int = 0
     verified: bool = False
+    quick: bool = False        # vouched for by the manifest quick check (not hashed this time)
+    atime: int = 0             # the local file's times, given to the board's copy
+    mtime: int = 0
 
 
 def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
@@ -186,16 +195,32 @@ def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
 
 
 def upload(conn: Connection, local: str | os.PathLike, remote: str, progress: ProgressFn | None = None,
-           *, mode: int | None = None) -> TransferResult:
+           *, mode: int | None = None, checksum: bool = False) -> TransferResult:
     """Upload one file: skip if unchanged, else temp name + on-board sha256 check + rename."""
-    return upload_many(conn, [(local, remote)], progress, mode=mode)[0]
+    return upload_many(conn, [(local, remote)], progress, mode=mode, checksum=checksum)[0]
 
 
 def upload_many(conn: Connection, files: Sequence[tuple[str | os.PathLike, str]],
-                progress: ProgressFn | None = None, *, mode: int | None = None) -> list[TransferResult]:
-    """Upload several files with one remote hashing command for all of them."""
+                progress: ProgressFn | None = None, *, mode: int | None = None,
+                checksum: bool = False) -> list[TransferResult]:
+    """Upload several files; unchanged ones are skipped.
+
+    "Unchanged" is decided by the manifest quick check (size+mtime, see the module doc) and, for
+    files it cannot vouch for, by one remote command hashing all of them. `checksum=True` skips the
+    quick check and hashes every file on the board (like rsync --checksum)."""
     t0 = time.monotonic()
-    items = [_prepare(Path(local), remote, mode) for local, remote in files]
+    # starting the SFTP channel is a process start on the board (~0.2 s emulated): overlap it with
+    # hashing the local files (hashlib releases the GIL)
+    opening = _SftpOpener(conn) if files else None
+    try:
+        items = [_prepare(Path(local), remote, mode) for local, remote in files]
+    except BaseException:
+        if opening:
+            opening.join()
+        raise
+    if opening:
+        opening.join()
+        opening.reraise()
     if not items:
         return []
     seen: set[str] = set()
@@ -203,7 +228,14 @@ def upload_many(conn: Connection, files: Sequence[tuple[str | os.PathLike, str]]
         if it.remote in seen:
             raise DeployerError(f"{conn.board.where}: {it.remote} is the target of two uploads in one push")
         seen.add(it.remote)
-    _query_state(conn, items)
+    state = _look(conn, items)
+    for it in items:
+        it.quick = not checksum and state.unchanged(it.remote, it.size, it.sha256)
+        if it.quick:
+            it.remote_sha = it.sha256
+    unsure = [it for it in items if not it.quick]
+    if unsure:
+        _query_state(conn, unsure)
     todo = [it for it in items if it.remote_sha != it.sha256]
     for it in items:
         if it in todo:
@@ -215,11 +247,12 @@ def upload_many(conn: Connection, files: Sequence[tuple[str | os.PathLike, str]]
     unverified = [it for it in todo if not it.verified]
     if unverified:                     # the board had no python to hash while uploading
         _verify(conn, unverified)
-    for it in todo:
-        _rename(conn, it)
+    _place(conn, todo)
+    _record(conn, state, [it for it in items if not it.quick])
     secs = time.monotonic() - t0
     return [
-        TransferResult(str(it.local), it.remote, it.size, it.sha256, it not in todo, it.sent, it.resumed_from, secs)
+        TransferResult(str(it.local), it.remote, it.size, it.sha256, it not in todo, it.sent, it.resumed_from, secs,
+                       "upload" if it in todo else "manifest" if it.quick else "sha256")
         for it in items
     ]
 
@@ -283,7 +316,46 @@ def _prepare(local: Path, remote: str, mode: int | None) -> _Item:
     p = PurePosixPath(remote)
     stale_prefix = str(p.with_name(f".{p.name}.part-"))
     return _Item(local, remote, st.st_size, digest, mode if mode is not None else st.st_mode & 0o777,
-                 tmp=stale_prefix + digest[:16], stale_prefix=stale_prefix)
+                 tmp=stale_prefix + digest[:16], stale_prefix=stale_prefix,
+                 atime=int(st.st_atime), mtime=int(st.st_mtime))
+
+
+class _SftpOpener(threading.Thread):
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(daemon=True)
+        self.conn = conn
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.conn.sftp
+        except BaseException as e:  # handed to the caller by join()
+            self.error = e
+
+    def reraise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _look(conn: Connection, items: list[_Item]) -> manifest.BoardState:
+    try:
+        return manifest.look(conn.sftp, [it.remote for it in items])
+    except (OSError, EOFError, paramiko.SSHException):
+        if conn.lost():
+            raise conn.dropped(f"checking {items[0].remote} on the board") from None
+        raise
+
+
+def _record(conn: Connection, state: manifest.BoardState, verified: list[_Item]) -> None:
+    """Remember the files just verified on the board (uploaded or hashed) for the next quick check."""
+    try:
+        manifest.record(conn.sftp, state, [(it.remote, it.size, it.sha256) for it in verified])
+    except (OSError, EOFError, paramiko.SSHException):
+        if conn.lost():
+            raise conn.dropped(f"recording {verified[0].remote} in the upload manifest "
+                               "(the files themselves are in place and verified)") from None
+        # best effort: the files are in place and verified; the next push just hashes them again
 
 
 def _sh(conn: Connection, py: str, sh: str, args: list[str], doing: str) -> list[str]:
@@ -457,13 +529,30 @@ def _verify(conn: Connection, items: list[_Item]) -> None:
             raise _mismatch(conn, it, line.split()[-1])
 
 
-def _rename(conn: Connection, it: _Item) -> None:
+def _place(conn: Connection, items: list[_Item]) -> None:
+    """Rename the verified temp files into place, all requests pipelined.
+
+    Each file first gets the local file's times (like scp -p): a board-side edit later always
+    moves the mtime away from the recorded one, and the next push's quick check can trust the
+    file at once instead of re-hashing it because it was written in the manifest's second."""
+    if not items:
+        return
+    sftp = conn.sftp
+    reqs = []
+    for it in items:
+        times = paramiko.SFTPAttributes()
+        times.st_atime, times.st_mtime = it.atime, it.mtime
+        tmp, final = sftp._adjust_cwd(it.tmp), sftp._adjust_cwd(it.remote)
+        reqs += [(CMD_SETSTAT, (tmp, times)), (CMD_EXTENDED, ("posix-rename@openssh.com", tmp, final))]
     try:
-        conn.sftp.posix_rename(it.tmp, it.remote)
+        answers = manifest.pipelined(sftp, reqs)
     except (OSError, EOFError, paramiko.SSHException) as e:
         if conn.lost():
-            raise conn.dropped(f"renaming {it.tmp} into place (the old {it.remote} is intact)") from None
-        raise RemoteError(f"{conn.board.where}: cannot rename {it.tmp} to {it.remote}: {e}") from None
+            raise conn.dropped(f"renaming {items[0].tmp} into place (the old {items[0].remote} is intact)") from None
+        raise RemoteError(f"{conn.board.where}: cannot rename {items[0].tmp} to {items[0].remote}: {e}") from None
+    for it, renamed in zip(items, answers[1::2]):     # a refused utime only costs a re-hash next time
+        if not isinstance(renamed, tuple):
+            raise RemoteError(f"{conn.board.where}: cannot rename {it.tmp} to {it.remote}: {renamed}")
 
 
 @contextlib.contextmanager

@@ -344,9 +344,7 @@ def test_eq_int8_simulation_equals_ncnn_int8_layer(tmp_path, calib_tiny, calib_i
         y = np.array(ex.extract(ql.top)[1], dtype=np.float32)
         x3 = x.reshape((1,) * (3 - x.ndim) + x.shape) if x.ndim < 3 else x
         search = _LayerSearch(ql, [x3 if ql.type != "InnerProduct" else x], [y])
-        from deployer.quant.eq import quantize
-        sim = search._output(search.geo.columns(quantize(search.xs[0], s_in)), search._qw(s_w), s_in,
-                             search._per_channel_scale(s_w)).reshape(-1)
+        sim = search.output(search.columns(s_in), search._qw(s_w), s_in, s_w)[0].reshape(-1)
 
         param, binp = _single_layer_int8(tmp_path, calib_tiny, name, x3.shape, s_w, s_in)
         one = ncnn.Net()
@@ -378,3 +376,43 @@ def test_unresized_images_of_different_sizes(tmp_path, calib_tiny, calib_images)
     assert np.array_equal(one.histograms, two.histograms) and np.array_equal(one.absmax, two.absmax)
     sizes = {Image.open(f).size for f in Path(calib_images).read_text().split()}
     assert len(sizes) > 1
+
+
+def test_forgotten_table_argument_does_not_overwrite_the_list(tmp_path, calib_tiny, calib_images):
+    lst = tmp_path / "list.txt"
+    lst.write_text(Path(calib_images).read_text())
+    before = lst.read_bytes()
+    proc = deployer("ncnn2table", calib_tiny.param, calib_tiny.bin, lst, "method=kl", check=False)
+    assert proc.returncode == 2 and "looks like a list of input files" in proc.stderr
+    assert lst.read_bytes() == before
+
+
+def test_weight_only_table_for_static_layers(tmp_path):
+    """LSTM and Embed get weight-only lines (absmax per row / whole table), Embed first as in ncnn."""
+    import struct
+
+    rng = np.random.default_rng(4)
+    size, hidden = 6, 5
+    xc = rng.standard_normal(size * 4 * hidden).astype(np.float32)
+    bc = rng.standard_normal(4 * hidden).astype(np.float32)
+    hc = rng.standard_normal(hidden * 4 * hidden).astype(np.float32)
+    hc[:hidden] = 0                                        # row 0 of weight_hc all zero -> scale 1
+    emb = rng.standard_normal(10 * size).astype(np.float32)
+    param = tmp_path / "s.param"
+    param.write_text("7767517\n4 4\nInput in 0 1 ids 0=3\n"
+                     f"Embed emb 1 1 ids e 0={size} 1=10 2=0 3={emb.size}\n"
+                     f"LSTM lstm 1 1 e h 0={hidden} 1={xc.size} 2=0\n"
+                     f"Convolution conv 1 1 h out 0=2 1=1 5=0 6={2 * hidden}\n")
+    tag = struct.pack("<I", 0)
+    conv_w = rng.standard_normal(2 * hidden).astype(np.float32)
+    (tmp_path / "s.bin").write_bytes(tag + emb.tobytes() + tag + xc.tobytes() + tag + bc.tobytes()
+                                     + tag + hc.tobytes() + tag + conv_w.tobytes())
+    out = tmp_path / "s.table"
+    deployer("ncnn2table", param, tmp_path / "s.bin", out, "method=kl")
+    table = read_table(out)
+    assert table.order == ["emb_param_0", "lstm_param_0", "lstm_param_1"]   # no conv lines without data
+    assert table.weight_scales("emb") == pytest.approx([127 / float(np.abs(emb).max())], rel=1e-6)
+    rows_xc = np.abs(xc.reshape(4 * hidden, size)).max(axis=1)
+    assert table.weight_scales("lstm", 0) == pytest.approx(list(127 / rows_xc), rel=1e-6)
+    hc_scales = table.weight_scales("lstm", 1)
+    assert len(hc_scales) == 4 * hidden and hc_scales[0] == 1.0

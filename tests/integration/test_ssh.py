@@ -275,3 +275,38 @@ def test_proxyjump_from_ssh_config(sshd_pair, tmp_path: Path, monkeypatch) -> No
     with connect(load_targets(tmp_path / "t.yaml").board("in")) as c:
         assert [h.hostname for h in c.hops] == [bastion.host, "127.0.0.1"]
         assert c.run(["true"]).ok
+
+
+def test_dropped_connection_mid_stream_raises_even_without_check(sshd, loop) -> None:
+    """check=False (how the runner session streams) must not turn a dead link into a quiet end."""
+    with connect(loop) as c:
+        s = c.stream(["sh", "-c", "echo ready; exec sleep 3112"], check=False)
+        with pytest.raises(RemoteError) as e:
+            for line in s:
+                assert line == "ready"
+                assert sshd.server.kill_sessions() > 0
+        assert "board 'loop'" in str(e.value) and "connection lost" in str(e.value) and "\n" not in str(e.value)
+        assert s.rc is None
+        with pytest.raises(RemoteError, match="connection lost"):
+            s.send(b"more input\n")               # a dead link is not "the process has exited"
+
+
+def test_process_killed_by_a_signal_is_an_error_not_an_exit(loop) -> None:
+    """sshd reports a signal death of the session's shell as exit-signal, which paramiko drops: no
+    exit status at all. (The test user's login shell is dash, which does not exec the command, so
+    the test kills it too: $PPID.)"""
+    with connect(loop) as c:
+        for check in (True, False):
+            s = c.stream(["sh", "-c", "echo ready; kill -KILL $PPID $$"], check=check)
+            with pytest.raises(RemoteError) as e:
+                assert list(s) == ["ready"]
+            assert "board 'loop'" in str(e.value) and "without an exit status" in str(e.value)
+            assert "connection lost" not in str(e.value)
+        assert c.run(["true"]).ok                 # the connection itself is fine
+
+
+def test_stdin_to_an_exited_process_is_refused_quietly(loop) -> None:
+    with connect(loop) as c:
+        s = c.stream(["sh", "-c", "exit 0"])
+        assert list(s) == [] and s.rc == 0
+        assert s.send(b"nobody reads this\n") is False

@@ -4,6 +4,7 @@ every check reads the uploaded file straight from disk (independent of our SFTP/
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import DeployerError, RemoteError
-from deployer.ssh import transfer
+from deployer.ssh import manifest, transfer
 from deployer.ssh.connect import connect
 
 pytestmark = pytest.mark.sshd
@@ -21,6 +22,11 @@ def as_board_user(*paths: Path) -> None:
     """Things the test plants on the 'board' must belong to the login user, as on a real board."""
     for p in paths:
         shutil.chown(p, "dpltest", "dpltest")
+
+
+def listing(folder: Path) -> list[str]:
+    """The folder's files apart from deployer's upload manifest."""
+    return sorted(p.name for p in folder.iterdir() if p.name != manifest.MANIFEST_NAME)
 
 
 def sha(path: Path | str) -> str:
@@ -51,7 +57,7 @@ def test_upload_creates_folders_verifies_and_keeps_the_mode(loop, rdir: Path, tm
     assert (r.skipped, r.sent, r.resumed_from) == (False, r.size, 0)
     assert dst.stat().st_mode & 0o777 == 0o750 and dst.owner() == "dpltest"
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (r.size, r.size)
-    assert sorted(p.name for p in dst.parent.iterdir()) == ["tool.sh"]     # no temp files left
+    assert listing(dst.parent) == ["tool.sh"]     # no temp files left
 
 
 def test_unchanged_files_are_skipped_changed_ones_resent(loop, rdir: Path, tmp_path: Path) -> None:
@@ -111,7 +117,7 @@ def test_cut_off_upload_keeps_old_file_and_retry_resumes(sshd, loop, rdir: Path,
         r = transfer.upload(c, new, str(dst))
     assert sha(dst) == sha(new) and not r.skipped
     assert r.resumed_from > 0 and r.resumed_from + r.sent == r.size
-    assert sorted(p.name for p in rdir.iterdir()) == ["model.bin"]
+    assert listing(rdir) == ["model.bin"]
 
 
 def test_corrupt_partial_file_is_not_resumed(loop, rdir: Path, tmp_path: Path) -> None:
@@ -135,7 +141,7 @@ def test_stale_partials_of_other_content_are_cleaned_up(loop, rdir: Path, tmp_pa
     src.write_bytes(b"x" * 1000)
     with connect(loop) as c:
         transfer.upload(c, src, str(rdir / "m.bin"))
-    assert sorted(p.name for p in rdir.iterdir()) == ["m.bin"]
+    assert listing(rdir) == ["m.bin"]
 
 
 def test_bad_paths_and_permissions_give_one_line_errors(loop, tmp_path: Path) -> None:
@@ -170,7 +176,7 @@ def test_board_without_python_uses_sh_and_sha256sum(loop, rdir: Path, tmp_path: 
         first = transfer.upload(c, src, str(rdir / "m.bin"))
         again = transfer.upload(c, src, str(rdir / "m.bin"))
     assert not first.skipped and again.skipped and sha(rdir / "m.bin") == sha(src)
-    assert sorted(p.name for p in rdir.iterdir()) == ["m.bin"]
+    assert listing(rdir) == ["m.bin"]
 
 
 def test_rich_progress_draws_a_bar_per_file(loop, rdir: Path, tmp_path: Path) -> None:
@@ -187,3 +193,134 @@ def test_rich_progress_draws_a_bar_per_file(loop, rdir: Path, tmp_path: Path) ->
         transfer.upload_many(c, files, bar)
     text = buf.getvalue()
     assert "upload a.param" in text and "upload b.bin" in text and "200.0 kB" in text
+
+
+# --- the manifest quick check (size + mtime against what deployer recorded) -------------------------
+
+def backdate(path: Path, seconds: int = 1000) -> int:
+    """Set a board file's mtime into the past (as a restore or `touch -d` would); returns it."""
+    t = int(path.stat().st_mtime) - seconds
+    os.utime(path, (t, t))
+    return t
+
+
+def no_remote_commands(c, monkeypatch) -> list:
+    """Record every remote command the connection starts (the quick check must start none)."""
+    started: list = []
+    for name in ("run", "stream"):
+        real = getattr(c, name)
+        monkeypatch.setattr(c, name, lambda argv, *a, _real=real, **k: (started.append(argv), _real(argv, *a, **k))[1])
+    return started
+
+
+def test_repush_of_unchanged_files_runs_no_remote_command(loop, rdir: Path, tmp_path: Path, monkeypatch) -> None:
+    files = []
+    for name in ("m.param", "m.bin"):
+        (tmp_path / name).write_bytes(os.urandom(100_000))
+        backdate(tmp_path / name)              # edited a while ago, as models usually are
+        files.append((tmp_path / name, str(rdir / name)))
+    with connect(loop) as c:
+        first = transfer.upload_many(c, files)
+        started = no_remote_commands(c, monkeypatch)
+        second = transfer.upload_many(c, files)
+    assert [r.checked_by for r in first] == ["upload", "upload"]
+    assert [(r.skipped, r.checked_by, r.sent) for r in second] == [(True, "manifest", 0)] * 2
+    assert started == []
+    for f, r in files:                         # the board's copy carries the local mtime (like scp -p)
+        assert int(Path(r).stat().st_mtime) == int(f.stat().st_mtime)
+    entries = manifest.decode((rdir / manifest.MANIFEST_NAME).read_bytes())
+    assert entries == {Path(r).name: manifest.Entry(f.stat().st_size, int(f.stat().st_mtime), sha(f))
+                       for f, r in files}
+
+
+def test_file_written_in_the_manifests_second_is_rehashed_once(loop, rdir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(100_000))       # local mtime = now: the manifest is written in the same second
+    with connect(loop) as c:
+        transfer.upload(c, src, str(rdir / "m.bin"))
+        man_mtime = int((rdir / manifest.MANIFEST_NAME).stat().st_mtime)
+        r = transfer.upload(c, src, str(rdir / "m.bin"))
+    if int(src.stat().st_mtime) >= man_mtime:
+        assert (r.skipped, r.checked_by) == (True, "sha256")
+    else:                                      # the clock ticked over between writing and recording
+        assert (r.skipped, r.checked_by) == (True, "manifest")
+
+
+def test_touched_file_is_rehashed_not_resent(loop, rdir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(200_000))
+    dst = rdir / "m.bin"
+    with connect(loop) as c:
+        transfer.upload(c, src, str(dst))
+        backdate(dst)
+        transfer.upload(c, src, str(dst))             # recorded with the old mtime
+        os.utime(dst)                                 # `touch`: new mtime, same bytes
+        touched = transfer.upload(c, src, str(dst))
+        again = transfer.upload(c, src, str(dst))
+    assert (touched.skipped, touched.checked_by, touched.sent) == (True, "sha256", 0)
+    # the touch happened in the manifest's second or later: trusted only after the next record
+    assert again.skipped and again.checked_by in ("manifest", "sha256")
+    assert sha(dst) == sha(src)
+
+
+def test_same_size_edit_with_mtime_put_back_needs_checksum(loop, rdir: Path, tmp_path: Path) -> None:
+    """The documented trade-off (rsync's quick check), and checksum=True catching it."""
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(100_000))
+    dst = rdir / "m.bin"
+    with connect(loop) as c:
+        transfer.upload(c, src, str(dst))
+        t = backdate(dst)
+        transfer.upload(c, src, str(dst))
+        dst.write_bytes(os.urandom(100_000))          # edited on the board: same size ...
+        os.utime(dst, (t, t))                         # ... and the mtime put back
+        quick = transfer.upload(c, src, str(dst))
+        assert (quick.skipped, quick.checked_by) == (True, "manifest") and sha(dst) != sha(src)
+        full = transfer.upload(c, src, str(dst), checksum=True)
+    assert (full.skipped, full.checked_by, full.sent) == (False, "upload", 100_000) and sha(dst) == sha(src)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "edited entry", "not ours"])
+def test_damaged_manifest_falls_back_to_hashing(loop, rdir: Path, tmp_path: Path, damage: str) -> None:
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(100_000))
+    dst, man = rdir / "m.bin", rdir / manifest.MANIFEST_NAME
+    with connect(loop) as c:
+        transfer.upload(c, src, str(dst))
+        backdate(dst)
+        transfer.upload(c, src, str(dst))
+        # the board's file changes (same size), and the manifest is damaged
+        dst.write_bytes(os.urandom(100_000))
+        t = backdate(dst, 500)
+        text = man.read_text()
+        recorded = str(manifest.decode(text.encode())["m.bin"].mtime)
+        assert text.count(recorded) == 1
+        damaged = {
+            "garbage": "\0\1 not json",
+            "truncated": text[: len(text) // 2],
+            # someone makes the entry vouch for the new stat without knowing the self-check
+            "edited entry": text.replace(recorded, str(t)),
+            "not ours": json.dumps({"format": 1, "files": {"m.bin": [100_000, int(t), sha(src)]}, "check": "0" * 64}),
+        }[damage]
+        assert damaged != text
+        man.write_text(damaged)
+        as_board_user(man)
+        r = transfer.upload(c, src, str(dst))
+    assert (r.skipped, r.checked_by) == (False, "upload") and sha(dst) == sha(src)
+    assert manifest.decode(man.read_bytes())["m.bin"].sha256 == sha(src)      # rewritten, intact
+
+
+def test_manifest_in_an_unwritable_folder_is_only_a_missed_shortcut(loop, rdir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(10_000))
+    dst = rdir / "m.bin"
+    with connect(loop) as c:
+        transfer.upload(c, src, str(dst))
+        (rdir / manifest.MANIFEST_NAME).unlink()
+        rdir.chmod(0o555)                             # files stay writable, the folder not
+        try:
+            r = transfer.upload(c, src, str(dst))
+        finally:
+            rdir.chmod(0o755)
+    assert (r.skipped, r.checked_by) == (True, "sha256")
+    assert listing(rdir) == ["m.bin"]
