@@ -83,8 +83,9 @@ def bench_board(board, src: Path, repeats: int, repush_only: bool = False) -> di
         with connect(board) as c:
             c.run(["mkdir", "-p", "bench"], check=True)
         for name, fn, dst in methods:
-            with connect(board) as c:
-                c.run(["rm", "-f", dst, "bench/.dep.bin.part-*", "bench/.deployer-manifest.json"])
+            with connect(board) as c:       # a fresh start: no old copy, partial file (or manifest entry)
+                c.run(["sh", "-c", 'rm -f -- "$@" bench/.dep.bin.part-*', "sh", dst,
+                       *(["bench/.deployer-manifest.json"] if name == "deployer" else [])], check=True)
             rows[name].append(timed(lambda: fn(board, src, dst)))
         for checksum, name in ((False, "re-push"), (True, "re-push --checksum")):
             with connect(board) as c:     # timed from an open connection (the SFTP channel opens inside)

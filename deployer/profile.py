@@ -89,7 +89,7 @@ class Profile:
         generic = _generic(dotted)
         if generic in self.flags:
             return self.flags[generic]
-        return f"{self.source}: {dotted}" if self.source else dotted
+        return f"{self.source}: {dotted}" if self.source else FLAG_NAMES.get(generic, dotted)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,6 +113,18 @@ class Override:
     flag: str           # e.g. "--calib", used in error messages
 
 
+# the command-line flag for each field, to name in errors when there is no profile file
+FLAG_NAMES = {
+    "model.param": "--param", "model.bin": "--bin", "model.source": "--source", "model.inputshape": "--inputshape",
+    "inputs": "--shape", "inputs.shape": "--shape", "inputs.pixel": "--pixel", "inputs.mean": "--mean",
+    "inputs.norm": "--norm", "inputs.resize": "--resize", "inputs.pad_value": "--pad-value",
+    "calibration.images": "--calib", "calibration.count": "--count", "calibration.holdout": "--holdout",
+    "calibration.seed": "--seed", "quantize.method": "--method", "quantize.candidates": "--candidates",
+    "quantize.keep_fp32": "--keep-fp32", "quantize.mixed": "--mixed", "quantize.max_fp32_layers": "--max-fp32-layers",
+    "gate": "--gate", "out": "--out", "name": "--name", "threads": "--threads", "model": "--param",
+}
+
+
 class _Where:
     """Remembers where each field came from so errors name the file+field or the flag."""
 
@@ -126,7 +138,7 @@ class _Where:
         if generic in self.flags:
             return self.flags[generic]
         if self.source is None:
-            return dotted
+            return FLAG_NAMES.get(generic, dotted)
         return f"{self.source}: {dotted}"
 
     def base_dir(self, dotted: str) -> Path:

@@ -133,8 +133,8 @@ def _pre_spec(spec: InputSpec, npy_shape: tuple[int, ...] | None = None):
     return PreSpec(shape=shape, mean=tuple(spec.mean), norm=tuple(spec.norm), pixel=PIXEL_TYPES[spec.pixel])
 
 
-def _collect_files(split: Split, specs: list[InputSpec], names: list[str], work: Path) -> tuple[list, list[list[str]]]:
-    """Inputs ncnn2table-style preprocessing cannot express (letterbox, no-resize edge cases) are
+def _collect_files(split: Split, specs: list[InputSpec], work: Path) -> tuple[list, list[list[str]]]:
+    """Inputs ncnn2table-style preprocessing cannot express (letterbox) and mixed .npy lists are
     preprocessed here once and handed to the collector as .npy, so statistics see exactly the
     tensors the held-out check sees."""
     from deployer.check.samples import load_array
@@ -166,7 +166,7 @@ def collect_stats(param: Path, bin_: Path, calib_model: Any, split: Split, specs
         if ql.bottom not in blobs:
             blobs.append(ql.bottom)
     with tempfile.TemporaryDirectory(prefix="deployer-calib-") as tmp:
-        pre_specs, files = _collect_files(split, specs, names, Path(tmp))
+        pre_specs, files = _collect_files(split, specs, Path(tmp))
         job = CollectJob(param_path=str(param), bin_path=str(bin_), input_blobs=tuple(names),
                          specs=tuple(pre_specs), files=tuple(tuple(f) for f in files), blobs=tuple(blobs))
         cb = (lambda d, t: progress("collect", d, t)) if progress else None

@@ -18,10 +18,16 @@ puts the mtime back (`touch -d`, a restored backup) is not noticed. `upload_many
 ignores the manifest and hashes everything, like `rsync --checksum`. The manifest is a cache, not a
 security boundary: whoever can write the board's files can also rewrite it.
 
-Racy seconds: SFTP v3 reports mtimes in whole seconds, so an edit in the same second as our upload
-would keep the recorded mtime. As git does with its index, an entry is trusted only if the file's
-mtime is strictly older than the manifest's own mtime (both from the board's clock); a file written
-in the manifest's second is re-hashed once, and the rewritten manifest is then trusted.
+Racy seconds: SFTP v3 reports mtimes in whole seconds, so an edit in the same second as the
+recorded mtime would keep it. As git does with its index, an entry is trusted only if the file's
+mtime is strictly older than the manifest's own mtime (both from the board's clock); a file with
+an mtime in the manifest's second is re-hashed once, and the rewritten manifest is then trusted.
+Uploads give the board's copy the local file's mtime (transfer.py), usually long past, so a fresh
+upload is trusted by the very next push.
+
+A host clock ahead of the board's gives uploaded files (which keep the local mtime, like scp -p)
+mtimes "in the future" for the board: they count as racy and are hashed until the board's clock
+has passed them. Safe, only slower.
 
 The manifest carries a sha256 of its own entries, so a truncated or hand-edited file reads as absent.
 It is written to a temp name and renamed over the old one (atomic on the board's filesystem).
@@ -46,7 +52,7 @@ from paramiko.sftp import (
 
 MANIFEST_NAME = ".deployer-manifest.json"
 FORMAT = 1
-_READ_MAX = 256 * 1024           # OpenSSH's sftp-server answers reads up to this size
+_READ_MAX = 64 * 1024            # one read covers ~550 entries; bigger manifests take a second pass
 _WRITE_MAX = 128 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 

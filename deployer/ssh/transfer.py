@@ -303,6 +303,9 @@ def _check_remote(remote: str) -> None:
 
 def _prepare(local: Path, remote: str, mode: int | None) -> _Item:
     _check_remote(remote)
+    if PurePosixPath(remote).name.startswith(manifest.MANIFEST_NAME):
+        raise DeployerError(f"remote name '{remote}' is reserved for deployer's upload manifest",
+                            hint="pick another file name")
     try:
         st = local.stat()
     except FileNotFoundError:

@@ -174,3 +174,15 @@ def test_pnnx_errors_name_the_model(tmp_path, monkeypatch, tiny_onnx):
     assert str(err.value) == (f"{tiny_onnx}: cannot convert, pnnx is not installed "
                               "(pip install torch==2.13.0 pnnx (torch first), or set DEPLOYER_PNNX)")
     assert os.environ["DEPLOYER_PNNX"]
+
+
+def test_letterbox_inputs_calibrate_through_npy(tmp_path, mtcnn_rnet, calib_photos):
+    """Letterbox is beyond ncnn2table's preprocessing: the pipeline hands the collector .npy tensors."""
+    inputs = {"shape": [24, 24], "resize": "letterbox", "pad_value": 0, "pixel": "RGB",
+              "mean": [127.5] * 3, "norm": [0.0078125] * 3}
+    profile = write_profile(tmp_path, mtcnn_rnet, calib_photos.list_file, tmp_path / "out", inputs=inputs,
+                            quantize={"method": "maxabs"}, gate=["cosine>=0.98"])
+    result = run_quantize(load_profile(profile))
+    assert result.report["gate"]["passed"] is True
+    assert result.report["calibration"]["files"] + result.report["heldout"]["count"] == len(calib_photos.files)
+    assert not list(tmp_path.glob("**/*.npy"))      # the .npy hand-off lives in a private temp folder

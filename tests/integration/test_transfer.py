@@ -152,6 +152,8 @@ def test_bad_paths_and_permissions_give_one_line_errors(loop, tmp_path: Path) ->
             transfer.upload(c, src, "models/../../etc/m.bin")
         with pytest.raises(DeployerError, match="not found"):
             transfer.upload(c, tmp_path / "missing.bin", "x.bin")
+        with pytest.raises(DeployerError, match="reserved"):
+            transfer.upload(c, src, f"models/{manifest.MANIFEST_NAME}")
         with pytest.raises(DeployerError) as e:
             transfer.upload(c, src, "/root/deployer-test.bin")      # the login user cannot write there
         assert "board 'loop'" in str(e.value) and "\n" not in str(e.value)
@@ -324,3 +326,18 @@ def test_manifest_in_an_unwritable_folder_is_only_a_missed_shortcut(loop, rdir: 
             rdir.chmod(0o755)
     assert (r.skipped, r.checked_by) == (True, "sha256")
     assert listing(rdir) == ["m.bin"]
+
+
+def test_big_folder_manifest_is_read_in_full(loop, rdir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(manifest, "_READ_MAX", 2048)      # so a few dozen entries need a second pass
+    files = []
+    for i in range(60):
+        f = tmp_path / f"f{i:03d}.txt"
+        f.write_bytes(b"%d" % i)
+        backdate(f)
+        files.append((f, str(rdir / f.name)))
+    with connect(loop) as c:
+        transfer.upload_many(c, files)
+        again = transfer.upload_many(c, files)
+    assert (rdir / manifest.MANIFEST_NAME).stat().st_size > 2 * 2048
+    assert {r.checked_by for r in again} == {"manifest"}

@@ -130,7 +130,7 @@ def test_flags_alone_describe_a_job(folder: Path, monkeypatch):
                                Override("calibration.images", ["calib"], "--calib")])
     assert prof.model.param == folder / "m.param"
     assert prof.inputs[0].pixel == "GRAY" and prof.inputs[0].shape == (16, 16)
-    assert error_of(None, [Override("model.param", "m.param", "--param")]) == "model.bin: missing (give model.param and model.bin (or model.source))"
+    assert error_of(None, [Override("model.param", "m.param", "--param")]) == "--bin: missing (give model.param and model.bin (or model.source))"
 
 
 def test_model_source_needs_inputshape(folder: Path):
