@@ -384,6 +384,10 @@ def read_bin(graph: Graph, data: bytes, source: str = "<bin>") -> dict[str, list
         except DeployerError as err:
             raise DeployerError(f"{source}: {err}") from None
         if layout:
+            if layer.name in out:
+                raise DeployerError(
+                    f"{source}: two layers with weights are both named {layer.name!r}; weights and "
+                    "calibration tables are keyed by layer name, so rename one in the .param")
             out[layer.name] = [_read_one(rd, layer, *entry) for entry in layout]
     if rd.pos != len(rd.data):
         extra = len(rd.data) - rd.pos

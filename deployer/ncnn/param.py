@@ -205,16 +205,12 @@ def parse_param(text: str, source: str = "<param>") -> Graph:
     cur.skip_ws()
     header = text[:cur.pos]
 
+    # Duplicate layer names are legal for ncnn (pnnx writes two `splitncnn_0` for YOLOv8); they only
+    # matter where weights and table lines are keyed by name, which read_bin checks.
     layers: list[Layer] = []
-    names: dict[str, int] = {}
     producers: dict[str, str] = {}
     while not cur.at_end():
         layer, line = _parse_layer(cur, source)
-        if layer.name in names:
-            raise DeployerError(
-                f"{source}: line {line} (layer {layer.name}): duplicate layer name, first used on "
-                f"line {names[layer.name]}; layer names must be unique")
-        names[layer.name] = line
         for top in layer.tops:
             if top in producers:
                 raise DeployerError(
@@ -387,11 +383,7 @@ def format_layer(layer: Layer) -> str:
 
 
 def _validate_for_write(graph: Graph) -> None:
-    seen: set[str] = set()
     for lay in graph.layers:
-        if lay.name in seen:
-            raise DeployerError(f"cannot write .param: two layers are named {lay.name!r}")
-        seen.add(lay.name)
         for tok in [lay.type, lay.name, *lay.bottoms, *lay.tops]:
             if not tok or any(ch.isspace() for ch in tok) or len(tok) > _MAX_NAME_CHARS:
                 raise DeployerError(

@@ -5,16 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployer.errors import DeployerError
 from deployer.profile import Override, load_profile
 from deployer.quant.pipeline import run_quantize
 from tests.fixtures.models import ROOT
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=DeployerError, strict=False,
-                   reason="deployer.ncnn.param rejects pnnx's duplicate layer names (yolov8n has two Split "
-                          "layers named splitncnn_0; stock ncnn loads it)")
 def test_yolov8n_int8_keeps_the_face(tmp_path, yolov8n, calib_photos):
     from examples.evaluate import _iou, detect
     import skimage.data

@@ -409,3 +409,13 @@ def test_synthetic_weights_cover_layout():
     names = [w.name for w in synthetic_weights(layer)]
     assert names == ["weight_xc", "bias_c", "weight_hc", "weight_hr", "weight_xc_scales",
                      "weight_hc_scales"]
+
+
+def test_duplicate_names_on_layers_with_weights_are_refused():
+    from deployer.ncnn.param import parse_param as _parse
+
+    text = ("7767517\n3 3\nInput in 0 1 in\nScale s 1 1 in a 0=2\nScale s 1 1 a b 0=2\n")
+    graph = _parse(text)
+    data = np.zeros(4, "<f4").tobytes()
+    with pytest.raises(DeployerError, match="both named 's'"):
+        read_bin(graph, data, "dup.bin")

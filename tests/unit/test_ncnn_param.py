@@ -211,8 +211,6 @@ BAD = [
     ("7767517\n2 2\nInput in 0 1 in\nReLU r 1 1 in 0=1\n",
      "line 4 (layer r): declares 1 bottoms and 1 tops but lists only 1 blob names"),
     ("7767517\n2 2\nInput in 0 1 in\nReLU r x 1 in out\n", "(layer r): bottom count must be"),
-    ("7767517\n2 2\nInput in 0 1 in\nReLU in 1 1 in out\n",
-     "line 4 (layer in): duplicate layer name, first used on line 3"),
     ("7767517\n2 1\nInput in 0 1 in\nReLU r 1 1 in in\n",
      "line 4 (layer r): blob 'in' is already produced by layer in"),
     ("7767517\n2 2\nInput in 0 1 in\nReLU r 1 1 in out 32=1\n", "param id 32 in '32=1' is out of range"),
@@ -246,9 +244,6 @@ def test_malformed_param_gives_one_line_error_naming_file_and_place(text, messag
 
 
 def test_write_refuses_invalid_graphs():
-    g = Graph(layers=[Layer("Input", "in", [], ["in"]), Layer("ReLU", "in", ["in"], ["out"])])
-    with pytest.raises(DeployerError, match="two layers are named 'in'"):
-        format_param(g)
     g = Graph(layers=[Layer("Input", "in", [], ["in put"])])
     with pytest.raises(DeployerError, match="invalid name/blob 'in put'"):
         format_param(g)
@@ -269,3 +264,12 @@ def test_new_graph_written_from_scratch_loads_in_ncnn():
     assert " -23300=2,-233,-233 1=0" in text and ' 4="has space" 5=word' in text
     assert ncnn_accepts(text)
     assert parse_param(text) == g
+
+
+def test_duplicate_weightless_layer_names_are_accepted_like_ncnn():
+    # pnnx's YOLOv8 export has two Split layers named splitncnn_0; stock ncnn loads it.
+    text = ("7767517\n4 6\nInput in 0 1 in\nSplit s 1 2 in a b\nSplit s 1 2 a c d\n"
+            "Concat cat 3 1 b c d out\n")
+    graph = parse_param(text)
+    assert [lay.name for lay in graph.layers].count("s") == 2
+    assert format_param(graph) == text
