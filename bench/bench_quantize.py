@@ -86,6 +86,9 @@ class MethodResult:
     latency_ms: float | None = None
     fp32_latency_ms: float | None = None      # measured interleaved with this method's int8 model
     speedup: float | None = None
+    latency_min_ms: float | None = None
+    fp32_latency_min_ms: float | None = None
+    speedup_min: float | None = None
     error: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -121,8 +124,10 @@ def run_all(runner: NcnnRunner, case: Case) -> list[dict[str, np.ndarray]]:
 
 
 def paired_latency_ms(fp32: NcnnRunner, int8: NcnnRunner, case: Case, runs: int,
-                      min_seconds: float = 1.0) -> tuple[float, float]:
-    """Median forward time (all outputs) of fp32 and int8, interleaved one forward each.
+                      min_seconds: float = 1.0) -> tuple[float, float, float, float]:
+    """Median and minimum forward time (all outputs) of fp32 and int8, interleaved one forward each:
+    (fp32 median, int8 median, fp32 min, int8 min). The minimum is the steadier figure when other
+    processes compete for the cores.
 
     Alternating keeps load from other processes and clock changes from favouring either side, so
     the ratio stays meaningful on a busy machine even when the absolute numbers are not. At least
@@ -140,7 +145,7 @@ def paired_latency_ms(fp32: NcnnRunner, int8: NcnnRunner, case: Case, runs: int,
             if pairs >= 3:
                 bucket.append((time.perf_counter() - t0) * 1000)
         pairs += 1
-    return statistics.median(times[0]), statistics.median(times[1])
+    return statistics.median(times[0]), statistics.median(times[1]), min(times[0]), min(times[1])
 
 
 def compare(case: Case, ref: list[dict[str, np.ndarray]], test: list[dict[str, np.ndarray]], res: MethodResult) -> None:
@@ -235,8 +240,10 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
                 compare(case, ref, run_all(int8, case), res)
                 res.bin_bytes = binf.stat().st_size
                 res.bin_ratio = res.bin_bytes / fp32_bytes
-                res.fp32_latency_ms, res.latency_ms = paired_latency_ms(fp32, int8, case, runs)
+                (res.fp32_latency_ms, res.latency_ms,
+                 res.fp32_latency_min_ms, res.latency_min_ms) = paired_latency_ms(fp32, int8, case, runs)
                 res.speedup = res.fp32_latency_ms / res.latency_ms
+                res.speedup_min = res.fp32_latency_min_ms / res.latency_min_ms
             except Exception as exc:  # a missing/broken method must not hide the others' numbers
                 res.error = f"{type(exc).__name__}: {exc}"[:240]
         acc = "-" if res.accuracy is None else f"{res.accuracy:.3f}"

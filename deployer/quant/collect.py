@@ -154,12 +154,13 @@ def histogram(values: np.ndarray, absmax: np.float32, out: np.ndarray,
 
     ncnn: `min((int)(fabs(x) / absmax * 2048), 2047)` in float32, exact zeros skipped. Dividing by
     absmax/2048 gives the same float (scaling by a power of two commutes with rounding) in one pass.
-    Works in chunks through an int32 `scratch` buffer so no large temporaries are faulted in.
+    Works in chunks through an intp `scratch` buffer (bincount would convert int32 itself) so no
+    large temporaries are faulted in.
     """
     if values.size == 0 or absmax == 0:
         return
     if scratch is None or scratch.size < min(values.size, _CHUNK):
-        scratch = np.empty(min(values.size, _CHUNK), np.int32)
+        scratch = np.empty(min(values.size, _CHUNK), np.intp)
     step = np.float32(absmax) / np.float32(NUM_BINS)
     exact_step = bool(np.isfinite(step) and step >= np.finfo(np.float32).tiny)
     counts = np.zeros(NUM_BINS + 1, np.int64)
@@ -239,7 +240,7 @@ class _Collector:
 
     def pass2(self, absmax: np.ndarray) -> np.ndarray:
         hist = np.zeros((len(self.job.blobs), NUM_BINS), np.uint64)
-        scratch = np.empty(_CHUNK, np.int32)
+        scratch = np.empty(_CHUNK, np.intp)
         if self.arena is not None:
             for b, arr in enumerate(self.arena.blobs):
                 histogram(arr.reshape(-1), absmax[b], hist[b], scratch)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deployer.errors import DeployerError
 from examples import data, evaluate, zoo
 from examples.infer import NcnnRunner, image_to_input, load_rgb
 
@@ -167,3 +168,15 @@ def test_zoo_input_spec_means_the_same_to_deployer(zoo_model, name):
     got = load_array(image, spec)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_wrong_weights_file_is_one_line_error(tmp_path):
+    """A state_dict that does not fit the architecture must name the file, not dump a torch traceback."""
+    import torch
+
+    bogus = tmp_path / "pnet.pt"
+    torch.save({"conv1.weight": torch.zeros(1)}, bogus)
+    recipe = zoo._recipes()["mtcnn_pnet"]
+    recipe = zoo.Recipe(**{**recipe.__dict__, "source": lambda: bogus})
+    with pytest.raises(DeployerError, match=r"pnet\.pt: does not fit examples\.nets\.PNet"):
+        recipe.convert(recipe, tmp_path, tmp_path)

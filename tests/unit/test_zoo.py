@@ -202,15 +202,3 @@ def test_data_folder_rewritten_when_its_stamp_differs(tmp_path):
     test = data.digits_images(folder, "test", limit=5)       # same count, other content
     assert all(p.name.startswith("digit_test_") for p in test.files)
     assert sorted(p.name for p in folder.glob("*.png")) == sorted(p.name for p in test.files)
-
-
-def test_wrong_weights_file_is_one_line_error(tmp_path):
-    """A state_dict that does not fit the architecture must name the file, not dump a torch traceback."""
-    import torch
-
-    bogus = tmp_path / "pnet.pt"
-    torch.save({"conv1.weight": torch.zeros(1)}, bogus)
-    recipe = zoo._recipes()["mtcnn_pnet"]
-    recipe = zoo.Recipe(**{**recipe.__dict__, "source": lambda: bogus})
-    with pytest.raises(DeployerError, match=r"pnet\.pt: does not fit examples\.nets\.PNet"):
-        recipe.convert(recipe, tmp_path, tmp_path)
