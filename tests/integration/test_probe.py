@@ -25,8 +25,10 @@ def host_python(python: str, code: str) -> str:
 
 @pytest.mark.sshd
 def test_probe_on_loopback_reports_this_hosts_facts(sshd, tmp_path: Path) -> None:
-    board = sshd.board("loop")
-    rt = Path(board.runtime_dir)
+    # A runtime folder of its own: other tests provision the shared loopback board's folder.
+    base = sshd.board("loop")
+    rt = Path(base.runtime_dir).parent / f"probe-{os.getpid()}-{tmp_path.name}"
+    board = dataclasses.replace(base, runtime_dir=str(rt))
     (rt / "models" / "sub").mkdir(parents=True, exist_ok=True)
     payload = os.urandom(10_000)
     (rt / "models" / "sub" / "m.bin").write_bytes(payload)
