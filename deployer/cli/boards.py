@@ -18,6 +18,8 @@ runtime_app = typer.Typer(help="The ncnn wheels deployer installs on boards (hos
 TargetsOpt = typer.Option(None, "--targets", help="targets YAML file(s); default: targets/*.yaml in the current folder")
 JsonOpt = typer.Option(False, "--json", help="print JSON on stdout")
 AcceptNewOpt = typer.Option(False, "--accept-new", help="trust and save an unknown host key (never a changed one)")
+ChecksumOpt = typer.Option(False, "--checksum",
+                           help="re-hash every file on the board instead of trusting size+mtime (like rsync -c)")
 _SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -116,6 +118,7 @@ def register(app: typer.Typer) -> None:
     def probe(
         target: str = typer.Argument(..., help="board or group name from targets/*.yaml"),
         targets: Optional[List[Path]] = TargetsOpt,
+        checksum: bool = ChecksumOpt,
         accept_new: bool = AcceptNewOpt,
         json_output: bool = JsonOpt,
     ) -> None:
@@ -148,6 +151,7 @@ def register(app: typer.Typer) -> None:
         bin: Path = typer.Option(..., "--bin", help="ncnn .bin"),
         ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="board wheel version (default: host's)"),
         targets: Optional[List[Path]] = TargetsOpt,
+        checksum: bool = ChecksumOpt,
         accept_new: bool = AcceptNewOpt,
         json_output: bool = JsonOpt,
     ) -> None:
@@ -158,7 +162,7 @@ def register(app: typer.Typer) -> None:
         from deployer.ssh.transfer import rich_progress
 
         inventory = _inventory(targets)
-        opts = _run_options(param=param, bin=bin, ncnn_version=ncnn_version)
+        opts = _run_options(param=param, bin=bin, ncnn_version=ncnn_version, checksum=checksum)
         with rich_progress(console) as bars:
             reports = push_boards(_boards(inventory, target), opts, accept_new=accept_new, inventory=inventory,
                                   progress=bars)
@@ -195,6 +199,7 @@ def register(app: typer.Typer) -> None:
         ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="board wheel version (default: host's)"),
         results: Path = typer.Option(Path("results"), "--results", help="folder for results/<board>/<time>.json"),
         targets: Optional[List[Path]] = TargetsOpt,
+        checksum: bool = ChecksumOpt,
         accept_new: bool = AcceptNewOpt,
         json_output: bool = JsonOpt,
     ) -> None:
@@ -206,8 +211,7 @@ def register(app: typer.Typer) -> None:
                             warmup=warmup, threads=threads, powersave=powersave, fp16=fp16, int8=int8,
                             input_blob=input_blob, output_blob=output_blob, fill=fill, seed=seed,
                             input_file=input_file, return_output=return_output, compare=compare,
-                            idle_timeout=idle_timeout,
-                            ncnn_version=ncnn_version)
+                            idle_timeout=idle_timeout, ncnn_version=ncnn_version, checksum=checksum)
         boards = _boards(inventory, target)
         view = LiveView()
         try:

@@ -59,6 +59,7 @@ class RunOptions:
     compare: bool = False            # also run the host's ncnn on the same input and report the difference
     idle_timeout: float = 600.0      # seconds without a line from the runner before it is killed as hung
     ncnn_version: str | None = None  # wheel version on the board; default = the host's ncnn
+    checksum: bool = False           # re-hash every remote file instead of trusting the manifest's quick check
 
 
 @dataclass
@@ -324,7 +325,8 @@ class Session:
         _emit(self.on_event, self.name, {"type": "stage", "stage": "upload"})
         keys = ["runner", "param", "bin", "input_file"]
         remote = [f"{self.root}/bin/runner.py"] + [f"{self.root}/models/{p.name}" for p in local]
-        sent = upload_many(self.conn, list(zip([RUNNER_PATH, *local], remote)), progress)
+        sent = upload_many(self.conn, list(zip([RUNNER_PATH, *local], remote)), progress,
+                           checksum=opts.checksum)
         files = dict(zip(keys, remote))
         uploaded = [r.remote for r in sent if not r.skipped]
         return PushReport(install, files.pop("runner"), files, uploaded)
