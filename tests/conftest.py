@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.boards",
     "tests.fixtures.int8",
+    "tests.fixtures.calib",
 ]
