@@ -33,15 +33,21 @@ _MEMORY = 512 << 20
 
 
 def round_away(v: np.ndarray) -> np.ndarray:
-    """C roundf on float32 values, computed exactly in float64."""
-    v = v.astype(np.float64)
-    return np.where(v >= 0, np.floor(v + 0.5), np.ceil(v - 0.5))
+    """C roundf on float32 values |v| <= 127, exactly, without a float64 copy: rint rounds ties to
+    even, so exact .5 ties (v - rint(v) is exact in float32 here) are moved away from zero."""
+    r = np.rint(v)
+    tie = np.abs(v - r) == np.float32(0.5)
+    return np.where(tie, v + np.copysign(np.float32(0.5), v), r)
 
 
 def quantize(x: np.ndarray, scale) -> np.ndarray:
-    """ncnn float2int8(x * scale): float32 product, ties away from zero, clamp to +-127."""
-    prod = (x.astype(np.float32) * np.asarray(scale, dtype=np.float32)).astype(np.float32)
-    return np.clip(round_away(prod), -127, 127)
+    """ncnn float2int8(x * scale): float32 product, ties away from zero, clamp to +-127.
+
+    Clamping before rounding gives the same integers (rounding is monotonic, 127 is an integer)
+    and keeps round_away's inputs small."""
+    prod = np.multiply(x, np.asarray(scale, dtype=np.float32), dtype=np.float32)
+    np.clip(prod, -127, 127, out=prod)
+    return round_away(prod)
 
 
 def activation(x: np.ndarray, kind: int, params: list[float]) -> np.ndarray:
@@ -84,6 +90,29 @@ class _Geometry:
         """[groups, K, P] integer-valued columns of the (already quantized) input."""
         if self.ql.type == "InnerProduct":
             return x.reshape(1, -1, 1)
+        xp, (kh, kw, dh, dw, sh, sw, oh, ow) = self.padded(x)
+        if kh == kw == sh == sw == 1 and xp.shape[1:] == (oh, ow):
+            return x.reshape(self.groups, self.cin_g, oh * ow)               # 1x1: a view
+        ekw, ekh = dw * (kw - 1) + 1, dh * (kh - 1) + 1
+        win = np.lib.stride_tricks.sliding_window_view(xp, (ekh, ekw), axis=(1, 2))
+        win = win[:, ::sh, ::sw, ::dh, ::dw][:, :oh, :ow]            # [C, oh, ow, kh, kw]
+        cols = win.transpose(0, 3, 4, 1, 2).reshape(self.groups, self.cin_g * kh * kw, oh * ow)
+        return np.ascontiguousarray(cols)
+
+    def depthwise_acc(self, x: np.ndarray, qw: np.ndarray) -> np.ndarray:
+        """[C, P] integer sums of a one-channel-per-group conv, tap by tap: no 9x im2col copy."""
+        xp, (kh, kw, dh, dw, sh, sw, oh, ow) = self.padded(x)
+        dt = _matmul_dtype(kh * kw)                  # float32 while every partial sum is exact
+        xp, w = xp.astype(dt, copy=False), qw.reshape(self.groups, kh * kw).astype(dt, copy=False)
+        acc = np.zeros((self.groups, oh, ow), dt)
+        for a in range(kh):
+            for b in range(kw):
+                tap = xp[:, a * dh: a * dh + sh * (oh - 1) + 1: sh, b * dw: b * dw + sw * (ow - 1) + 1: sw]
+                acc += w[:, a * kw + b, None, None] * tap
+        return acc.reshape(self.groups, oh * ow)
+
+    def padded(self, x: np.ndarray):
+        """The input padded like ncnn, and (kh, kw, dh, dw, sh, sw, out_h, out_w)."""
         g = self.ql.layer.get
         kw = int(g(1, 0)); kh = int(g(11, kw))
         dw = int(g(2, 1)); dh = int(g(12, dw))
@@ -98,13 +127,10 @@ class _Geometry:
                 pl, pr, pt, pb = tw // 2, tw - tw // 2, th // 2, th - th // 2
             else:
                 pl, pr, pt, pb = tw - tw // 2, tw // 2, th - th // 2, th // 2
-        xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr)))
+        xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr))) if pl or pr or pt or pb else x
         oh = (xp.shape[1] - ekh) // sh + 1
         ow = (xp.shape[2] - ekw) // sw + 1
-        win = np.lib.stride_tricks.sliding_window_view(xp, (ekh, ekw), axis=(1, 2))
-        win = win[:, ::sh, ::sw, ::dh, ::dw][:, :oh, :ow]            # [C, oh, ow, kh, kw]
-        cols = win.transpose(0, 3, 4, 1, 2).reshape(self.groups, self.cin_g * kh * kw, oh * ow)
-        return np.ascontiguousarray(cols)
+        return xp, (kh, kw, dh, dw, sh, sw, oh, ow)
 
     def weights(self) -> np.ndarray:
         """[groups, cout_g, K] fp32 weights."""
@@ -163,7 +189,7 @@ class _LayerSearch:
     def output(self, cols: np.ndarray, qw: np.ndarray, s_in, s_w: np.ndarray) -> np.ndarray:
         """The int8 layer's float output [N, cout, P] for quantized columns and weights."""
         dt = _matmul_dtype(cols.shape[-2])
-        acc = np.matmul(qw.astype(dt)[None], cols.astype(dt))          # [N, groups, cout_g, P]
+        acc = np.matmul(qw.astype(dt, copy=False)[None], cols.astype(dt, copy=False))   # [N, G, cout_g, P]
         acc = acc.reshape(acc.shape[0], -1, acc.shape[-1])
         return _dequant(acc, s_in, self._per_channel_scale(s_w), self.bias, *self.act).astype(np.float64)
 
@@ -194,7 +220,7 @@ class _LayerSearch:
         n, _, p = cols_g.shape
         r = w_rows.shape[0]
         dt = _matmul_dtype(cols_g.shape[1])
-        cols_dt = cols_g.astype(dt)
+        cols_dt = cols_g.astype(dt, copy=False)
         bias = None if self.bias is None else self.bias[rows]
         y = self.Y[:, rows]                                                  # [N, R, P]
         bb = np.empty((scales.size, n))
@@ -202,7 +228,7 @@ class _LayerSearch:
         chunk = max(1, _BATCH_ELEMENTS // max(1, n * r * p))
         for c0 in range(0, scales.size, chunk):
             sc = scales[c0:c0 + chunk]
-            q = quantize(w_rows[None], sc[:, None, None]).astype(dt)          # [S, R, K]
+            q = quantize(w_rows[None], sc[:, None, None]).astype(dt, copy=False)   # [S, R, K]
             acc = np.matmul(q[None], cols_dt[:, None])                       # [N, S, R, P]
             out = _dequant(acc, s_in, np.broadcast_to(sc[:, None], (sc.size, r)), bias,
                            *self.act).astype(np.float64)
@@ -213,6 +239,7 @@ class _LayerSearch:
     def search_weights(self, s_w: np.ndarray, s_in: np.float32) -> np.ndarray:
         s_w = s_w.astype(np.float32).copy()
         cols = self.columns(s_in)                                            # [N, G, K, P]
+        cols = cols.astype(_matmul_dtype(cols.shape[-2]), copy=False)        # once, not per element
         out = self.output(cols, self._qw(s_w), s_in, s_w)
         sbb = np.sum(out * out, axis=2)                                      # [N, cout]
         sab = np.sum(out * self.Y, axis=2)
@@ -236,21 +263,40 @@ class _LayerSearch:
 
     def _per_row_sums(self, cols_g, w_rows, scale, s_in, rows):
         dt = _matmul_dtype(cols_g.shape[1])
-        q = quantize(w_rows, scale[0]).astype(dt)                            # [R, K]
-        acc = np.matmul(q[None], cols_g.astype(dt))                          # [N, R, P]
+        q = quantize(w_rows, scale[0]).astype(dt, copy=False)                # [R, K]
+        acc = np.matmul(q[None], cols_g.astype(dt, copy=False))              # [N, R, P]
         bias = None if self.bias is None else self.bias[rows]
         out = _dequant(acc, s_in, np.repeat(scale, w_rows.shape[0]), bias, *self.act).astype(np.float64)
         return np.sum(out * out, axis=2), np.sum(out * self.Y[:, rows], axis=2)
 
     def search_input(self, s_w: np.ndarray, s_in: np.float32) -> np.float32:
+        """100 candidate input scales; each one is a full int8 layer run, one input at a time
+        (the quantized input differs per candidate, so nothing can be shared but the weights)."""
         cands = self._candidates(np.float32(s_in))
         qw = self._qw(s_w)
+        per_ch = self._per_channel_scale(s_w)
+        direct = self.dw and self.geo.cin_g == 1 and self.geo.cout_g == 1
+        dt = None
         sims = np.zeros(STEPS)
         for k, s in enumerate(cands):
-            out = self.output(self.columns(s), qw, s, s_w)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cos = np.sum(out * self.Y, axis=(1, 2)) / self.sa / np.sqrt(np.sum(out * out, axis=(1, 2)))
-            sims[k] = float(np.nan_to_num(cos).sum())
+            total = 0.0
+            for n in range(self.X.shape[0]):
+                xq = quantize(self.X[n], s)
+                if self.ql.type == "InnerProduct":
+                    xq = xq.reshape(-1)
+                if direct:
+                    acc = self.geo.depthwise_acc(xq, qw)
+                else:
+                    cols = self.geo.columns(xq)
+                    dt = dt or _matmul_dtype(cols.shape[-2])
+                    acc = np.matmul(qw.astype(dt, copy=False), cols.astype(dt, copy=False))
+                    acc = acc.reshape(-1, acc.shape[-1])
+                out = _dequant(acc, s, per_ch, self.bias, *self.act).astype(np.float64)
+                y = self.Y[n]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cos = np.sum(out * y) / self.sa[n] / np.sqrt(np.sum(out * out))
+                total += float(np.nan_to_num(cos))
+            sims[k] = total
         return self._pick(np.float32(s_in), cands, sims)
 
 
@@ -273,37 +319,100 @@ def _layer_io(runner: Runner, job: CollectJob, layers: list[QuantLayer], nfiles:
     return xs, ys
 
 
+def _search_layer(task: tuple[QuantLayer, list[np.ndarray], list[np.ndarray], LayerScales]) -> LayerScales:
+    """One layer's whole EQ search (weights element by element, then the input scale)."""
+    q, xs, ys, ls = task
+    with _single_threaded_blas():
+        search = _LayerSearch(q, xs, ys)
+        del xs, ys
+        s_in = np.float32(ls.input_scale)
+        s_w = search.search_weights(np.asarray(ls.weight_scales, np.float32), s_in)
+        s_in = search.search_input(s_w, s_in)
+    return LayerScales(q.name, s_w, float(s_in), ls.absmax, float(np.float32(127) / s_in))
+
+
+class _single_threaded_blas:
+    """Workers already use every core between them; BLAS threads on top only oversubscribe."""
+
+    def __enter__(self):
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:          # optional: without it BLAS keeps its own thread count
+            self._limit = None
+            return self
+        self._limit = threadpool_limits(1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._limit is not None:
+            self._limit.unregister()
+
+
+def _batches(runner: Runner, job: CollectJob, layers: list[QuantLayer], nfiles: int, budget: int):
+    """Consecutive layers whose stored inputs/outputs over `nfiles` fit `budget` bytes."""
+    probe = feed(runner, job, 0)
+    sizes = [sum(mat_view(extract(probe, b, job, 0)).size for b in (q.bottom, q.top)) * 4 * nfiles
+             for q in layers]
+    del probe
+    batch: list[QuantLayer] = []
+    used = 0
+    for q, size in zip(layers, sizes):
+        if batch and used + size > budget:
+            yield batch
+            batch, used = [], 0
+        batch.append(q)
+        used += size
+    if batch:
+        yield batch
+
+
 def eq_search(model: CalibModel, job: CollectJob, start: list[LayerScales], *,
               progress: Callable[[str, int, int], None] | None = None,
-              max_files: int = MAX_FILES) -> list[LayerScales]:
-    """Refine KL's scales layer by layer (weights element by element, then the input scale)."""
+              max_files: int = MAX_FILES, threads: int = 1,
+              memory_budget: int = _MEMORY) -> list[LayerScales]:
+    """Refine KL's scales layer by layer (weights element by element, then the input scale).
+
+    Each layer's search only needs that layer's fp32 inputs/outputs, so the net runs once per input
+    for a batch of layers (the batch's tensors fit `memory_budget`), and the layers of the batch are
+    searched in `threads` worker processes (forked: they inherit nothing but numpy arrays to use).
+    """
+    from deployer.quant.collect import _context
+
     nfiles = min(len(job.files[0]), max_files)
     runner = Runner(job.param_path, job.bin_path)
     by_name = {ls.name: ls for ls in start}
-    out: list[LayerScales] = []
-    pending = list(model.quant_layers)
-    done = 0
-    while pending:
-        # Forward the files once per batch of layers whose inputs/outputs fit the memory budget.
-        batch, used = [], 0
-        probe = feed(runner, job, 0)
-        for q in pending:
-            size = sum(mat_view(extract(probe, b, job, 0)).size for b in (q.bottom, q.top)) * 4 * nfiles
-            if batch and used + size > _MEMORY:
-                break
-            batch.append(q)
-            used += size
-        del probe
-        pending = pending[len(batch):]
-        xs, ys = _layer_io(runner, job, batch, nfiles)
-        for q in batch:
-            ls = by_name[q.name]
-            search = _LayerSearch(q, xs.pop(q.name), ys.pop(q.name))
-            s_in = np.float32(ls.input_scale)
-            s_w = search.search_weights(np.asarray(ls.weight_scales, np.float32), s_in)
-            s_in = search.search_input(s_w, s_in)
-            out.append(LayerScales(q.name, s_w, float(s_in), ls.absmax, float(np.float32(127) / s_in)))
-            done += 1
-            if progress:
-                progress("eq search", done, len(model.quant_layers))
-    return out
+    found: dict[str, LayerScales] = {}
+    layers = list(model.quant_layers)
+    pool = _context().Pool(threads) if threads > 1 else None
+    try:
+        for batch in _batches(runner, job, layers, nfiles, memory_budget):
+            xs, ys = _layer_io(runner, job, batch, nfiles)
+            # Largest first: the slowest layer starts early instead of finishing last alone.
+            batch = sorted(batch, key=lambda q: -sum(x.size for x in xs[q.name]) * q.num_output)
+            tasks = ((q, xs.pop(q.name), ys.pop(q.name), by_name[q.name]) for q in batch)
+            results = pool.imap_unordered(_search_layer, tasks) if pool else map(_search_layer, tasks)
+            for ls in results:
+                found[ls.name] = ls
+                if progress:
+                    progress("eq search", len(found), len(layers))
+    finally:
+        if pool is not None:
+            pool.terminate()
+    return [found[q.name] for q in layers]
+
+
+def eq_layer_scales(model: CalibModel, job: CollectJob, stats, *, threads: int = 1,
+                    progress: Callable[[str, int, int], None] | None = None) -> list[LayerScales]:
+    """The whole method=eq for callers that already hold the collected statistics (`deployer
+    quantize`): KL's scales as the start, then the search over `job`'s inputs."""
+    from deployer.quant.methods import get_method
+    from deployer.quant.weights import weight_scales
+
+    m = get_method("eq")
+    th, sc = m.thresholds(stats), m.scales(stats)
+    start = []
+    for ql in model.quant_layers:
+        b = stats.index(ql.bottom)
+        start.append(LayerScales(ql.name, weight_scales(ql, m.weight_rule).scales, float(sc[b]),
+                                 float(stats.absmax[b]), float(th[b])))
+    return eq_search(model, job, start, threads=threads, progress=progress)

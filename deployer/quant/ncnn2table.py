@@ -25,7 +25,7 @@ from deployer.quant import collect as collect_mod
 from deployer.quant.collect import ActivationStats, CollectJob
 from deployer.quant.methods import (ALL_METHODS, CalibrationMethod, KLMethod, LayerScales,
                                     get_method, kl_threshold_bin)
-from deployer.quant.preprocess import PIXEL_NAMES, PIXEL_TYPES, RAW, InputSpec
+from deployer.quant.preprocess import PIXEL_NAMES, PIXEL_TYPES, RAW, InputSpec, stb_readable
 from deployer.quant.table import CalibrationTable
 from deployer.quant.weights import CalibModel, load_model, static_weight_scales, weight_scales
 
@@ -52,6 +52,7 @@ class Ncnn2TableArgs:
     method: str = "kl"
     file_type: int = 0
     percentile: float = 99.99
+    warnings: list[str] = field(default_factory=list)    # accepted, but ncnn's own tool would differ
 
     @property
     def weight_only(self) -> bool:
@@ -94,6 +95,7 @@ def parse_args(argv: list[str]) -> Ncnn2TableArgs:
         if canon in ("mean", "norm"):
             groups = [[_float(v, key) for v in g] for g in _groups(value, key)]
             setattr(args, canon + "s", groups)
+            args.warnings += _long_number_warnings(key, value)
         elif canon == "shape":
             args.shapes = [[_int(v, key) for v in g] for g in _groups(value, key)]
         elif canon == "pixel":
@@ -145,6 +147,26 @@ def _groups(value: str, key: str) -> list[list[str]]:
         if not g.strip():
             raise DeployerError(f"{key}={value}: empty group []")
         out.append(g.split(","))
+    return out
+
+
+_NCNN_NUMBER_CHARS = 19     # ncnn2table: char vstr[20]; sscanf(s, "%19[^,]%n", ...)
+
+
+def _long_number_warnings(key: str, value: str) -> list[str]:
+    """ncnn2table cuts a mean/norm number at 19 characters and then drops the rest of its group
+    (reading norm[1], norm[2] past the end: garbage). We parse the full value, so our table is the
+    intended one, but the same command line given to ncnn's own tool would silently differ."""
+    out = []
+    for token in re.split(r"[\[\],]", value):
+        if len(token) <= _NCNN_NUMBER_CHARS:
+            continue
+        v = float(token)
+        short = next((t for d in range(17, 0, -1)
+                      if len(t := f"{v:.{d}g}") <= _NCNN_NUMBER_CHARS), f"{v:.6g}")
+        out.append(f"{key}=: {token!r} has {len(token)} characters; ncnn's own ncnn2table reads at most "
+                   f"{_NCNN_NUMBER_CHARS} and then misreads the rest of the group (garbage scales); "
+                   f"used the full value here, but give a shorter one (e.g. {short}) to keep both tools equal")
     return out
 
 
@@ -321,7 +343,7 @@ class Calibrator:
         if method == "eq":
             from deployer.quant.eq import eq_search
 
-            out = eq_search(self.model, self.job, out, progress=progress)
+            out = eq_search(self.model, self.job, out, progress=progress, threads=self.threads)
         return out
 
     def table(self, method: str | CalibrationMethod, **kw) -> CalibrationTable:
@@ -371,9 +393,12 @@ def run(args: Ncnn2TableArgs, progress: ProgressFn | None = None) -> Ncnn2TableR
         _refuse_overwriting_a_list(args.table)
         msg = ("calibration dataset not provided, skip activation calibration and generate "
                "weight-only table (no conv/fc lines: ncnn2int8 will quantize no convolutions)")
-        return Ncnn2TableResult(build_table(model, None), [], args.method, 0, True, [msg])
+        return Ncnn2TableResult(build_table(model, None), [], args.method, 0, True, [*args.warnings, msg])
     specs = input_specs(args, len(model.input_names))
     inputs = read_lists(args.lists)
+    early = list(args.warnings)
+    if args.file_type == 0:
+        early += _unreadable_by_ncnn_warning(inputs)
     if not model.quant_layers:
         raise DeployerError(f"{args.param}: no Convolution/ConvolutionDepthWise/InnerProduct layers "
                             "to calibrate")
@@ -382,4 +407,14 @@ def run(args: Ncnn2TableArgs, progress: ProgressFn | None = None) -> Ncnn2TableR
         warnings.simplefilter("ignore", RuntimeWarning)
         layers = cal.layer_scales(args.method, percentile=args.percentile, progress=progress)
     return Ncnn2TableResult(build_table(model, layers), layers, args.method,
-                            len(inputs.files[0]), False, cal.warnings)
+                            len(inputs.files[0]), False, early + cal.warnings)
+
+
+def _unreadable_by_ncnn_warning(inputs: InputSet) -> list[str]:
+    """One warning per run for images ncnn2table's stb_image cannot decode (it then calibrates on an
+    uninitialised Mat, silently). We decode them, so only the comparison with ncnn's tool suffers."""
+    odd = [f for files in inputs.files for f in files if not stb_readable(f)]
+    if not odd:
+        return []
+    return [f"{len(odd)} image(s) (e.g. {odd[0]}) are not JPEG/PNG/BMP/binary PNM: decoded here, but "
+            "ncnn's own ncnn2table (stb_image) cannot read them and would calibrate on garbage"]

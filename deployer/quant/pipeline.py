@@ -158,7 +158,10 @@ def _collect_files(split: Split, specs: list[InputSpec], work: Path) -> tuple[li
 
 
 def collect_stats(param: Path, bin_: Path, calib_model: Any, split: Split, specs: list[InputSpec],
-                  names: list[str], threads: int, progress: Progress | None) -> Any:
+                  names: list[str], threads: int, progress: Progress | None,
+                  eq: bool = False) -> tuple[Any, Any]:
+    """Activation statistics, plus method=eq's searched scales (None unless `eq`): the search
+    re-reads the preprocessed calibration inputs, which only live as long as this call."""
     from deployer.quant.collect import CollectJob, collect
 
     blobs: list[str] = []
@@ -170,10 +173,16 @@ def collect_stats(param: Path, bin_: Path, calib_model: Any, split: Split, specs
         job = CollectJob(param_path=str(param), bin_path=str(bin_), input_blobs=tuple(names),
                          specs=tuple(pre_specs), files=tuple(tuple(f) for f in files), blobs=tuple(blobs))
         cb = (lambda d, t: progress("collect", d, t)) if progress else None
-        return collect(job, threads=threads, histograms=True, progress=cb)
+        stats = collect(job, threads=threads, histograms=True, progress=cb)
+        if not eq:
+            return stats, None
+        from deployer.quant.collect import cpu_count
+        from deployer.quant.eq import eq_layer_scales
+
+        return stats, eq_layer_scales(calib_model, job, stats, threads=threads or cpu_count(), progress=progress)
 
 
-def build_table(method: str, calib_model: Any, stats: Any) -> Any:
+def build_table(method: str, calib_model: Any, stats: Any, eq_scales: Any = None) -> Any:
     """One ncnn calibration table: per-channel weight scales + one activation scale per layer.
 
     Weight scales follow the method's own rule (ACIQ clips weights too; the others use absmax,
@@ -183,9 +192,15 @@ def build_table(method: str, calib_model: Any, stats: Any) -> Any:
     from deployer.quant.table import CalibrationTable
     from deployer.quant.weights import weight_scales
 
+    table = CalibrationTable()
+    if method == "eq":                  # the searched scales (get_method("eq") is only its start)
+        for ls in eq_scales:
+            table.set_weight(ls.name, [float(v) for v in ls.weight_scales])
+        for ls in eq_scales:
+            table.set_activation(ls.name, ls.input_scale)
+        return table
     m = get_method(method)
     act = dict(zip(stats.blobs, (float(v) for v in m.scales(stats))))
-    table = CalibrationTable()
     for ql in calib_model.quant_layers:
         table.set_weight(ql.name, weight_scales(ql, m.weight_rule).scales.tolist())
     for ql in calib_model.quant_layers:
@@ -255,13 +270,14 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     del ref_net
     t = phase("reference", t)
 
-    stats = collect_stats(param, bin_, calib_model, split, profile.inputs, names, profile.threads, progress)
+    methods = [profile.quantize.method] if profile.quantize.method != "auto" else list(profile.quantize.candidates)
+    stats, eq_scales = collect_stats(param, bin_, calib_model, split, profile.inputs, names, profile.threads,
+                                     progress, eq="eq" in methods)
     t = phase("collect", t)
 
     from deployer.quant.mixed import Evaluator, search
 
     base_exclude = frozenset(profile.quantize.keep_fp32)
-    methods = [profile.quantize.method] if profile.quantize.method != "auto" else list(profile.quantize.candidates)
     evaluator = Evaluator(model, held, reference, gates, threads=profile.threads)
     try:
         per_method: dict[str, dict] = {}
@@ -269,7 +285,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         evals = {}
         for i, method in enumerate(methods):
             m_started = time.monotonic()
-            tables[method] = build_table(method, calib_model, stats)
+            tables[method] = build_table(method, calib_model, stats, eq_scales)
             evals[method] = ev = evaluator.evaluate(tables[method], base_exclude)
             per_method[method] = {"error": ev.error, "passed": ev.passed if gates else None,
                                   "outputs": _summary_dict(ev.outputs), "seconds": round(time.monotonic() - m_started, 3)}

@@ -5,6 +5,15 @@ preprocessing, and a drop-in ncnn2table must see the same tensors ncnn's tool se
 decoded as BGR 3-channel (ncnn2table uses cv::imread(path, 1)), resized and converted by ncnn's own
 `Mat.from_pixels_resize` (fixed-point bilinear, not PIL's), then `substract_mean_normalize`.
 The npy path (type=1) takes float32 arrays whose shape is given in ncnn's [w,h,c] order.
+
+Decoding parity with ncnn (measured against a reference ncnn2table built with simpleocv):
+PNG (every bit depth/colour type), BMP, PNM, grayscale/CMYK JPEG and .npy give bit-identical
+tables. Colour JPEGs do not: ncnn built with simpleocv decodes with stb_image (its own IDCT, chroma
+upsampler and fixed-point YCbCr->RGB), Pillow and ncnn built with OpenCV use libjpeg-turbo; 3-6 % of
+pixels differ by up to 3, which moves KL thresholds (ACIQ/absmax hardly move). Bit parity would need
+a reimplementation of stb's JPEG decoder, so we keep libjpeg-turbo. Formats stb_image is not built
+for in ncnn (TIFF, WebP, GIF, ...) are decoded here; ncnn2table would silently calibrate on an
+uninitialised Mat (see `stb_readable`).
 """
 
 from __future__ import annotations
@@ -50,17 +59,35 @@ class InputSpec:
         return bgr | (self.pixel << _CONVERT_SHIFT)
 
     def target_size(self, cols: int, rows: int) -> tuple[int, int] | None:
-        """ncnn2table's resize rule; None = no resize. Keeps its int() truncation."""
+        """ncnn2table's resize rule; None = no resize.
+
+        ncnn computes `float scale = 1.0 * cols / target_w; target_h = int(1.0 * rows / scale)`: the
+        ratio is a double division rounded to a 32-bit float, then divided in double and truncated.
+        Skipping the float32 rounding changes the size, e.g. 512x512 with shape=[20,0] is 20x19 in
+        ncnn (float(25.6) is a hair above 25.6) but would be 20x20 in double precision.
+        """
         w, h = self.shape[0], self.shape[1]
         if w <= 0 and h <= 0:
             return None
         if h <= 0:
-            scale = cols / w
+            scale = float(np.float32(cols / w))
             h = int(rows / scale)
         elif w <= 0:
-            scale = rows / h
+            scale = float(np.float32(rows / h))
             w = int(cols / scale)
         return w, h
+
+
+def stb_readable(path: str | Path) -> bool:
+    """Whether ncnn's simpleocv imread (stb_image with STBI_ONLY_JPEG/PNG/BMP/PNM) can decode the
+    file, judged by its magic bytes like stb does. stb's PNM reader takes binary P5/P6 only."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return True                      # missing files are reported elsewhere, with the list line
+    return (head.startswith(b"\xff\xd8") or head.startswith(b"\x89PNG\r\n\x1a\n")
+            or head.startswith(b"BM") or head[:2] in (b"P5", b"P6"))
 
 
 def decode_bgr(path: str | Path) -> np.ndarray:

@@ -316,14 +316,14 @@ class Args(object):
         "output_blob": (str, None), "fill": (str, "random"), "seed": (int, 0), "input_file": (str, None),
         "iterations": (int, 10), "duration": (float, None), "warmup": (int, 3), "threads": (int, 0),
         "powersave": (int, 0), "int8": (int, 1), "fp16": (int, 0), "winograd": (int, 1), "sgemm": (int, 1),
-        "lightmode": (int, 1), "return_output": (None, False),
+        "lightmode": (int, 1), "packing": (int, 1), "return_output": (None, False),
     }
     CHOICES = {"powersave": (0, 1, 2), "int8": (0, 1), "fp16": (0, 1), "winograd": (0, 1), "sgemm": (0, 1),
-               "lightmode": (0, 1)}
+               "lightmode": (0, 1), "packing": (0, 1)}
     USAGE = ("usage: runner.py --param P --bin B [--shape W,H,C] [--input-blob B] [--output-blob B] "
              "[--fill random|VALUE] [--seed N] [--input-file F] [--iterations N | --duration S] [--warmup K] "
              "[--threads T] [--powersave 0|1|2] [--int8 0|1] [--fp16 0|1] [--winograd 0|1] [--sgemm 0|1] "
-             "[--lightmode 0|1] [--return-output]")
+             "[--lightmode 0|1] [--packing 0|1] [--return-output]")
 
     def __init__(self, argv):
         # type: (List[str]) -> None
@@ -365,7 +365,7 @@ def _options_used(args):
     # type: (Args) -> Dict[str, object]
     return {"threads": args.threads, "powersave": args.powersave, "int8": bool(args.int8),
             "fp16": bool(args.fp16), "winograd": bool(args.winograd), "sgemm": bool(args.sgemm),
-            "lightmode": bool(args.lightmode), "warmup": args.warmup, "iterations": args.iterations,
+            "lightmode": bool(args.lightmode), "packing": bool(args.packing), "warmup": args.warmup, "iterations": args.iterations,
             "duration_s": args.duration, "fill": args.fill if args.input_file is None else "file",
             "seed": args.seed}
 
@@ -388,6 +388,7 @@ def configure(ncnn, net, args):
     opt.use_winograd_convolution = bool(args.winograd)
     opt.use_sgemm_convolution = bool(args.sgemm)
     opt.lightmode = bool(args.lightmode)
+    opt.use_packing_layout = bool(args.packing)
     opt.use_vulkan_compute = False
 
 

@@ -210,7 +210,11 @@ def host_reference(result: "RunResult", opts: RunOptions) -> dict[str, Any]:
     """The host ncnn wheel's output for the same model, input and ncnn options the board used.
 
     Runs the very same runner.py locally (one iteration), so input generation and option handling
-    cannot drift between the two sides; threads are irrelevant to the numbers and set to 1."""
+    cannot drift between the two sides; threads are irrelevant to the numbers and set to 1.
+    On x86 the packed int8 depthwise kernels dequantize with an approximate reciprocal (_mm_rcp_ps),
+    which flips requantized codes and drifts (cosine ~0.993 on MobileNetV2); the unpacked path does
+    ncnn's exact maths, which is what ARM computes, so the reference runs with packing off there."""
+    import platform
     import subprocess
     import sys
 
@@ -220,6 +224,7 @@ def host_reference(result: "RunResult", opts: RunOptions) -> dict[str, Any]:
             "--fp16", str(int(bool(used.get("fp16")))), "--int8", str(int(bool(used.get("int8", True)))),
             "--winograd", str(int(bool(used.get("winograd", True)))), "--sgemm", str(int(bool(used.get("sgemm", True)))),
             "--fill", opts.fill, "--seed", str(opts.seed), "--return-output",
+            "--packing", "0" if platform.machine() in ("x86_64", "AMD64", "i686") else "1",
             "--shape", ",".join(str(d) for d in used.get("shape") or []) or (opts.shape or "")]
     for flag, value in (("--input-blob", used.get("input_blob")), ("--output-blob", used.get("output_blob")),
                         ("--input-file", opts.input_file)):

@@ -123,3 +123,20 @@ def test_list_files(tmp_path):
     short.write_text(f"{img}\n")
     with pytest.raises(DeployerError, match="short.txt lists 1 files but .*good.txt lists 2"):
         read_lists([good, short])
+
+
+def test_mean_norm_longer_than_ncnn_reads_are_parsed_fully_with_a_warning():
+    # zoo.json's MobileNetV2 norm: 20 characters; ncnn2table's sscanf("%19[^,]") would cut it.
+    long = "0.017124753831663668"
+    a = parse_args(BASE + [f"norm=[{long},0.01750700280112045,0.017429193899782137]", "mean=[1,2,3]"])
+    assert a.norms == [[0.017124753831663668, 0.01750700280112045, 0.017429193899782137]]
+    assert len(a.warnings) == 2               # the first and third values; 0.01750700280112045 has 19
+    assert "'0.017429193899782137' has 20" in a.warnings[1]
+    w = a.warnings[0]
+    assert w.startswith(f"norm=: '{long}' has 20 characters") and "ncnn2table" in w
+    short = w.split("e.g. ")[1].split(")")[0]
+    assert len(short) <= 19 and float(short) == pytest.approx(float(long), rel=1e-12)
+    # 19 characters is what ncnn reads: no warning; bare (bracket-less) values are checked too
+    assert parse_args(BASE + ["norm=[0.01712475383166367]"]).warnings == []
+    b = parse_args(BASE + ["mean=123.67500000000000001,1"])
+    assert len(b.warnings) == 1 and b.warnings[0].startswith("mean=: '123.67500000000000001'")

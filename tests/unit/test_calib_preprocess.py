@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from deployer.errors import DeployerError
-from deployer.quant.preprocess import PIXEL_TYPES, InputSpec, decode_bgr, load_image, load_npy
+from deployer.quant.preprocess import PIXEL_TYPES, InputSpec, decode_bgr, load_image, load_npy, stb_readable
 
 
 def test_decode_is_bgr_three_channel(tmp_path):
@@ -48,6 +48,37 @@ def test_resize_rules_of_ncnn2table(shape, size, expect):
     assert InputSpec(shape).target_size(*size) == expect
 
 
+def _ncnn_keep_aspect(shape, cols, rows):
+    """ncnn2table's read_and_resize_image in C terms: `float scale = 1.0 * cols / target_w;`
+    (double division stored in a 32-bit float, here via ctypes.c_float), then
+    `target_h = (int)(1.0 * rows / scale)`."""
+    import ctypes
+    w, h = shape
+    if h <= 0:
+        scale = ctypes.c_float(1.0 * cols / w).value
+        return w, int(1.0 * rows / scale)
+    scale = ctypes.c_float(1.0 * rows / h).value
+    return int(1.0 * cols / scale), h
+
+
+def test_keep_aspect_rounds_scale_to_float32_like_ncnn():
+    # The case found against the real ncnn2table: 512x512 with shape=[20,0] is 20x19 there.
+    assert InputSpec((20, 0)).target_size(512, 512) == (20, 19)
+    assert InputSpec((0, 18)).target_size(512, 512) == (17, 18)
+    assert InputSpec((0, 18)).target_size(550, 660) == (14, 18)
+    # And over a grid of sizes, always ncnn's formula (this grid has many double/float disagreements).
+    disagreements = 0
+    for shape in [(20, 0), (0, 18), (224, 0), (0, 224), (7, -1), (-1, 33)]:
+        for cols in range(16, 700, 37):
+            for rows in range(16, 700, 41):
+                expect = _ncnn_keep_aspect(shape, cols, rows)
+                assert InputSpec(shape).target_size(cols, rows) == expect, (shape, cols, rows)
+                w, h = shape
+                naive = (w, int(rows / (cols / w))) if h <= 0 else (int(cols / (rows / h)), h)
+                disagreements += naive != expect
+    assert disagreements > 0          # the grid does exercise the float32 rounding
+
+
 def test_image_goes_through_ncnns_own_resize_and_normalize(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (21, 17, 3)).astype(np.uint8)
@@ -76,3 +107,14 @@ def test_npy_shape_is_ncnn_whc_and_batch_one_is_accepted(tmp_path):
         load_npy(tmp_path / "x.npy", InputSpec((2, 3, 4), file_type=1))
     with pytest.raises(DeployerError, match="d.npy: dtype is float64"):
         load_npy(tmp_path / "d.npy", spec)
+
+
+def test_stb_readable_matches_the_formats_ncnn_builds_stb_with(tmp_path):
+    img = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
+    readable = {"a.png": "PNG", "a.jpg": "JPEG", "a.bmp": "BMP", "a.ppm": "PPM"}
+    for name, fmt in {**readable, "a.tif": "TIFF", "a.webp": "WEBP", "a.gif": "GIF"}.items():
+        img.save(tmp_path / name, fmt)
+        assert stb_readable(tmp_path / name) == (name in readable), name
+        assert decode_bgr(tmp_path / name).shape == (4, 4, 3)      # we decode all of them
+    (tmp_path / "ascii.ppm").write_bytes(b"P3\n1 1\n255\n1 2 3\n")   # stb reads binary P5/P6 only
+    assert not stb_readable(tmp_path / "ascii.ppm")
