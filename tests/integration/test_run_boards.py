@@ -167,3 +167,31 @@ def test_board_dropping_the_connection_is_a_clear_error(sim_boards, wide_models)
     assert board.name in msg and "connection lost" in msg and "\n" not in msg
     m = re.search(r"after (\d+) timed iteration", msg)
     assert m and int(m.group(1)) >= 2  # lines already received are counted
+
+
+def test_depthwise_int8_model_is_bit_identical_on_arm64(sim_boards, mobilenet_v2, calib_photos, tmp_path) -> None:
+    """MobileNetV2 int8 (depthwise + requantize chains) through our ncnn2table/ncnn2int8, run on the
+    emulated Cortex-A72: the board's output must equal the host reference bit for bit. The host runs
+    unpacked on x86 because the packed x86 depthwise int8 kernel approximates (cosine ~0.993)."""
+    import subprocess
+    import sys
+
+    from deployer.remote.session import compare_outputs, host_reference
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(f) for f in calib_photos.files[:4]) + "\n")
+    table, param, bin_ = tmp_path / "m.table", tmp_path / "m-int8.param", tmp_path / "m-int8.bin"
+    cli = [sys.executable, "-m", "deployer.cli"]
+    subprocess.run([*cli, "ncnn2table", str(mobilenet_v2.param), str(mobilenet_v2.bin), str(listing), str(table),
+                    "mean=[123.675,116.28,103.53]", "norm=[0.017125,0.017507,0.017429]", "shape=[64,64]",
+                    "pixel=RGB", "thread=1", "method=kl"], check=True, capture_output=True)
+    subprocess.run([*cli, "ncnn2int8", str(mobilenet_v2.param), str(mobilenet_v2.bin), str(param), str(bin_),
+                    str(table)], check=True, capture_output=True)
+    inv, board = _board(sim_boards, "pi4")
+    opts = RunOptions(param=param, bin=bin_, shape="64,64,3", iterations=1, warmup=0, threads=1, fp16=False,
+                      return_output=True, seed=5)
+    conn, session = open_session(board, inventory=inv)
+    with conn:
+        result = session.run(opts)
+    diff = compare_outputs(result.output, host_reference(result, opts))
+    assert diff["identical"], diff
