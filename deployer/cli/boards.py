@@ -118,13 +118,10 @@ def register(app: typer.Typer) -> None:
     def probe(
         target: str = typer.Argument(..., help="board or group name from targets/*.yaml"),
         targets: Optional[List[Path]] = TargetsOpt,
-        checksum: bool = ChecksumOpt,
         accept_new: bool = AcceptNewOpt,
         json_output: bool = JsonOpt,
     ) -> None:
         """Print what a board is: userland arch, Python, glibc, CPU, memory, disk, deployer state."""
-        import dataclasses
-
         from deployer.remote.probe import probe as probe_board
         from deployer.ssh.connect import connect
 
@@ -133,7 +130,7 @@ def register(app: typer.Typer) -> None:
         for board in _boards(inventory, target):
             with connect(board, accept_new=accept_new, inventory=inventory) as conn:
                 found = probe_board(conn)
-            facts[board.name] = found.to_dict() if hasattr(found, "to_dict") else dataclasses.asdict(found)
+            facts[board.name] = found.to_dict()
         if json_output:
             emit_json(facts if len(facts) > 1 else next(iter(facts.values())))
             return
