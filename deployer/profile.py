@@ -30,7 +30,7 @@ from deployer.errors import DeployerError
 
 PIXEL_FORMATS = ("RGB", "BGR", "GRAY", "RGBA", "BGRA")
 RESIZE_MODES = ("resize", "letterbox", "none")
-METHODS = ("kl", "aciq", "maxabs", "percentile", "mse")
+METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse")   # eq: costly search, not a default candidate
 DEFAULT_CANDIDATES = ("kl", "aciq", "maxabs", "percentile", "mse")
 MODEL_SOURCE_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript")
 

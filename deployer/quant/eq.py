@@ -11,6 +11,13 @@ ncnn's integer maths (round half away from zero, clamp +-127, exact integer accu
 `acc / (s_in * s_w) + bias`, fused activation). A weight scale only changes its own output
 channel(s), so its 100 candidates cost one batched matmul per input and the cosine is updated from
 per-channel partial sums.
+
+Speed: the net runs once per input for a whole batch of layers (their fp32 inputs/outputs are
+kept, up to a memory budget), and the layers are searched in parallel worker processes
+(`thread=`). The input-scale search runs the int8 layer once per candidate and input: depthwise
+layers as tap-by-tap sums, 1x1 convs on the input itself, so neither copies a 9x im2col. Rounding
+stays in float32 (exact: ties detected, not approximated). Every cosine still uses every spatial
+position: subsampling would be faster but would no longer be the documented algorithm.
 """
 
 from __future__ import annotations
@@ -373,32 +380,80 @@ def eq_search(model: CalibModel, job: CollectJob, start: list[LayerScales], *,
     """Refine KL's scales layer by layer (weights element by element, then the input scale).
 
     Each layer's search only needs that layer's fp32 inputs/outputs, so the net runs once per input
-    for a batch of layers (the batch's tensors fit `memory_budget`), and the layers of the batch are
-    searched in `threads` worker processes (forked: they inherit nothing but numpy arrays to use).
+    for a batch of layers (the batch's tensors fit `memory_budget`), and the layers are searched in
+    `threads` worker processes (forked: they inherit nothing but numpy arrays to use). At most
+    `threads` layers are in flight, and the next batch is forwarded while they run: with 50 inputs
+    an early MobileNetV2 layer fills a batch alone, and waiting per batch would idle a worker.
     """
-    from deployer.quant.collect import _context
-
     nfiles = min(len(job.files[0]), max_files)
     runner = Runner(job.param_path, job.bin_path)
     by_name = {ls.name: ls for ls in start}
-    found: dict[str, LayerScales] = {}
     layers = list(model.quant_layers)
-    pool = _context().Pool(threads) if threads > 1 else None
-    try:
+    found: dict[str, LayerScales] = {}
+    with _LayerPool(threads) as pool:
         for batch in _batches(runner, job, layers, nfiles, memory_budget):
             xs, ys = _layer_io(runner, job, batch, nfiles)
             # Largest first: the slowest layer starts early instead of finishing last alone.
             batch = sorted(batch, key=lambda q: -sum(x.size for x in xs[q.name]) * q.num_output)
-            tasks = ((q, xs.pop(q.name), ys.pop(q.name), by_name[q.name]) for q in batch)
-            results = pool.imap_unordered(_search_layer, tasks) if pool else map(_search_layer, tasks)
-            for ls in results:
-                found[ls.name] = ls
-                if progress:
-                    progress("eq search", len(found), len(layers))
-    finally:
-        if pool is not None:
-            pool.terminate()
+            for q in batch:
+                for ls in pool.submit((q, xs.pop(q.name), ys.pop(q.name), by_name[q.name])):
+                    found[ls.name] = ls
+                    if progress:
+                        progress("eq search", len(found), len(layers))
+        for ls in pool.drain():
+            found[ls.name] = ls
+            if progress:
+                progress("eq search", len(found), len(layers))
     return [found[q.name] for q in layers]
+
+
+class _LayerPool:
+    """`_search_layer` in worker processes, at most `threads` tasks queued or running."""
+
+    def __init__(self, threads: int) -> None:
+        import threading
+
+        from deployer.quant.collect import _context
+
+        self.threads = max(1, threads)
+        self.pool = _context().Pool(self.threads) if self.threads > 1 else None
+        self.slots = threading.Semaphore(self.threads)
+        self.done: list[LayerScales] = []
+        self.errors: list[BaseException] = []
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> "_LayerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+
+    def _finished(self, result) -> None:          # runs in the pool's result thread
+        with self.lock:
+            (self.errors if isinstance(result, BaseException) else self.done).append(result)
+        self.slots.release()
+
+    def _take(self) -> list[LayerScales]:
+        with self.lock:
+            if self.errors:
+                raise self.errors[0]
+            out, self.done = self.done, []
+        return out
+
+    def submit(self, task) -> list[LayerScales]:
+        """Queue one layer (blocks while all workers are busy); returns layers finished so far."""
+        if self.pool is None:
+            return [_search_layer(task)]
+        self.slots.acquire()
+        self.pool.apply_async(_search_layer, (task,), callback=self._finished, error_callback=self._finished)
+        return self._take()
+
+    def drain(self) -> list[LayerScales]:
+        if self.pool is not None:
+            for _ in range(self.threads):
+                self.slots.acquire()
+        return self._take()
 
 
 def eq_layer_scales(model: CalibModel, job: CollectJob, stats, *, threads: int = 1,
