@@ -40,3 +40,17 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w") as fh:
         fh.write(text)
+
+
+def read_input(path: str | os.PathLike, what: str = "file") -> bytes:
+    """A user-named input file's bytes, or one line saying which file and why it can't be read."""
+    from deployer.errors import DeployerError
+
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DeployerError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise DeployerError(f"{path}: is a folder, expected a {what}") from None
+    except OSError as err:
+        raise DeployerError(f"{path}: cannot read {what} ({err.strerror})") from None

@@ -26,12 +26,7 @@ class NcnnModel:
     def load(cls, param_path: str | os.PathLike, bin_path: str | os.PathLike) -> "NcnnModel":
         graph = read_param(param_path)
         bin_path = Path(bin_path)
-        try:
-            data = bin_path.read_bytes()
-        except FileNotFoundError:
-            raise DeployerError(f"{bin_path}: file not found") from None
-        except OSError as err:
-            raise DeployerError(f"{bin_path}: cannot read ({err.strerror})") from None
+        data = fsutil.read_input(bin_path)
         return cls(graph=graph, weights=read_bin(graph, data, source=bin_path.name))
 
     def save(self, param_path: str | os.PathLike, bin_path: str | os.PathLike) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployer.errors import DeployerError
+from deployer.fsutil import read_input
 
 ParamValue = int | float | str | list[int] | list[float]
 
@@ -128,12 +129,7 @@ class Graph:
 
 def read_param(path: str | os.PathLike) -> Graph:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DeployerError(f"{path}: file not found") from None
-    except OSError as err:
-        raise DeployerError(f"{path}: cannot read ({err.strerror})") from None
+    raw = read_input(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from deployer.errors import DeployerError
+from deployer.fsutil import read_input
 from deployer.quant import collect as collect_mod
 from deployer.quant.collect import ActivationStats, CollectJob
 from deployer.quant.methods import (ALL_METHODS, CalibrationMethod, KLMethod, LayerScales,
@@ -205,12 +206,7 @@ class InputSet:
 
 def read_list(path: Path) -> tuple[list[str], list[int]]:
     """ncnn's list format: first whitespace-separated token per line, blank lines skipped."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DeployerError(f"{path}: list file not found") from None
-    except OSError as err:
-        raise DeployerError(f"{path}: cannot read list file ({err.strerror})") from None
+    raw = read_input(path, "list file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -154,11 +154,7 @@ def parse_table(text: str, source: str = "<table>", *, strict_blank: bool = True
 def read_table(path: str | os.PathLike, *, strict_blank: bool = True) -> CalibrationTable:
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DeployerError(f"{path}: calibration table not found") from None
+        text = fsutil.read_input(path, "calibration table").decode("utf-8")
     except UnicodeDecodeError:
         raise DeployerError(f"{path}: not a text calibration table") from None
-    except OSError as err:
-        raise DeployerError(f"{path}: cannot read ({err.strerror})") from None
     return parse_table(text, source=str(path), strict_blank=strict_blank)

@@ -139,7 +139,7 @@ def debian_sources(arch: str, apt: Path = Path("/etc/apt")) -> str:
         suites = [s for s in st.get("Suites", "").split() if s in SUITES]
         if not suites or "main" not in st.get("Components", "").split():
             continue
-        lines = [f"Types: deb", f"URIs: {st['URIs']}", f"Suites: {' '.join(suites)}",
+        lines = ["Types: deb", f"URIs: {st['URIs']}", f"Suites: {' '.join(suites)}",
                  "Components: main", f"Architectures: {arch}"]
         if st.get("Signed-By"):
             lines.append(f"Signed-By: {st['Signed-By']}")
