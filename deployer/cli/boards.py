@@ -18,6 +18,10 @@ runtime_app = typer.Typer(help="The ncnn wheels deployer installs on boards (hos
 TargetsOpt = typer.Option(None, "--targets", help="targets YAML file(s); default: targets/*.yaml in the current folder")
 JsonOpt = typer.Option(False, "--json", help="print JSON on stdout")
 AcceptNewOpt = typer.Option(False, "--accept-new", help="trust and save an unknown host key (never a changed one)")
+TargetArg = typer.Argument(..., help="board or group name")
+ParamOpt = typer.Option(..., "--param", help="ncnn .param")
+BinOpt = typer.Option(..., "--bin", help="ncnn .bin")
+NcnnVersionOpt = typer.Option(None, "--ncnn-version", help="board wheel version (default: host's)")
 ChecksumOpt = typer.Option(False, "--checksum",
                            help="re-hash every file on the board instead of trusting size+mtime (like rsync -c)")
 _SPARK = "▁▂▃▄▅▆▇█"
@@ -143,10 +147,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def push(
-        target: str = typer.Argument(..., help="board or group name"),
-        param: Path = typer.Option(..., "--param", help="ncnn .param"),
-        bin: Path = typer.Option(..., "--bin", help="ncnn .bin"),
-        ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="board wheel version (default: host's)"),
+        target: str = TargetArg,
+        param: Path = ParamOpt,
+        bin: Path = BinOpt,
+        ncnn_version: Optional[str] = NcnnVersionOpt,
         targets: Optional[List[Path]] = TargetsOpt,
         checksum: bool = ChecksumOpt,
         accept_new: bool = AcceptNewOpt,
@@ -174,9 +178,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def run(
-        target: str = typer.Argument(..., help="board or group name"),
-        param: Path = typer.Option(..., "--param", help="ncnn .param"),
-        bin: Path = typer.Option(..., "--bin", help="ncnn .bin"),
+        target: str = TargetArg,
+        param: Path = ParamOpt,
+        bin: Path = BinOpt,
         shape: Optional[str] = typer.Option(None, "--shape", help="input W,H,C (default: the Input layer's)"),
         iterations: int = typer.Option(10, "--iterations", "-n", help="timed iterations"),
         duration: Optional[float] = typer.Option(None, "--duration", help="run for S seconds instead"),
@@ -193,7 +197,7 @@ def register(app: typer.Typer) -> None:
         return_output: bool = typer.Option(False, "--return-output", help="include the output tensor"),
         compare: bool = typer.Option(False, "--compare", help="compare the board's output with the host's ncnn"),
         idle_timeout: float = typer.Option(600.0, "--idle-timeout", help="kill the run after S seconds of silence"),
-        ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="board wheel version (default: host's)"),
+        ncnn_version: Optional[str] = NcnnVersionOpt,
         results: Path = typer.Option(Path("results"), "--results", help="folder for results/<board>/<time>.json"),
         targets: Optional[List[Path]] = TargetsOpt,
         checksum: bool = ChecksumOpt,

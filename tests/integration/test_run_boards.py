@@ -16,6 +16,7 @@ import pytest
 from deployer.errors import RemoteError
 from deployer.remote import runner
 from deployer.remote.session import RunOptions, open_session
+from tests.fixtures.sshd import sshd_descendants
 from tests.fixtures.runner import host_output, require_cached_wheels, tiny_models, wide_models  # noqa: F401
 
 pytestmark = [pytest.mark.boards, pytest.mark.slow]
@@ -124,28 +125,13 @@ def _kill_board_sessions(state_dir: Path, name: str) -> int:
     the listener and the runner itself are left alone."""
     from deployer.sim.state import load_state
 
-    listener = load_state(state_dir).board(name).init.pid
-    children: dict[int, list[int]] = {}
-    comm: dict[int, str] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
+    killed = 0
+    for pid in sshd_descendants(load_state(state_dir).board(name).init.pid):
         try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        comm[int(d.name)] = stat[stat.index("(") + 1: stat.rindex(")")]
-        children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d.name))
-    todo, killed = list(children.get(listener, [])), 0
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        if comm.get(pid, "").startswith("sshd"):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass
     return killed
 
 
