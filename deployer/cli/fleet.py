@@ -1,0 +1,381 @@
+"""Fleet commands: deploy, rollback, releases, rollout, status. Parsing and rendering only.
+
+The work is in deployer.fleet (service.py); this module turns flags into its calls, draws a live
+view on stderr while boards work, and prints the report (a table, or one JSON document with
+--json in which every board's object carries `board`, `ok` and `release`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from deployer.cli.boards import _boards, _inventory
+from deployer.cli.common import console, emit_json, handle_errors, out
+from deployer.cli.render import error, line, say
+from deployer.cli.render import note as render_note
+
+TargetsOpt = typer.Option(None, "--targets", help="targets YAML file(s); default: targets/*.yaml in the current folder")
+JsonOpt = typer.Option(False, "--json", help="print one JSON document on stdout")
+AcceptNewOpt = typer.Option(False, "--accept-new", help="trust and save an unknown host key (never a changed one)")
+ModelOpt = typer.Option(None, "--model", help="the folder `deployer quantize` wrote (e.g. build/mobilenet_v2_int8)")
+ProfileOpt = typer.Option(None, "--profile", help="a deployment profile; its `out:` folder is deployed, the profile rides along")
+ExecutorOpt = typer.Option("local", "--executor", help="local (thread pool) or dask://HOST:PORT (a Dask scheduler)")
+ParallelOpt = typer.Option(50, "--max-parallel", help="boards worked on at once")
+PlanOpt = typer.Option(False, "--plan", help="print the plan and stop (no board is contacted)")
+NoHealthOpt = typer.Option(False, "--no-health", help="switch without running the release on the board first")
+CosineOpt = typer.Option(0.99, "--min-cosine", help="health gate where bit-identity is not expected (other ncnn build, armv7)")
+LatencyOpt = typer.Option(None, "--max-latency", help="health gate: median latency budget on the board, ms")
+KeepOpt = typer.Option(3, "--keep", help="previous releases kept on each board")
+LockWaitOpt = typer.Option(10.0, "--lock-wait", help="seconds to wait for another deploy's board lock")
+DeadlineOpt = typer.Option(600.0, "--deadline", help="seconds one board may take before it is failed")
+StateOpt = typer.Option(Path("rollouts"), "--state", help="folder for rollout state (resume, rollback --rollout)")
+
+
+def _options(*, no_health: bool = False, min_cosine: float = 0.99, max_latency: Optional[float] = None,
+             keep: int = 3, lock_wait: float = 10.0, deadline: float = 600.0, accept_new: bool = False) -> Any:
+    from deployer.errors import DeployerError
+    from deployer.fleet.health import HealthPolicy
+    from deployer.fleet.ops import DeployOptions
+
+    if keep < 0:
+        raise DeployerError("--keep must be 0 or more")
+    if not 0 < min_cosine <= 1:
+        raise DeployerError("--min-cosine must be in (0, 1]")
+    if deadline <= 0 or lock_wait < 0:
+        raise DeployerError("--deadline must be positive and --lock-wait 0 or more (seconds)")
+    return DeployOptions(HealthPolicy(enabled=not no_health, min_cosine=min_cosine, max_latency_ms=max_latency),
+                         keep=keep, lock_wait=lock_wait, deadline=deadline, accept_new=accept_new)
+
+
+class FleetView:
+    """Live per-board rows on stderr (a table on a terminal, one line per board result elsewhere)."""
+
+    MAX_ROWS = 24
+
+    def __init__(self, title: str, total: int) -> None:
+        self.title, self.total = title, total
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.note = ""
+        self.lock = threading.Lock()
+        self.plain = not console.is_terminal
+        self.live = contextlib.nullcontext() if self.plain else \
+            Live(self.render(), console=console, refresh_per_second=4, transient=False)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            kind = event.get("type")
+            if kind == "wave":
+                self.note = f"wave {event['wave']}/{event['of']}: {event['boards']} board(s)"
+                if self.plain:
+                    say(f"{self.title}: {self.note}")
+            elif kind == "bake":
+                self.note = f"baking wave {event['wave']} for {event['seconds']:g} s"
+                if self.plain:
+                    say(f"{self.title}: {self.note}")
+            elif "board" in event and "stage" in event:
+                row = self.rows.setdefault(event["board"], {"stage": "", "progress": "", "result": ""})
+                row["stage"] = event["stage"]
+                if "done" in event and event.get("total"):
+                    row["progress"] = f"{100 * event['done'] // max(1, event['total'])}%"
+                if event["stage"] in ("done", "failed"):
+                    row["result"] = (event.get("action") or "ok") if event.get("ok") else (event.get("error") or "failed")
+                    if self.plain:
+                        say(f"{self.title}: {event['board']}: {'ok' if event.get('ok') else 'FAILED'} "
+                            f"{row['result'] if not event.get('ok') else (event.get('release') or '')} "
+                            f"{'(' + row['result'] + ')' if event.get('ok') else ''}".rstrip())
+            if not self.plain:
+                self.live.update(self.render())
+
+    def render(self) -> Table:
+        rows = getattr(self, "rows", {})
+        done = sum(1 for r in rows.values() if r["stage"] in ("done", "failed"))
+        failed = sum(1 for r in rows.values() if r["stage"] == "failed")
+        table = Table(title=f"{self.title}: {done}/{self.total} done, {failed} failed  {self.note}",
+                      title_justify="left")
+        for col in ("board", "stage", "progress", "result"):
+            table.add_column(col)
+        shown = sorted(rows.items(), key=lambda kv: (kv[1]["stage"] in ("done",), kv[0]))[: self.MAX_ROWS]
+        for name, r in shown:
+            table.add_row(name, r["stage"], r["progress"], r["result"][:100])
+        return table
+
+
+def _results_table(title: str, report: Any, columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c)
+    for b in report.to_json()["boards"]:
+        cells = []
+        for c in columns:
+            v = b.get(c)
+            if c == "ok":
+                v = "ok" if v else "FAILED"
+            elif c == "health" and isinstance(v, dict):
+                v = ("pass" if v.get("ok") else "FAIL") + f" ({v.get('gate')}" + \
+                    (f", {v['median_ms']:.2f} ms" if v.get("median_ms") is not None else "") + ")"
+            elif c == "last_health" and isinstance(v, dict):
+                v = ("pass" if v.get("ok") else "FAIL") + \
+                    (f" {v['median_ms']:.1f} ms" if v.get("median_ms") is not None else "")
+            elif c in ("sent_bytes",) and v is not None:
+                v = f"{v / 1e6:.2f} MB"
+            elif c == "error" and v:
+                v = str(v)[:160]
+            cells.append("" if v is None else str(v))
+        table.add_row(*cells)
+    return table
+
+
+def _finish(report: Any, json_output: bool, columns: list[str], title: str) -> None:
+    if json_output:
+        emit_json(report.to_json())
+    else:
+        out.print(_results_table(title, report, columns))
+        bad = [r for r in report.results if not r.ok]
+        for r in bad:
+            line(f"{r.board}: {r.error}", prefix="failed: ", prefix_style="bold red")
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def _print_plan(plan: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        emit_json({"ok": True, "plan": plan, "boards": [{"board": b, "ok": True, "release": None}
+                                                         for b in plan.get("boards", [])]})
+        return
+    for key, value in plan.items():
+        out.print(f"{key}: {value}", soft_wrap=True, markup=False, highlight=False)
+
+
+def _boards_and_release(target: str, targets: Optional[List[Path]], model: Optional[Path],
+                        profile: Optional[Path], no_health: bool, json_output: bool) -> tuple[list[Any], Any]:
+    """The boards a deploy/rollout names, then its release (hashed, with the host reference run)."""
+    from deployer.fleet import service
+
+    boards = _boards(_inventory(targets, target), target)
+    with console.status("building the release (hashing, host reference run)") if not json_output \
+            else contextlib.nullcontext():
+        release = service.resolve_release(model, profile, health=not no_health)
+    for note in release.notes:
+        render_note(note)
+    return boards, release
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def deploy(
+        target: str = typer.Argument(..., help="board, group, tag:NAME or user@host[:port]"),
+        model: Optional[Path] = ModelOpt,
+        profile: Optional[Path] = ProfileOpt,
+        plan: bool = PlanOpt,
+        no_health: bool = NoHealthOpt,
+        min_cosine: float = CosineOpt,
+        max_latency: Optional[float] = LatencyOpt,
+        keep: int = KeepOpt,
+        max_parallel: int = ParallelOpt,
+        executor: str = ExecutorOpt,
+        lock_wait: float = LockWaitOpt,
+        deadline: float = DeadlineOpt,
+        targets: Optional[List[Path]] = TargetsOpt,
+        accept_new: bool = AcceptNewOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """Ship a release to board(s): upload what is missing, health-check it on the board, switch."""
+        from deployer.fleet import service
+        from deployer.fleet.executor import parse_executor
+
+        opts = _options(no_health=no_health, min_cosine=min_cosine, max_latency=max_latency, keep=keep,
+                        lock_wait=lock_wait, deadline=deadline, accept_new=accept_new)
+        spec = parse_executor(executor)
+        boards, release = _boards_and_release(target, targets, model, profile, no_health, json_output)
+        if plan:
+            _print_plan({"release": release.id, "files": {f.name: f.size for f in release.files},
+                         "size": release.size, "boards": [b.name for b in boards],
+                         "steps": ["connect", *(["runtime"] if opts.health.enabled and release.expected else []),
+                                   "lock + state", "upload missing blobs (resumable)", "commit (sha256 on the board)",
+                                   *(["health check on the board"] if opts.health.enabled and release.expected else []),
+                                   "switch current (atomic rename)", f"keep {keep} previous, collect blobs"],
+                         "max_parallel": max_parallel, "executor": executor}, json_output)
+            return
+        view = FleetView(f"deploy {release.id}", len(boards))
+        with view.live:
+            report = service.deploy(boards, release, opts, executor=spec, max_parallel=max_parallel, on_event=view)
+        _finish(report, json_output, ["board", "ok", "action", "release", "previous", "health", "sent_bytes", "seconds"],
+                f"deploy {release.id}")
+
+    @app.command()
+    @handle_errors
+    def rollback(
+        target: str = typer.Argument(..., help="board, group, tag:NAME or user@host[:port]"),
+        to: Optional[str] = typer.Option(None, "--to", help="release id (default: the one before the current)"),
+        from_rollout: bool = typer.Option(False, "--rollout", help="undo the last rollout to TARGET: every board it "
+                                          "switched goes back to the release it had before"),
+        state: Path = StateOpt,
+        max_parallel: int = ParallelOpt,
+        executor: str = ExecutorOpt,
+        lock_wait: float = LockWaitOpt,
+        deadline: float = DeadlineOpt,
+        targets: Optional[List[Path]] = TargetsOpt,
+        accept_new: bool = AcceptNewOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """Switch board(s) back to an earlier release kept on the board (nothing is uploaded)."""
+        from deployer.errors import DeployerError
+        from deployer.fleet import service
+        from deployer.fleet.executor import parse_executor
+        from deployer.remote.layout import check_name
+
+        if to is not None and from_rollout:
+            raise DeployerError("give --to RELEASE or --rollout, not both")
+        if to is not None:
+            check_name(to, "--to release id")
+        opts = _options(lock_wait=lock_wait, deadline=deadline, accept_new=accept_new)
+        boards = _boards(_inventory(targets, target), target)
+        view = FleetView("rollback", len(boards))
+        with view.live:
+            report = service.rollback(boards, to, opts, executor=parse_executor(executor), max_parallel=max_parallel,
+                                      state_dir=state, group=target, use_rollout=from_rollout, on_event=view)
+        _finish(report, json_output, ["board", "ok", "action", "release", "previous", "error"], "rollback")
+
+    @app.command()
+    @handle_errors
+    def releases(
+        target: str = typer.Argument(..., help="board, group, tag:NAME or user@host[:port]"),
+        max_parallel: int = ParallelOpt,
+        executor: str = ExecutorOpt,
+        targets: Optional[List[Path]] = TargetsOpt,
+        accept_new: bool = AcceptNewOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """List the releases kept on board(s): id, current, age, size, model, last health check."""
+        from deployer.fleet import service
+        from deployer.fleet.executor import parse_executor
+
+        boards = _boards(_inventory(targets, target), target)
+        report = service.releases(boards, _options(accept_new=accept_new), executor=parse_executor(executor),
+                                  max_parallel=max_parallel)
+        if json_output:
+            emit_json(report.to_json())
+        else:
+            table = Table(title="releases", title_justify="left")
+            for c in ("board", "release", "current", "model", "age", "size", "health"):
+                table.add_column(c)
+            for b in report.to_json()["boards"]:
+                if not b["ok"]:
+                    table.add_row(b["board"], "-", "", "", "", "", str(b.get("error"))[:120])
+                    continue
+                for r in b.get("releases") or [{"id": "(none)"}]:
+                    h = r.get("health")
+                    table.add_row(b["board"], r["id"], "*" if r.get("current") else "", r.get("model") or "",
+                                  _age(r.get("age_s")), f"{(r.get('size') or 0) / 1e6:.2f} MB" if r.get("size") else "",
+                                  "" if not h else ("pass" if h.get("ok") else "FAIL"))
+            out.print(table)
+        if report.exit_code:
+            raise typer.Exit(report.exit_code)
+
+    @app.command()
+    @handle_errors
+    def rollout(
+        group: str = typer.Argument(..., help="group, tag:NAME or board"),
+        model: Optional[Path] = ModelOpt,
+        profile: Optional[Path] = ProfileOpt,
+        waves: str = typer.Option("1,10%,50%,100%", "--waves", help="cumulative wave targets: counts or shares"),
+        max_failures: str = typer.Option("5%", "--max-failures", help="failed boards tolerated (count or share)"),
+        bake: str = typer.Option("0", "--bake", help="wait after each wave, then re-check it (30s, 2m)"),
+        resume: bool = typer.Option(False, "--resume", help="skip boards the last rollout of this release finished"),
+        plan: bool = PlanOpt,
+        no_health: bool = NoHealthOpt,
+        min_cosine: float = CosineOpt,
+        max_latency: Optional[float] = LatencyOpt,
+        keep: int = KeepOpt,
+        max_parallel: int = ParallelOpt,
+        executor: str = ExecutorOpt,
+        lock_wait: float = LockWaitOpt,
+        deadline: float = DeadlineOpt,
+        state: Path = StateOpt,
+        targets: Optional[List[Path]] = TargetsOpt,
+        accept_new: bool = AcceptNewOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """Roll a release out to a group in waves, stopping when failures pass the budget."""
+        from deployer.fleet import service
+        from deployer.fleet.executor import parse_executor
+
+        opts = _options(no_health=no_health, min_cosine=min_cosine, max_latency=max_latency, keep=keep,
+                        lock_wait=lock_wait, deadline=deadline, accept_new=accept_new)
+        spec = parse_executor(executor)
+        boards, release = _boards_and_release(group, targets, model, profile, no_health, json_output)
+        view = FleetView(f"rollout {release.id}", len(boards))
+        with view.live if not plan else contextlib.nullcontext():
+            the_plan, report = service.rollout(group, boards, release, opts, waves=waves, max_failures=max_failures,
+                                               max_parallel=max_parallel, bake=bake, executor=spec, state_dir=state,
+                                               resume=resume, on_event=view, plan_only=plan)
+        if report is None:
+            p = the_plan.to_json()
+            _print_plan({"release": release.id, "size": release.size, "waves": [len(w) for w in p["waves"]],
+                         "wave_boards": p["waves"], "failure_budget": p["budget"], "bake_s": p["bake"],
+                         "max_parallel": max_parallel, "skipped": p["skipped"],
+                         "boards": [n for w in p["waves"] for n in w]}, json_output)
+            return
+        if not json_output:
+            x = report.extra
+            msg = (f"rollout {release.id}: {sum(1 for r in report.results if r.ok)}/{len(boards)} boards ok, "
+                   f"{len(x['failed'])} failed (budget {x['budget']}), waves {x['waves_done']}/{len(x['waves'])}")
+            console.print(msg, markup=False)
+            if x["stopped"]:
+                error(f"stopped: failures passed the budget; {len(x['not_started'])} board(s) "
+                      f"not started. Undo the switched boards with: deployer rollback {group} --rollout")
+        _finish(report, json_output, ["board", "ok", "action", "release", "previous", "health", "seconds"],
+                f"rollout {release.id}")
+
+    @app.command()
+    @handle_errors
+    def status(
+        target: str = typer.Argument(..., help="group, tag:NAME or board"),
+        expect: Optional[str] = typer.Option(None, "--expect", help="release the boards should serve "
+                                             "(default: the last rollout's to this group)"),
+        state: Path = StateOpt,
+        max_parallel: int = typer.Option(200, "--max-parallel", help="boards read at once"),
+        executor: str = ExecutorOpt,
+        deadline: float = typer.Option(30.0, "--deadline", help="seconds per board before it counts as unreachable"),
+        targets: Optional[List[Path]] = TargetsOpt,
+        accept_new: bool = AcceptNewOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """What every board serves: release, model, runtime, last health check, reachable, drift."""
+        from deployer.fleet import service
+        from deployer.fleet.executor import parse_executor
+
+        boards = _boards(_inventory(targets, target), target)
+        report = service.status(boards, _options(deadline=deadline, accept_new=accept_new),
+                                executor=parse_executor(executor), max_parallel=max_parallel, expect=expect,
+                                group=target, state_dir=state)
+        if json_output:
+            emit_json(report.to_json())
+        else:
+            out.print(_results_table(f"status (expected: {report.extra.get('expected') or 'not set'})", report,
+                                     ["board", "reachable", "release", "model", "runtime", "last_health", "drift",
+                                      "error"]))
+            s = report.extra["summary"]
+            console.print(f"{s['reachable']}/{s['boards']} reachable, {s['drift']} drifting; releases: "
+                          + ", ".join(f"{k} x{v}" for k, v in s["releases"].items()), markup=False)
+        unreachable = [r for r in report.results if not r.ok]
+        if unreachable:
+            raise typer.Exit(3)
+
+
+def _age(seconds: Optional[int]) -> str:
+    if seconds is None:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+

@@ -1,0 +1,52 @@
+"""Run one per-board operation on many boards through an Executor, at most N in flight.
+
+Submissions are bounded here rather than by the executor's pool size, so the same code limits a
+Dask cluster and can stop handing out boards the moment a failure budget is spent (boards already
+running finish; none are interrupted half-way).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from typing import Any, Callable, Iterable
+
+from deployer.fleet.ops import BoardResult
+
+StopFn = Callable[[list[BoardResult]], bool]
+
+
+def fan_out(executor: Executor, boards: Iterable[Any], op: Callable[..., BoardResult], args: tuple,
+            *, max_parallel: int, on_result: Callable[[BoardResult], None] | None = None,
+            stop: StopFn | None = None, kwargs: dict[str, Any] | None = None) -> tuple[list[BoardResult], list[Any]]:
+    """(results in completion order, boards never started because `stop` said so)."""
+    todo = list(boards)
+    running: dict[Future, Any] = {}
+    results: list[BoardResult] = []
+    stopped = False
+    try:
+        while todo or running:
+            while todo and len(running) < max_parallel and not stopped:
+                board = todo.pop(0)
+                running[executor.submit(op, board, *args, **(kwargs or {}))] = board
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                board = running.pop(fut)
+                try:
+                    res = fut.result()
+                except Exception as err:  # an executor-level failure (worker died): that board failed
+                    res = BoardResult(board.name, False, None, action="failed", stage="executor",
+                                      error=f"{board.name}: {type(err).__name__}: {err}", exit_code=4)
+                results.append(res)
+                if on_result:
+                    on_result(res)
+            if stop is not None and not stopped and stop(results):
+                stopped = True
+            if stopped and not running:
+                break
+    except BaseException:
+        for fut in running:
+            fut.cancel()
+        raise
+    return results, (todo if stopped else [])

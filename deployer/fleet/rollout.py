@@ -1,0 +1,223 @@
+"""Rollouts: a release to a group in waves, under a failure budget, resumable, reversible.
+
+Waves are cumulative shares of the group, like a canary: `1,10%,50%,100%` means one board first,
+then up to 10 % of the group, then half, then everyone (Ansible's `serial` with a running total).
+Within a wave boards run in parallel (at most --max-parallel); once failures pass
+--max-failures (a count or a share of the group) no further board is started, running boards
+finish, and the rollout stops with the list of failed boards and why. After each wave but the
+last, --bake waits and re-reads the wave's boards: a board that stopped serving the release or
+went away counts as failed.
+
+The state of a rollout (which boards switched, from which release) is written to
+`<state dir>/<group>.json` after every board, so `rollout --resume` skips boards already done
+and `rollback GROUP --rollout` puts every switched board back on the release it had before.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from deployer import fsutil
+from deployer.errors import DeployerError
+from deployer.fleet.fanout import fan_out
+from deployer.fleet.ops import BoardResult, DeployOptions, deploy_board, list_board
+from deployer.fleet.release import LocalRelease
+
+_NAME_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def parse_waves(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise DeployerError("--waves: give at least one wave, e.g. 1,10%,50%,100%")
+    for p in parts:
+        if not re.fullmatch(r"\d+(\.\d+)?%|\d+", p):
+            raise DeployerError(f"--waves: {p!r} is neither a board count nor a percentage (e.g. 1,10%,100%)")
+        if p in ("0", "0%"):
+            raise DeployerError("--waves: a wave of 0 boards does nothing; remove it")
+        if p.endswith("%") and float(p[:-1]) > 100:
+            raise DeployerError(f"--waves: {p} is more than the whole group")
+    return parts
+
+
+def wave_sizes(waves: list[str], n: int) -> list[int]:
+    """Boards in each wave (cumulative targets -> increments; a final wave takes whoever is left)."""
+    sizes, done = [], 0
+    for w in waves:
+        target = math.ceil(n * float(w[:-1]) / 100) if w.endswith("%") else int(w)
+        target = min(n, max(target, done))
+        if target > done:
+            sizes.append(target - done)
+            done = target
+    if done < n:
+        sizes.append(n - done)
+    return sizes
+
+
+def failure_budget(text: str, n: int) -> int:
+    """How many failed boards are tolerated: '5%' of the group (floor) or a plain count."""
+    t = text.strip()
+    try:
+        if t.endswith("%"):
+            pct = float(t[:-1])
+            if not 0 <= pct <= 100:
+                raise ValueError
+            return int(math.floor(n * pct / 100 + 1e-9))
+        value = int(t)
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise DeployerError(f"--max-failures {text!r}: give a count (3) or a share of the group (5%)") from None
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
+    if not m:
+        raise DeployerError(f"--bake {text!r}: give a duration like 30s, 2m or 0")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+@dataclass
+class RolloutPlan:
+    group: str
+    release: str
+    waves: list[list[str]]           # board names per wave
+    budget: int
+    max_parallel: int
+    bake: float
+    skipped: list[str] = field(default_factory=list)   # done in an earlier run (--resume)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RolloutReport:
+    plan: RolloutPlan
+    results: dict[str, BoardResult]
+    stopped: bool                     # the failure budget was passed
+    not_started: list[str]
+    waves_done: int
+    seconds: float
+    state_file: str | None = None
+
+    @property
+    def failed(self) -> list[BoardResult]:
+        return [r for r in self.results.values() if not r.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.stopped and not self.failed and not self.not_started
+
+
+def state_path(state_dir: Path, group: str) -> Path:
+    return Path(state_dir) / f"{_NAME_SAFE.sub('_', group).strip('_') or 'group'}.json"
+
+
+def load_state(state_dir: Path, group: str) -> dict[str, Any] | None:
+    path = state_path(state_dir, group)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("boards"), dict):
+            raise ValueError("not a rollout state")
+        return data
+    except (OSError, ValueError) as err:
+        raise DeployerError(f"{path}: unreadable rollout state ({err}); delete it to start afresh") from None
+
+
+def plan_rollout(group: str, boards: list[Any], release_id: str, waves: list[str], max_failures: str,
+                 max_parallel: int, bake: float, previous: dict[str, Any] | None, resume: bool) -> RolloutPlan:
+    names = [b.name for b in boards]
+    skipped: list[str] = []
+    if resume:
+        if previous is None or previous.get("release") != release_id:
+            raise DeployerError(f"--resume: no unfinished rollout of {release_id} to group {group} "
+                                f"(last: {previous.get('release') if previous else 'none'})")
+        skipped = [n for n in names if previous["boards"].get(n, {}).get("ok")
+                   and previous["boards"][n].get("release") == release_id]
+    left = [n for n in names if n not in skipped]
+    sizes = wave_sizes(waves, len(left)) if left else []
+    plan_waves, i = [], 0
+    for s in sizes:
+        plan_waves.append(left[i:i + s])
+        i += s
+    return RolloutPlan(group, release_id, plan_waves, failure_budget(max_failures, len(names)), max_parallel,
+                       bake, skipped)
+
+
+def run_rollout(plan: RolloutPlan, boards: list[Any], release: LocalRelease, opts: DeployOptions,
+                executor: Executor, *, state_dir: Path | None, on_event: Callable[[dict], None] | None = None,
+                previous: dict[str, Any] | None = None, local: bool = True) -> RolloutReport:
+    t0 = time.monotonic()
+    by_name = {b.name: b for b in boards}
+    results: dict[str, BoardResult] = {}
+    state: dict[str, Any] = {"group": plan.group, "release": plan.release, "status": "running",
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "boards": dict(previous["boards"]) if previous and plan.skipped else {}}
+    path = state_path(state_dir, plan.group) if state_dir else None
+
+    def save() -> None:
+        if path is not None:
+            fsutil.write_text(path, json.dumps(state, indent=1, sort_keys=True) + "\n")
+
+    def record(res: BoardResult) -> None:
+        results[res.board] = res
+        old = state["boards"].get(res.board, {})
+        entry = {"ok": res.ok, "release": res.release, "action": res.action, "error": res.error,
+                 "stage": res.stage, "previous": old.get("previous") if res.action == "unchanged" else res.previous}
+        if res.action == "deployed" or old.get("switched"):
+            entry["switched"] = True
+        state["boards"][res.board] = entry
+        save()
+        if on_event:
+            on_event({"type": "result", "board": res.board, "ok": res.ok})
+
+    def over_budget(_: list[BoardResult]) -> bool:
+        return sum(1 for r in results.values() if not r.ok) > plan.budget
+
+    save()
+    not_started: list[str] = []
+    stopped = False
+    waves_done = 0
+    for k, wave in enumerate(plan.waves):
+        if on_event:
+            on_event({"type": "wave", "wave": k + 1, "of": len(plan.waves), "boards": len(wave)})
+        _, left = fan_out(executor, [by_name[n] for n in wave], deploy_board, (release, opts),
+                          max_parallel=plan.max_parallel, on_result=record, stop=over_budget,
+                          kwargs={"on_event": on_event} if local else None)
+        waves_done = k + 1
+        if over_budget([]):
+            stopped = True
+            not_started = [b.name for b in left] + [n for w in plan.waves[k + 1:] for n in w]
+            break
+        if plan.bake > 0 and k + 1 < len(plan.waves):
+            if on_event:
+                on_event({"type": "bake", "wave": k + 1, "seconds": plan.bake})
+            time.sleep(plan.bake)
+            ok_boards = [by_name[n] for n in wave if results.get(n) and results[n].ok]
+            checks, _ = fan_out(executor, ok_boards, list_board, (opts, "current"), max_parallel=plan.max_parallel)
+            for c in checks:
+                if not c.ok or c.release != plan.release:
+                    r = results[c.board]
+                    r.ok, r.action, r.stage, r.exit_code = False, "failed", "bake", c.exit_code or 3
+                    r.error = c.error or f"{c.board}: serves {c.release} instead of {plan.release} after the bake"
+                    record(r)
+            if over_budget([]):
+                stopped = True
+                not_started = [n for w in plan.waves[k + 1:] for n in w]
+                break
+    state["status"] = "stopped" if stopped else ("done" if not any(not r.ok for r in results.values()) else "failed")
+    state["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    save()
+    return RolloutReport(plan, results, stopped, not_started, waves_done, round(time.monotonic() - t0, 3),
+                         str(path) if path else None)
