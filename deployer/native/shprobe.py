@@ -1,0 +1,127 @@
+"""Board facts without Python on the board: run probe.sh (POSIX sh), parse its sections on the host.
+
+The result is the same raw dict the Python probe script prints, so deployer.remote.probe turns it
+into BoardFacts with the same code; `python` and the Python-only fields are None, which is how the
+rest of deployer knows the board can only take the native runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deployer.errors import RemoteError
+
+SCRIPT = Path(__file__).with_name("probe.sh")
+_ELF_MACHINES = {183: "aarch64", 40: "arm", 62: "x86_64", 3: "i386"}
+
+
+def script() -> str:
+    return SCRIPT.read_text(encoding="utf-8")
+
+
+def sections(text: str) -> dict[str, str]:
+    """'==deployer:NAME' headed sections -> {NAME: body} (body without the surrounding newlines)."""
+    out: dict[str, str] = {}
+    name = None
+    body: list[str] = []
+    for line in text.split("\n"):
+        if line.startswith("==deployer:"):
+            if name is not None:
+                out[name] = "\n".join(body).strip("\n")
+            name, body = line[len("==deployer:"):], []
+        elif name is not None:
+            body.append(line)
+    if name is not None:
+        out[name] = "\n".join(body).strip("\n")
+    return out
+
+
+def _int(text: str | None) -> int | None:
+    text = (text or "").strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def parse(text: str) -> dict[str, Any]:
+    """probe.sh output -> the raw facts dict of deployer/remote/board/probe.py."""
+    if not text.startswith("==deployer-probe 1") or "==deployer:end" not in text:
+        raise ValueError("not a complete probe.sh output")
+    s = sections(text)
+    f = lambda path: s.get(f"file {path}")  # noqa: E731
+    elf = [int(b) for b in (s.get("elf") or "").split() if b.isdigit()]
+    elf_class = elf[4] if len(elf) == 20 and elf[:4] == [127, 69, 76, 70] else None
+    elf_machine = elf[18] + 256 * elf[19] if elf_class else None
+    machine = s.get("machine", "").strip() or "unknown"
+    raw: dict[str, Any] = {
+        "machine": machine, "kernel_machine": machine,
+        "pointer_bits": 64 if elf_class == 2 else 32 if elf_class == 1 else (64 if "64" in machine else 32),
+        "multiarch": None, "python": None, "python_path": None, "soabi": None, "python_platform": None,
+        "hostname": s.get("hostname", "").strip(), "runtime_dir": s.get("runtime_dir", "").strip(),
+        "dpkg_arch": (s.get("dpkg_arch") or "").strip() or None,
+        "elf_machine": _ELF_MACHINES.get(elf_machine or -1),
+    }
+    glibc = (s.get("glibc") or "").strip()
+    raw["glibc"] = glibc or None
+    cpus: list[dict[str, str]] = []
+    cur: dict[str, str] = {}
+    for line in (f("/proc/cpuinfo") or "").splitlines() + [""]:
+        if not line.strip():
+            if cur:
+                cpus.append(cur)
+            cur = {}
+            continue
+        k, _, v = line.partition(":")
+        cur[k.strip().lower()] = v.strip()
+    raw["cpuinfo"] = [c for c in cpus if c.get("processor", "").isdigit()]
+    raw["cpuinfo_extra"] = [c for c in cpus if not c.get("processor", "").isdigit()]
+    freq, gov = {}, {}
+    for c in raw["cpuinfo"]:
+        n = c["processor"]
+        freq[n] = _int(f(f"/sys/devices/system/cpu/cpu{n}/cpufreq/cpuinfo_max_freq"))
+        g = f(f"/sys/devices/system/cpu/cpu{n}/cpufreq/scaling_governor")
+        gov[n] = g.strip() if g else None
+    raw["max_freq_khz"], raw["governors"] = freq, gov
+    raw["os_cpu_count"] = len(raw["cpuinfo"]) or None
+    mem = {}
+    for line in (f("/proc/meminfo") or "").splitlines():
+        k, _, v = line.partition(":")
+        if v.strip().endswith("kB"):
+            mem[k] = int(v.split()[0]) * 1024
+    raw["mem_total"], raw["mem_available"] = mem.get("MemTotal"), mem.get("MemAvailable", mem.get("MemFree"))
+    raw["disk_path"] = s.get("disk_path", "").strip() or raw["runtime_dir"]
+    df = ((s.get("disk") or "").strip().splitlines() or [""])[-1].split()
+    raw["disk_free"] = int(df[3]) * 1024 if len(df) >= 4 and df[3].isdigit() else 0
+    model = f("/sys/firmware/devicetree/base/model")
+    raw["dt_model"] = model.strip("\0\n ") if model else None
+    temp = _int(f("/sys/class/thermal/thermal_zone0/temp"))
+    raw["temperature_c"] = temp / 1000.0 if temp is not None else None
+    osr = {}
+    for line in (f("/etc/os-release") or "").splitlines():
+        k, _, v = line.partition("=")
+        osr[k] = v.strip('"')
+    raw["os"] = osr.get("PRETTY_NAME")
+    raw["runtimes"] = {name[len("runtime "):]: (body.strip() or None)
+                       for name, body in s.items() if name.startswith("runtime ")}
+    sizes = {}
+    for line in (s.get("model_sizes") or "").splitlines():
+        size, _, name = line.strip().partition(" ")
+        if size.isdigit() and name.startswith("./"):
+            sizes[name[2:]] = int(size)
+    models = {}
+    for line in (s.get("models") or "").splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if len(digest) == 64 and name.startswith("./"):
+            models[name[2:]] = {"sha256": digest, "size": sizes.get(name[2:])}
+    raw["models"] = models
+    raw["ncnn"] = None
+    return raw
+
+
+def probe_raw(conn: Any, root: str, *, timeout: float = 120.0) -> dict[str, Any]:
+    """Run probe.sh on the board and return the raw facts dict."""
+    res = conn.run(["sh", "-c", script(), "sh", root], timeout=timeout)
+    try:
+        return parse(res.stdout)
+    except ValueError:
+        tail = ((res.stderr or "").strip().splitlines() or ["no stderr"])[-1]
+        raise RemoteError(f"{conn.board.where}: sh probe failed (rc {res.rc}): {tail}") from None

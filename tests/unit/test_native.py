@@ -1,0 +1,172 @@
+"""deployer.native without boards or cross builds: runtime choice, the sh probe, per-layer reports,
+the sdist extraction and the build keys."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from deployer.errors import DeployerError
+from deployer.native import build as nb
+from deployer.native import layers, select, shprobe, source
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("DEPLOYER_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def _fake_build(cache: Path, arch: str, *, layers_flavour: bool) -> None:
+    folder = cache / "native" / "runtimes" / "1.0.1" / arch / "abc"
+    folder.mkdir(parents=True)
+    (folder / nb.RUNNER_NAME).write_bytes(b"\x7fELF")
+    if layers_flavour:
+        (folder / nb.LAYERS_NAME).write_bytes(b"\x7fELF")
+    import json
+
+    (folder / "manifest.json").write_text(json.dumps({"version": "1.0.1", "arch": arch, "key": "abc", "size": 4,
+                                                      "layers_size": 4 if layers_flavour else None}))
+
+
+def test_runtime_choice(cache) -> None:
+    board = SimpleNamespace(name="pi", runtime="auto")
+    with_py = SimpleNamespace(arch="arm64", python="3.11.2")
+    no_py = SimpleNamespace(arch="armhf", python=None)
+    # nothing built: auto = the wheel where there is Python; a Python-less board is told what to build
+    assert select.choose(board, with_py, None) == ("python", None)
+    with pytest.raises(DeployerError) as err:
+        select.choose(board, no_py, None)
+    assert "no Python" in str(err.value) and "deployer runtime build --arch armv7l" in err.value.hint
+    with pytest.raises(DeployerError) as err:
+        select.choose(board, with_py, None, layers=True)
+    assert "--benchmark" in err.value.hint
+    # built: auto = native; an explicit python still gets the wheel; layers need the layers flavour
+    _fake_build(cache, "aarch64", layers_flavour=False)
+    kind, found = select.choose(board, with_py, None)
+    assert kind == "native" and found.arch == "aarch64" and found.layers is None
+    assert select.choose(board, with_py, "python") == ("python", None)
+    assert select.choose(SimpleNamespace(name="pi", runtime="python"), with_py, None) == ("python", None)
+    with pytest.raises(DeployerError):
+        select.choose(board, with_py, None, layers=True)
+    with pytest.raises(DeployerError) as err:
+        select.choose(board, with_py, "python", layers=True)
+    assert "--layers needs the native runtime" in str(err.value)
+    with pytest.raises(DeployerError) as err:
+        select.choose(board, with_py, "fast")
+    assert "'fast' is not one of auto, native, python" in str(err.value)
+    with pytest.raises(DeployerError) as err:
+        select.choose(board, SimpleNamespace(arch="amd64", python=None), "native")
+    assert "no native runtime for its userland (amd64)" in str(err.value)
+
+
+def test_native_argv_keeps_the_runner_flags() -> None:
+    py = ["env", "PYTHONPATH=rt", "python3", "-u", ".deployer/bin/runner.py", "--param", "m.param", "--seed", "3"]
+    assert select.native_argv(".deployer/bin/x", py, layers=True) == [".deployer/bin/x", "--param", "m.param",
+                                                                       "--seed", "3", "--layers"]
+
+
+def test_targets_runtime_field(tmp_path) -> None:
+    from deployer.targets import load_targets
+
+    f = tmp_path / "t.yaml"
+    f.write_text("boards:\n  a: {host: 10.0.0.1, runtime: native}\n  b: {host: 10.0.0.2}\n")
+    inv = load_targets([f])
+    assert inv.board("a").runtime == "native" and inv.board("b").runtime == "auto"
+    f.write_text("boards:\n  a: {host: 10.0.0.1, runtime: rust}\n")
+    with pytest.raises(DeployerError) as err:
+        load_targets([f])
+    assert "runtime" in str(err.value) and "t.yaml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sh_probe_on_this_machine_matches_python_facts() -> None:
+    """probe.sh run by the host's own sh gives the facts the Python probe computes here."""
+    from deployer.remote.probe import facts_from_raw
+
+    out = subprocess.run(["sh", "-c", shprobe.script(), "sh", ".deployer-test-probe"], capture_output=True,
+                         text=True, check=True).stdout
+    facts = facts_from_raw("host", shprobe.parse(out))
+    import os
+    import platform
+
+    assert facts.machine == platform.machine() and facts.pointer_bits == 64
+    assert facts.cores == os.cpu_count() and facts.python is None and facts.hostname == platform.node()
+    assert facts.glibc == platform.libc_ver()[1]
+    assert facts.mem_total > 0 and facts.disk_free > 0
+    with pytest.raises(ValueError):
+        shprobe.parse(out.split("==deployer:end")[0])  # a cut-off answer is not a probe
+
+
+def test_sh_probe_parses_models_and_runtimes() -> None:
+    text = ("==deployer-probe 1\n==deployer:machine\narmv7l\n==deployer:elf\n 127  69  76  70   1   1   1   0   0   0   0"
+            "   0   0   0   0   0\n   3   0  40   0\n==deployer:runtime_dir\n/home/pi/.deployer\n==deployer:file /proc/cpuinfo\nprocessor\t: 0\n"
+            "CPU part\t: 0xc0f\nCPU implementer\t: 0x41\n\nHardware\t: BCM2711\n==deployer:runtime ncnn-x\nabc\n"
+            "==deployer:models\n" + "a" * 64 + "  ./m.bin\n==deployer:model_sizes\n  12 ./m.bin\n==deployer:end\n")
+    raw = shprobe.parse(text)
+    assert raw["pointer_bits"] == 32 and raw["elf_machine"] == "arm" and raw["runtimes"] == {"ncnn-x": "abc"}
+    assert raw["models"] == {"m.bin": {"sha256": "a" * 64, "size": 12}}
+    from deployer.remote.probe import facts_from_raw
+
+    facts = facts_from_raw("b", raw)
+    assert facts.arch == "armhf" and facts.cpu_model == "Cortex-A15"
+
+
+def test_layers_report_and_fp32_comparison() -> None:
+    int8 = layers.report({"layers": [{"index": 0, "name": "conv1", "type": "Convolution", "ms": [2.0, 4.0, 3.0]},
+                                     {"index": 1, "name": "relu1", "type": "ReLU", "ms": [1.0, 1.0, 1.0]},
+                                     {"index": 2, "name": "conv2", "type": "Convolution", "ms": [1.0, 1.0, 1.0]}]},
+                         5.5)
+    assert list(int8["layers"]) == ["conv1", "relu1", "conv2"]
+    assert int8["layers"]["conv1"]["median_ms"] == 3.0 and int8["sum_median_ms"] == 5.0
+    assert int8["types"]["Convolution"] == {"layers": 2, "median_ms": 4.0, "share": 0.8}
+    assert list(int8["types"]) == ["Convolution", "ReLU"] and int8["iterations"] == 3
+    fp32 = layers.report({"layers": [{"index": 0, "name": "conv1", "type": "Convolution", "ms": [6.0]},
+                                     {"index": 1, "name": "relu1", "type": "ReLU", "ms": [0.5]},
+                                     {"index": 2, "name": "conv2", "type": "Convolution", "ms": [0.5]},
+                                     {"index": 3, "name": "extra", "type": "Dropout", "ms": [0.1]}]})
+    vs = layers.compare(int8, fp32)
+    assert vs["layers"]["conv1"]["speedup"] == 2.0 and vs["layers"]["conv2"]["speedup"] == 0.5
+    assert vs["only_fp32"] == {"extra": {"type": "Dropout", "fp32_ms": 0.1}}
+    assert vs["types"]["Convolution"]["speedup"] == pytest.approx(6.5 / 4.0)
+
+
+def test_sdist_extraction_rejects_traversal(cache) -> None:
+    tarball = source.sdist_path("9.9.9")
+    tarball.parent.mkdir(parents=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("ncnn-9.9.9/CMakeLists.txt", b"project(x)\n"), ("ncnn-9.9.9/../../evil", b"x"),
+                           ("/abs-evil", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tarball.write_bytes(buf.getvalue())
+    dest = source.extract_sdist("9.9.9")
+    assert (dest / "CMakeLists.txt").read_bytes() == b"project(x)\n"
+    assert not (cache / "evil").exists() and not (cache / "native" / "evil").exists()
+    assert not Path("/abs-evil").exists()
+    with pytest.raises(DeployerError) as err:
+        source.extract_sdist("9.9.8")
+    assert "runtime build --fetch" in err.value.hint and "set-up time" in err.value.hint
+    with pytest.raises(DeployerError):
+        source.check_version("1.0/../../x")
+
+
+def test_build_keys_follow_inputs() -> None:
+    tc = nb.toolchain("arm64")
+    assert tc.arch == "aarch64" and nb.toolchain("armhf").arch == "armv7l"
+    with pytest.raises(DeployerError) as err:
+        nb.toolchain("x86_64")
+    assert "aarch64 (arm64) and armv7l (armhf)" in str(err.value)
+    k1 = nb.lib_key("1.0.1", tc, "12.2.0")
+    assert k1 == nb.lib_key("1.0.1", tc, "12.2.0")
+    assert k1 != nb.lib_key("1.0.2", tc, "12.2.0") != nb.lib_key("1.0.1", tc, "13.1.0")
+    assert nb.lib_key("1.0.1", nb.toolchain("armv7l"), "12.2.0") != k1
+    assert nb.runtime_key(k1) != k1 and len(nb.runtime_key(k1)) == 16
+    assert tc.march_flags() == ["-march=armv8-a"]
+    assert "-mfpu=neon" in nb.toolchain("armv7l").march_flags()
