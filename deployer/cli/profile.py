@@ -1,0 +1,207 @@
+"""`deployer profile`, `history`, `compare`, `report`: parsing and rendering only.
+
+The work is in deployer.profiling (sweep, store, stats, report); this module turns flags into
+calls, draws progress on stderr and prints one JSON document with --json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from deployer.cli.common import emit_json, handle_errors
+from deployer.cli.render import console, out, say, table, warn
+from deployer.errors import DeployerError, GateFailed
+
+JsonOpt = typer.Option(False, "--json", help="print JSON on stdout")
+ResultsOpt = typer.Option(Path("results"), "--results", help="results folder holding history.sqlite")
+
+
+def _progress(event: dict[str, Any]) -> None:
+    kind = event.get("type")
+    if kind == "sweep":
+        say(f"{event.get('board', '')} [{event['step']}/{event['of']}] round {event['round']}: {event['label']}")
+    elif kind == "sweep_done" and event.get("median_ms") is not None:
+        say(f"    median {event['median_ms']:.3g} ms (run {event['run_id']})")
+    elif kind == "accuracy":
+        say(f"accuracy {event['precision']}: {event['input']}")
+
+
+def _render_sweep(s: dict[str, Any]) -> None:
+    rows = [[c["label"], f"{c['median_ms']:.3g}" if c.get("median_ms") is not None else "-",
+             "[" + ", ".join(f"{v:.3g}" for v in c.get("ci_ms") or []) + "]", c.get("count"),
+             "pass" if c.get("accuracy_passed") else "FAIL", len(c.get("flags") or [])] for c in s["configs"]]
+    out.print(table(f"sweep {s['sweep_id']} on {s['board']}", ["setting", "median ms", "95% CI", "samples",
+                                                               "accuracy", "warnings"], rows))
+    for prec, acc in (s.get("accuracy") or {}).items():
+        for r in acc.get("rows") or []:
+            top1 = "-" if r.get("top1_agreement") is None else f"{r['top1_agreement']:.2f}"
+            console.print(f"parity {prec}: {r['ref']} vs {r['test']}: cosine min {r['cosine_min']:.5f}, top-1 {top1}",
+                          markup=False)
+    if s.get("int8"):
+        (say if s["int8"]["pays"] else warn)(s["int8"]["message"])
+    if s.get("recommendation"):
+        say(f"recommended: {s['recommendation_label']} ({s['recommendation_median_ms']:.3g} ms); "
+            f"{s.get('recommendation_reason', '')}")
+    else:
+        warn(f"no recommendation: {s.get('recommendation_reason')}")
+
+
+def _parse_floats(text: str | None, flag: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(v) for v in text.strip("[]").split(",") if v.strip()]
+    except ValueError:
+        raise DeployerError(f"{flag} {text!r}: numbers separated by commas, e.g. 123.675,116.28,103.53") from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def profile(
+        target: str = typer.Argument(..., help="board or group name"),
+        param: Path = typer.Option(..., "--param", help="ncnn .param (int8 or fp32)"),
+        bin: Path = typer.Option(..., "--bin", help="ncnn .bin"),
+        fp32_param: Optional[Path] = typer.Option(None, "--fp32-param", help="fp32 model of the same network"),
+        fp32_bin: Optional[Path] = typer.Option(None, "--fp32-bin"),
+        shape: Optional[str] = typer.Option(None, "--shape", help="input W,H,C (default: the Input layer's)"),
+        sweep: List[str] = typer.Option([], "--sweep", help="AXIS=V1,V2: threads, precision (fp32,fp16,int8), powersave"),
+        duration: float = typer.Option(2.0, "--duration", help="seconds per setting and round (warm-up included)"),
+        rounds: int = typer.Option(2, "--rounds", help="interleaved passes over the grid"),
+        gate: List[str] = typer.Option([], "--gate", help="accuracy gate vs host fp32 (default cosine>=0.98)"),
+        images: List[Path] = typer.Option([], "--images", help="real inputs for parity: files, folders or list.txt"),
+        mean: Optional[str] = typer.Option(None, "--mean", help="preprocessing mean, e.g. 123.675,116.28,103.53"),
+        norm: Optional[str] = typer.Option(None, "--norm", help="preprocessing norm, e.g. 0.017125,0.017507,0.017429"),
+        pixel: str = typer.Option("RGB", "--pixel", help="pixel order the model expects (RGB, BGR, GRAY)"),
+        input_blob: Optional[str] = typer.Option(None, "--input-blob"),
+        output_blob: Optional[str] = typer.Option(None, "--output-blob"),
+        min_effect: float = typer.Option(3.0, "--min-effect", help="% below which differences count as the same"),
+        results: Path = ResultsOpt,
+        targets: Optional[List[Path]] = typer.Option(None, "--targets", help="targets YAML file(s)"),
+        accept_new: bool = typer.Option(False, "--accept-new", help="trust and save an unknown host key"),
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """Sweep threads x precision x powersave on a board; recommend the fastest accurate setting."""
+        from deployer.cli.boards import _boards, _inventory
+        from deployer.profiling import parity
+        from deployer.profiling.sweep import plan_sweep, run_sweep
+        from deployer.remote.runner import input_shape_from_param, parse_shape
+        from deployer.remote.session import open_session
+
+        inputs = None
+        if images:
+            if shape:
+                try:
+                    dims = parse_shape(shape)
+                except ValueError as err:
+                    raise DeployerError(f"--shape: {err}") from None
+            else:
+                dims = input_shape_from_param(str(fp32_param or param), input_blob) or []
+            if len(dims) < 2:
+                raise DeployerError("--images needs the input size: pass --shape W,H,C")
+            inputs = parity.load_inputs(images, dims[:2], mean=_parse_floats(mean, "--mean"),
+                                        norm=_parse_floats(norm, "--norm"), pixel=pixel)
+        plan = plan_sweep(param, bin, fp32_param=fp32_param, fp32_bin=fp32_bin, shape=shape, sweeps=list(sweep),
+                          rounds=rounds, chunk_s=duration, gates=list(gate) or None, inputs=inputs,
+                          input_blob=input_blob, output_blob=output_blob)
+        inventory = _inventory(targets, target)
+        boards = _boards(inventory, target)
+        say(f"{len(plan.configs)} setting(s) x {plan.rounds} round(s) x {plan.chunk_s:g} s on "
+            f"{', '.join(b.name for b in boards)}")
+        summaries = []
+        for board in boards:
+            conn, session = open_session(board, accept_new=accept_new, inventory=inventory,
+                                         on_event=lambda e, b=board.name: _progress({"board": b, **e}))
+            with conn:
+                summaries.append(run_sweep(session, plan, results, on_event=_progress, min_effect_pct=min_effect))
+        if json_output:
+            emit_json(summaries[0] if len(summaries) == 1 else {"boards": summaries})
+        else:
+            for s in summaries:
+                _render_sweep(s)
+        if any(s.get("recommendation") is None for s in summaries):
+            if json_output:  # the JSON above is the whole answer; only the exit code says it failed
+                raise typer.Exit(1)
+            raise GateFailed("no setting passed the accuracy gate on " +
+                             ", ".join(s["board"] for s in summaries if s.get("recommendation") is None))
+
+    @app.command()
+    @handle_errors
+    def history(
+        board: Optional[str] = typer.Option(None, "--board", help="only this board"),
+        model: Optional[str] = typer.Option(None, "--model", help="only this model (sha256 of .bin or .param, prefix ok)"),
+        limit: Optional[int] = typer.Option(None, "--limit", help="the last N runs"),
+        results: Path = ResultsOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """List stored runs (every `run` and every sweep pass), oldest first."""
+        from deployer.profiling.store import list_runs
+
+        if limit is not None and limit < 1:
+            raise DeployerError("--limit must be at least 1")
+        runs = [r.summary() for r in list_runs(results, board=board, model=model, limit=limit)]
+        if json_output:
+            emit_json(runs)
+            return
+        rows = [[r["id"], r["started_at"][:19], r["board"], (r["model_sha256"] or "")[:12], r["label"] or "",
+                 f"{r['median_ms']:.3g}" if r["median_ms"] is not None else "-", ",".join(r["flags"]) or "-"]
+                for r in runs]
+        out.print(table(None, ["id", "started", "board", "model", "setting", "median ms", "warnings"], rows))
+
+    @app.command()
+    @handle_errors
+    def compare(
+        id_a: int = typer.Argument(..., help="baseline run id (deployer history)"),
+        id_b: int = typer.Argument(..., help="run to judge against it"),
+        fail_on_regression: Optional[float] = typer.Option(
+            None, "--fail-on-regression", help="exit 1 when B is slower than A by more than PCT %"),
+        min_effect: float = typer.Option(3.0, "--min-effect", help="% below which differences count as the same"),
+        alpha: float = typer.Option(0.05, "--alpha", help="significance level of the Mann-Whitney test"),
+        results: Path = ResultsOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """Is run B faster, slower or the same as run A? (Mann-Whitney U + Hodges-Lehmann ratio CI)"""
+        from deployer.profiling.compare import compare_runs
+
+        if not 0 < alpha < 1:
+            raise DeployerError("--alpha must be between 0 and 1")
+        if min_effect < 0 or (fail_on_regression is not None and fail_on_regression < 0):
+            raise DeployerError("--min-effect and --fail-on-regression are percentages >= 0")
+        res = compare_runs(results, id_a, id_b, min_effect_pct=min_effect, alpha=alpha,
+                           fail_on_regression_pct=fail_on_regression)
+        if json_output:
+            emit_json(res)
+        else:
+            lo, hi = res["change_ci_pct"]
+            say(f"run {id_b} vs run {id_a}: {res['verdict'].upper()} {res['change_pct']:+.1f}% "
+                f"(95% CI {lo:+.1f}% .. {hi:+.1f}%, p={res['p_value']:.2g}, Cliff's delta {res['cliffs_delta']:+.2f}); "
+                f"median {res['median_a_ms']:.3g} -> {res['median_b_ms']:.3g} ms")
+            for w in res["warnings"]:
+                warn(w)
+        if res.get("regression"):
+            if json_output:
+                raise typer.Exit(1)
+            raise GateFailed(f"run {id_b} is {res['change_pct']:.1f}% slower than run {id_a} "
+                             f"(> {fail_on_regression:g}%)")
+
+    @app.command()
+    @handle_errors
+    def report(
+        ids: List[int] = typer.Argument(None, help="run ids (default: the latest sweep, else the last 5 runs)"),
+        out_file: Path = typer.Option(..., "--out", help="HTML file to write"),
+        sweep: List[int] = typer.Option([], "--sweep", help="include this sweep (heat map, parity)"),
+        results: Path = ResultsOpt,
+        json_output: bool = JsonOpt,
+    ) -> None:
+        """One self-contained HTML report: distributions, time series, heat map, parity, context."""
+        from deployer.profiling.report import write_report
+
+        info = write_report(results, out_file, list(ids or []), list(sweep))
+        if json_output:
+            emit_json(info)
+        else:
+            say(f"wrote {info['out']} ({len(info['runs'])} run(s), {len(info['sweeps'])} sweep(s), "
+                f"{info['bytes'] // 1024} KiB)")

@@ -1,0 +1,150 @@
+"""Three-way parity on real inputs: host fp32, host int8 and the board, on the same tensors.
+
+Why three ways: host fp32 vs host int8 says what quantization costs; host int8 vs board int8 says
+whether the board computes what the host predicts (kernels, fp16 paths, wheel versions); host fp32
+vs board is what the user gets. All three use the very same preprocessed tensors (real images
+through deployer.quant.preprocess, written as raw float32 files the runner reads), never random
+fills, so the numbers mean something for the task.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from deployer import fsutil
+from deployer.errors import DeployerError
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Preprocessed input tensors (CHW float32), with where each came from."""
+
+    names: list[str]
+    tensors: list[np.ndarray]
+    real: bool               # False = the runner's seeded random fill (no images given)
+
+
+def load_inputs(images: Sequence[Path], shape: Sequence[int], *, mean: Sequence[float] = (),
+                norm: Sequence[float] = (), pixel: str = "RGB") -> Inputs:
+    """Images (or float32 .npy) -> tensors exactly as deployer's calibration/check reads them."""
+    from deployer.quant.preprocess import PIXEL_TYPES, InputSpec, load_input
+
+    if pixel.upper() not in PIXEL_TYPES:
+        raise DeployerError(f"--pixel {pixel!r}: use one of {', '.join(PIXEL_TYPES)}")
+    files = expand_images(images)
+    tensors = []
+    for path in files:
+        spec = InputSpec(shape=tuple(int(d) for d in shape), mean=tuple(mean), norm=tuple(norm),
+                         pixel=PIXEL_TYPES[pixel.upper()], file_type=1 if path.suffix.lower() == ".npy" else 0)
+        tensors.append(np.array(load_input(path, spec), dtype=np.float32))
+    return Inputs([p.name for p in files], tensors, True)
+
+
+def expand_images(images: Sequence[Path]) -> list[Path]:
+    """Files, folders (their images, sorted) or list files (one path per line, relative to the list)."""
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".npy", ".ppm", ".pgm", ".webp"}
+    out: list[Path] = []
+    for item in images:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in exts)
+        elif p.suffix.lower() == ".txt" and p.is_file():
+            for line in p.read_text().splitlines():
+                line = line.strip().split()[0] if line.strip() else ""
+                if line:
+                    f = Path(line) if Path(line).is_absolute() else p.parent / line
+                    out.append(f)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DeployerError(f"--images {p}: no such file or folder")
+    for f in out:
+        if not f.is_file():
+            raise DeployerError(f"--images: {f} (listed) does not exist")
+    if not out:
+        raise DeployerError(f"--images {', '.join(map(str, images))}: no images found (jpg/png/bmp/npy)")
+    return out
+
+
+def write_input_files(inputs: Inputs, folder: Path) -> list[Path]:
+    """Raw float32 CHW files the runner's --input-file reads (atomic writes)."""
+    paths = []
+    for i, t in enumerate(inputs.tensors):
+        path = Path(folder) / f"parity-{i:03d}.f32"
+        fsutil.write_bytes(path, np.ascontiguousarray(t, dtype="<f4").tobytes())
+        paths.append(path)
+    return paths
+
+
+def host_infer(param: Path, bin_: Path, tensors: Sequence[np.ndarray], *, int8: bool, fp16: bool = False,
+               input_blob: str | None = None, output_blob: str | None = None) -> list[np.ndarray]:
+    """The host ncnn wheel's outputs. On x86 packing is off: x86's packed int8 depthwise kernel uses
+    an approximate reciprocal, the unpacked path does ARM's exact maths (see session.host_reference)."""
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.num_threads = 1
+    net.opt.use_int8_inference = int8
+    net.opt.use_fp16_storage = net.opt.use_fp16_packed = net.opt.use_fp16_arithmetic = fp16
+    if platform.machine() in ("x86_64", "AMD64", "i686"):
+        net.opt.use_packing_layout = False
+    if net.load_param(str(param)) != 0 or net.load_model(str(bin_)) != 0:
+        raise DeployerError(f"{param}: the host ncnn could not load this model")
+    in_blob = input_blob or net.input_names()[0]
+    out_blob = output_blob or net.output_names()[-1]
+    outs = []
+    for t in tensors:
+        ex = net.create_extractor()
+        ex.input(in_blob, ncnn.Mat(np.ascontiguousarray(t, dtype=np.float32)).clone())
+        ret, m = ex.extract(out_blob)
+        if ret != 0:
+            raise DeployerError(f"{param}: host extract({out_blob!r}) failed ({ret})")
+        outs.append(np.array(m, dtype=np.float32).ravel())
+    return outs
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    den = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    return min(1.0, float(a64 @ b64 / den)) if den else (1.0 if not a64.any() and not b64.any() else 0.0)
+
+
+@dataclass
+class PairStats:
+    ref: str
+    test: str
+    cosine_mean: float
+    cosine_min: float
+    top1_agreement: float | None        # None when the output is a single value
+    max_abs: float
+    per_input: list[float] = field(default_factory=list)   # cosine per input
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def pair_stats(ref_name: str, ref: Sequence[np.ndarray], test_name: str, test: Sequence[np.ndarray]) -> PairStats:
+    if len(ref) != len(test):
+        raise DeployerError(f"parity: {len(ref)} {ref_name} outputs vs {len(test)} {test_name} outputs")
+    cos = [_cos(a, b) for a, b in zip(ref, test)]
+    top1 = None
+    if ref and ref[0].size > 1:
+        top1 = float(np.mean([int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(ref, test)]))
+    worst = max(float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0 for a, b in zip(ref, test))
+    return PairStats(ref_name, test_name, float(np.mean(cos)), float(np.min(cos)), top1, worst, cos)
+
+
+def three_way(host_fp32: Sequence[np.ndarray], host_int8: Sequence[np.ndarray] | None,
+              board: Sequence[np.ndarray], board_name: str) -> list[PairStats]:
+    """The parity table rows: fp32->int8 on the host, host->board, and what the user gets."""
+    rows = []
+    if host_int8 is not None:
+        rows.append(pair_stats("host fp32", host_fp32, "host int8", host_int8))
+        rows.append(pair_stats("host int8", host_int8, board_name, board))
+    rows.append(pair_stats("host fp32", host_fp32, board_name, board))
+    return rows

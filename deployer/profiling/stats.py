@@ -1,0 +1,290 @@
+"""Statistics that say how sure they are (numpy only; no scipy dependency).
+
+- Warm-up is found in the data, not assumed: the first samples of a run (cold caches, page faults,
+  the governor ramping up, ncnn's first-run allocations) are dropped until a window of samples
+  agrees with the rest of the run. A run that never settles is flagged instead of averaged.
+- The median gets a distribution-free confidence interval from order statistics (the binomial
+  argument: the true median lies between the j-th and k-th smallest sample with a known
+  probability), so it holds for the skewed, heavy-tailed latencies boards produce.
+- Spread is the MAD (robust to the spikes a background process causes); outliers are marked with
+  the modified z-score (|x - median| / (1.4826 MAD) > 3.5), not removed.
+- Two runs are compared (on block medians, so correlated samples are not counted as independent)
+  with the Mann-Whitney U test (normal approximation with tie and continuity
+  corrections) plus effect sizes: Cliff's delta and the Hodges-Lehmann estimate of the B/A latency
+  ratio with its Moses confidence interval. A verdict of `slower` needs both a significant test
+  and a ratio interval entirely above 1 + min_effect, so noise between runs is not called a
+  regression.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+MAD_SCALE = 1.4826        # MAD -> standard deviation for normal data
+OUTLIER_Z = 3.5           # Iglewicz & Hoaglin's modified z-score cut-off
+Z_975 = 1.959963984540054
+BLOCKS = 20               # block medians per run for the two-run comparison
+
+
+@dataclass
+class Analysis:
+    count: int                    # samples after warm-up
+    warmup_count: int             # leading samples dropped as warm-up
+    stable: bool                  # a steady state was found
+    measured_s: float             # time covered by the kept samples
+    median_ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+    ci_level: float               # achieved coverage of [ci_low, ci_high] (>= the requested level when n allows)
+    mad_ms: float
+    rel_mad: float                # MAD / median
+    min_ms: float
+    mean_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    outliers: list[int]           # indices into the full sample list (warm-up included)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_warmup(samples: Sequence[float], window: int = 5, tol: float = 0.05, max_fraction: float = 0.5
+                ) -> tuple[int, bool]:
+    """(number of leading warm-up samples, stable?).
+
+    The steady level is the median of the last half of the run. Warm-up ends at the first sample
+    from which the median of the next `window` samples is within `tol` of that level and stays
+    there for the rest of the run (every later window too), so a single fast sample amid a slow
+    ramp does not end it. Unstable if no such point exists in the first `max_fraction` of the run."""
+    x = np.asarray(samples, dtype=np.float64)
+    n = len(x)
+    if n < 2 * window:
+        return 0, n >= 3
+    # long runs: a wider window, so one burst of a background job is not read as "never settled"
+    window = max(window, n // 50)
+    ref = float(np.median(x[n // 2:]))
+    if ref <= 0:
+        return 0, False
+    meds = np.median(np.lib.stride_tricks.sliding_window_view(x, window), axis=1)
+    ok = np.abs(meds - ref) <= tol * ref
+    # from index i on, every window is ok
+    tail_ok = np.logical_and.accumulate(ok[::-1])[::-1]
+    starts = np.flatnonzero(tail_ok)
+    if not len(starts) or starts[0] > max_fraction * n:
+        # fall back: drop nothing we cannot justify, but say it never settled
+        return 0, False
+    # a window median tolerates a few slow samples at its front: step past those that are still
+    # outliers against the steady state
+    start = int(starts[0])
+    tail = x[n // 2:]
+    band = max(tol * ref, OUTLIER_Z * MAD_SCALE * float(np.median(np.abs(tail - ref))))
+    while start < max_fraction * n and abs(x[start] - ref) > band:
+        start += 1
+    return start, True
+
+
+def median_ci(sorted_x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Order-statistic CI for the median: the narrowest symmetric pair of ranks (j, n-1-j) whose
+    binomial(n, 1/2) coverage is >= level. Returns (low, high, achieved coverage)."""
+    n = len(sorted_x)
+    if n == 0:
+        return math.nan, math.nan, 0.0
+    # cdf of Binomial(n, 0.5) via log-gamma, exact for the sizes runs have
+    logp = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2) for k in range(n + 1)]
+    pmf = np.exp(np.array(logp))
+    cdf = np.cumsum(pmf)
+    # P(X_(j+1) <= median <= X_(n-j)) = 1 - 2 * P(B <= j), decreasing in j: take the largest j that holds
+    coverage = 1.0 - 2.0 * cdf[: (n + 1) // 2]
+    ok = np.flatnonzero(coverage >= level)
+    j = int(ok[-1]) if len(ok) else 0
+    return float(sorted_x[j]), float(sorted_x[n - 1 - j]), float(max(coverage[j], 0.0)) if n > 1 else 0.0
+
+
+def analyze(samples: Sequence[float], *, level: float = 0.95, warmup_window: int = 5,
+            warmup_tol: float = 0.05) -> Analysis | None:
+    """Warm-up split + robust summary of one run's samples (ms). None for an empty run."""
+    x_all = np.asarray(samples, dtype=np.float64)
+    if x_all.size == 0:
+        return None
+    warm, stable = find_warmup(x_all, warmup_window, warmup_tol)
+    x = x_all[warm:]
+    s = np.sort(x)
+    med = float(np.median(x))
+    mad = float(np.median(np.abs(x - med)))
+    lo, hi, cov = median_ci(s, level)
+    scale = MAD_SCALE * mad
+    outliers = [int(i) for i in np.flatnonzero(np.abs(x_all - med) > OUTLIER_Z * scale)] if scale > 0 else []
+    outliers = [i for i in outliers if i >= warm]
+    return Analysis(count=int(x.size), warmup_count=warm, stable=stable, measured_s=float(x.sum()) / 1000.0,
+                    median_ms=med, ci_low_ms=lo, ci_high_ms=hi, ci_level=round(cov, 4), mad_ms=mad,
+                    rel_mad=mad / med if med > 0 else math.nan, min_ms=float(s[0]), mean_ms=float(x.mean()),
+                    p90_ms=float(np.percentile(x, 90)), p99_ms=float(np.percentile(x, 99)), max_ms=float(s[-1]),
+                    outliers=outliers)
+
+
+def measurement_flags(a: Analysis | None, *, min_duration_s: float = 0.0, min_count: int = 10,
+                      spread_rel_mad: float = 0.10, spread_ci_rel: float = 0.05) -> list[Any]:
+    """Flags about the samples themselves (spread, warm-up, too little data)."""
+    from deployer.profiling.context import Flag
+
+    if a is None:
+        return [Flag("duration", "no timed samples")]
+    flags = []
+    if not a.stable:
+        flags.append(Flag("warmup", "latency never settled (no steady state in the first half of the run); "
+                                    "run longer or check for drift"))
+    if a.rel_mad > spread_rel_mad:
+        flags.append(Flag("spread", f"spread too wide: MAD {a.mad_ms:.3g} ms is {100 * a.rel_mad:.0f}% of the "
+                                    f"median {a.median_ms:.3g} ms"))
+    half = (a.ci_high_ms - a.ci_low_ms) / 2
+    if a.median_ms > 0 and half / a.median_ms > spread_ci_rel:
+        flags.append(Flag("spread", f"median uncertain: {100 * a.ci_level:.0f}% CI "
+                                    f"[{a.ci_low_ms:.3g}, {a.ci_high_ms:.3g}] ms is +-{100 * half / a.median_ms:.0f}%"))
+    if a.count < min_count:
+        flags.append(Flag("duration", f"only {a.count} samples after warm-up (want >= {min_count})"))
+    if min_duration_s and a.measured_s < min_duration_s:
+        flags.append(Flag("duration", f"measured {a.measured_s:.2f} s after warm-up (minimum {min_duration_s:g} s)"))
+    return flags
+
+
+# ------------------------------------------------------------------------------------------ two runs
+
+def _ranks(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """Average ranks (1-based) and the tie term sum(t^3 - t)."""
+    order = np.argsort(values, kind="mergesort")
+    sv = values[order]
+    ranks = np.empty(len(values), dtype=np.float64)
+    _, first, counts = np.unique(sv, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return ranks, float(np.sum(counts.astype(np.float64) ** 3 - counts))
+
+
+def mann_whitney(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Two-sided Mann-Whitney U (normal approximation, tie + continuity corrections).
+
+    Returns U for b (pairs where b > a, ties count 1/2), z, p and Cliff's delta = P(b > a) - P(b < a)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n1, n2 = len(x), len(y)
+    if n1 == 0 or n2 == 0:
+        return {"u": math.nan, "z": math.nan, "p": 1.0, "cliffs_delta": 0.0}
+    ranks, ties = _ranks(np.concatenate([x, y]))
+    u_b = float(ranks[n1:].sum() - n2 * (n2 + 1) / 2.0)
+    mu = n1 * n2 / 2.0
+    n = n1 + n2
+    var = n1 * n2 / 12.0 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
+    if var <= 0:
+        return {"u": u_b, "z": 0.0, "p": 1.0, "cliffs_delta": 0.0}
+    diff = u_b - mu
+    z = (diff - math.copysign(0.5, diff)) / math.sqrt(var) if diff else 0.0
+    p = math.erfc(abs(z) / math.sqrt(2.0))
+    return {"u": u_b, "z": z, "p": min(1.0, p), "cliffs_delta": 2.0 * u_b / (n1 * n2) - 1.0}
+
+
+def hodges_lehmann_ratio(a: Sequence[float], b: Sequence[float], level: float = 0.95,
+                         max_pairs: int = 4_000_000, seed: int = 0) -> tuple[float, float, float]:
+    """B/A latency ratio: exp of the Hodges-Lehmann shift of log latencies, with the Moses CI
+    (order statistics of the pairwise differences at the Mann-Whitney critical value)."""
+    x = np.log(np.asarray(a, dtype=np.float64))
+    y = np.log(np.asarray(b, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    cap = int(math.sqrt(max_pairs))
+    if len(x) * len(y) > max_pairs:  # subsample evenly: the estimate needs thousands of pairs, not millions
+        x = rng.choice(x, min(len(x), cap), replace=False)
+        y = rng.choice(y, min(len(y), cap), replace=False)
+    n1, n2 = len(x), len(y)
+    d = np.sort((y[:, None] - x[None, :]).ravel())
+    m = len(d)
+    est = float(np.median(d))
+    z = _z_for(level)
+    k = int(math.floor(n1 * n2 / 2.0 - z * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12.0)))
+    k = max(0, min(k, m // 2 - 1 if m > 1 else 0))
+    lo, hi = float(d[k]), float(d[m - 1 - k])
+    return math.exp(est), math.exp(lo), math.exp(hi)
+
+
+def _z_for(level: float) -> float:
+    if abs(level - 0.95) < 1e-9:
+        return Z_975
+    # inverse normal by bisection on erfc: levels other than 95 % are rare
+    target = 1 - level
+    lo, hi = 0.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if math.erfc(mid / math.sqrt(2)) > target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+@dataclass
+class Comparison:
+    verdict: str          # same | faster | slower  (B relative to A)
+    ratio: float          # B/A latency (Hodges-Lehmann), 1.10 = B is 10 % slower
+    ratio_ci: list[float]
+    change_pct: float
+    change_ci_pct: list[float]
+    p_value: float
+    cliffs_delta: float   # +1: every B sample slower than every A sample
+    median_a_ms: float
+    median_b_ms: float
+    n_a: int
+    n_b: int
+    blocks_a: int         # the test runs on this many block medians per run (see block_medians)
+    blocks_b: int
+    alpha: float
+    min_effect_pct: float
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_samples(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05, min_effect_pct: float = 3.0,
+                    level: float = 0.95) -> Comparison:
+    """Is B faster, slower or the same as A? `slower` needs p < alpha AND the whole ratio interval
+    above 1 + min_effect (so a statistically detectable but negligible change stays `same`)."""
+    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(xa) < 3 or len(xb) < 3:
+        from deployer.errors import DeployerError
+
+        raise DeployerError(f"compare needs at least 3 samples per run (got {len(xa)} and {len(xb)})")
+    ba, bb = block_medians(xa), block_medians(xb)
+    mw = mann_whitney(ba, bb)
+    ratio, lo, hi = hodges_lehmann_ratio(ba, bb, level)
+    eff = min_effect_pct / 100.0
+    if mw["p"] < alpha and lo > 1 + eff:
+        verdict, reason = "slower", (f"B is slower: ratio CI [{lo:.3f}, {hi:.3f}] lies above 1+{eff:g}, "
+                                     f"p={mw['p']:.2g}")
+    elif mw["p"] < alpha and hi < 1 - eff:
+        verdict, reason = "faster", (f"B is faster: ratio CI [{lo:.3f}, {hi:.3f}] lies below 1-{eff:g}, "
+                                     f"p={mw['p']:.2g}")
+    elif mw["p"] >= alpha:
+        verdict, reason = "same", f"no significant difference (p={mw['p']:.2g} >= {alpha:g})"
+    else:
+        verdict, reason = "same", (f"difference within the {min_effect_pct:g}% noise floor or not certain "
+                                   f"(ratio CI [{lo:.3f}, {hi:.3f}], p={mw['p']:.2g})")
+    return Comparison(verdict=verdict, ratio=ratio, ratio_ci=[lo, hi], change_pct=100 * (ratio - 1),
+                      change_ci_pct=[100 * (lo - 1), 100 * (hi - 1)], p_value=mw["p"],
+                      cliffs_delta=mw["cliffs_delta"], median_a_ms=float(np.median(xa)),
+                      median_b_ms=float(np.median(xb)), n_a=len(xa), n_b=len(xb), blocks_a=len(ba),
+                      blocks_b=len(bb), alpha=alpha, min_effect_pct=min_effect_pct, reason=reason)
+
+
+def block_medians(x: np.ndarray, blocks: int = BLOCKS) -> np.ndarray:
+    """Medians of `blocks` consecutive, equal runs of samples (the samples themselves when there are
+    fewer than 2 per block). Consecutive latencies are correlated (a background job, a clock step
+    lasts many iterations), so treating 1000 samples as 1000 independent draws makes any two runs
+    look "significantly" different; block medians are closer to independent and carry the
+    within-run drift into the interval (the batch-means method)."""
+    n = len(x)
+    if n < 2 * blocks:
+        return x
+    k = n // blocks
+    return np.array([np.median(x[i * k:(i + 1) * k if i < blocks - 1 else n]) for i in range(blocks)])

@@ -1,0 +1,191 @@
+"""Run history: every timed run in one SQLite file in the results folder (`history.sqlite`).
+
+Why SQLite: a JSON file per run (results/<board>/<time>.json, still written) answers "what happened
+in that run"; the questions people bring are across runs ("did last week's model get slower on this
+board", "all runs of this sha256"), which need filtering without reading every file. One SQLite
+file is atomic per transaction (nothing half-written on a crash), needs no server, and the
+stdlib has it. Each row keeps everything needed to recompute and re-plot the run: board, model
+sha256s, options, context, all samples, statistics and flags.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from deployer.errors import DeployerError
+
+DB_NAME = "history.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    board TEXT NOT NULL,
+    model_sha256 TEXT,          -- sha256 of the .bin (the weights)
+    param_sha256 TEXT,
+    kind TEXT NOT NULL,         -- run | sweep | parity
+    sweep_id INTEGER,
+    label TEXT,                 -- e.g. 'threads=2 precision=int8' in a sweep
+    median_ms REAL,
+    flags INTEGER NOT NULL DEFAULT 0,
+    data TEXT NOT NULL          -- the full record (options, context, samples, stats, analysis, flags)
+);
+CREATE INDEX IF NOT EXISTS runs_board ON runs(board);
+CREATE INDEX IF NOT EXISTS runs_model ON runs(model_sha256);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    board TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def db_path(results_dir: Path | str) -> Path:
+    return Path(results_dir) / DB_NAME
+
+
+@dataclass
+class RunRow:
+    id: int
+    started_at: str
+    board: str
+    model_sha256: str | None
+    param_sha256: str | None
+    kind: str
+    sweep_id: int | None
+    label: str | None
+    median_ms: float | None
+    flag_count: int
+    data: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """The `deployer history --json` view of one run (without the samples)."""
+        analysis = self.data.get("analysis") or {}
+        return {"id": self.id, "started_at": self.started_at, "board": self.board, "kind": self.kind,
+                "sweep_id": self.sweep_id, "label": self.label, "model_sha256": self.model_sha256,
+                "param_sha256": self.param_sha256, "model": (self.data.get("model_files") or {}).get("bin", {}).get("path"),
+                "median_ms": self.median_ms, "ci_ms": [analysis.get("ci_low_ms"), analysis.get("ci_high_ms")],
+                "count": analysis.get("count"), "options": _option_summary(self.data.get("options") or {}),
+                "flags": list(dict.fromkeys(f.get("kind") for f in self.data.get("flags") or []))}
+
+
+def _option_summary(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: options.get(k) for k in ("threads", "powersave", "int8", "fp16") if k in options}
+
+
+def _connect(results_dir: Path | str, create: bool) -> sqlite3.Connection:
+    path = db_path(results_dir)
+    if not create and not path.is_file():
+        raise DeployerError(f"{path}: no run history yet",
+                            hint="every `deployer run` / `deployer profile` stores its runs there; "
+                                 "pass --results FOLDER if they were saved elsewhere")
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = sqlite3.connect(str(path), timeout=30.0)
+        con.executescript(_SCHEMA)
+        con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        con.commit()
+    except sqlite3.DatabaseError as err:
+        raise DeployerError(f"{path}: not a deployer history database ({err})",
+                            hint="move it away; a new one is created on the next run") from None
+    return con
+
+
+def record_run(record: dict[str, Any], results_dir: Path | str, *, kind: str = "run",
+               sweep_id: int | None = None, label: str | None = None) -> int:
+    """Store one run (the dict `RunResult.to_json()` returns, plus profiling keys); returns its id."""
+    model = record.get("model_files") or {}
+    analysis = record.get("analysis") or {}
+    median = analysis.get("median_ms", record.get("median_ms"))
+    data = {k: v for k, v in record.items() if k not in ("history_id",)}
+    with closing(_connect(results_dir, create=True)) as con, con:
+        cur = con.execute(
+            "INSERT INTO runs (started_at, board, model_sha256, param_sha256, kind, sweep_id, label, median_ms,"
+            " flags, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.get("started_at") or "", record.get("board") or "", (model.get("bin") or {}).get("sha256"),
+             (model.get("param") or {}).get("sha256"), kind, sweep_id, label, median,
+             len(record.get("flags") or []), json.dumps(data, default=str)))
+        return int(cur.lastrowid)
+
+
+def record_sweep(summary: dict[str, Any], results_dir: Path | str) -> int:
+    with closing(_connect(results_dir, create=True)) as con, con:
+        cur = con.execute("INSERT INTO sweeps (started_at, board, data) VALUES (?, ?, ?)",
+                          (summary.get("started_at") or "", summary.get("board") or "",
+                           json.dumps(summary, default=str)))
+        return int(cur.lastrowid)
+
+
+def update_sweep(sweep_id: int, summary: dict[str, Any], results_dir: Path | str) -> None:
+    with closing(_connect(results_dir, create=True)) as con, con:
+        con.execute("UPDATE sweeps SET data = ? WHERE id = ?", (json.dumps(summary, default=str), sweep_id))
+
+
+def _row(r: tuple) -> RunRow:
+    return RunRow(id=r[0], started_at=r[1], board=r[2], model_sha256=r[3], param_sha256=r[4], kind=r[5],
+                  sweep_id=r[6], label=r[7], median_ms=r[8], flag_count=r[9], data=json.loads(r[10]))
+
+
+_COLS = "id, started_at, board, model_sha256, param_sha256, kind, sweep_id, label, median_ms, flags, data"
+
+
+def list_runs(results_dir: Path | str, *, board: str | None = None, model: str | None = None,
+              kind: str | None = None, limit: int | None = None) -> list[RunRow]:
+    """Runs, oldest first. `model` matches a prefix of the .bin or .param sha256. No database yet
+    means no runs yet (an empty list), not an error: scripts poll history before the first run."""
+    where, args = [], []
+    if board:
+        where.append("board = ?")
+        args.append(board)
+    if model:
+        m = model.lower()
+        if not all(c in "0123456789abcdef" for c in m):
+            raise DeployerError(f"--model {model!r}: not a sha256 (hex digits, a prefix is enough)")
+        where.append("(model_sha256 LIKE ? OR param_sha256 LIKE ?)")
+        args += [m + "%", m + "%"]
+    if kind:
+        where.append("kind = ?")
+        args.append(kind)
+    sql = f"SELECT {_COLS} FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+    if not db_path(results_dir).is_file():
+        return []
+    with closing(_connect(results_dir, create=False)) as con:
+        rows = [_row(r) for r in con.execute(sql, args)]
+    return rows[-limit:] if limit else rows
+
+
+def get_run(results_dir: Path | str, run_id: int) -> RunRow:
+    with closing(_connect(results_dir, create=False)) as con:
+        r = con.execute(f"SELECT {_COLS} FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+    if r is None:
+        raise DeployerError(f"run {run_id}: not in {db_path(results_dir)}",
+                            hint="`deployer history` lists the stored runs and their ids")
+    return _row(r)
+
+
+def get_sweep(results_dir: Path | str, sweep_id: int) -> dict[str, Any]:
+    with closing(_connect(results_dir, create=False)) as con:
+        r = con.execute("SELECT id, data FROM sweeps WHERE id = ?", (int(sweep_id),)).fetchone()
+    if r is None:
+        raise DeployerError(f"sweep {sweep_id}: not in {db_path(results_dir)}")
+    data = json.loads(r[1])
+    data["sweep_id"] = r[0]
+    return data
+
+
+def iter_sweeps(results_dir: Path | str) -> Iterator[dict[str, Any]]:
+    with closing(_connect(results_dir, create=False)) as con:
+        rows = list(con.execute("SELECT id, data FROM sweeps ORDER BY id"))
+    for sid, data in rows:
+        d = json.loads(data)
+        d["sweep_id"] = sid
+        yield d

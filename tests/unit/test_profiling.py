@@ -1,0 +1,257 @@
+"""deployer.profiling without boards: statistics, the sh collector on this machine, history, report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deployer.errors import DeployerError
+from deployer.profiling import context as ctx
+from deployer.profiling import stats as st
+from deployer.profiling import store
+
+
+# ------------------------------------------------------------------------------------------- stats
+
+def test_mann_whitney_matches_scipy_with_ties() -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(5)
+    for shift, n1, n2 in ((0.0, 30, 40), (0.3, 50, 20), (1.0, 200, 200)):
+        a = np.round(rng.normal(10, 1, n1), 1)          # rounding makes ties
+        b = np.round(rng.normal(10 + shift, 1, n2), 1)
+        ours = st.mann_whitney(a, b)
+        ref = scipy_stats.mannwhitneyu(b, a, alternative="two-sided", method="asymptotic")
+        assert ours["u"] == pytest.approx(ref.statistic)
+        assert ours["p"] == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
+
+
+def test_median_ci_is_exact_order_statistic_interval() -> None:
+    x = np.arange(1.0, 21.0)  # n = 20: the classic table gives ranks 6 and 15 at >= 95 %
+    lo, hi, cov = st.median_ci(x, 0.95)
+    assert (lo, hi) == (6.0, 15.0) and cov == pytest.approx(0.9586, abs=1e-4)
+    # coverage check by simulation: the interval holds the true median about as often as it says
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(2000):
+        s = np.sort(rng.exponential(1.0, 25))
+        lo, hi, _ = st.median_ci(s)
+        hits += lo <= math.log(2) <= hi
+    assert 0.94 <= hits / 2000 <= 0.99
+
+
+def test_warmup_is_detected_not_assumed() -> None:
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(30, 12, 8)
+    a = st.analyze(np.r_[ramp, rng.normal(10, 0.2, 100)])
+    assert a.warmup_count == 8 and a.stable and a.outliers == []
+    assert a.ci_low_ms <= a.median_ms <= a.ci_high_ms and abs(a.median_ms - 10) < 0.1
+    flat = st.analyze(rng.normal(10, 0.2, 100))
+    assert flat.warmup_count == 0 and flat.stable
+    drift = st.analyze(np.linspace(20, 10, 100))
+    assert not drift.stable
+    kinds = {f.kind for f in st.measurement_flags(drift)}
+    assert "warmup" in kinds and "spread" in kinds
+
+
+def test_outliers_are_marked_not_dropped() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(10, 0.1, 60)
+    x[40] = 25.0
+    a = st.analyze(x)
+    assert 40 in a.outliers and a.count == 60 - a.warmup_count
+
+
+def test_compare_verdicts() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.lognormal(np.log(10), 0.03, 150)
+    assert st.compare_samples(a, rng.lognormal(np.log(10), 0.03, 150)).verdict == "same"
+    slow = st.compare_samples(a, rng.lognormal(np.log(13), 0.03, 150))
+    assert slow.verdict == "slower" and 1.25 < slow.ratio_ci[0] <= slow.ratio <= slow.ratio_ci[1] < 1.35
+    assert st.compare_samples(a, rng.lognormal(np.log(7), 0.03, 150)).verdict == "faster"
+    # significant but below the noise floor: not called a regression
+    tiny = st.compare_samples(a, a * 1.01, min_effect_pct=3)
+    assert tiny.p_value < 0.05 and tiny.verdict == "same"
+    with pytest.raises(DeployerError, match="at least 3 samples"):
+        st.compare_samples([1.0], [1.0, 2.0, 3.0])
+
+
+# ------------------------------------------------------------------------------------ collector
+
+def _fake_sysfs(root: Path, governor: str, cur: int, temp: int, throttled: str) -> None:
+    for c in range(2):
+        d = root / f"sys/devices/system/cpu/cpu{c}/cpufreq"
+        d.mkdir(parents=True)
+        for name, value in (("scaling_governor", governor), ("scaling_cur_freq", cur), ("scaling_min_freq", 600000),
+                            ("scaling_max_freq", 1800000), ("cpuinfo_max_freq", 1800000)):
+            (d / name).write_text(f"{value}\n")
+    z = root / "sys/class/thermal/thermal_zone0"
+    z.mkdir(parents=True)
+    (z / "type").write_text("cpu-thermal\n")
+    (z / "temp").write_text(f"{temp}\n")
+    (root / "usr/bin").mkdir(parents=True)
+    tool = root / "usr/bin/vcgencmd"
+    tool.write_text(f"#!/bin/sh\necho throttled={throttled}\n")
+    tool.chmod(0o755)
+
+
+def test_collector_reads_sysfs_root_and_proc(tmp_path: Path) -> None:
+    _fake_sysfs(tmp_path / "hot", "ondemand", 900000, 81500, "0x20002")
+    snap = ctx.collect_local(str(tmp_path / "hot"))
+    assert [c["governor"] for c in snap.cpus] == ["ondemand", "ondemand"]
+    assert snap.cpus[0]["cur_khz"] == 900000 and snap.cpus[0]["cpuinfo_max_khz"] == 1800000
+    assert snap.thermal == [{"zone": "thermal_zone0", "type": "cpu-thermal", "celsius": 81.5}]
+    assert snap.throttled == "0x20002"
+    assert snap.nproc and snap.nproc >= 1 and snap.mem_total_kb > snap.mem_available_kb > 0
+    assert len(snap.loadavg) == 3 and snap.uptime_s > 0 and snap.procs
+    flags = ctx.context_flags(snap, snap)
+    kinds = [f.kind for f in flags]
+    assert {"governor", "clock", "throttled", "temperature"} <= set(kinds)
+    assert any("arm frequency capped" in f.message and "since boot" in f.message for f in flags)
+
+    _fake_sysfs(tmp_path / "good", "performance", 1800000, 45000, "0x0")
+    good = ctx.collect_local(str(tmp_path / "good"))
+    assert {f.kind for f in ctx.context_flags(good, good)} <= {"load"}  # this machine's load is not ours to fix
+
+
+def test_other_processes_and_temperature_rise() -> None:
+    def stat(pid: int, comm: str, utime: int, stime: int) -> str:  # proc(5) layout, comm with spaces/parens
+        return f"{pid} ({comm}) R 1 1 1 0 -1 0 0 0 0 0 {utime} {stime} 0 0 20 0 1 0 100 0 0"
+
+    before = ctx.parse_snapshot("uptime 100.0\nnproc 4\nclk_tck 100\nthermal thermal_zone0 50000 cpu\n"
+                                "stat-begin 77\n" + "\n".join([stat(10, "stress ng (x)", 600, 400), stat(11, "sshd", 50, 0),
+                                                                stat(12, "runner", 0, 0), stat(77, "sh", 0, 0)])
+                                + "\nstat-end\n")
+    after = ctx.parse_snapshot("uptime 110.0\nnproc 4\nclk_tck 100\nthermal thermal_zone0 58000 cpu\n"
+                               "stat-begin 78\n" + "\n".join([stat(10, "stress ng (x)", 1100, 800), stat(11, "sshd", 51, 0),
+                                                               stat(13, "new", 0, 0), stat(77, "sh", 5000, 0)])
+                               + "\n\nstat-end\n")
+    assert 77 not in before.procs and 78 not in after.procs  # the collector's own shell is not counted
+    top = ctx.other_processes(before, after)
+    assert top[0] == {"pid": 10, "comm": "stress ng (x)", "cpu_pct": 90.0} and len(top) == 2
+    flags = ctx.context_flags(before, after)
+    assert any(f.kind == "temperature" and "50.0 -> 58.0 C" in f.message for f in flags)
+    assert any(f.kind == "load" and "stress ng (x)" in f.message for f in flags)
+
+
+# -------------------------------------------------------------------------------- history + report
+
+def _record(samples: list[float], board: str = "pi", sha: str = "ab" * 32, **kw) -> dict:
+    a = st.analyze(samples)
+    return {"board": board, "started_at": "2026-01-01T00:00:00Z", "samples_ms": samples,
+            "model_files": {"bin": {"path": "m.bin", "sha256": sha}, "param": {"path": "m.param", "sha256": "cd" * 32}},
+            "options": {"threads": 1, "int8": True, "fp16": False, "powersave": 0}, "analysis": a.to_json(),
+            "flags": [], "context": {}, **kw}
+
+
+def test_history_and_compare(tmp_path: Path) -> None:
+    from deployer.profiling.compare import compare_runs
+
+    rng = np.random.default_rng(4)
+    ids = [store.record_run(_record(list(rng.normal(10, 0.1, 80))), tmp_path),
+           store.record_run(_record(list(rng.normal(10, 0.1, 80)), board="jetson"), tmp_path),
+           store.record_run(_record(list(rng.normal(14, 0.1, 80)), sha="ef" * 32), tmp_path)]
+    assert [r.id for r in store.list_runs(tmp_path)] == ids
+    assert [r.id for r in store.list_runs(tmp_path, board="jetson")] == [ids[1]]
+    assert [r.id for r in store.list_runs(tmp_path, model="efef")] == [ids[2]]
+    with pytest.raises(DeployerError, match="not a sha256"):
+        store.list_runs(tmp_path, model="zz")
+    res = compare_runs(tmp_path, ids[0], ids[1])
+    assert res["verdict"] == "same" and any("different boards" in w for w in res["warnings"])
+    res = compare_runs(tmp_path, ids[0], ids[2], fail_on_regression_pct=20)
+    assert res["verdict"] == "slower" and res["regression"] is True and res["ok"] is False
+    assert store.list_runs(tmp_path / "empty") == []
+    with pytest.raises(DeployerError, match="no run history"):
+        store.get_run(tmp_path / "empty", 1)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / store.DB_NAME).write_text("not sqlite")
+    with pytest.raises(DeployerError, match="not a deployer history database"):
+        store.list_runs(tmp_path / "bad")
+
+
+def test_report_is_self_contained(tmp_path: Path) -> None:
+    from deployer.profiling.report import write_report
+
+    rng = np.random.default_rng(6)
+    samples = list(np.r_[np.linspace(20, 11, 6), rng.normal(10, 0.2, 60)])
+    rec = _record(samples, layers={"layers": [{"name": "conv1", "type": "Convolution", "median_ms": 1.5},
+                                              {"name": "fc", "type": "InnerProduct", "median_ms": 0.2}]})
+    rec["flags"] = [{"kind": "governor", "message": "cpufreq governor powersave <b>"}]
+    rid = store.record_run(rec, tmp_path)
+    rid2 = store.record_run(_record(list(rng.normal(12, 0.2, 60))), tmp_path)
+    info = write_report(tmp_path, tmp_path / "r.html", [rid, rid2], [])
+    page = (tmp_path / "r.html").read_text()
+    assert info["runs"] == [rid, rid2] and info["bytes"] == len(page.encode())
+    assert "powersave &lt;b&gt;" in page                        # escaped
+    assert page.count("data:image/png;base64,") == 3             # 2 runs + per-layer bars
+    assert "slower" in page and "http" not in page
+    with pytest.raises(DeployerError, match="name it"):
+        write_report(tmp_path, tmp_path / "r.pdf", [rid], [])
+    with pytest.raises(DeployerError, match="run 99"):
+        write_report(tmp_path, tmp_path / "x.html", [99], [])
+
+
+def test_sweep_axes_are_validated(tmp_path: Path) -> None:
+    from deployer.profiling.sweep import interleaved, parse_sweeps
+
+    assert parse_sweeps(["threads=1,2,4", "precision=fp32,int8", "powersave=0,2"]) == {
+        "threads": [1, 2, 4], "precision": ["fp32", "int8"], "powersave": [0, 2]}
+    for bad, msg in ((["thread=1"], "unknown axis"), (["threads=0"], ">= 1"), (["precision=bf16"], "unknown bf16"),
+                     (["threads=1", "threads=2"], "twice"), (["powersave=3"], "0, 1 or 2"), (["threads"], "AXIS=")):
+        with pytest.raises(DeployerError, match=msg):
+            parse_sweeps(bad)
+    order = [c["t"] for _, c in interleaved([{"t": 1}, {"t": 2}, {"t": 3}], 3)]
+    assert order == [1, 2, 3, 3, 2, 1, 1, 2, 3]
+
+
+def test_sweep_plan_picks_models_per_precision(tmp_path: Path) -> None:
+    from deployer.profiling.sweep import plan_sweep
+    from tests.fixtures.runner import build_tiny_models
+
+    m = build_tiny_models(tmp_path / "m", size=16)
+    plan = plan_sweep(m.int8_param, m.int8_bin, fp32_param=m.fp32_param, fp32_bin=m.fp32_bin, shape=None,
+                      sweeps=["threads=1,2", "precision=fp32,fp16,int8"])
+    assert len(plan.configs) == 6 and plan.models["int8"].param == m.int8_param
+    assert plan.models["fp16"].param == plan.models["fp32"].param == m.fp32_param
+    assert plan.label(plan.configs[0]) == "threads=1 precision=fp32"
+    with pytest.raises(DeployerError, match="precision=fp32 needs the fp32 model"):
+        plan_sweep(m.int8_param, m.int8_bin, fp32_param=None, fp32_bin=None, shape=None, sweeps=["precision=fp32"])
+    with pytest.raises(DeployerError, match="is not an int8 model"):
+        plan_sweep(m.fp32_param, m.fp32_bin, fp32_param=None, fp32_bin=None, shape=None, sweeps=["precision=int8"])
+    with pytest.raises(DeployerError, match="--fp32-param and --fp32-bin go together"):
+        plan_sweep(m.int8_param, m.int8_bin, fp32_param=m.fp32_param, fp32_bin=None, shape=None, sweeps=[])
+    with pytest.raises(DeployerError, match="profile gates use cosine or top1_agreement"):
+        plan_sweep(m.int8_param, m.int8_bin, fp32_param=None, fp32_bin=None, shape=None, sweeps=[],
+                   gates=["psnr>=30"])
+
+
+def test_sweep_section_heat_map_and_recommendation() -> None:
+    from deployer.profiling.report import render
+    from deployer.profiling.sweep import recommend
+
+    rng = np.random.default_rng(7)
+    configs = []
+    for threads in (1, 2):
+        for prec, base in (("fp32", 40.0), ("int8", 12.0)):
+            samples = list(rng.normal(base / threads, 0.2, 50))
+            a = st.analyze(samples)
+            configs.append({"label": f"threads={threads} precision={prec}", "median_ms": a.median_ms,
+                            "settings": {"threads": threads, "precision": prec}, "ci_ms": [a.ci_low_ms, a.ci_high_ms],
+                            "accuracy_passed": prec == "fp32" or threads == 1, "_samples": samples, "run_ids": []})
+    rec = recommend(configs)
+    # threads=2 int8 is fastest but fails the gate: the fastest passing setting is threads=1 int8 (12 ms)
+    # vs threads=2 fp32 (20 ms)
+    assert rec["recommendation"] == {"threads": 1, "precision": "int8"}
+    assert rec["int8"]["pays"] and rec["int8"]["message"].startswith("int8 pays on this board: int8 (threads=1")
+    for c in configs:  # no int8 setting passes: int8 is faster but not usable
+        c["accuracy_passed"] = c["settings"]["precision"] == "fp32"
+    rec_gate = recommend(configs)
+    assert rec_gate["recommendation"] == {"threads": 2, "precision": "fp32"}
+    assert rec_gate["int8"]["faster"] and not rec_gate["int8"]["pays"]
+    assert rec_gate["int8"]["message"].startswith("int8 is faster but fails the accuracy gate")
+    for c in configs:
+        c.pop("_samples")
+    page = render([], [{"sweep_id": 1, "board": "pi", "configs": configs, "accuracy": {}, **rec}])
+    assert "Recommended: threads=1 precision=int8" in page and page.count("data:image/png;base64,") == 1
