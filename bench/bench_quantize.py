@@ -1,6 +1,6 @@
 """Quantization benchmark: every calibration method on real models, int8 vs fp32 on the host.
 
-    /work/venv/bin/python bench/bench_quantize.py [--models mobilenet_v2,mtcnn_onet,digits_cnn]
+    .venv/bin/python bench/bench_quantize.py [--models mobilenet_v2,mtcnn_onet,digits_cnn]
         [--methods kl,aciq,eq,maxabs,percentile,mse,quantize] [--threads 2] [--runs 30]
         [--out bench/results/quantize.json] [--json]
 
@@ -40,6 +40,7 @@ from rich.table import Table  # noqa: E402
 from deployer.check.metrics import cosine  # noqa: E402
 from examples import data, evaluate, zoo  # noqa: E402
 from examples.infer import NcnnRunner  # noqa: E402
+from bench.bench_techniques import TECH_MODELS, bench_techniques  # noqa: E402
 
 err = Console(stderr=True, highlight=False)
 METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse", "quantize")
@@ -297,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per deployer command")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quantize.json")
     ap.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of the table")
+    ap.add_argument("--techniques", action="store_true",
+                    help="per-technique accuracy (bias correction, learnt rounding) with task metrics instead; "
+                         f"models default to {','.join(TECH_MODELS)}; JSON to bench/results/quantize_techniques.json")
     args = ap.parse_args(argv)
+    if args.techniques:
+        return techniques_main(args, argv or sys.argv[1:])
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -317,6 +323,46 @@ def main(argv: list[str] | None = None) -> int:
         render(report, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
         err.print(f"JSON: {args.out}")
     return 0
+
+
+def techniques_main(args: argparse.Namespace, argv: list[str]) -> int:
+    models = args.models.split(",") if "--models" in " ".join(argv) else list(TECH_MODELS)
+    out = args.out if "--out" in " ".join(argv) else ROOT / "bench" / "results" / "quantize_techniques.json"
+    report = {"host": host_info(args.threads), "models": []}
+    with tempfile.TemporaryDirectory(prefix="bench-techniques-") as tmp:
+        for name in [m for m in models if m]:
+            started = time.perf_counter()
+            err.print(f"[bold]{name}[/]")
+            res = bench_techniques(name, Path(tmp), args.threads, log=err.print)
+            res["seconds"] = round(time.perf_counter() - started, 1)
+            report["models"].append(res)
+            from deployer import fsutil
+
+            fsutil.write_text(out, json.dumps(report, indent=2) + "\n")     # partial results survive
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        render_techniques(report, Console(highlight=False, width=None if sys.stdout.isatty() else 180))
+        err.print(f"JSON: {out}")
+    return 0
+
+
+def render_techniques(report: dict, console: Console) -> None:
+    table = Table(title=f"int8 vs fp32 per technique ({report['host']['threads']} threads, ncnn {report['host']['ncnn']})")
+    for col in ("model", "eval", "method", "techniques", "task metric", "cos mean", "cos min", "refine s"):
+        table.add_column(col, justify="left" if col in ("model", "eval", "method", "techniques", "task metric") else "right")
+    for m in report["models"]:
+        for r in m["rows"]:
+            if "top1_agreement" in r:
+                lo, hi = r["top1_ci95"]
+                metric = f"top-1 {r['top1_agreement']:.3f} [{lo:.3f}, {hi:.3f}]"
+            elif "map50" in r:
+                metric = "-" if r["map50"] is None else f"mAP50 {r['map50']:.3f} / 50-95 {r['map50_95']:.3f}"
+            else:
+                metric = "-" if r["mask_iou"] is None else f"mask IoU {r['mask_iou']:.3f}"
+            table.add_row(m["model"], f"{m['eval_count']}", r["method"], r["techniques"], metric,
+                          f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}", f"{r['refine_seconds']:.1f}")
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ model:        {param: m.param, bin: m.bin}      # or {source: m.onnx|m.pt, input
 inputs:       # one per Input layer, in .param order (a single mapping is fine for one input)
   - {shape: [224, 224], resize: resize, pixel: RGB, mean: [...], norm: [...]}
 calibration:  {images: photos/, count: 200, holdout: 0.25, seed: 0}
+eval:         {images: eval/, min_count: 50}        # judges methods, mixed precision and the gate
 quantize:     {method: auto, candidates: [kl, aciq, maxabs, percentile, mse], keep_fp32: [], mixed: true}
 gate:         [top1_agreement>=0.99, cosine>=0.98]
 out:          build/m_int8
@@ -21,13 +22,21 @@ out:          build/m_int8
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from deployer import fsutil
 from deployer.errors import DeployerError
+from deployer.ncnn.validate import check_input_shape
 
+_ASCII_INT = re.compile(r"[+-]?\d+", re.ASCII)
+_ASCII_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.ASCII | re.IGNORECASE)
+PROFILE_MAX_BYTES = 1 << 20     # a profile is a few hundred bytes; anything near this is the wrong file
+MAX_THREADS = 256
 PIXEL_FORMATS = ("RGB", "BGR", "GRAY", "RGBA", "BGRA")
 RESIZE_MODES = ("resize", "letterbox", "none")
 METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse")   # eq: costly search, not a default candidate
@@ -62,6 +71,22 @@ class CalibrationSpec:
     seed: int = 0
 
 
+MIN_EVAL_COUNT = 50     # below this an agreement rate's 95 % interval is wider than +-14 points
+
+
+@dataclass
+class EvalSpec:
+    """The inputs that choose the method, rank layers for mixed precision and decide the gate.
+
+    Separate from calibration on purpose: statistics and judgement on the same images flatter
+    int8. Without `images`, the calibration's held-out share is used (and is usually too small:
+    the report warns below `min_count`)."""
+
+    images: list[Path] = field(default_factory=list)   # one list file or folder per input; [] = held-out share
+    count: int | None = None                   # use at most this many
+    min_count: int = MIN_EVAL_COUNT            # fewer inputs than this: a warning that decisions are noisy
+
+
 @dataclass
 class QuantizeSpec:
     method: str = "auto"                       # auto = evaluate candidates, keep the best
@@ -69,6 +94,7 @@ class QuantizeSpec:
     keep_fp32: list[str] = field(default_factory=list)
     mixed: bool = True                         # automatic mixed precision when a gate fails
     max_fp32_layers: int | None = None
+    refine: list[str] | None = None            # adaround / biascorr (deployer.quant.refine); None = default
 
 
 @dataclass
@@ -79,6 +105,8 @@ class Profile:
     quantize: QuantizeSpec
     gate: list[str]
     out: Path | None
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    task: Any = None                           # deployer.check.tasks.TaskSpec (None: raw-output metrics only)
     name: str | None = None                    # stem of output files; default from the model
     threads: int = 2
     source: Path | None = None                 # the YAML file, if any
@@ -95,12 +123,13 @@ class Profile:
 # ------------------------------------------------------------------------------------------------
 # schema
 
-_TOP_KEYS = ("model", "inputs", "calibration", "quantize", "gate", "out", "name", "threads")
+_TOP_KEYS = ("model", "inputs", "calibration", "eval", "task", "quantize", "gate", "out", "name", "threads")
 _SECTION_KEYS = {
     "model": ("param", "bin", "source", "inputshape"),
     "inputs": ("name", "shape", "pixel", "mean", "norm", "resize", "pad_value"),
     "calibration": ("images", "count", "holdout", "seed"),
-    "quantize": ("method", "candidates", "keep_fp32", "mixed", "max_fp32_layers"),
+    "eval": ("images", "count", "min_count"),
+    "quantize": ("method", "candidates", "keep_fp32", "mixed", "max_fp32_layers", "refine"),
 }
 
 
@@ -119,7 +148,8 @@ FLAG_NAMES = {
     "inputs": "--shape", "inputs.shape": "--shape", "inputs.pixel": "--pixel", "inputs.mean": "--mean",
     "inputs.norm": "--norm", "inputs.resize": "--resize", "inputs.pad_value": "--pad-value",
     "calibration.images": "--calib", "calibration.count": "--count", "calibration.holdout": "--holdout",
-    "calibration.seed": "--seed", "quantize.method": "--method", "quantize.candidates": "--candidates",
+    "calibration.seed": "--seed", "eval.images": "--eval", "eval.count": "--eval-count",
+    "eval.min_count": "--eval-min-count", "quantize.method": "--method", "quantize.candidates": "--candidates",
     "quantize.keep_fp32": "--keep-fp32", "quantize.mixed": "--mixed", "quantize.max_fp32_layers": "--max-fp32-layers",
     "gate": "--gate", "out": "--out", "name": "--name", "threads": "--threads", "model": "--param",
 }
@@ -173,11 +203,15 @@ def _as_int(v: Any, where: str, minimum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, str)):
         raise _err(where, f"expected an integer, got {v!r}")
     try:
+        if isinstance(v, str) and not _ASCII_INT.fullmatch(v.strip()):   # int() takes "1_0" and "٣"
+            raise ValueError(v)
         n = int(v)
     except ValueError:
         raise _err(where, f"expected an integer, got {v!r}") from None
     if minimum is not None and n < minimum:
         raise _err(where, f"must be >= {minimum}, got {n}")
+    if abs(n) >= 2**31:
+        raise _err(where, f"{n} is out of range")
     return n
 
 
@@ -185,9 +219,14 @@ def _as_float(v: Any, where: str) -> float:
     if isinstance(v, bool):
         raise _err(where, f"expected a number, got {v!r}")
     try:
-        return float(v)
+        if isinstance(v, str) and not _ASCII_FLOAT.fullmatch(v.strip()):
+            raise ValueError(v)
+        value = float(v)
     except (TypeError, ValueError):
         raise _err(where, f"expected a number, got {v!r}") from None
+    if not math.isfinite(value) or abs(value) > 3.4028234663852886e38:    # ncnn computes in float32
+        raise _err(where, f"expected a finite 32-bit float, got {v!r}")
+    return value
 
 
 def _as_bool(v: Any, where: str) -> bool:
@@ -306,6 +345,7 @@ def _one_input(raw: Any, where: _Where, idx: int) -> InputSpec:
         shape = shape[:2]      # ncnn2table's [w,h,c]: c is not used for images
     if len(shape) != 2:
         raise _err(where(f"{prefix}.shape"), f"expected [W, H], got {raw['shape']!r}")
+    check_input_shape(tuple(shape), where(f"{prefix}.shape"))
     pixel = str(raw.get("pixel", "RGB")).upper()
     if pixel not in PIXEL_FORMATS:
         close = difflib.get_close_matches(pixel, PIXEL_FORMATS, n=1)
@@ -360,7 +400,23 @@ def _calibration(raw: Any, where: _Where) -> CalibrationSpec:
             raise _err(where("calibration.holdout"), f"expected a fraction in [0, 1) or a whole count, got {raw['holdout']!r}")
         spec.holdout = h
     if raw.get("seed") is not None:
-        spec.seed = _as_int(raw["seed"], where("calibration.seed"))
+        spec.seed = _as_int(raw["seed"], where("calibration.seed"), minimum=0)
+    return spec
+
+
+def _eval(raw: Any, where: _Where) -> EvalSpec:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise _err(where("eval"), f"expected a mapping, got {type(raw).__name__}")
+    _unknown_keys(raw, _SECTION_KEYS["eval"], where, "eval.")
+    spec = EvalSpec()
+    if raw.get("images") is not None:
+        images = raw["images"] if isinstance(raw["images"], list) else _split_list(raw["images"])
+        spec.images = [_as_path(p, where, "eval.images", kind="list file or folder") for p in images]
+    if raw.get("count") is not None:
+        spec.count = _as_int(raw["count"], where("eval.count"), minimum=1)
+    if raw.get("min_count") is not None:
+        spec.min_count = _as_int(raw["min_count"], where("eval.min_count"), minimum=1)
     return spec
 
 
@@ -392,7 +448,19 @@ def _quantize(raw: Any, where: _Where) -> QuantizeSpec:
         spec.mixed = _as_bool(raw["mixed"], where("quantize.mixed"))
     if raw.get("max_fp32_layers") is not None:
         spec.max_fp32_layers = _as_int(raw["max_fp32_layers"], where("quantize.max_fp32_layers"), minimum=0)
+    if raw.get("refine") is not None:
+        from deployer.quant.refine import parse_techniques
+
+        spec.refine = parse_techniques(raw["refine"], where("quantize.refine"))
     return spec
+
+
+def _task(raw: Any, where: _Where) -> Any:
+    if raw is None:
+        return None
+    from deployer.check.tasks import parse_task
+
+    return parse_task(raw, where("task"))
 
 
 def _gate(raw: Any, where: _Where) -> list[str]:
@@ -417,7 +485,7 @@ def read_profile_yaml(path: Path) -> dict:
     if not path.exists():
         raise DeployerError(f"{path}: profile not found", hint="check the --profile path")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(fsutil.read_input_text(path, "profile", limit=PROFILE_MAX_BYTES))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
@@ -480,6 +548,8 @@ def load_profile(path: str | os.PathLike | None, overrides: list[Override] | Non
         model=_model(raw.get("model"), where),
         inputs=_inputs(raw.get("inputs"), where),
         calibration=_calibration(raw.get("calibration"), where),
+        eval=_eval(raw.get("eval"), where),
+        task=_task(raw.get("task"), where),
         quantize=_quantize(raw.get("quantize"), where),
         gate=_gate(raw.get("gate"), where),
         out=_as_path(raw["out"], where, "out", must_exist=False) if raw.get("out") is not None else None,
@@ -493,8 +563,14 @@ def load_profile(path: str | os.PathLike | None, overrides: list[Override] | Non
         profile.name = name
     if raw.get("threads") is not None:
         profile.threads = _as_int(raw["threads"], where("threads"), minimum=1)
+        if profile.threads > MAX_THREADS:
+            raise _err(where("threads"), f"{profile.threads} is over the limit of {MAX_THREADS}")
     if len(profile.calibration.images) != len(profile.inputs):
         raise _err(where("calibration.images"),
                    f"gives {len(profile.calibration.images)} list(s) but inputs has {len(profile.inputs)} entries",
+                   "give one list file or folder per model input, in input order")
+    if profile.eval.images and len(profile.eval.images) != len(profile.inputs):
+        raise _err(where("eval.images"),
+                   f"gives {len(profile.eval.images)} list(s) but inputs has {len(profile.inputs)} entries",
                    "give one list file or folder per model input, in input order")
     return profile

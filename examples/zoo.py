@@ -280,6 +280,15 @@ def _yolov8n_source() -> Path:
     return package_dir("nudenet") / "320n.onnx"
 
 
+def _ppocr_det_source() -> Path:
+    return package_dir("rapidocr_onnxruntime") / "models" / "ch_PP-OCRv4_det_infer.onnx"
+
+
+# PP-OCRv4's DBNet text detector as RapidOCR feeds it: BGR, (x/255 - mean) / std with ImageNet's values
+PPOCR = Preprocess(pixel="BGR", mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
+                   norm=(1 / (0.229 * 255), 1 / (0.224 * 255), 1 / (0.225 * 255)))
+
+
 def _convert_onnx(recipe: Recipe, work: Path, root: Path) -> dict:
     src = work / f"{recipe.name}.onnx"
     src.symlink_to(recipe.source())
@@ -310,6 +319,9 @@ def _recipes() -> dict[str, Recipe]:
         Recipe("yolov8n", (3, 320, 320), YOLO, "detect",
                "NudeNet YOLOv8n detector, 320x320 (out0 = 1x(4+18)x2100: cx,cy,w,h + 18 class scores)",
                "AGPL-3.0 (tests only; never vendor)", _yolov8n_source, _convert_onnx),
+        Recipe("ppocr_det", (3, 320, 320), PPOCR, "dense",
+               "PP-OCRv4 DBNet text detector (RapidOCR), 320x320 (out0 = 1x320x320 text probability map)",
+               "Apache-2.0 (PaddleOCR weights via rapidocr-onnxruntime)", _ppocr_det_source, _convert_onnx),
     )}
 
 
@@ -421,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             if out is not None:
                 model = export(model, out)
             built.append(model)
-            console.print(f"[green]{one}[/]: {model.param}  inputs={model.inputs} outputs={model.outputs}")
+            console.print(f"[green]{one}[/]: {model.param}  inputs {', '.join(model.inputs)}, "
+                          f"outputs {', '.join(model.outputs)}", soft_wrap=True)
         if json_output:
             emit_json([m.to_json() for m in built])
 

@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 from deployer.check.gates import Gate, GateResult, evaluate_gates
-from deployer.check.metrics import OutputSummary, cosine, l2, summarize
-from deployer.check.net import NcnnNet
+from deployer.check.metrics import OutputSummary, cosine, l2, summarize, summary_dict
+from deployer.check.net import NcnnNet, prepare
 from deployer.errors import DeployerError
 
 Sample = dict[str, np.ndarray]          # input blob name -> CHW float32
@@ -59,6 +59,8 @@ class CheckResult:
     gates: list[GateResult] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    source: str = ""            # where the inputs came from ("--images", "eval.images", ...)
+    task: dict | None = None     # task metrics when the profile declares a task (deployer.check.tasks)
 
     @property
     def passed(self) -> bool:
@@ -67,17 +69,15 @@ class CheckResult:
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
-        outs = {}
-        for name, s in self.outputs.items():
-            d = asdict(s)
-            d.pop("per_input_cosine", None)
-            outs[name] = d
+        outs = {name: summary_dict(s) for name, s in self.outputs.items()}
         return {
             "ok": self.passed,
             "fp32": self.fp32,
             "int8": self.int8,
             "inputs": self.count,
+            "source": self.source,
             "outputs": outs,
+            "task": self.task,
             "layers": [asdict(e) for e in self.layers],
             "gates": [asdict(g) for g in self.gates],
             "passed": self.passed,
@@ -142,6 +142,7 @@ def crosscheck(
     per_layer: bool = True,
     threads: int = 2,
     progress: Progress | None = None,
+    task: object = None,
 ) -> CheckResult:
     """Run both models on every sample and compare; gates are evaluated on the output summaries."""
     if not samples:
@@ -162,6 +163,7 @@ def crosscheck(
     refs, tests = [], []
     acc: dict[str, list[tuple[float, float, float]]] = {q.name: [] for q in layers}
     blobs = [q.blob for q in layers]
+    prepare([(net32, [*outs, *blobs]), (net8, [*outs, *blobs])], samples[0])   # both first forwards, one child
     for i, sample in enumerate(samples):
         r = net32.run(sample, [*outs, *blobs])
         t = net8.run(sample, [*outs, *blobs])
@@ -184,8 +186,12 @@ def crosscheck(
         result.layers.append(LayerError(q.name, q.type, q.blob, q.top_scale is not None,
                                         cosine=float(vals[:, 0].mean()), rel_error=float(vals[:, 1].mean()),
                                         max_abs=float(vals[:, 2].max())))
+    if task is not None:            # deployer.check.tasks.TaskSpec: mAP / mask IoU / agreement + interval
+        from deployer.check.tasks import task_metrics
+
+        result.task = task_metrics(task, refs, tests)  # type: ignore[arg-type]
     if gates:
-        result.gates = evaluate_gates(gates, result.outputs)
+        result.gates = evaluate_gates(gates, result.outputs, result.task)
     if per_layer and not layers:
         result.notes.append("the int8 model has no int8 conv/fc layers")
     result.seconds = time.monotonic() - started

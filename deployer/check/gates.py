@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from deployer.check.metrics import METRIC_NAMES, OutputSummary
+from deployer.check.tasks import TASK_METRICS
 from deployer.errors import DeployerError
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -58,9 +59,10 @@ def parse_gate(text: str, where: str = "--gate") -> Gate:
             hint="write METRIC[@OUTPUT]OP NUMBER, e.g. 'top1_agreement>=0.99' or 'cosine@out0>=0.98'",
         )
     metric, output, op, number = m.groups()
-    if metric not in METRIC_NAMES:
-        close = difflib.get_close_matches(metric, METRIC_NAMES, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known metrics: {', '.join(METRIC_NAMES)}"
+    known = METRIC_NAMES + tuple(TASK_METRICS)
+    if metric not in known:
+        close = difflib.get_close_matches(metric, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known metrics: {', '.join(known)}"
         raise DeployerError(f"{where}: unknown gate metric {metric!r} in {text!r}", hint=hint)
     return Gate(metric=metric, op=op, threshold=float(number), output=output)
 
@@ -69,7 +71,14 @@ def parse_gates(texts: list[str], where: str = "--gate") -> list[Gate]:
     return [parse_gate(t, where) for t in texts]
 
 
-def evaluate_gate(gate: Gate, outputs: dict[str, OutputSummary]) -> GateResult:
+def evaluate_gate(gate: Gate, outputs: dict[str, OutputSummary], task: dict | None = None) -> GateResult:
+    if gate.metric in TASK_METRICS:          # mAP, mask IoU...: one number from the profile's task
+        if not task or gate.metric not in task:
+            raise DeployerError(f"gate {gate.text}: {gate.metric} is a {TASK_METRICS[gate.metric]} metric",
+                                hint=f"declare `task: {TASK_METRICS[gate.metric]}` in the profile")
+        value = task[gate.metric]
+        ok = value is not None and gate.holds(value)
+        return GateResult(gate=gate.text, passed=ok, observed={"task": value}, worst_output=None if ok else "task")
     if gate.output is not None:
         if gate.output not in outputs:
             raise DeployerError(
@@ -90,5 +99,5 @@ def evaluate_gate(gate: Gate, outputs: dict[str, OutputSummary]) -> GateResult:
     return GateResult(gate=gate.text, passed=not failing, observed=observed, worst_output=worst)
 
 
-def evaluate_gates(gates: list[Gate], outputs: dict[str, OutputSummary]) -> list[GateResult]:
-    return [evaluate_gate(g, outputs) for g in gates]
+def evaluate_gates(gates: list[Gate], outputs: dict[str, OutputSummary], task: dict | None = None) -> list[GateResult]:
+    return [evaluate_gate(g, outputs, task) for g in gates]

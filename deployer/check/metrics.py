@@ -12,7 +12,9 @@ live here and nowhere else:
 - top1_agreement: fraction of inputs where int8's argmax equals fp32's argmax.
 - top5_agreement: fraction of inputs where fp32's argmax is among int8's 5 largest values.
 Top-k metrics exist only for classifier-like outputs (one non-trivial dimension, >= 2 values;
-top-5 needs >= 5).
+top-5 needs >= 5). Agreement rates come with their 95 % Wilson score interval
+(`top1_agreement_ci`): 10 of 11 agreeing inputs says "somewhere between 0.62 and 0.98", and a
+report that hides this invites decisions taken on noise.
 """
 
 from __future__ import annotations
@@ -71,6 +73,21 @@ def max_abs_error(ref: np.ndarray, test: np.ndarray) -> float:
     return float(np.max(np.abs(r - t))) if r.size else 0.0
 
 
+WILSON_Z = 1.959963984540054     # two-sided 95 %
+
+
+def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """95 % Wilson score interval for a binomial rate: unlike p +- z*sqrt(p(1-p)/n) it stays inside
+    [0, 1] and does not collapse to a point at 0/n or n/n, which is where small eval sets live."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def is_classifier_like(a: np.ndarray) -> bool:
     """One non-trivial axis with at least two values: logits or class probabilities."""
     shape = np.shape(a)
@@ -102,12 +119,28 @@ class OutputSummary:
     max_abs: float
     top1_agreement: float | None = None
     top5_agreement: float | None = None
+    top1_agreement_ci: tuple[float, float] | None = None    # 95 % Wilson interval
+    top5_agreement_ci: tuple[float, float] | None = None
     per_input_cosine: list[float] = field(default_factory=list)
+    per_input_top1: list[bool] = field(default_factory=list)    # int8 argmax == fp32 argmax, per input
 
     def value(self, metric: str) -> float | None:
         if metric == "psnr" and self.psnr is None:
             return math.inf
         return getattr(self, metric)
+
+
+def summary_dict(s: OutputSummary) -> dict:
+    """The summary for reports: aggregates only (per-input lists stay in memory)."""
+    from dataclasses import asdict
+
+    d = asdict(s)
+    d.pop("per_input_cosine", None)
+    d.pop("per_input_top1", None)
+    for key in ("top1_agreement_ci", "top5_agreement_ci"):
+        if d.get(key) is not None:
+            d[key] = [round(v, 4) for v in d[key]]
+    return d
 
 
 def summarize(name: str, refs: list[np.ndarray], tests: list[np.ndarray]) -> OutputSummary:
@@ -136,7 +169,12 @@ def summarize(name: str, refs: list[np.ndarray], tests: list[np.ndarray]) -> Out
         per_input_cosine=cos,
     )
     if is_classifier_like(refs[0]):
-        summary.top1_agreement = float(np.mean([top1_agrees(r, t) for r, t in zip(refs, tests)]))
+        agrees = [top1_agrees(r, t) for r, t in zip(refs, tests)]
+        summary.per_input_top1 = agrees
+        summary.top1_agreement = float(np.mean(agrees))
+        summary.top1_agreement_ci = wilson_interval(sum(agrees), len(agrees))
         if int(np.prod(np.shape(refs[0]))) >= 5:
-            summary.top5_agreement = float(np.mean([topk_contains(r, t, 5) for r, t in zip(refs, tests)]))
+            in5 = [topk_contains(r, t, 5) for r, t in zip(refs, tests)]
+            summary.top5_agreement = float(np.mean(in5))
+            summary.top5_agreement_ci = wilson_interval(sum(in5), len(in5))
     return summary

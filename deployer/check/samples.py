@@ -37,11 +37,14 @@ def list_inputs(path: str | os.PathLike) -> list[Path]:
                                 hint=f"supported: {', '.join(INPUT_SUFFIXES)}")
         return files
     if not path.is_file():
+        if path.exists():            # /dev/zero, a FIFO...: say what it is
+            from deployer.fsutil import check_input
+
+            check_input(path, "list file")
         raise DeployerError(f"{path}: no such list file or folder")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DeployerError(f"{path}: cannot read list file ({err})") from None
+    from deployer.fsutil import read_input_text
+
+    text = read_input_text(path, "list file", limit=64 << 20)
     files = []
     for lineno, line in enumerate(text.splitlines(), 1):
         entry = line.strip()
@@ -51,6 +54,13 @@ def list_inputs(path: str | os.PathLike) -> list[Path]:
         if not p.is_absolute():
             p = path.parent / p if (path.parent / p).exists() else Path.cwd() / p
         if not p.is_file():
+            if p.exists():           # a folder, FIFO or device: say which, not "not found"
+                from deployer.fsutil import check_input
+
+                try:
+                    check_input(p, "input file")
+                except DeployerError as err:
+                    raise DeployerError(f"{path}: line {lineno}: {err}") from None
             raise DeployerError(f"{path}: line {lineno}: file not found: {entry}")
         files.append(p)
     if not files:
@@ -91,10 +101,9 @@ def _letterbox(bgr: np.ndarray, spec: InputSpec) -> np.ndarray:
 def load_array(path: Path, spec: InputSpec) -> np.ndarray:
     """One file -> CHW float32 for one model input."""
     if path.suffix.lower() == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DeployerError(f"{path}: cannot read .npy ({err})") from None
+        from deployer.quant.preprocess import read_npy
+
+        arr = read_npy(path)
         if arr.ndim == 4 and arr.shape[0] == 1:
             arr = arr[0]
         return np.ascontiguousarray(arr, dtype=np.float32)

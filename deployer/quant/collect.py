@@ -89,6 +89,25 @@ def make_net(param_path: str | Path, bin_path: str | Path, num_threads: int = 1)
     return net
 
 
+def first_forward_isolated(job: CollectJob) -> None:
+    """Input #0 through the model in a child process (deployer.isolate) before any in-process run:
+    a shape or model that crashes ncnn becomes one error line instead of killing deployer."""
+    from deployer import isolate
+    from deployer.ncnn.param import read_param
+    from deployer.ncnn.validate import infer_check
+
+    shapes = {}
+    for blob, spec, files in zip(job.input_blobs, job.specs, job.files):
+        try:
+            shapes[blob] = tuple(int(d) for d in np.array(load_input(files[0], spec)).shape)
+        except DeployerError as err:
+            raise DeployerError(f"{job.where(0)}: {err}") from None
+    if all(len(s) == 3 for s in shapes.values()):
+        shown = ", ".join("x".join(map(str, s)) for s in shapes.values())
+        infer_check(read_param(job.param_path), shapes, Path(job.param_path).name, f"{shown} (CxHxW)")
+    isolate.probe(job.param_path, job.bin_path, shapes, mode="calib", blobs=list(job.blobs))
+
+
 def mat_view(mat) -> np.ndarray:
     """What ncnn2table iterates, as a zero-copy view (valid while `mat` lives): for each channel the
     first w*h floats (a 4-D blob's d>0 slices are not covered by ncnn2table)."""
@@ -320,6 +339,7 @@ def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
     n = len(job.files[0])
     if n == 0:
         raise DeployerError("no calibration inputs")
+    first_forward_isolated(job)
     nblobs = len(job.blobs)
     workers = max(1, min(threads, n // _MIN_FILES_PER_WORKER))
 

@@ -7,8 +7,8 @@ the layer run in int8 on the fp32 input, averaged over at most 50 calibration in
 average wins and is kept before the next element is searched.
 
 Instead of 100 single-layer ncnn forwards per element, the int8 layer is simulated in numpy with
-ncnn's integer maths (round half away from zero, clamp +-127, exact integer accumulation,
-`acc / (s_in * s_w) + bias`, fused activation). A weight scale only changes its own output
+ncnn's integer maths (deployer.quant.arith: round half away from zero, clamp +-127, exact integer
+accumulation, `acc / (s_in * s_w) + bias`, fused activation, ncnn's padding). A weight scale only changes its own output
 channel(s), so its 100 candidates cost one batched matmul per input and the cosine is updated from
 per-channel partial sums.
 
@@ -22,13 +22,13 @@ position: subsampling would be faster but would no longer be the documented algo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from deployer.errors import DeployerError
+from deployer.quant.arith import ConvGeometry, activation, layer_activation
+from deployer.quant.arith import quantize_f32 as quantize
 from deployer.quant.collect import CollectJob, Runner, extract, feed, mat_view
 from deployer.quant.methods import LayerScales
 from deployer.quant.weights import CalibModel, QuantLayer
@@ -37,44 +37,6 @@ MAX_FILES = 50
 STEPS = 100
 LOWER, UPPER = np.float32(0.5), np.float32(2.0)
 _MEMORY = 512 << 20
-
-
-def round_away(v: np.ndarray) -> np.ndarray:
-    """C roundf on float32 values |v| <= 127, exactly, without a float64 copy: rint rounds ties to
-    even, so exact .5 ties (v - rint(v) is exact in float32 here) are moved away from zero."""
-    r = np.rint(v)
-    tie = np.abs(v - r) == np.float32(0.5)
-    return np.where(tie, v + np.copysign(np.float32(0.5), v), r)
-
-
-def quantize(x: np.ndarray, scale) -> np.ndarray:
-    """ncnn float2int8(x * scale): float32 product, ties away from zero, clamp to +-127.
-
-    Clamping before rounding gives the same integers (rounding is monotonic, 127 is an integer)
-    and keeps round_away's inputs small."""
-    prod = np.multiply(x, np.asarray(scale, dtype=np.float32), dtype=np.float32)
-    np.clip(prod, -127, 127, out=prod)
-    return round_away(prod)
-
-
-def activation(x: np.ndarray, kind: int, params: list[float]) -> np.ndarray:
-    if kind == 0:
-        return x
-    if kind == 1:
-        return np.maximum(x, 0)
-    if kind == 2:
-        return np.where(x > 0, x, x * np.float32(params[0]))
-    if kind == 3:
-        return np.clip(x, params[0], params[1])
-    if kind == 4:
-        return 1 / (1 + np.exp(-x))
-    if kind == 5:
-        return x * np.tanh(np.log1p(np.exp(x)))
-    if kind == 6:
-        alpha, beta = params
-        lower, upper = -beta / alpha, (1 - beta) / alpha
-        return np.where(x < lower, 0, np.where(x > upper, x, x * (x * alpha + beta)))
-    raise DeployerError(f"activation_type {kind} is not supported by the EQ simulation")
 
 
 @dataclass
@@ -120,24 +82,10 @@ class _Geometry:
 
     def padded(self, x: np.ndarray):
         """The input padded like ncnn, and (kh, kw, dh, dw, sh, sw, out_h, out_w)."""
-        g = self.ql.layer.get
-        kw = int(g(1, 0)); kh = int(g(11, kw))
-        dw = int(g(2, 1)); dh = int(g(12, dw))
-        sw = int(g(3, 1)); sh = int(g(13, sw))
-        pl = int(g(4, 0)); pr = int(g(15, pl)); pt = int(g(14, pl)); pb = int(g(16, pt))
-        c, h, w = x.shape
-        ekw, ekh = dw * (kw - 1) + 1, dh * (kh - 1) + 1
-        if pl in (-233, -234):
-            tw = max((math.ceil(w / sw) - 1) * sw + ekw - w, 0)
-            th = max((math.ceil(h / sh) - 1) * sh + ekh - h, 0)
-            if pl == -233:
-                pl, pr, pt, pb = tw // 2, tw - tw // 2, th // 2, th - th // 2
-            else:
-                pl, pr, pt, pb = tw - tw // 2, tw // 2, th - th // 2, th // 2
-        xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr))) if pl or pr or pt or pb else x
-        oh = (xp.shape[1] - ekh) // sh + 1
-        ow = (xp.shape[2] - ekw) // sw + 1
-        return xp, (kh, kw, dh, dw, sh, sw, oh, ow)
+        g = ConvGeometry.of(self.ql.layer)
+        xp = g.pad(x)
+        oh, ow = g.out_size(xp.shape[1], xp.shape[2])
+        return xp, (g.kh, g.kw, g.dh, g.dw, g.sh, g.sw, oh, ow)
 
     def weights(self) -> np.ndarray:
         """[groups, cout_g, K] fp32 weights."""
@@ -173,9 +121,7 @@ class _LayerSearch:
         cout = self.geo.groups * self.geo.cout_g
         self.Y = np.stack([y.reshape(cout, -1) for y in ys]).astype(np.float64)     # [N, cout, P]
         self.sa = np.sqrt(np.sum(self.Y * self.Y, axis=(1, 2)))                    # [N]
-        kind = int(ql.layer.get(9, 0))
-        params = ql.layer.get(10, [])
-        self.act = (kind, [float(p) for p in (params if isinstance(params, list) else [params])])
+        self.act = layer_activation(ql.layer)
         self.W = self.geo.weights()
         self.bias = ql.bias
         self.dw = ql.type == "ConvolutionDepthWise"

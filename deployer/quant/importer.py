@@ -58,7 +58,9 @@ def _shape_arg(shapes: list[list[int]]) -> str:
 
 def _digest(source: Path, shapes: list[list[int]]) -> str:
     h = hashlib.sha256()
-    with open(source, "rb") as fh:
+    from deployer.fsutil import open_input
+
+    with open_input(source, "model source") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     h.update(_shape_arg(shapes).encode())

@@ -24,6 +24,7 @@ from deployer.errors import DeployerError
 from deployer.ncnn.model import NcnnModel
 from deployer.ncnn.modelbin import Weight, weight_layout
 from deployer.ncnn.param import Graph, Layer
+from deployer.quant.arith import quantize_to_int8
 from deployer.quant.table import CalibrationTable
 
 # Types that get static activation-calibrated int8 (table: `<name>` + `<name>_param_0`).
@@ -131,19 +132,7 @@ def as_scale_table(table: TableLike, source: str = "<table>") -> ScaleTable:
 
 
 # ---------------------------------------------------------------------------------------------
-# maths shared with simulate.py
-
-
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """C `round()`: ties away from zero. Computed in float64 so float32 inputs round exactly."""
-    x = np.asarray(x, dtype=np.float64)
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
-def quantize_to_int8(data: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
-    """ncnn::quantize_to_int8: `clamp(round(v * scale), -127, 127)` with the product in float32."""
-    prod = np.asarray(data, dtype=np.float32) * np.asarray(scale, dtype=np.float32)
-    return np.clip(round_half_away(prod), -127, 127).astype(np.int8)
+# weight quantization (rounding rules: deployer.quant.arith)
 
 
 def quantize_rows(weight: np.ndarray, scales: list[float] | np.ndarray, rows: int) -> np.ndarray:
@@ -280,6 +269,9 @@ def _quantize_calibrated(model: NcnnModel, layer: Layer, scales: ScaleTable, exc
     bad = [s for s in (*wscales, *bscale) if not math.isfinite(s)]
     if bad:
         raise DeployerError(f"{scales.source}: layer {name} has a non-finite scale ({bad[0]})", hint="an all-zero weight channel gives inf; fix the table")
+    if min(wscales) < 0 or bscale[0] <= 0:
+        raise DeployerError(f"{scales.source}: layer {name} has a scale <= 0 ({min(*wscales, *bscale)})",
+                            hint="int8 scales are positive multipliers; regenerate the table")
 
     weight = _float_weight(model, layer, "weight")
     if rows <= 0 or weight.size % rows:
@@ -552,13 +544,16 @@ def ncnn2int8(
     *,
     exclude: set[str] | frozenset[str] = frozenset(),
     float_storage: FloatStorage = "fp16",
+    allow_nonfinite: bool = False,
 ) -> Int8Report:
-    """The file-to-file drop-in. Both outputs are written atomically (NcnnModel.save)."""
+    """The file-to-file drop-in. Both outputs are written atomically (NcnnModel.save).
+
+    `allow_nonfinite`: accept NaN/Inf weights (byte-parity tests against ncnn's tool only)."""
     for p, what in ((outparam, "output .param"), (outbin, "output .bin")):
         if os.path.abspath(p) in (os.path.abspath(inparam), os.path.abspath(inbin)):
             raise DeployerError(f"{p}: {what} would overwrite an input file", hint="choose a different output path")
     scales = read_scale_table(table_path) if table_path is not None else ScaleTable(blob={}, weight={}, source="<no table>")
-    model = NcnnModel.load(inparam, inbin)
+    model = NcnnModel.load(inparam, inbin, allow_nonfinite=allow_nonfinite)
     if table_path is None:
         needs = [layer.name for layer in model.graph.layers if layer.type in WEIGHT_ONLY_TYPES]
         if needs:

@@ -3,8 +3,9 @@
 Pattern (as in onnxruntime's calibrate.py): `collect.collect()` gathers absmax + ncnn's 2048-bin
 |x| histogram per conv input once; each method turns those statistics into one per-tensor scale
 per blob. So a pipeline can compare kl / aciq / maxabs / percentile / mse without re-running
-the network. EQ starts from KL here and then searches scales against single-layer int8 outputs
-(`deployer.quant.eq.eq_search`), which needs the layers' inputs/outputs, not just statistics.
+the network. EQ (`EQMethod`) starts from KL's scales and then `refine`s them against single-layer
+int8 outputs (`deployer.quant.eq.eq_search`), which needs the layers' inputs/outputs, not just
+statistics; every other method's `refine` keeps its scales as they are.
 
 `kl` and `aciq` reproduce ncnn2table bit for bit: KL is vectorised over all thresholds with
 prefix sums (float64), and the few thresholds whose KL is within float32 noise of the minimum are
@@ -17,12 +18,17 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from deployer.errors import DeployerError
 from deployer.quant.collect import NUM_BINS, ActivationStats, fn_key
 from deployer.quant.weights import aciq_gaussian_clip
+
+if TYPE_CHECKING:
+    from deployer.quant.collect import CollectJob
+    from deployer.quant.weights import CalibModel
 
 TARGET_BIN = 128
 KL_EPS = np.float32(0.0001)
@@ -46,6 +52,12 @@ class CalibrationMethod(ABC):
         th = self.thresholds(stats)
         with np.errstate(divide="ignore"):
             return np.where(th > 0, _F32(127) / np.where(th > 0, th, 1), _F32(1)).astype(np.float32)
+
+    def refine(self, model: "CalibModel", job: "CollectJob", start: "list[LayerScales]", *,
+               threads: int = 1, progress: Callable[[str, int, int], None] | None = None) -> "list[LayerScales]":
+        """Second stage for methods that search against the network itself (EQ); statistics-only
+        methods are done after `scales`."""
+        return start
 
     def _hist(self, stats: ActivationStats) -> np.ndarray:
         if stats.histograms is None:
@@ -302,17 +314,28 @@ class MSEMethod(CalibrationMethod):
         return float(c[int(np.argmin(clip_err + round_err))])
 
 
+class EQMethod(KLMethod):
+    """ncnn2table's method=eq: KL's scales, then each layer's weight and input scales searched for
+    the best cosine of that layer's int8 output against fp32 (deployer.quant.eq)."""
+
+    name = "eq"
+
+    def refine(self, model: "CalibModel", job: "CollectJob", start: "list[LayerScales]", *,
+               threads: int = 1, progress: Callable[[str, int, int], None] | None = None) -> "list[LayerScales]":
+        from deployer.quant.eq import eq_search
+
+        return eq_search(model, job, start, progress=progress, threads=threads)
+
+
 METHODS: dict[str, type[CalibrationMethod]] = {
-    "kl": KLMethod, "aciq": ACIQMethod, "maxabs": MaxAbsMethod,
+    "kl": KLMethod, "aciq": ACIQMethod, "eq": EQMethod, "maxabs": MaxAbsMethod,
     "percentile": PercentileMethod, "mse": MSEMethod,
 }
-ALL_METHODS = (*METHODS, "eq")
+ALL_METHODS = tuple(METHODS)
 
 
 def get_method(name: str, **params: float) -> CalibrationMethod:
-    """A method by name. `eq` gives its KL starting point; run `eq.eq_search` on the result."""
-    if name == "eq":
-        return KLMethod()
+    """A method by name (`percentile=` for PercentileMethod)."""
     if name not in METHODS:
         raise DeployerError(f"method={name}: unknown; expected one of {', '.join(ALL_METHODS)}")
     cls = METHODS[name]

@@ -1,21 +1,23 @@
-"""Automatic mixed precision: keep the fewest layers fp32 that make the accuracy gate hold.
+"""Automatic mixed precision: the fewest fp32 layers that make the accuracy gate hold, or why not.
 
-Cost is what makes this usable: one candidate = build the int8 model, load it in ncnn, run the
-held-out inputs (int8 MobileNetV2 on x86 is ~0.1 s per input). Trying subsets is out of the
-question, so we rank once on a tiny probe and then search greedily on all held-out inputs:
+Cost is what shapes the search: one candidate = build the int8 model, load it in ncnn, run the
+eval inputs (~25 ms per MobileNetV2 input here). Trying subsets is out of the question, so:
 
-1. Sensitivity (N candidates on a 4-input probe): for every int8 layer L, quantize everything
-   except L and measure the output error (1 - cosine, averaged over outputs and inputs); the
-   benefit of keeping L fp32 is the drop against the all-int8 model. (A cheaper screen that ranked
-   layers by the relative error each adds to its own output was tried and rejected: on
-   MobileNetV2 it ranked the projection convs first and missed the first depthwise conv, which
-   is by far the most sensitive layer at the network's output.)
-2. Greedy: try layers fp32 in order of benefit, re-checking the gates on all held-out inputs;
-   a layer is kept only if it lowers the error (single-layer benefits do not simply add up),
-   until the gates hold, the budget (`max_fp32_layers`) is spent or 2x budget layers were tried.
-3. Prune: drop any chosen layer whose removal still passes.
-If the budget cannot buy the gate, the all-int8 model is returned (extra fp32 layers that do not
-meet the gate are pure cost) and the report shows what was tried.
+1. Reachable? Keep every int8 layer float and check the gate. If even that fails (e.g. a gate
+   tighter than fp16 weight storage allows), no choice of fp32 layers can pass: say so and stop.
+2. Sensitivity, measured: for every int8 layer L, quantize everything except L and measure the
+   output error (1 - cosine) on a probe of eval inputs spread over the whole set; the benefit of
+   keeping L float is the drop against the all-int8 model. (A cheaper screen that ranked layers by
+   the error each adds to its own output was tried and rejected: on MobileNetV2 it ranked the
+   projection convs first and missed the first depthwise conv, the most sensitive layer at the
+   network's output.)
+3. Smallest passing prefix of that ranking, by bisection on all eval inputs (keeping more of the
+   most sensitive layers float only helps, so "prefix k passes" is monotone in practice): about
+   log2(layers) candidates instead of one per layer.
+4. Prune: drop any chosen layer whose removal still passes (least sensitive first).
+If the set found fits the budget (`max_fp32_layers`) it is used. If not, the all-int8 model is kept
+(fp32 layers that do not buy the gate within budget are pure cost) and the report names the
+smallest set that would pass, with its size, so the user can raise the budget knowingly.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,11 +35,22 @@ from deployer.check.metrics import OutputSummary
 from deployer.check.net import NcnnNet
 
 Progress = Callable[[str, int, int], None]     # (phase, done, total)
+PROBE_INPUTS = 24                               # eval inputs used to rank layers by sensitivity
+PRUNE_LIMIT = 24                                # prune sets up to this size (one candidate per layer)
 
 
 def output_error(summaries: dict[str, OutputSummary]) -> float:
-    """One number to rank candidates by: mean (1 - cosine) over outputs. Lower is better."""
+    """Mean (1 - cosine) over outputs: a continuous error to rank layers by. Lower is better."""
     return float(np.mean([1.0 - s.cosine for s in summaries.values()]))
+
+
+def score(summaries: dict[str, OutputSummary]) -> float:
+    """What choices between candidates are made on: mean cosine plus mean top-1 agreement (outputs
+    that have one), over every eval input. Unlike "passes the gate", one image moves it by at most
+    1/n of an agreement point, so near-equal candidates stay near-equal instead of flipping."""
+    cos = float(np.mean([s.cosine for s in summaries.values()]))
+    top1 = [s.top1_agreement for s in summaries.values() if s.top1_agreement is not None]
+    return cos + (float(np.mean(top1)) if top1 else 0.0)
 
 
 @dataclass
@@ -46,18 +59,31 @@ class Evaluation:
     outputs: dict[str, OutputSummary]
     gates: list[GateResult]
     int8_layers: list[str]
+    task: dict | None = None          # task metrics (deployer.check.tasks) when the profile declares one
 
     @property
     def error(self) -> float:
         return output_error(self.outputs)
 
     @property
+    def score(self) -> float:
+        return score(self.outputs)
+
+    @property
     def passed(self) -> bool:
         return all(g.passed for g in self.gates)
 
 
+def spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n): a probe that sees every part of an ordered eval set
+    (e.g. every photo of a set listed photo by photo), not just its first entries."""
+    if k >= n:
+        return list(range(n))
+    return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
+
+
 class Evaluator:
-    """Builds int8 candidates from one fp32 model + table and scores them on held-out inputs.
+    """Builds int8 candidates from one fp32 model + table and scores them on the eval inputs.
 
     The fp32 reference outputs are computed once; every candidate is written to a private temp
     folder (ncnn's load_model_mem may keep pointers into a Python buffer, files are safe).
@@ -72,6 +98,8 @@ class Evaluator:
         self.threads = threads
         self.float_storage = float_storage
         self.outputs = list(reference[0]) if reference else []
+        self.task: Any = None        # deployer.check.tasks.TaskSpec: task metrics (mAP, mask IoU) for the gates
+        self.prepare: Any = None     # exclude -> fp32 model to convert (deployer.quant.refine.Refinement.apply)
         self._tmp = tempfile.TemporaryDirectory(prefix="deployer-eval-")
         self.count = 0
 
@@ -81,22 +109,40 @@ class Evaluator:
     def build(self, table: Any, exclude: frozenset[str] | set[str]) -> tuple[Any, Any]:
         from deployer.quant.int8 import quantize_model
 
-        return quantize_model(self.model, table, exclude=frozenset(exclude), float_storage=self.float_storage)
+        model = self.prepare(frozenset(exclude)) if self.prepare is not None else self.model
+        return quantize_model(model, table, exclude=frozenset(exclude), float_storage=self.float_storage)
+
+    def bin_size(self, table: Any, exclude: frozenset[str] | set[str]) -> int:
+        """Bytes of the .bin this candidate would write."""
+        return len(self.build(table, exclude)[0].to_bytes()[1])
 
     def evaluate(self, table: Any, exclude: frozenset[str] | set[str] = frozenset(),
-                 subset: int | None = None) -> Evaluation:
+                 subset: int | Sequence[int] | None = None) -> Evaluation:
+        """All eval inputs (gates evaluated), or a subset (first n, or these indices; no gates)."""
         qmodel, report = self.build(table, exclude)
         folder = Path(self._tmp.name)
         param, binf = folder / "candidate.param", folder / "candidate.bin"
         qmodel.save(param, binf)
-        net = NcnnNet(param, binf, threads=self.threads)
-        n = len(self.samples) if subset is None else min(subset, len(self.samples))
-        tests = [net.run(s, self.outputs) for s in self.samples[:n]]
+        net = NcnnNet(param, binf, threads=self.threads, isolate=False)   # built by us from a checked model
+        if subset is None:
+            idx = list(range(len(self.samples)))
+        elif isinstance(subset, int):
+            idx = list(range(min(subset, len(self.samples))))
+        else:
+            idx = list(subset)
+        tests = [net.run(self.samples[i], self.outputs) for i in idx]
         del net
         self.count += 1
-        summaries = compare_outputs(self.reference[:n], tests)
-        gates = evaluate_gates(self.gates, summaries) if subset is None else []
-        return Evaluation(frozenset(exclude), summaries, gates, list(report.quantized))
+        summaries = compare_outputs([self.reference[i] for i in idx], tests)
+        task = None
+        if self.task is not None and subset is None:
+            from deployer.check.tasks import task_metrics
+
+            task = task_metrics(self.task, self.reference, tests)
+        gates = evaluate_gates(self.gates, summaries, task) if subset is None else []
+        ev = Evaluation(frozenset(exclude), summaries, gates, list(report.quantized))
+        ev.task = task
+        return ev
 
 
 @dataclass
@@ -108,6 +154,9 @@ class MixedResult:
     candidates_evaluated: int = 0
     steps: list[dict] = field(default_factory=list)
     budget: int = 0
+    reachable: bool | None = None        # does keeping every int8 layer float meet the gate?
+    smallest_passing: list[str] | None = None   # the set found, also when it exceeds the budget
+    reason: str = ""
 
 
 def default_budget(num_layers: int) -> int:
@@ -116,7 +165,8 @@ def default_budget(num_layers: int) -> int:
 
 
 def rank_layers(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], layers: list[str],
-                baseline_error: float, probe: int, progress: Progress | None = None) -> list[dict]:
+                baseline_error: float, probe: int | Sequence[int], progress: Progress | None = None) -> list[dict]:
+    """Every layer's measured benefit of staying float on the probe inputs, most sensitive first."""
     ranked = []
     for i, name in enumerate(layers):
         ev = evaluator.evaluate(table, base_exclude | {name}, subset=probe)
@@ -127,47 +177,82 @@ def rank_layers(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], 
     return ranked
 
 
+def _step(steps: list[dict], keep: list[str], ev: Evaluation, **extra: Any) -> None:
+    steps.append({"fp32_layers": len(keep), "keep_fp32": list(keep), "error": ev.error,
+                  "score": ev.score, "passed": ev.passed, **extra})
+
+
 def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start: Evaluation,
-           *, max_fp32_layers: int | None = None, probe: int = 4,
+           *, max_fp32_layers: int | None = None, probe: int = PROBE_INPUTS,
            progress: Progress | None = None) -> MixedResult:
     """Fewest extra fp32 layers (beyond `base_exclude`) for which every gate holds."""
     first = evaluator.count
     if start.passed or not evaluator.gates:
-        return MixedResult([], start.passed, start, candidates_evaluated=0)
+        return MixedResult([], start.passed, start, reason="the all-int8 model meets the gate")
     layers = [n for n in start.int8_layers if n not in base_exclude]
     budget = default_budget(len(layers)) if max_fp32_layers is None else min(max_fp32_layers, len(layers))
-    if budget == 0:
-        return MixedResult([], False, start)
+    steps: list[dict] = []
 
-    probe_base = evaluator.evaluate(table, base_exclude, subset=probe)
-    ranking = rank_layers(evaluator, table, base_exclude, layers, probe_base.error, probe, progress)
+    everything = evaluator.evaluate(table, base_exclude | set(layers))
+    _step(steps, layers, everything, what="every layer float")
+    if not everything.passed:
+        return MixedResult([], False, start, [], evaluator.count - first, steps, budget, reachable=False,
+                           reason="even with every layer float the gate fails: no choice of fp32 layers "
+                                  "can meet it (fp16 weight storage, or a gate tighter than the model allows)")
 
-    chosen: list[str] = []
-    best = start
-    steps = []
-    trials = ranking[: 2 * budget]
-    for i, row in enumerate(trials):
-        if row["benefit"] <= 0:
-            break   # the rest do not help even on their own
-        trial = chosen + [row["layer"]]
-        ev = evaluator.evaluate(table, base_exclude | set(trial))
-        steps.append({"keep_fp32": trial, "error": ev.error, "passed": ev.passed})
+    probe_idx = spread(len(evaluator.samples), probe)
+    probe_base = evaluator.evaluate(table, base_exclude, subset=probe_idx)
+    ranking = rank_layers(evaluator, table, base_exclude, layers, probe_base.error, probe_idx, progress)
+    order = [r["layer"] for r in ranking]
+
+    # smallest passing prefix of the ranking: prefix 0 (all int8) fails, prefix len(order) passes
+    lo, hi, best = 0, len(order), everything
+    total = max(1, int(np.ceil(np.log2(max(2, len(order))))))
+    done = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        ev = evaluator.evaluate(table, base_exclude | set(order[:mid]))
+        _step(steps, order[:mid], ev, what="prefix")
+        lo, hi, best = (lo, mid, ev) if ev.passed else (mid, hi, best)
+        done += 1
         if progress:
-            progress("greedy", i + 1, len(trials))
-        if ev.passed or ev.error < best.error:
-            chosen, best = trial, ev     # a layer that makes things worse in company is skipped
-        if best.passed or len(chosen) >= budget:
-            break
+            progress("bisect", min(done, total), total)
+    chosen = order[:hi]
 
-    if best.passed and len(chosen) > 1:
-        for name in list(reversed(chosen[:-1])):
+    if len(chosen) <= PRUNE_LIMIT:
+        for i, name in enumerate(list(reversed(chosen[:-1]))):
             trial = [c for c in chosen if c != name]
             ev = evaluator.evaluate(table, base_exclude | set(trial))
+            _step(steps, trial, ev, what="prune", dropped=name)
             if ev.passed:
                 chosen, best = trial, ev
-                steps.append({"keep_fp32": list(chosen), "error": ev.error, "passed": True, "pruned": name})
-    if not best.passed:
-        # out of reach within the budget: extra fp32 layers that do not buy the gate are pure cost,
-        # so hand back the all-int8 model and let the report show what was tried
-        chosen, best = [], start
-    return MixedResult(chosen, best.passed, best, ranking, evaluator.count - first, steps, budget)
+            if progress:
+                progress("prune", i + 1, max(1, hi - 1))
+
+    found = list(chosen)
+    if len(found) <= budget:
+        return MixedResult(found, True, best, ranking, evaluator.count - first, steps, budget,
+                           reachable=True, smallest_passing=found,
+                           reason=f"{len(found)} fp32 layer(s) meet the gate (budget {budget})")
+    return MixedResult([], False, start, ranking, evaluator.count - first, steps, budget, reachable=True,
+                       smallest_passing=found,
+                       reason=f"the smallest fp32 set found that meets the gate has {len(found)} layers, over the "
+                              f"budget of {budget}; kept the all-int8 model (raise quantize.max_fp32_layers to "
+                              f"{len(found)} to use it)")
+
+
+def layer_macs(param: Path, bin_: Path, graph: Any, sample: Sample, layers: Sequence[str],
+               threads: int = 2) -> dict[str, int]:
+    """Multiply-accumulates per conv/dw/fc layer for one input: output elements x (weights per
+    output channel). The fp32 net is run once to learn every output shape."""
+    by_name = {lay.name: lay for lay in graph.layers}
+    tops = {n: by_name[n].tops[0] for n in layers if n in by_name and by_name[n].tops}
+    net = NcnnNet(param, bin_, threads=threads, intermediates=True)
+    got = net.run(sample, list(tops.values()))
+    del net
+    macs = {}
+    for name, top in tops.items():
+        layer = by_name[name]
+        num_output = max(1, int(layer.get(0, 1)))
+        macs[name] = int(got[top].size) * (int(layer.get(6, 0)) // num_output)
+    return macs

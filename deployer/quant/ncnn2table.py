@@ -5,30 +5,27 @@ working), same table, but every mistake ncnn's tool ignores or turns into a cras
 DeployerError naming the key, file or line: misspelt keys (`pxel=`), missing/empty list files,
 unreadable images, count mismatches, shape mismatches, wrong npy dtype.
 
-Library entry point for other code: `Calibrator` (collect statistics once, then ask for the
-table of any method).
+The calibration itself is deployer.quant.calibration's `Calibrator`, the same engine `deployer
+quantize` uses; this module only turns ncnn2table's command line into its inputs.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
 
 from deployer.errors import DeployerError
 from deployer.fsutil import read_input
-from deployer.quant import collect as collect_mod
-from deployer.quant.collect import ActivationStats, CollectJob
-from deployer.quant.methods import (ALL_METHODS, CalibrationMethod, KLMethod, LayerScales,
-                                    get_method, kl_threshold_bin)
+from deployer.ncnn.validate import check_input_shape
+from deployer.quant.calibration import Calibrator, InputSet, ProgressFn, build_table
+from deployer.quant.methods import ALL_METHODS, LayerScales
 from deployer.quant.preprocess import PIXEL_NAMES, PIXEL_TYPES, RAW, InputSpec, stb_readable
 from deployer.quant.table import CalibrationTable
-from deployer.quant.weights import CalibModel, load_model, static_weight_scales, weight_scales
+from deployer.quant.weights import load_model
 
 KEYS = ("mean", "norm", "shape", "pixel", "thread", "method", "type", "percentile")
 USAGE = ("usage: deployer ncnn2table PARAM BIN LIST[,LIST...] TABLE [key=value ...]  "
@@ -171,18 +168,31 @@ def _long_number_warnings(key: str, value: str) -> list[str]:
     return out
 
 
+_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.ASCII | re.IGNORECASE)
+
+
 def _float(text: str, key: str) -> float:
     try:
-        return float(text)
+        if not _NUMBER_RE.fullmatch(text.strip()):
+            raise ValueError(text)
+        value = float(text)
     except ValueError:
         raise DeployerError(f"{key}=: {text!r} is not a number") from None
+    if not math.isfinite(value) or abs(value) > 3.4028234663852886e38:
+        raise DeployerError(f"{key}=: {text!r} is not a finite 32-bit float")
+    return value
 
 
 def _int(text: str, key: str) -> int:
     try:
-        return int(text)
+        if not re.fullmatch(r"[+-]?\d+", text.strip(), re.ASCII):
+            raise ValueError(text)
+        value = int(text)
     except ValueError:
         raise DeployerError(f"{key}=: {text!r} is not an integer") from None
+    if abs(value) >= 2**31:
+        raise DeployerError(f"{key}=: {text} is out of range")
+    return value
 
 
 def _pixel(name: str) -> int:
@@ -195,14 +205,6 @@ def _pixel(name: str) -> int:
 
 
 # ------------------------------------------------------------------------------ input lists
-
-@dataclass
-class InputSet:
-    """Calibration files per model input, plus where each came from (for error messages)."""
-
-    files: list[list[str]]          # files[input][i]
-    origins: list[str]              # "list.txt:12" of input 0's entry i
-
 
 def read_list(path: Path) -> tuple[list[str], list[int]]:
     """ncnn's list format: first whitespace-separated token per line, blank lines skipped."""
@@ -236,6 +238,13 @@ def read_lists(lists: list[Path]) -> InputSet:
         for f, n in zip(files, lines):
             p = Path(f)
             if not p.is_file():
+                if p.exists():       # a folder, FIFO or device: say which
+                    from deployer.fsutil import check_input
+
+                    try:
+                        check_input(p, "input file")
+                    except DeployerError as err:
+                        raise DeployerError(f"{lp}: line {n}: {err}") from None
                 raise DeployerError(f"{lp}: line {n}: {f}: file not found")
         if k == 0:
             origins = [f"{lp}:{n}" for n in lines]
@@ -267,6 +276,9 @@ def input_specs(args: Ncnn2TableArgs, num_inputs: int) -> list[InputSpec]:
                 raise DeployerError("pixel=RAW cannot be used with images (type=0); use type=1 with .npy")
             if len(shape) not in (2, 3):
                 raise DeployerError(f"shape={list(shape)}: images take [w,h] or [w,h,c]")
+            if any(d < 0 for d in shape):
+                raise DeployerError(f"shape={list(shape)}: sizes must be positive (0 = keep the image's aspect)")
+            check_input_shape(shape, f"shape={list(shape)}")
             ch = _PIXEL_CHANNELS[PIXEL_NAMES[pixel]]
             for what, vals in (("mean", args.means[i]), ("norm", args.norms[i])):
                 if len(vals) != ch:
@@ -277,96 +289,18 @@ def input_specs(args: Ncnn2TableArgs, num_inputs: int) -> list[InputSpec]:
             if not 1 <= len(shape) <= 4 or any(d <= 0 for d in shape):
                 raise DeployerError(f"shape={list(shape)}: npy inputs need 1-4 positive dims in ncnn "
                                     "[w,h,c] order")
+            check_input_shape(shape, f"shape={list(shape)}")
             specs.append(InputSpec(shape, file_type=1))
     return specs
-
-
-# ------------------------------------------------------------------------------- calibration
-
-ProgressFn = Callable[[str, int, int], None]
-
-
-class Calibrator:
-    """Collect activation statistics once; produce tables for any method from them."""
-
-    def __init__(self, model: CalibModel, specs: list[InputSpec], inputs: InputSet, *,
-                 threads: int = 0, memory_budget: int = collect_mod.DEFAULT_MEMORY_BUDGET) -> None:
-        self.model = model
-        self.specs = specs
-        self.inputs = inputs
-        self.threads = threads or collect_mod.cpu_count()
-        self.memory_budget = memory_budget
-        self._stats: ActivationStats | None = None
-        self._stats_hist = False
-        self.warnings: list[str] = []
-
-    @property
-    def job(self) -> CollectJob:
-        blobs = tuple(dict.fromkeys(q.bottom for q in self.model.quant_layers))
-        return CollectJob(str(self.model.param_path), str(self.model.bin_path),
-                          tuple(self.model.input_names), tuple(self.specs),
-                          tuple(tuple(f) for f in self.inputs.files), blobs,
-                          tuple(self.inputs.origins))
-
-    def stats(self, histograms: bool = True, progress: ProgressFn | None = None, *,
-              kl: bool = False) -> ActivationStats:
-        """Collected once. `kl`: also run the KL threshold search in the collection workers."""
-        if self._stats is None or (histograms and not self._stats_hist):
-            cb = (lambda d, t: progress("collect", d, t)) if progress else None
-            self._stats = collect_mod.collect(self.job, threads=self.threads, histograms=histograms,
-                                              memory_budget=self.memory_budget, progress=cb,
-                                              per_histogram=[kl_threshold_bin] if histograms and kl else [])
-            self._stats_hist = histograms
-        return self._stats
-
-    def layer_scales(self, method: str | CalibrationMethod, *, percentile: float = 99.99,
-                     progress: ProgressFn | None = None) -> list[LayerScales]:
-        m = get_method(method, percentile=percentile) if isinstance(method, str) else method
-        stats = self.stats(m.needs_histogram, progress, kl=isinstance(m, KLMethod))
-        th = m.thresholds(stats)
-        sc = m.scales(stats)
-        out = []
-        for ql in self.model.quant_layers:
-            ws = weight_scales(ql, m.weight_rule)
-            if ws.zero_channels:
-                self.warnings.append(f"layer {ql.name}: output channel(s) {ws.zero_channels[:8]} have "
-                                     "all-zero weights; wrote weight scale 1 (ncnn2table writes inf)")
-            b = stats.index(ql.bottom)
-            if stats.absmax[b] == 0:
-                self.warnings.append(f"layer {ql.name}: input blob {ql.bottom} is all zeros on the "
-                                     "calibration set; wrote input scale 1")
-            out.append(LayerScales(ql.name, ws.scales, float(sc[b]), float(stats.absmax[b]), float(th[b])))
-        if method == "eq":
-            from deployer.quant.eq import eq_search
-
-            out = eq_search(self.model, self.job, out, progress=progress, threads=self.threads)
-        return out
-
-    def table(self, method: str | CalibrationMethod, **kw) -> CalibrationTable:
-        return build_table(self.model, self.layer_scales(method, **kw))
-
-
-def build_table(model: CalibModel, layers: list[LayerScales] | None) -> CalibrationTable:
-    """ncnn2table's order: conv/dw/fc weight lines, their activation lines, then static-only layers."""
-    table = CalibrationTable()
-    if layers is not None:
-        for ls in layers:
-            table.set_weight(ls.name, [float(v) for v in np.asarray(ls.weight_scales, np.float32)])
-        for ls in layers:
-            table.set_activation(ls.name, float(np.float32(ls.input_scale)))
-    order = {"Embed": 0, "MultiHeadAttention": 1, "RNN": 2, "LSTM": 3, "GRU": 4}   # ncnn2table's
-    for layer, weights in sorted(model.static_layers, key=lambda lw: order[lw[0].type]):
-        for idx, scales in static_weight_scales(layer, weights):
-            table.set_weight(layer.name, [float(v) for v in scales], idx)
-    return table
 
 
 def _refuse_overwriting_a_list(table: Path) -> None:
     """`PARAM BIN list.txt key=...` (table forgotten) would make list.txt the weight-only table."""
     try:
-        first = next((ln.split()[0] for ln in table.read_text(errors="replace").splitlines() if ln.split()), None)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        text = read_input(table, "table", limit=64 << 20).decode("utf-8", "replace")
+    except DeployerError:      # missing, a folder, a FIFO...: writing it will say so
         return
+    first = next((ln.split()[0] for ln in text.splitlines() if ln.split()), None)
     if first is not None and Path(first).is_file():
         raise DeployerError(f"{table} looks like a list of input files, not a table; refusing to overwrite "
                             "it with a weight-only table (give the output table as the 4th argument)")

@@ -1,10 +1,18 @@
 """`deployer quantize`: profile -> calibrate once -> pick the best method -> mixed precision -> write.
 
 The default is the best we can do, not ncnn2table's default: activation statistics are collected
-once (one fp32 pass), every candidate method turns them into a table, each table's int8 model is
-run on held-out calibration inputs against fp32, and the closest wins. If the profile's gate still
+once (one fp32 pass, deployer.quant.calibration, the engine `ncnn2table` uses too), every
+candidate method turns them into a table, each table's int8 model is run on the eval inputs
+against fp32, and the best score wins (mean cosine + top-1 agreement over every eval input, ties
+to the smaller model: a score one image cannot flip, unlike "passes the gate"). If the gate still
 fails, automatic mixed precision (deployer.quant.mixed) keeps the fewest layers fp32 that make it
-hold. Nothing is written into --out until everything has been computed, and then only through a
+hold, or reports why none can.
+
+The eval inputs are the profile's `eval:` set, separate from calibration; without one, the
+calibration's held-out share. Fewer than `eval.min_count` inputs is a warning, and every agreement
+rate is reported with its 95 % interval, so a decision taken on 11 images says so.
+
+Nothing is written into --out until everything has been computed, and then only through a
 staging folder renamed file by file, so a failed or interrupted run leaves no partial files.
 """
 
@@ -23,13 +31,20 @@ import numpy as np
 from deployer import fsutil
 from deployer.check.crosscheck import run_outputs
 from deployer.check.gates import parse_gates
+from deployer.check.metrics import WILSON_Z, summary_dict
 from deployer.check.net import NcnnNet
 from deployer.check.samples import input_names, list_inputs, load_samples
 from deployer.errors import DeployerError
 from deployer.profile import InputSpec, Profile
 
 Progress = Callable[[str, int, int], None]      # (phase, done, total)
-PROBE_INPUTS = 4                                 # held-out inputs used to rank layers in mixed precision
+TIE = 1e-4          # scores closer than this are a tie, broken by model size
+CORRELATION_CAVEAT = ("intervals treat eval inputs as independent; views or crops of one photo are not, "
+                      "so with N photos the true uncertainty lies between that of N and of all inputs")
+# One int8 conv is assumed this many times faster than the same conv in float, to turn the MACs
+# moved to fp32 into a time estimate. ncnn's ARM int8 gain varies from none (depthwise-heavy nets,
+# fp16-capable cores) to ~2x (SDOT/i8mm cores): 2x is the upper end, so the estimate is a ceiling.
+INT8_SPEEDUP = 2.0
 
 
 @dataclass
@@ -47,7 +62,20 @@ class OutputPaths:
 @dataclass
 class Split:
     calibration: list[list[Path]]      # per model input, the files used for statistics
-    heldout: list[list[Path]]          # per model input, the files used to choose and gate
+    heldout: list[list[Path]]          # per model input, the files held out of the statistics
+
+
+@dataclass
+class EvalSet:
+    """The inputs that choose the method, rank layers and decide the gate, and where they came from."""
+
+    files: list[list[Path]]            # per model input
+    source: str                        # "eval.images" | "calibration holdout" | "calibration (no holdout)"
+    warnings: list[str]
+
+    @property
+    def count(self) -> int:
+        return len(self.files[0]) if self.files else 0
 
 
 @dataclass
@@ -97,7 +125,8 @@ def resolve_model(profile: Profile) -> tuple[Path, Path, dict]:
 
 
 def split_calibration(profile: Profile) -> Split:
-    """Deterministic shuffle (seed), cap at `count`, hold out a share for choosing and gating."""
+    """Deterministic shuffle (seed), cap at `count`, hold out a share (judges int8 when the profile
+    names no `eval:` set; with one, nothing is held out and every file calibrates)."""
     cal = profile.calibration
     lists = [list_inputs(p) for p in cal.images]
     n = len(lists[0])
@@ -109,8 +138,9 @@ def split_calibration(profile: Profile) -> Split:
     if cal.count is not None:
         order = order[: cal.count]
     total = len(order)
-    held = int(cal.holdout) if cal.holdout >= 1 else int(round(cal.holdout * total))
-    if cal.holdout > 0 and held == 0 and total >= 2:
+    holdout = 0.0 if profile.eval.images else cal.holdout
+    held = int(holdout) if holdout >= 1 else int(round(holdout * total))
+    if holdout > 0 and held == 0 and total >= 2:
         held = 1
     if held >= total:
         raise DeployerError(f"{profile.where('calibration.holdout')}: holds out {held} of {total} files, "
@@ -119,108 +149,103 @@ def split_calibration(profile: Profile) -> Split:
     return Split([[files[i] for i in cal_idx] for files in lists], [[files[i] for i in held_idx] for files in lists])
 
 
+def eval_set(profile: Profile, split: Split) -> EvalSet:
+    """The profile's `eval:` inputs (at most `eval.count`, spread over the list), else the held-out
+    share; warns when there are fewer than `eval.min_count` or when they overlap calibration."""
+    spec = profile.eval
+    warnings: list[str] = []
+    if spec.images:
+        lists = [list_inputs(p) for p in spec.images]
+        n = len(lists[0])
+        for p, files in zip(spec.images[1:], lists[1:]):
+            if len(files) != n:
+                raise DeployerError(f"{profile.where('eval.images')}: {p} has {len(files)} files but "
+                                    f"{spec.images[0]} has {n}", hint="multi-input lists are paired line by line")
+        if spec.count is not None and spec.count < n:
+            from deployer.quant.mixed import spread
+
+            keep = spread(n, spec.count)
+            lists = [[files[i] for i in keep] for files in lists]
+        files, source = lists, "eval.images"
+        calib = {p.resolve() for p in split.calibration[0]}
+        shared = sum(1 for p in files[0] if p.resolve() in calib)
+        if shared:
+            warnings.append(f"{shared} of {len(files[0])} eval inputs are also calibration inputs: "
+                            "int8 looks better on data it was calibrated on")
+    elif split.heldout[0]:
+        files, source = split.heldout, "calibration holdout"
+    else:
+        files, source = split.calibration, "calibration (no holdout)"
+        warnings.append("no eval inputs (no eval: set, holdout: 0): the method is chosen and the gate "
+                        "judged on the calibration inputs themselves, which flatters int8")
+    n = len(files[0])
+    if n < spec.min_count:
+        half = 0.5 * WILSON_Z / (n ** 0.5) if n else 1.0
+        warnings.append(f"decisions rest on {n} eval inputs (fewer than eval.min_count={spec.min_count}): an "
+                        f"agreement rate near 0.5 is uncertain by about +-{half:.2f}; name more inputs in eval.images")
+    return EvalSet(files, source, warnings)
+
+
 # ------------------------------------------------------------------------------------------------
-# calibration statistics and per-method tables
+# calibration inputs
 
 
-def _pre_spec(spec: InputSpec, npy_shape: tuple[int, ...] | None = None):
+def calibration_inputs(split: Split, specs: list[InputSpec], work: Path) -> tuple[list, Any]:
+    """The calibration engine's view of the split: per-input preprocessing specs and file lists.
+
+    Inputs that ncnn2table-style preprocessing cannot express (letterbox) and mixed .npy lists are
+    preprocessed here once and handed over as .npy in `work`, so statistics see exactly the
+    tensors the eval inputs are judged with."""
+    from deployer.check.samples import load_array
+    from deployer.quant.calibration import InputSet
     from deployer.quant.preprocess import PIXEL_TYPES
     from deployer.quant.preprocess import InputSpec as PreSpec
-
-    if npy_shape is not None:
-        return PreSpec(shape=npy_shape, file_type=1)
-    shape = (0, 0) if spec.resize == "none" else spec.shape
-    return PreSpec(shape=shape, mean=tuple(spec.mean), norm=tuple(spec.norm), pixel=PIXEL_TYPES[spec.pixel])
-
-
-def _collect_files(split: Split, specs: list[InputSpec], work: Path) -> tuple[list, list[list[str]]]:
-    """Inputs ncnn2table-style preprocessing cannot express (letterbox) and mixed .npy lists are
-    preprocessed here once and handed to the collector as .npy, so statistics see exactly the
-    tensors the held-out check sees."""
-    from deployer.check.samples import load_array
 
     pre_specs, files = [], []
     for i, (spec, paths) in enumerate(zip(specs, split.calibration)):
         if spec.resize != "letterbox" and not any(p.suffix.lower() == ".npy" for p in paths):
-            pre_specs.append(_pre_spec(spec))
+            shape = (0, 0) if spec.resize == "none" else spec.shape
+            pre_specs.append(PreSpec(shape=shape, mean=tuple(spec.mean), norm=tuple(spec.norm),
+                                     pixel=PIXEL_TYPES[spec.pixel]))
             files.append([str(p) for p in paths])
             continue
-        out, shape = [], None
+        out, npy_shape = [], None
         for k, p in enumerate(paths):
             arr = load_array(p, spec)
-            shape = tuple(reversed(arr.shape))
+            npy_shape = tuple(reversed(arr.shape))
             target = work / f"in{i}_{k:05d}.npy"
             np.save(target, arr.astype(np.float32))
             out.append(str(target))
-        pre_specs.append(_pre_spec(spec, shape))
+        pre_specs.append(PreSpec(shape=npy_shape, file_type=1))
         files.append(out)
-    return pre_specs, files
-
-
-def collect_stats(param: Path, bin_: Path, calib_model: Any, split: Split, specs: list[InputSpec],
-                  names: list[str], threads: int, progress: Progress | None,
-                  eq: bool = False) -> tuple[Any, Any]:
-    """Activation statistics, plus method=eq's searched scales (None unless `eq`): the search
-    re-reads the preprocessed calibration inputs, which only live as long as this call."""
-    from deployer.quant.collect import CollectJob, collect
-
-    blobs: list[str] = []
-    for ql in calib_model.quant_layers:
-        if ql.bottom not in blobs:
-            blobs.append(ql.bottom)
-    with tempfile.TemporaryDirectory(prefix="deployer-calib-") as tmp:
-        pre_specs, files = _collect_files(split, specs, Path(tmp))
-        job = CollectJob(param_path=str(param), bin_path=str(bin_), input_blobs=tuple(names),
-                         specs=tuple(pre_specs), files=tuple(tuple(f) for f in files), blobs=tuple(blobs))
-        cb = (lambda d, t: progress("collect", d, t)) if progress else None
-        stats = collect(job, threads=threads, histograms=True, progress=cb)
-        if not eq:
-            return stats, None
-        from deployer.quant.collect import cpu_count
-        from deployer.quant.eq import eq_layer_scales
-
-        return stats, eq_layer_scales(calib_model, job, stats, threads=threads or cpu_count(), progress=progress)
-
-
-def build_table(method: str, calib_model: Any, stats: Any, eq_scales: Any = None) -> Any:
-    """One ncnn calibration table: per-channel weight scales + one activation scale per layer.
-
-    Weight scales follow the method's own rule (ACIQ clips weights too; the others use absmax,
-    with ncnn's 6-bit range for 3x3s1 convs so the table stays valid for int8 Winograd).
-    """
-    from deployer.quant.methods import get_method
-    from deployer.quant.table import CalibrationTable
-    from deployer.quant.weights import weight_scales
-
-    table = CalibrationTable()
-    if method == "eq":                  # the searched scales (get_method("eq") is only its start)
-        for ls in eq_scales:
-            table.set_weight(ls.name, [float(v) for v in ls.weight_scales])
-        for ls in eq_scales:
-            table.set_activation(ls.name, ls.input_scale)
-        return table
-    m = get_method(method)
-    act = dict(zip(stats.blobs, (float(v) for v in m.scales(stats))))
-    for ql in calib_model.quant_layers:
-        table.set_weight(ql.name, weight_scales(ql, m.weight_rule).scales.tolist())
-    for ql in calib_model.quant_layers:
-        table.set_activation(ql.name, act[ql.bottom])
-    return table
+    origins = [str(p) for p in split.calibration[0]]
+    return pre_specs, InputSet(files, origins)
 
 
 # ------------------------------------------------------------------------------------------------
 # the run
 
 
-def _summary_dict(outputs: dict) -> dict:
-    from dataclasses import asdict
+def _choose(methods: list[str], evals: dict, sizes: dict[str, int]) -> str:
+    """Highest score; scores within TIE of the best are a tie, broken by size, then by order."""
+    top = max(evals[m].score for m in methods)
+    tied = [m for m in methods if evals[m].score >= top - TIE]
+    return min(tied, key=lambda m: (sizes[m], methods.index(m)))
 
-    out = {}
-    for name, s in outputs.items():
-        d = asdict(s)
-        d.pop("per_input_cosine", None)
-        out[name] = d
-    return out
+
+def _speed_cost(param: Path, bin_: Path, graph: Any, sample: Any, int8_layers: list[str],
+                fp32_layers: list[str], threads: int) -> dict[str, Any]:
+    from deployer.quant.mixed import layer_macs
+
+    macs = layer_macs(param, bin_, graph, sample, int8_layers + fp32_layers, threads=threads)
+    total = sum(macs.values()) or 1
+    moved = sum(macs.get(n, 0) for n in fp32_layers)
+    share = moved / total
+    return {"conv_macs": total, "fp32_macs": moved, "fp32_mac_share": round(share, 4),
+            "int8_speedup_assumed": INT8_SPEEDUP,
+            "est_time_vs_all_int8": round(1 + share * (INT8_SPEEDUP - 1), 4),
+            "note": "an estimate from MACs, at most this much slower if int8 convs run "
+                    f"{INT8_SPEEDUP:g}x faster than float on the board; measure with `deployer run --compare`"}
 
 
 def run_quantize(profile: Profile, progress: Progress | None = None) -> QuantizeResult:
@@ -257,12 +282,11 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     names = input_names(profile.inputs, model.graph.input_names, profile.where("inputs"))
 
     split = split_calibration(profile)
-    if not split.heldout[0]:
-        warnings.append("no held-out inputs (holdout: 0): method choice uses the calibration inputs themselves")
-        split.heldout = split.calibration
+    evalset = eval_set(profile, split)
+    warnings += evalset.warnings
     t = phase("load", t)
 
-    held = load_samples(split.heldout, profile.inputs, names,
+    held = load_samples(evalset.files, profile.inputs, names,
                         progress=(lambda d, n: progress("preprocess", d, n)) if progress else None)
     ref_net = NcnnNet(param, bin_, threads=profile.threads)
     outputs = ref_net.output_names
@@ -270,42 +294,61 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     del ref_net
     t = phase("reference", t)
 
-    methods = [profile.quantize.method] if profile.quantize.method != "auto" else list(profile.quantize.candidates)
-    stats, eq_scales = collect_stats(param, bin_, calib_model, split, profile.inputs, names, profile.threads,
-                                     progress, eq="eq" in methods)
-    t = phase("collect", t)
-
+    from deployer.quant.calibration import Calibrator
     from deployer.quant.mixed import Evaluator, search
 
+    methods = [profile.quantize.method] if profile.quantize.method != "auto" else list(profile.quantize.candidates)
     base_exclude = frozenset(profile.quantize.keep_fp32)
     evaluator = Evaluator(model, held, reference, gates, threads=profile.threads)
+    evaluator.task = profile.task
     try:
-        per_method: dict[str, dict] = {}
-        tables: dict[str, Any] = {}
-        evals = {}
-        for i, method in enumerate(methods):
-            m_started = time.monotonic()
-            tables[method] = build_table(method, calib_model, stats, eq_scales)
-            evals[method] = ev = evaluator.evaluate(tables[method], base_exclude)
-            per_method[method] = {"error": ev.error, "passed": ev.passed if gates else None,
-                                  "outputs": _summary_dict(ev.outputs), "seconds": round(time.monotonic() - m_started, 3)}
-            if progress:
-                progress("methods", i + 1, len(methods))
-        best = min(methods, key=lambda m: (not evals[m].passed, evals[m].error))
+        with tempfile.TemporaryDirectory(prefix="deployer-calib-") as work:
+            pre_specs, inputs = calibration_inputs(split, profile.inputs, Path(work))
+            calibrator = Calibrator(calib_model, pre_specs, inputs, threads=profile.threads)
+            calibrator.stats(True, progress, kl=any(m in ("kl", "eq") for m in methods))
+            t = phase("collect", t)
+            per_method: dict[str, dict] = {}
+            tables: dict[str, Any] = {}
+            evals, sizes = {}, {}
+            for i, method in enumerate(methods):
+                m_started = time.monotonic()
+                tables[method] = calibrator.table(method, progress=progress)
+                evals[method] = ev = evaluator.evaluate(tables[method], base_exclude)
+                sizes[method] = evaluator.bin_size(tables[method], base_exclude)
+                per_method[method] = {"score": round(ev.score, 6), "error": ev.error,
+                                      "passed": ev.passed if gates else None, "bin_bytes": sizes[method],
+                                      "outputs": _summary_dict(ev.outputs),
+                                      "seconds": round(time.monotonic() - m_started, 3)}
+                if progress:
+                    progress("methods", i + 1, len(methods))
+        warnings += list(dict.fromkeys(calibrator.warnings))
+        best = _choose(methods, evals, sizes)
         t = phase("methods", t)
 
-        chosen_eval = evals[best]
+        from deployer.quant.refine import DEFAULT_TECHNIQUES, refine_step
+
+        techniques = profile.quantize.refine if profile.quantize.refine is not None else DEFAULT_TECHNIQUES
+        calib_samples = load_samples(split.calibration, profile.inputs, names) if techniques else []
+        refine_info, chosen_eval = refine_step(evaluator, model, param, bin_, tables[best], calib_samples,
+                                               techniques, base_exclude, evals[best], threads=profile.threads,
+                                               progress=progress)
+        t = phase("refine", t)
         mixed_info: dict[str, Any] = {"ran": False}
         auto_keep: list[str] = []
         if gates and not chosen_eval.passed and profile.quantize.mixed:
             result = search(evaluator, tables[best], base_exclude, chosen_eval,
-                            max_fp32_layers=profile.quantize.max_fp32_layers, probe=PROBE_INPUTS, progress=progress)
+                            max_fp32_layers=profile.quantize.max_fp32_layers, progress=progress)
             auto_keep = result.keep_fp32
             chosen_eval = result.evaluation
             mixed_info = {"ran": True, "passed": result.passed, "keep_fp32": auto_keep,
+                          "reachable": result.reachable, "reason": result.reason,
+                          "smallest_passing": result.smallest_passing,
                           "candidates_evaluated": result.candidates_evaluated,
                           "budget": result.budget,
-                          "sensitivity": result.sensitivity[:10], "steps": result.steps}
+                          "sensitivity": result.sensitivity, "steps": result.steps}
+            if result.smallest_passing and not result.passed:
+                mixed_info["smallest_passing_bin_bytes"] = evaluator.bin_size(
+                    tables[best], base_exclude | set(result.smallest_passing))
         t = phase("mixed", t)
 
         table = tables[best]
@@ -319,48 +362,127 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     fp32_bin = bin_.stat().st_size
     from deployer.quant.table import format_table
 
+    fp32_layers = [d.name for d in int8_report.layers if d.precision != "int8"]
+    speed = _speed_cost(param, bin_, model.graph, held[0], list(int8_report.quantized),
+                        [n for n in fp32_layers if n in layer_names], profile.threads)
     gate_results = chosen_eval.gates
+    passed = all(g.passed for g in gate_results) if gates else None
+    eval_info = {"count": len(held), "source": evalset.source, "min_count": profile.eval.min_count,
+                 "enough": len(held) >= profile.eval.min_count, "caveat": CORRELATION_CAVEAT}
     report: dict[str, Any] = {
-        "ok": all(g.passed for g in gate_results) if gates else True,
+        "ok": passed if gates else True,
         "model": {"param": str(param), "bin": str(bin_), **import_info},
         "files": {"param": str(paths.param), "bin": str(paths.bin), "table": str(paths.table), "report": str(paths.report)},
         "method": best,
         "methods": per_method,
         "keep_fp32": {"profile": sorted(base_exclude), "auto": auto_keep},
         "int8_layers": int8_report.quantized,
-        "fp32_layers": [d.name for d in int8_report.layers if d.precision != "int8"],
+        "fp32_layers": fp32_layers,
         "mixed": mixed_info,
+        "refine": refine_info,
+        "task": chosen_eval.task,
+        "eval": eval_info,
         "heldout": {"count": len(held), "outputs": _summary_dict(chosen_eval.outputs)},
-        "gate": {"passed": (all(g.passed for g in gate_results) if gates else None),
-                 "results": [g.__dict__ for g in gate_results]},
+        "gate": {"passed": passed, "results": [g.__dict__ for g in gate_results], "decided_on": len(held)},
         "sizes": {"fp32_bin": fp32_bin, "int8_bin": len(bin_bytes), "ratio": round(fp32_bin / len(bin_bytes), 3),
-                  "all_int8_bin": all_int8_bin, "mixed_cost_bytes": len(bin_bytes) - all_int8_bin},
-        "calibration": {"files": len(split.calibration[0]), "heldout": len(held), "inputs": names,
+                  "all_int8_bin": all_int8_bin, "mixed_cost_bytes": len(bin_bytes) - all_int8_bin,
+                  "mixed_cost_share": round((len(bin_bytes) - all_int8_bin) / all_int8_bin, 4)},
+        "speed": speed,
+        "calibration": {"files": len(split.calibration[0]), "heldout": len(split.heldout[0]), "inputs": names,
                         "evaluations": evaluator.count},
         "timings": timings,
         "warnings": warnings + list(int8_report.warnings),
     }
     timings["total"] = round(time.monotonic() - started, 3)
-    _write_outputs(paths, param_text, bin_bytes, format_table(table).encode(), report)
+    _write_outputs(paths, param_text, bin_bytes, format_table(table).encode(), report,
+                   verify_shapes={n: tuple(a.shape) for n, a in held[0].items()})
     return QuantizeResult(report, paths)
 
 
-def _write_outputs(paths: OutputPaths, param_text: bytes, bin_bytes: bytes, table: bytes, report: dict) -> None:
-    """Stage every file, then rename each into place: no partial file ever carries a real name."""
-    import json
+def run_check(profile: Profile, *, images: list[Path] | None = None,
+              int8: tuple[Path, Path] | None = None, count: int | None = None, per_layer: bool = True,
+              progress: Progress | None = None) -> Any:
+    """`deployer check`: the int8 model (given, or the profile's `out` files) against its fp32
+    original on `images` (list files or folders, one per input), else on the profile's eval set,
+    the same inputs `quantize` decided on. Returns a deployer.check.crosscheck.CheckResult whose
+    notes carry the eval set's warnings (too few inputs, overlap with calibration)."""
+    from deployer.check.crosscheck import crosscheck
+    from deployer.ncnn.param import read_param
 
-    from deployer.cli.common import _json_default
+    fp32_param, fp32_bin, _ = resolve_model(profile)
+    if int8 is None:
+        if profile.out is None:
+            raise DeployerError("--int8-param: missing", hint="give --int8-param/--int8-bin, or a profile with out:")
+        paths = output_paths(profile, fp32_param)
+        if not paths.param.is_file():
+            raise DeployerError(f"{paths.param}: int8 model not found", hint="run `deployer quantize` with this profile first")
+        int8 = (paths.param, paths.bin)
+    notes: list[str] = []
+    if images:
+        files, source = [list_inputs(p) for p in images], "--images"
+    else:
+        evalset = eval_set(profile, split_calibration(profile))
+        files, source = evalset.files, evalset.source
+        notes += evalset.warnings
+    if count is not None:
+        files = [f[:count] for f in files]
+    names = input_names(profile.inputs, read_param(fp32_param).input_names, profile.where("inputs"))
+    gates = parse_gates(profile.gate, profile.where("gate"))
+    samples = load_samples(files, profile.inputs, names,
+                           progress=(lambda d, t: progress("preprocess", d, t)) if progress else None)
+    result = crosscheck((fp32_param, fp32_bin), int8, samples, gates=gates, per_layer=per_layer,
+                        threads=profile.threads, task=profile.task,
+                        progress=(lambda d, t: progress("compare", d, t)) if progress else None)
+    n = len(samples)
+    if n < profile.eval.min_count and not any("eval.min_count" in w for w in notes):
+        notes.append(f"judged on {n} inputs (fewer than eval.min_count={profile.eval.min_count}): read the "
+                     "agreement intervals, not the point values")
+    result.notes = notes + result.notes
+    result.source = source
+    return result
+
+
+def _summary_dict(outputs: dict) -> dict:
+    return {name: summary_dict(s) for name, s in outputs.items()}
+
+
+def _jsonable(o: Any) -> Any:
+    """json.dumps fallback for the report: numpy scalars, paths, dataclasses."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def _write_outputs(paths: OutputPaths, param_text: bytes, bin_bytes: bytes, table: bytes, report: dict,
+                   verify_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Stage every file, then rename each into place: no partial file ever carries a real name.
+
+    The staged int8 model is loaded and run once in stock ncnn (deployer.ncnn.verify, a child
+    process) before anything is renamed: a model ncnn refuses is never reported as a success."""
+    import json
 
     paths.folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=paths.folder))
     try:
         contents = {paths.param: param_text, paths.bin: bin_bytes, paths.table: table,
-                    paths.report: (json.dumps(report, indent=2, default=_json_default) + "\n").encode()}
+                    paths.report: (json.dumps(report, indent=2, default=_jsonable) + "\n").encode()}
         umask = os.umask(0)
         os.umask(umask)
         for target, data in contents.items():
             fsutil.write_bytes(staging / target.name, data)
             os.chmod(staging / target.name, 0o666 & ~umask)   # mkstemp's 0600 is wrong for model files
+        if verify_shapes is not None:
+            from deployer.ncnn.verify import verify_int8
+
+            verify_int8(staging / paths.param.name, staging / paths.bin.name, verify_shapes, shown=str(paths.param))
         for target in contents:
             os.replace(staging / target.name, target)
     finally:

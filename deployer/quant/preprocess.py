@@ -25,6 +25,10 @@ import ncnn
 import numpy as np
 
 from deployer.errors import DeployerError
+from deployer.fsutil import read_input
+
+IMAGE_MAX_BYTES = 256 << 20       # one calibration/check image file
+IMAGE_MAX_PIXELS = 1 << 26        # decoded pixels (64 Mpx): above it Pillow's bomb check or memory runs out
 
 RAW = -233
 _PT = ncnn.Mat.PixelType
@@ -82,20 +86,25 @@ def stb_readable(path: str | Path) -> bool:
     """Whether ncnn's simpleocv imread (stb_image with STBI_ONLY_JPEG/PNG/BMP/PNM) can decode the
     file, judged by its magic bytes like stb does. stb's PNM reader takes binary P5/P6 only."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return True                      # missing files are reported elsewhere, with the list line
+        head = read_input(path, "image")[:8]
+    except DeployerError:
+        return True                      # unreadable files are reported elsewhere, with the list line
     return (head.startswith(b"\xff\xd8") or head.startswith(b"\x89PNG\r\n\x1a\n")
             or head.startswith(b"BM") or head[:2] in (b"P5", b"P6"))
 
 
 def decode_bgr(path: str | Path) -> np.ndarray:
     """H x W x 3 uint8 BGR, like cv::imread(path, IMREAD_COLOR). Errors name the file."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
+    data = read_input(path, "image", limit=IMAGE_MAX_BYTES)
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > IMAGE_MAX_PIXELS:
+                raise DeployerError(f"{path}: image is {im.width}x{im.height}, over the limit of "
+                                    f"{IMAGE_MAX_PIXELS:,} pixels")
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # OpenCV scales 16-bit images down to 8 bits (>> 8) for IMREAD_COLOR.
@@ -104,8 +113,14 @@ def decode_bgr(path: str | Path) -> np.ndarray:
             rgb = np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise DeployerError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except DeployerError:
+        raise
+    except UnidentifiedImageError:
+        raise DeployerError(f"{path}: cannot decode image (not a format Pillow reads, or corrupt)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DeployerError(f"{path}: cannot decode image ({err})") from None
+    except Exception as err:  # noqa: BLE001 - Pillow's decoders raise anything on corrupt data
+        raise DeployerError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
@@ -134,12 +149,7 @@ def load_npy(path: str | Path, spec: InputSpec) -> ncnn.Mat:
 
     A leading batch dimension of 1 is accepted and dropped (numpy exports often keep it).
     """
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DeployerError(f"{path}: .npy file not found") from None
-    except (ValueError, OSError) as err:
-        raise DeployerError(f"{path}: cannot read as .npy ({err})") from None
+    arr = read_npy(path)
     if arr.dtype != np.float32:
         raise DeployerError(f"{path}: dtype is {arr.dtype}, ncnn2table reads float32 .npy only; "
                             "save it with .astype(np.float32)")
@@ -153,6 +163,22 @@ def load_npy(path: str | Path, spec: InputSpec) -> ncnn.Mat:
         raise DeployerError(f"{path}: {arr.ndim}-D arrays are not supported (1 to 4 dims)")
     data = np.ascontiguousarray(arr)  # ncnn.Mat borrows this buffer: keep it alive until cloned
     return ncnn.Mat(data).clone()
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """A user's .npy through fsutil (regular file, size cap), finite values only."""
+    import io
+
+    data = read_input(path, ".npy file")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - numpy raises ValueError/EOFError/... on corrupt headers
+        raise DeployerError(f"{path}: cannot read as .npy ({type(err).__name__}: {err})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
+        raise DeployerError(f"{path}: .npy holds {getattr(arr, 'dtype', type(arr).__name__)}, expected numbers")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DeployerError(f"{path}: .npy holds NaN or Inf values", hint="inputs must be finite numbers")
+    return arr
 
 
 def load_input(path: str | Path, spec: InputSpec) -> ncnn.Mat:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from deployer.errors import DeployerError
-from deployer.quant.int8 import quantize_to_int8
+from deployer.quant.arith import ConvGeometry, activation, layer_activation, quantize_to_int8
 
 FLT_MAX = np.float32(3.4028234663852886e38)
 
@@ -94,60 +94,13 @@ def _w(weights: dict[str, Any], name: str) -> np.ndarray | None:
 
 
 def _activation(x: np.ndarray, layer: Any) -> np.ndarray:
-    """ncnn's activation_ss, in float32."""
-    t = int(_p(layer, 9, 0))
-    params = [np.float32(v) for v in (_p(layer, 10, []) or [])]
-    x = x.astype(np.float32)
-    if t == 0:
-        return x
-    if t == 1:
-        return np.where(x < 0, np.float32(0), x)
-    if t == 2:
-        return np.where(x < 0, x * params[0], x).astype(np.float32)
-    if t == 3:
-        return np.clip(x, params[0], params[1]).astype(np.float32)
-    if t == 4:
-        return (np.float32(1) / (np.float32(1) + np.exp(-x))).astype(np.float32)
-    if t == 5:
-        return (x * np.tanh(np.log(np.exp(x) + np.float32(1)))).astype(np.float32)
-    if t == 6:
-        alpha, beta = params[0], params[1]
-        lower = -beta / alpha
-        upper = np.float32(1) / alpha + lower
-        return np.where(x < lower, np.float32(0), np.where(x > upper, x, x * (x * alpha + beta))).astype(np.float32)
-    raise DeployerError(f"simulate: layer {layer.name}: activation_type {t} not supported")
-
-
-def _pads(layer: Any, h: int, w: int, keh: int, kew: int, sh: int, sw: int) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) as Convolution::make_padding, incl. -233/-234 SAME padding."""
-    pl = int(_p(layer, 4, 0))
-    pt = int(_p(layer, 14, pl))
-    pr = int(_p(layer, 15, pl))
-    pb = int(_p(layer, 16, pt))
-    if pl in (-233, -234):
-        wpad = max(kew + (w - 1) // sw * sw - w, 0)
-        hpad = max(keh + (h - 1) // sh * sh - h, 0)
-        if pl == -233:
-            return hpad // 2, hpad - hpad // 2, wpad // 2, wpad - wpad // 2
-        return hpad - hpad // 2, hpad // 2, wpad - wpad // 2, wpad // 2
-    return pt, pb, pl, pr
-
-
-def _conv_geometry(layer: Any) -> tuple[int, int, int, int, int, int]:
-    kw = int(_p(layer, 1, 0))
-    kh = int(_p(layer, 11, kw))
-    dw = int(_p(layer, 2, 1))
-    dh = int(_p(layer, 12, dw))
-    sw = int(_p(layer, 3, 1))
-    sh = int(_p(layer, 13, sw))
-    return kh, kw, dh, dw, sh, sw
+    kind, params = layer_activation(layer)
+    return activation(x, kind, params, where=f"simulate: layer {layer.name}")
 
 
 def _windows(xp: np.ndarray, kh: int, kw: int, dh: int, dw: int, sh: int, sw: int) -> np.ndarray:
-    """(C, OH, OW, kh, kw) views of a padded (C, H, W) array."""
-    keh, kew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    v = np.lib.stride_tricks.sliding_window_view(xp, (keh, kew), axis=(1, 2))
-    return v[:, ::sh, ::sw, ::dh, ::dw]
+    """(C, OH, OW, kh, kw) views of a padded (C, H, W) array (pooling: no ConvGeometry params)."""
+    return ConvGeometry(kh, kw, dh, dw, sh, sw, 0, 0, 0, 0).windows(xp)
 
 
 def _grouped_conv(xp: np.ndarray, wt: np.ndarray, group: int, geom: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -200,8 +153,9 @@ def _input_codes(x: Blob, s_in: np.float32) -> np.ndarray:
 
 def _convolution(layer: Any, bottoms: list[Blob], weights: dict[str, Any], depthwise: bool = False) -> list[Blob]:
     x = bottoms[0]
-    geom = _conv_geometry(layer)
-    kh, kw, dh, dw, sh, sw = geom
+    cg = ConvGeometry.of(layer)
+    geom = (cg.kh, cg.kw, cg.dh, cg.dw, cg.sh, cg.sw)
+    kh, kw = cg.kh, cg.kw
     num_output = int(_p(layer, 0, 0))
     group = int(_p(layer, 7, 1)) if depthwise else 1
     term = int(_p(layer, 8, 0))
@@ -209,7 +163,7 @@ def _convolution(layer: Any, bottoms: list[Blob], weights: dict[str, Any], depth
     if raw.ndim != 3:
         raise DeployerError(f"simulate: layer {layer.name} expects a 3-D input, got shape {raw.shape}")
     c, h, w = raw.shape
-    top, bottom, left, right = _pads(layer, h, w, dh * (kh - 1) + 1, dw * (kw - 1) + 1, sh, sw)
+    top, bottom, left, right = cg.pads(h, w)
     wt = _w(weights, "weight").reshape(num_output, c // group, kh, kw)  # type: ignore[union-attr]
     if term:
         s_in = np.float32(_w(weights, "bottom_scales")[0])  # type: ignore[index]
@@ -261,7 +215,8 @@ def _innerproduct(layer: Any, bottoms: list[Blob], weights: dict[str, Any]) -> l
 def _deconvolution(layer: Any, bottoms: list[Blob], weights: dict[str, Any]) -> list[Blob]:
     x = bottoms[0]
     assert isinstance(x, np.ndarray)
-    kh, kw, dh, dw, sh, sw = _conv_geometry(layer)
+    cg = ConvGeometry.of(layer)
+    kh, kw, dh, dw, sh, sw = cg.kh, cg.kw, cg.dh, cg.dw, cg.sh, cg.sw
     num_output = int(_p(layer, 0, 0))
     c, h, w = x.shape
     wt = _w(weights, "weight").reshape(num_output, c, kh, kw).astype(np.float64)  # type: ignore[union-attr]

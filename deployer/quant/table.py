@@ -134,9 +134,15 @@ def parse_table(text: str, source: str = "<table>", *, strict_blank: bool = True
         values = []
         for tok in tokens[1:]:
             try:
-                values.append(float(tok))
+                value = float(tok)
             except ValueError:
                 raise DeployerError(f"{source}: line {lineno} ({key}): {tok!r} is not a number") from None
+            # ncnn2table writes positive multipliers (inf for an all-zero weight channel, refused
+            # where it is used); NaN or a negative scale is never a calibration result
+            if value != value or value < 0:
+                raise DeployerError(f"{source}: line {lineno} ({key}): scale {tok} is not a positive number",
+                                    hint="regenerate the table with ncnn2table")
+            values.append(value)
         if not values:
             raise DeployerError(f"{source}: line {lineno} ({key}): no scale values after the key")
         if key in table.weights or key in table.activations:

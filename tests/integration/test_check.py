@@ -107,3 +107,25 @@ def test_cli_bad_input_is_one_line(mtcnn_rnet, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "vulkan" not in ln.lower()]
     assert lines == [f"error: {tmp_path}: folder has no images or .npy files (supported: "
                      ".jpg, .jpeg, .png, .bmp, .ppm, .pgm, .pnm, .tif, .tiff, .webp, .npy)"]
+
+
+def test_run_check_defaults_to_the_eval_set_quantize_decided_on(rnet_quantized, lfw_heldout):
+    """`check` with a profile and no --images judges on the same inputs as `quantize` (the
+    profile's eval set, here the held-out share), and says when they are too few."""
+    from deployer.profile import load_profile
+    from deployer.quant.pipeline import run_check
+
+    profile_path, result = rnet_quantized
+    prof = load_profile(profile_path)
+    checked = run_check(prof)
+    report = result.report
+    assert checked.count == report["eval"]["count"] and checked.source == report["eval"]["source"]
+    out0 = checked.to_dict()["outputs"]["out0"]
+    assert out0["top1_agreement"] == pytest.approx(report["heldout"]["outputs"]["out0"]["top1_agreement"])
+    lo, hi = out0["top1_agreement_ci"]
+    assert lo <= out0["top1_agreement"] <= hi
+    assert any("eval.min_count=50" in n for n in checked.notes)         # a dozen held-out crops: too few
+    # explicit images replace the eval set; 150 of them are enough
+    many = run_check(prof, images=[lfw_heldout.list_file], per_layer=False)
+    assert many.count == 150 and many.source == "--images" and not any("min_count" in n for n in many.notes)
+    assert many.passed == all(g.passed for g in many.gates)

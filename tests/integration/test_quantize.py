@@ -40,12 +40,66 @@ def test_outputs_are_int8_and_load_in_stock_ncnn(rnet_quantized, mtcnn_rnet, lfw
     assert int8 >= fp32 - 0.02, (fp32, int8)
 
 
-def test_best_method_is_the_closest_on_heldout(rnet_quantized):
+def test_best_method_has_the_best_score_ties_to_the_smaller_model(rnet_quantized):
+    """The choice is made on mean cosine + top-1 agreement over every eval input, not on "passes
+    the gate" (which one image flips); scores within 1e-4 are a tie, won by the smaller .bin."""
+    from deployer.quant.pipeline import TIE
+
     report = rnet_quantized[1].report
-    errors = {m: row["error"] for m, row in report["methods"].items()}
-    passing = [m for m, row in report["methods"].items() if row["passed"]]
-    pool = passing or list(errors)
-    assert report["method"] == min(pool, key=errors.get)
+    rows = report["methods"]
+    for row in rows.values():
+        outs = list(row["outputs"].values())
+        cos = sum(o["cosine"] for o in outs) / len(outs)
+        top1 = [o["top1_agreement"] for o in outs if o.get("top1_agreement") is not None]
+        assert row["score"] == pytest.approx(cos + sum(top1) / len(top1), abs=1e-6)
+    top = max(r["score"] for r in rows.values())
+    tied = [m for m, r in rows.items() if r["score"] >= top - TIE]
+    assert report["method"] in tied
+    assert rows[report["method"]]["bin_bytes"] == min(rows[m]["bin_bytes"] for m in tied)
+    # every agreement rate carries its 95 % interval
+    out0 = report["heldout"]["outputs"]["out0"]
+    lo, hi = out0["top1_agreement_ci"]
+    assert lo <= out0["top1_agreement"] <= hi and hi - lo > 0
+
+
+def test_eval_set_judges_and_warns_when_small_or_shared(tmp_path, mtcnn_rnet, lfw_calibration, lfw_heldout):
+    """`eval:` names inputs separate from calibration: every calibration file then calibrates,
+    the eval inputs decide; too few or shared inputs are said out loud."""
+    profile = write_profile(tmp_path / "a", mtcnn_rnet, lfw_calibration.list_file, tmp_path / "a" / "out",
+                            quantize={"method": "kl", "mixed": False},
+                            eval={"images": str(lfw_heldout.list_file), "count": 60})
+    report = run_quantize(load_profile(profile)).report
+    assert report["eval"]["source"] == "eval.images" and report["eval"]["count"] == 60
+    assert report["eval"]["enough"] is True and report["gate"]["decided_on"] == 60
+    assert report["calibration"]["files"] == len(lfw_calibration.files) and report["calibration"]["heldout"] == 0
+    assert not any("eval" in w for w in report["warnings"]), report["warnings"]
+    # the same images for both, and too few of them: two warnings
+    small = write_profile(tmp_path / "b", mtcnn_rnet, lfw_calibration.list_file, tmp_path / "b" / "out",
+                          quantize={"method": "kl", "mixed": False},
+                          eval={"images": str(lfw_calibration.list_file), "count": 20})
+    report = run_quantize(load_profile(small)).report
+    assert report["eval"]["enough"] is False
+    assert any("20 of 20 eval inputs are also calibration inputs" in w for w in report["warnings"])
+    assert any("decisions rest on 20 eval inputs (fewer than eval.min_count=50)" in w for w in report["warnings"])
+
+
+def test_pipeline_and_ncnn2table_share_one_calibration_engine(tmp_path, mtcnn_rnet, lfw_calibration):
+    """Same model, files, preprocessing and method: `quantize` writes the table `ncnn2table` writes."""
+    from deployer.quant import ncnn2table
+    from deployer.quant.table import format_table
+    from tests.fixtures.quantize import MTCNN_INPUT
+
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, tmp_path / "out",
+                            calibration={"images": str(lfw_calibration.list_file), "holdout": 0},
+                            quantize={"method": "kl", "mixed": False})
+    result = run_quantize(load_profile(profile))
+    fmt = ",".join
+    args = ncnn2table.parse_args([str(mtcnn_rnet.param), str(mtcnn_rnet.bin), str(lfw_calibration.list_file),
+                                  str(tmp_path / "t.table"), f"mean=[{fmt(map(str, MTCNN_INPUT['mean']))}]",
+                                  f"norm=[{fmt(map(str, MTCNN_INPUT['norm']))}]", "shape=[24,24]",
+                                  "pixel=RGB", "method=kl", "thread=2"])
+    drop_in = ncnn2table.run(args)
+    assert result.paths.table.read_text() == format_table(drop_in.table)
 
 
 def test_flags_override_profile_and_method(tmp_path, mtcnn_rnet, lfw_calibration):

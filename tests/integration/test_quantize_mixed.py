@@ -37,9 +37,16 @@ def test_mixed_precision_meets_a_tighter_gate(tmp_path, rnet_quantized, mtcnn_rn
     # the cost is reported and real: fp32 (fp16-stored) weights are bigger than int8 ones
     assert report["sizes"]["mixed_cost_bytes"] == report["sizes"]["int8_bin"] - report["sizes"]["all_int8_bin"] > 0
     assert result.paths.bin.stat().st_size == report["sizes"]["int8_bin"]
-    # the sensitivity ranking is recorded, best first
+    # the sensitivity ranking is recorded, best first, for every int8 layer
     benefits = [row["benefit"] for row in mixed["sensitivity"]]
     assert benefits == sorted(benefits, reverse=True)
+    assert len(mixed["sensitivity"]) == len(base["int8_layers"]) - len(base["keep_fp32"]["profile"])
+    assert mixed["reachable"] is True and mixed["smallest_passing"] == auto
+    # the speed cost is estimated from the MACs moved to float
+    speed = report["speed"]
+    assert 0 < speed["fp32_macs"] < speed["conv_macs"]
+    assert speed["est_time_vs_all_int8"] == pytest.approx(1 + speed["fp32_mac_share"] * (speed["int8_speedup_assumed"] - 1),
+                                                          abs=1e-3)
     # the written model is the mixed one: stock ncnn loads it, and the kept layers have no int8 term
     NcnnNet(result.paths.param, result.paths.bin)
     from deployer.ncnn.param import read_param
@@ -55,6 +62,35 @@ def test_unreachable_gate_keeps_all_int8_and_fails(tmp_path, mtcnn_rnet, lfw_cal
     assert report["gate"]["passed"] is False
     assert report["mixed"]["ran"] is True and report["mixed"]["passed"] is False
     assert report["keep_fp32"]["auto"] == [] and report["sizes"]["mixed_cost_bytes"] == 0
+    # fp16-stored float layers never give exactly fp32's outputs: no choice of fp32 layers can
+    # pass, which one candidate (every layer float) proves; no sensitivity sweep is wasted on it
+    assert report["mixed"]["reachable"] is False and report["mixed"]["candidates_evaluated"] == 1
+    assert "even with every layer float" in report["mixed"]["reason"]
+
+
+def test_over_budget_names_the_smallest_set_that_would_pass(tmp_path, rnet_quantized, mtcnn_rnet, lfw_calibration):
+    """Budget 0: the search still finds the fp32 layers that meet the gate and says what they cost;
+    given that budget, the same search uses them."""
+    base = rnet_quantized[1].report
+    c0 = _out1_cosine(base)
+    if c0 > 0.9999:
+        pytest.skip(f"all-int8 RNet already has box cosine {c0}; no room for a tighter gate")
+    target = round(c0 + 0.3 * (1 - c0), 6)
+    common = dict(gate=[f"cosine@out1>={target}"])
+    profile = write_profile(tmp_path / "zero", mtcnn_rnet, lfw_calibration.list_file, tmp_path / "zero" / "out",
+                            quantize={"method": base["method"], "max_fp32_layers": 0}, **common)
+    report = run_quantize(load_profile(profile)).report
+    mixed = report["mixed"]
+    assert report["gate"]["passed"] is False and mixed["passed"] is False and mixed["reachable"] is True
+    found = mixed["smallest_passing"]
+    assert found and report["keep_fp32"]["auto"] == [] and report["sizes"]["mixed_cost_bytes"] == 0
+    assert mixed["smallest_passing_bin_bytes"] > report["sizes"]["all_int8_bin"]
+    assert f"raise quantize.max_fp32_layers to {len(found)}" in mixed["reason"]
+    profile = write_profile(tmp_path / "enough", mtcnn_rnet, lfw_calibration.list_file, tmp_path / "enough" / "out",
+                            quantize={"method": base["method"], "max_fp32_layers": len(found)}, **common)
+    report = run_quantize(load_profile(profile)).report
+    assert report["gate"]["passed"] is True and sorted(report["keep_fp32"]["auto"]) == sorted(found)
+    assert report["sizes"]["int8_bin"] == mixed["smallest_passing_bin_bytes"]
 
 
 def test_gate_on_missing_output_is_an_input_error(tmp_path, mtcnn_rnet, lfw_calibration):

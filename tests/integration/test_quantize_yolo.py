@@ -12,13 +12,18 @@ from tests.fixtures.models import ROOT
 
 @pytest.mark.slow
 def test_yolov8n_int8_keeps_the_face(tmp_path, yolov8n, calib_photos):
-    from examples.evaluate import _iou, detect
     import skimage.data
+
+    from examples import yolo
+    from examples.evaluate import _iou, detect
+
+    views = yolo.detection_views(tmp_path / "eval", per_photo=2)
 
     prof = load_profile(ROOT / "profiles" / "yolov8n.yaml", [
         Override("model.param", str(yolov8n.param), "--param"), Override("model.bin", str(yolov8n.bin), "--bin"),
         Override("calibration.images", [str(calib_photos.list_file)], "--calib"),
         Override("calibration.count", 24, "--count"), Override("quantize.mixed", False, "--no-mixed"),
+        Override("eval.images", [str(views.list_file)], "--eval"),
         Override("out", str(tmp_path / "out"), "--out"),
     ])
     result = run_quantize(prof)

@@ -117,3 +117,47 @@ def test_gate_errors_name_the_source():
         evaluate_gates([parse_gate("top1_agreement>=0.9")], outs)
     with pytest.raises(DeployerError, match="no output 'nope'"):
         evaluate_gates([parse_gate("cosine@nope>=0.9")], outs)
+
+
+# ------------------------------------------------------------------ agreement intervals (Wilson)
+
+@pytest.mark.parametrize("k,n,lo,hi", [
+    (5, 10, 0.2366, 0.7634),      # textbook values (Newcombe 1998, method 3)
+    (0, 10, 0.0, 0.2775),
+    (10, 10, 0.7225, 1.0),
+    (81, 263, 0.2553, 0.3662),    # Newcombe's worked example
+])
+def test_wilson_interval_matches_published_values(k, n, lo, hi):
+    from deployer.check.metrics import wilson_interval
+
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=5e-4)
+
+
+def test_wilson_interval_narrows_with_n_and_contains_the_rate():
+    from deployer.check.metrics import wilson_interval
+
+    widths = []
+    for n in (11, 50, 120, 1000):
+        k = round(0.9 * n)
+        lo, hi = wilson_interval(k, n)
+        assert lo <= k / n <= hi
+        widths.append(hi - lo)
+    assert widths == sorted(widths, reverse=True)
+    # 10 of 11 agreeing says little: the interval reaches below 0.65
+    assert wilson_interval(10, 11)[0] < 0.65
+
+
+def test_summary_reports_agreement_interval_and_per_input_hits():
+    from deployer.check.metrics import summary_dict, wilson_interval
+
+    rng = np.random.default_rng(0)
+    refs = [rng.normal(size=10) for _ in range(8)]
+    tests = [r.copy() for r in refs]
+    tests[0][np.argmax(refs[0])] = -10.0          # one input's top-1 flips
+    s = summarize("out0", refs, tests)
+    assert s.per_input_top1.count(False) == 1 and s.top1_agreement == 7 / 8
+    assert s.top1_agreement_ci == wilson_interval(7, 8)
+    d = summary_dict(s)
+    assert "per_input_top1" not in d and "per_input_cosine" not in d
+    assert d["top1_agreement_ci"] == [round(v, 4) for v in wilson_interval(7, 8)]

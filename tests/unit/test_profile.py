@@ -152,3 +152,20 @@ def test_cli_prints_one_line_and_exits_2(folder: Path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "vulkan" not in ln.lower()]
     assert lines == [f"error: {p}: calibration.cuont: unknown field (did you mean 'count'?)"]
     assert proc.stdout == ""
+
+
+def test_eval_section_is_parsed_and_checked(folder: Path, monkeypatch):
+    (folder / "eval").mkdir()
+    prof = load_profile(write(folder, GOOD + "eval:\n  images: eval/\n  count: 60\n  min_count: 40\n"))
+    assert prof.eval.images == [folder / "eval"] and prof.eval.count == 60 and prof.eval.min_count == 40
+    # default: no eval set (the held-out share judges), minimum 50
+    plain = load_profile(write(folder, GOOD))
+    assert plain.eval.images == [] and plain.eval.min_count == 50
+    assert "eval.min_cont: unknown field" in error_of(write(folder, GOOD + "eval:\n  min_cont: 3\n"))
+    assert "eval.images: list file or folder not found" in error_of(write(folder, GOOD + "eval:\n  images: nope/\n"))
+    msg = error_of(write(folder, GOOD + "eval:\n  images: [eval/, eval/]\n"))
+    assert "eval.images: gives 2 list(s) but inputs has 1 entries" in msg
+    monkeypatch.chdir(folder)
+    flagged = load_profile(write(folder, GOOD), [Override("eval.images", ["eval"], "--eval")])
+    assert flagged.eval.images == [folder / "eval"]
+    assert error_of(write(folder, GOOD), [Override("eval.count", 0, "--eval-count")]).startswith("--eval-count: must be >= 1")

@@ -24,7 +24,8 @@ def test_shipped_profile_validates(path: Path, tmp_path: Path):
     (tmp_path / "calib").mkdir()
     prof = load_profile(path, [Override("model.param", str(tmp_path / "m.param"), "--param"),
                                Override("model.bin", str(tmp_path / "m.bin"), "--bin"),
-                               Override("calibration.images", [str(tmp_path / "calib")], "--calib")])
+                               Override("calibration.images", [str(tmp_path / "calib")], "--calib"),
+                               Override("eval.images", [str(tmp_path / "calib")], "--eval")])
     assert prof.out is not None and prof.out.is_absolute()
     assert prof.gate and parse_gates(prof.gate)
     assert prof.quantize.method == "auto" and prof.quantize.mixed

@@ -1,0 +1,106 @@
+"""Task metrics: judge int8 by what the model is for, not only by its raw tensors.
+
+A profile declares the task (`task: {type: classification|detection|dense, ...}`); `task_metrics`
+turns fp32 and int8 outputs over the evaluation inputs into the numbers users know (top-1/top-5
+agreement, mAP@0.5 and mAP@0.5:0.95 of int8 boxes against fp32 boxes, IoU of thresholded maps)
+and the gates can name them (`map50>=0.95`, `mask_iou>=0.9`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deployer.errors import DeployerError
+
+TASK_TYPES = ("classification", "detection", "dense")
+# gate metric name -> the task that produces it
+TASK_METRICS = {"map50": "detection", "map50_95": "detection", "mask_iou": "dense", "mask_iou_min": "dense",
+                "top1_agreement_low": "classification"}
+
+
+@dataclass
+class TaskSpec:
+    type: str = "classification"
+    output: str | None = None                   # blob to judge (default: the first output)
+    # detection (YOLOv8 head)
+    num_classes: int | None = None
+    conf: float = 0.25                           # reference (fp32) boxes: this confidence and up
+    iou: float = 0.45                            # NMS IoU
+    class_names: list[str] = field(default_factory=list)
+    # dense
+    threshold: float = 0.3
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+
+
+_KEYS = {"type", "output", "num_classes", "conf", "iou", "class_names", "threshold"}
+
+
+def parse_task(raw: Any, where: str = "task") -> TaskSpec:
+    """`task: detection` or a mapping with `type:` and the decode options."""
+    if raw is None:
+        return TaskSpec()
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, dict):
+        raise DeployerError(f"{where}: expected a task name or mapping, got {type(raw).__name__}",
+                            hint="e.g. `task: detection` or `task: {type: dense, threshold: 0.3}`")
+    unknown = sorted(set(raw) - _KEYS)
+    if unknown:
+        raise DeployerError(f"{where}: unknown key {unknown[0]!r}", hint=f"known: {', '.join(sorted(_KEYS))}")
+    kind = raw.get("type", "classification")
+    if kind not in TASK_TYPES:
+        raise DeployerError(f"{where}.type: unknown task {kind!r}", hint=f"one of {', '.join(TASK_TYPES)}")
+    spec = TaskSpec(type=kind)
+    try:
+        if "output" in raw:
+            spec.output = str(raw["output"])
+        if "num_classes" in raw:
+            spec.num_classes = int(raw["num_classes"])
+        for key in ("conf", "iou", "threshold"):
+            if key in raw:
+                setattr(spec, key, float(raw[key]))
+        if "class_names" in raw:
+            spec.class_names = [str(x) for x in raw["class_names"]]
+    except (TypeError, ValueError) as err:
+        raise DeployerError(f"{where}: bad value ({err})") from None
+    if spec.class_names and spec.num_classes is None:
+        spec.num_classes = len(spec.class_names)
+    for key in ("conf", "iou"):
+        if not 0 <= getattr(spec, key) <= 1:
+            raise DeployerError(f"{where}.{key}: {getattr(spec, key)} is not between 0 and 1")
+    return spec
+
+
+def task_metrics(spec: TaskSpec, references: list[dict[str, np.ndarray]], tests: list[dict[str, np.ndarray]],
+                 labels: list[int] | None = None) -> dict[str, Any]:
+    """{metric: value, ..., "detail": {...}} for the spec's task over paired fp32/int8 outputs."""
+    if not references:
+        return {}
+    blob = spec.output or next(iter(references[0]))
+    if blob not in references[0]:
+        raise DeployerError(f"task.output: the model has no output {blob!r}", hint=f"outputs: {', '.join(references[0])}")
+    refs = [r[blob] for r in references]
+    outs = [t[blob] for t in tests]
+    if spec.type == "detection":
+        from deployer.check.tasks.detection import decode_yolov8, mean_average_precision
+
+        ref_det = [decode_yolov8(r, spec.num_classes, conf=spec.conf, iou=spec.iou) for r in refs]
+        # the test side keeps low-confidence boxes so the precision/recall curve is complete
+        test_det = [decode_yolov8(t, spec.num_classes, conf=min(spec.conf, 0.001), iou=spec.iou) for t in outs]
+        res = mean_average_precision(ref_det, test_det)
+        return {"map50": res.map50, "map50_95": res.map, "detail": res.to_dict(spec.class_names or None)}
+    if spec.type == "dense":
+        from deployer.check.tasks.dense import mask_iou
+
+        res = mask_iou(refs, outs, spec.threshold)
+        return {"mask_iou": res.mask_iou, "mask_iou_min": res.mask_iou_min, "detail": res.to_dict()}
+    from deployer.check.tasks.classification import classification
+
+    res = classification(refs, outs, labels)
+    return {"top1_agreement": res.top1_agreement, "top1_agreement_low": res.top1_interval[0],
+            "top5_agreement": res.top5_agreement, "detail": res.to_dict()}

@@ -1,0 +1,232 @@
+"""Accuracy beyond calibration: per-layer weight refinements applied after the table is chosen.
+
+`quantize` picks activation scales (the method) first; then, with those scales fixed, it can
+(1) learn each layer's weight rounding on calibration data (deployer.quant.adaround) and
+(2) correct each layer's bias for the mean error int8 leaves in its output (deployer.quant.biascorr).
+Both are written back into a copy of the *fp32* model — rounded weights as exactly `code / scale`,
+corrections into the float bias — so the ordinary int8 conversion (deployer.quant.int8) turns it
+into the intended int8 codes and the files are stock ncnn files.
+
+Not here: cross-layer equalization. It evens out per-tensor *weight* ranges across channels, but
+ncnn already gives every output channel (every depthwise group) its own weight scale, and
+MobileNetV2's ReLU6 is not scale-invariant (relu6(x/s)*s clips at 6s), so the rescaled fp32 model
+would not even compute the same function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from deployer.ncnn.modelbin import Weight
+from deployer.quant.adaround import optimise_rounding
+from deployer.quant.arith import round_half_away
+from deployer.quant.biascorr import bias_shift
+from deployer.quant.layerdata import QUANTIZED_TYPES, LayerData, collect_layer_data
+
+Progress = Callable[[str, int, int], None]
+TECHNIQUES = ("adaround", "biascorr")
+
+
+@dataclass
+class RefineReport:
+    techniques: list[str]
+    layers: int = 0
+    rounding_improved: int = 0                      # layers where learnt rounding beat nearest
+    rounding_loss: dict[str, float] = field(default_factory=dict)   # layer -> error vs nearest (1.0 = same)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        worst = sorted(self.rounding_loss.items(), key=lambda kv: kv[1])[:5]
+        return {"techniques": self.techniques, "layers": self.layers, "rounding_improved": self.rounding_improved,
+                "best_rounding_gains": {k: round(v, 4) for k, v in worst}, "seconds": self.seconds}
+
+
+def _table_scales(table: Any, name: str) -> tuple[np.ndarray | None, float | None]:
+    from deployer.quant.int8 import as_scale_table
+
+    st = as_scale_table(table)
+    w = st.weight.get(f"{name}_param_0")
+    b = st.blob.get(name)
+    return (None if w is None else np.asarray(w, np.float32)), (None if not b else float(b[0]))
+
+
+def _weights(model: Any, name: str) -> dict[str, Weight]:
+    return {w.name: w for w in model.weights.get(name, [])}
+
+
+def _set_bias(model: Any, layer: Any, bias: np.ndarray) -> None:
+    ws = model.weights.setdefault(layer.name, [])
+    for i, w in enumerate(ws):
+        if w.name == "bias":
+            ws[i] = Weight(name="bias", data=bias.astype(np.float32), storage=w.storage, tagged=w.tagged)
+            return
+    layer.params[1 if layer.type == "InnerProduct" else 5] = 1          # bias_term
+    pos = next(i for i, w in enumerate(ws) if w.name == "weight") + 1
+    ws.insert(pos, Weight(name="bias", data=bias.astype(np.float32), storage="raw", tagged=False))
+
+
+@dataclass
+class Refinement:
+    """New fp32 weights / biases per layer; `apply(exclude)` puts them into a copy of the model.
+
+    Layers that end up fp32 (mixed precision, keep_fp32) keep their original weights and bias: the
+    corrections compensate int8 errors they no longer have."""
+
+    model: Any
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    biases: dict[str, np.ndarray] = field(default_factory=dict)
+    report: RefineReport = field(default_factory=lambda: RefineReport([]))
+
+    def apply(self, exclude: frozenset[str] | set[str] = frozenset()) -> Any:
+        out = copy.copy(self.model)
+        out.weights = dict(self.model.weights)
+        out.graph = copy.deepcopy(self.model.graph)
+        for name in set(self.weights) | set(self.biases):
+            if name in exclude:
+                continue
+            layer = out.graph.layer(name)
+            ws = list(out.weights.get(name, []))
+            if name in self.weights:
+                ws = [Weight(name="weight", data=self.weights[name], storage="fp32", tagged=True)
+                      if w.name == "weight" else w for w in ws]
+            out.weights[name] = ws
+            if name in self.biases:
+                _set_bias(out, layer, self.biases[name])
+        return out
+
+
+def refine(model: Any, param: Any, bin_: Any, table: Any, samples: list[dict[str, np.ndarray]],
+           techniques: list[str], *, exclude: frozenset[str] = frozenset(), threads: int = 2,
+           iters: int = 300, progress: Progress | None = None) -> Refinement:
+    """Refined weights for `model` (an NcnnModel loaded from `param`/`bin_`) and this `table`.
+
+    Layers in `exclude` and layers the table does not cover are left alone.
+    """
+    result = Refinement(model, report=RefineReport(list(techniques)))
+    report = result.report
+    if not techniques:
+        return result
+    layers, wscales, ascales = [], {}, {}
+    for layer in model.graph.layers:
+        if layer.type not in QUANTIZED_TYPES or layer.name in exclude or int(layer.get(19, 0)):
+            continue
+        ws, a = _table_scales(table, layer.name)
+        if ws is None or a is None or "weight" not in _weights(model, layer.name):
+            continue
+        layers.append(layer)
+        wscales[layer.name], ascales[layer.name] = ws, a
+    with _one_blas_thread():
+        if "adaround" in techniques or "biascorr" in techniques:
+            t0 = time.monotonic()
+            # one ncnn thread: the nets are small per call and OpenMP workers spinning next to numpy
+            # made a 50-input MTCNN pass take 30 s instead of 1 s on a busy 2-core machine
+            data = collect_layer_data(param, bin_, layers, ascales, samples, threads=1, progress=progress)
+            report.seconds["collect"] = round(time.monotonic() - t0, 3)
+            t0 = time.monotonic()
+            for i, layer in enumerate(layers):
+                if layer.name in data:
+                    _refine_layer(result, layer, wscales[layer.name], data[layer.name], techniques, iters)
+                if progress:
+                    progress("refine", i + 1, len(layers))
+            report.seconds["refine"] = round(time.monotonic() - t0, 3)
+        report.layers = len(layers)
+    return result
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """The (rows x K) @ (K x K) products are small: BLAS threads only spin against ncnn's and
+    other processes' threads (20 s instead of 1 s per layer on a loaded 2-core host)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:               # optional: without it BLAS keeps its own thread count
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
+def _refine_layer(result: Refinement, layer: Any, scales: np.ndarray, data: LayerData, techniques: list[str],
+                  iters: int) -> None:
+    """Learnt rounding for one layer, stored as fp32 weights exactly on the int8 grid (`code / scale`)
+    so the int8 writer's round-to-nearest reproduces the learnt codes; then the local bias correction
+    (biascorr.bias_shift) for whichever codes the layer ends up with."""
+    report = result.report
+    flat = np.asarray(_weights(result.model, layer.name)["weight"].data, np.float32)
+    geo = data.geometry
+    g, og = geo.groups, geo.out_per_group
+    w = flat.reshape(g, og, -1)
+    s = np.asarray(scales, np.float32)
+    s = np.repeat(s.reshape(g, 1), og, axis=1) if s.size == g and og > 1 else s.reshape(g, og)
+    # the code range the table's scale implies: 31 for ncnn's 6-bit 3x3s1 convs, else 127
+    levels = 31 if float(np.max(np.abs(w) * s[..., None])) <= 31.5 else 127
+    codes = np.clip(round_half_away(w * s[..., None]), -levels, levels)
+    if "adaround" in techniques:
+        res = optimise_rounding(w, s, levels, data, iters=iters)
+        report.rounding_loss[layer.name] = res.loss / res.loss_nearest if res.loss_nearest > 0 else 1.0
+        report.rounding_improved += int(res.improved)
+        codes = res.codes
+        if res.improved:
+            result.weights[layer.name] = (codes / s[..., None]).astype(np.float32).reshape(-1)
+    if "biascorr" in techniques:
+        a = (codes / s[..., None]).astype(np.float32)
+        wts = _weights(result.model, layer.name)
+        shift = bias_shift(w, a, data).reshape(-1)
+        old = np.asarray(wts["bias"].data, np.float32) if "bias" in wts else np.zeros(shift.size, np.float32)
+        result.biases[layer.name] = old + shift
+
+
+def parse_techniques(raw: Any, where: str) -> list[str]:
+    """`refine: [adaround, biascorr]`, `refine: none` or a comma list; unknown names are errors."""
+    from deployer.errors import DeployerError
+
+    if isinstance(raw, str):
+        items = [x.strip() for x in raw.split(",") if x.strip()]
+    elif isinstance(raw, (list, tuple)):
+        items = [str(x).strip() for x in raw]
+    else:
+        raise DeployerError(f"{where}: expected a list of techniques, got {type(raw).__name__}",
+                            hint=f"e.g. [{', '.join(TECHNIQUES)}] or none")
+    if items in (["none"], ["off"], []):
+        return []
+    bad = [x for x in items if x not in TECHNIQUES]
+    if bad:
+        raise DeployerError(f"{where}: unknown technique {bad[0]!r}", hint=f"choose from {', '.join(TECHNIQUES)} or none")
+    return list(dict.fromkeys(items))
+
+
+# What `quantize` runs when the profile says nothing (bench/bench_quantize.py --techniques measures
+# each technique; a technique goes in here only when it helps there). Whatever runs is also kept
+# per model only if it raises the eval score (refine_step).
+DEFAULT_TECHNIQUES: list[str] = []
+
+
+def refine_step(evaluator: Any, model: Any, param: Any, bin_: Any, table: Any, samples: list[dict[str, np.ndarray]],
+                techniques: list[str], base_exclude: frozenset[str], start: Any, *, threads: int = 2,
+                progress: Progress | None = None) -> tuple[dict, Any]:
+    """Refine the chosen table's weights and keep the result only if the eval score improves.
+
+    Returns (report entry, the Evaluation to continue with). When kept, `evaluator.prepare` makes
+    every later candidate (mixed precision, the final model) start from the refined weights.
+    """
+    if not techniques:
+        return {"ran": False, "techniques": []}, start
+    t0 = time.monotonic()
+    refinement = refine(model, param, bin_, table, samples, techniques, exclude=base_exclude, threads=threads,
+                        progress=progress)
+    evaluator.prepare = refinement.apply
+    ev = evaluator.evaluate(table, base_exclude)
+    kept = ev.score > start.score or (ev.score == start.score and ev.error < start.error)
+    if not kept:
+        evaluator.prepare = None
+    info = {"ran": True, "techniques": list(techniques), "kept": kept,
+            "score_before": round(float(start.score), 6), "score_after": round(float(ev.score), 6),
+            "error_before": start.error, "error_after": ev.error, "calibration_inputs": len(samples),
+            "seconds": round(time.monotonic() - t0, 3), **refinement.report.to_dict()}
+    return info, (ev if kept else start)
