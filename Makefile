@@ -17,6 +17,7 @@ test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow and not boards"
 
 bench: setup
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e ".[bench]"
 	for b in bench/bench_*.py bench/ncnn_io.py; do $(VENV)/bin/python $$b || exit 1; done
 
 clean-sim:

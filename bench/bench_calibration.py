@@ -91,7 +91,8 @@ def run_subprocess(argv: list[str]) -> tuple[float, float]:
 
 def shared_collection(model, lst: Path, methods: list[str], threads: int) -> dict:
     """Collect once, then every method: the pipeline's way of comparing methods."""
-    from deployer.quant.ncnn2table import Calibrator, input_specs, parse_args, read_lists
+    from deployer.quant.calibration import Calibrator
+    from deployer.quant.ncnn2table import input_specs, parse_args, read_lists
     from deployer.quant.weights import load_model
 
     args = parse_args([str(model.param), str(model.bin), str(lst), "x.table",

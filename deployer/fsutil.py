@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file next to `path`; on clean exit fsync and rename it over `path`."""
+def atomic_open(path: str | os.PathLike, mode: str = "wb", perms: int | None = None) -> Iterator[IO]:
+    """Open a temp file next to `path`; on clean exit fsync and rename it over `path`.
+
+    The file gets `perms` if given (e.g. 0o600 for a private key: never readable by others, not
+    even for a moment), else the replaced file's mode, else 0666 minus the umask like open()."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, perms if perms is not None else _new_file_mode(path))   # mkstemp makes 0600
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -30,6 +35,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def umask() -> int:
+    """The process umask, read without changing it (/proc; os.umask round trip as a fallback)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a replaced file keeps, else 0666 minus the umask (0644 by default), like open()."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~umask()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -42,15 +69,104 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
-def read_input(path: str | os.PathLike, what: str = "file") -> bytes:
-    """A user-named input file's bytes, or one line saying which file and why it can't be read."""
+# User-named input files are read whole, so a size cap keeps `/dev/zero`-like mistakes and
+# multi-gigabyte typos from eating memory. 4 GiB is above any model a small ARM board can run;
+# DEPLOYER_MAX_INPUT_BYTES overrides it (e.g. for a huge calibration .npy).
+DEFAULT_MAX_INPUT_BYTES = 4 << 30
+
+
+def max_input_bytes() -> int:
+    text = os.environ.get("DEPLOYER_MAX_INPUT_BYTES", "")
+    try:
+        value = int(text) if text else DEFAULT_MAX_INPUT_BYTES
+    except ValueError:
+        value = DEFAULT_MAX_INPUT_BYTES
+    return value if value > 0 else DEFAULT_MAX_INPUT_BYTES
+
+
+def _open_regular(path: str | os.PathLike, what: str, limit: int | None) -> tuple[int, int]:
+    """(fd, size) of a user-named regular file, opened without blocking on FIFOs.
+
+    O_NONBLOCK makes opening a FIFO with no writer return at once instead of hanging; fstat on the
+    open descriptor (not the name) then refuses FIFOs, devices, sockets and folders, so nothing can
+    swap the file between the check and the read.
+    """
     from deployer.errors import DeployerError
 
     try:
-        return Path(path).read_bytes()
+        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise DeployerError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise DeployerError(f"{path}: is a folder, expected a {what}") from None
     except OSError as err:
         raise DeployerError(f"{path}: cannot read {what} ({err.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise DeployerError(f"{path}: is a folder, expected a {what}")
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                    or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
+            raise DeployerError(f"{path}: is {kind}, expected a regular {what}")
+        cap = max_input_bytes() if limit is None else limit
+        if st.st_size > cap:
+            raise DeployerError(
+                f"{path}: {what} is {st.st_size:,} bytes, over the {cap:,}-byte limit",
+                hint="is it the right file? DEPLOYER_MAX_INPUT_BYTES raises the limit")
+        os.set_blocking(fd, True)
+        return fd, st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_input(path: str | os.PathLike, what: str = "file", *, limit: int | None = None) -> Path:
+    """The path, if it names a readable regular file within the size limit; else one-line error.
+
+    For the few readers that must hand a path to a library (ncnn's own loader); everything that can
+    take bytes should use `read_input`.
+    """
+    fd, _ = _open_regular(path, what, limit)
+    os.close(fd)
+    return Path(path)
+
+
+def read_input(path: str | os.PathLike, what: str = "file", *, limit: int | None = None) -> bytes:
+    """A user-named input file's bytes, or one line saying which file and why it can't be read.
+
+    Regular files only (FIFOs, devices and folders are refused without blocking), at most `limit`
+    bytes (default `max_input_bytes()`).
+    """
+    from deployer.errors import DeployerError
+
+    fd, size = _open_regular(path, what, limit)
+    cap = max_input_bytes() if limit is None else limit
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(cap + 1)
+    except OSError as err:
+        raise DeployerError(f"{path}: cannot read {what} ({err.strerror})") from None
+    if len(data) > cap:          # grew while we read it
+        raise DeployerError(f"{path}: {what} is over the {cap:,}-byte limit")
+    return data
+
+
+def read_input_text(path: str | os.PathLike, what: str = "file", *, limit: int | None = None) -> str:
+    """`read_input` decoded as UTF-8; a binary file is one line naming the byte, not a traceback."""
+    from deployer.errors import DeployerError
+
+    raw = read_input(path, what, limit=limit)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DeployerError(f"{path}: not a UTF-8 text {what} (byte {err.start} is 0x{raw[err.start]:02x})") from None
+
+
+@contextlib.contextmanager
+def open_input(path: str | os.PathLike, what: str = "file") -> Iterator[IO[bytes]]:
+    """A user-named regular file opened for streaming (hashing, uploading): no size cap, but FIFOs,
+    devices and folders are refused at once instead of hanging or reading forever."""
+    fd, _ = _open_regular(path, what, limit=1 << 62)
+    with os.fdopen(fd, "rb") as fh:
+        yield fh

@@ -14,24 +14,30 @@ import difflib
 import getpass
 import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
 from deployer.errors import DeployerError
+from deployer.remote.layout import DEFAULT_ROOT, check_root
 
 DEFAULT_TARGETS_DIR = Path("targets")
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 3
+DEFAULT_KEEPALIVE = 5.0        # s of link silence before asking the board for a reply
+DEFAULT_STALL_TIMEOUT = 30.0   # s without any answer from the board before the link counts as dead
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PYTHON_RE = re.compile(r"^[A-Za-z0-9._+/=@~][A-Za-z0-9._+/=@~-]*$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$|^[0-9A-Fa-f:.]+$")
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _SECRET_FIELDS = {"password", "passwd", "pass", "passphrase", "secret"}
 _TOP_FIELDS = ("defaults", "boards", "groups")
 _BOARD_FIELDS = (
     "host", "port", "user", "key", "known_hosts", "jump", "tags", "timeout", "retries",
-    "runtime_dir", "ncnn", "python", "description",
+    "runtime_dir", "ncnn", "python", "description", "keepalive", "stall_timeout", "runtime",
 )
 _NCNN_FIELDS = ("threads", "powersave", "fp16", "winograd", "sgemm")
 
@@ -87,13 +93,16 @@ class Board:
     known_hosts: Path = field(default_factory=lambda: DEFAULT_KNOWN_HOSTS.expanduser())
     jump: list["Board | JumpHost"] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT            # s, connect (TCP + SSH handshake + auth), per attempt
     retries: int = DEFAULT_RETRIES
-    runtime_dir: str = ".deployer"
+    runtime_dir: str = DEFAULT_ROOT
+    keepalive: float = DEFAULT_KEEPALIVE        # s of silence before a keepalive asks the board to answer
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # s without any answer: the link is dead, the operation fails
     ncnn: NcnnOptions = field(default_factory=NcnnOptions)
     python: str = "python3"
     description: str = ""
     source: Path | None = None
+    runtime: str = "auto"                       # native | python | auto (deployer.native.select)
 
     @property
     def where(self) -> str:
@@ -109,8 +118,9 @@ class Board:
             "key": str(self.key) if self.key else None, "known_hosts": str(self.known_hosts),
             "jump": [j.name if isinstance(j, Board) else str(j) for j in self.jump],
             "tags": list(self.tags), "timeout": self.timeout, "retries": self.retries,
+            "keepalive": self.keepalive, "stall_timeout": self.stall_timeout,
             "runtime_dir": self.runtime_dir, "ncnn": dataclasses.asdict(self.ncnn),
-            "python": self.python, "description": self.description,
+            "python": self.python, "description": self.description, "runtime": self.runtime,
             "source": str(self.source) if self.source else None,
         }
 
@@ -134,7 +144,10 @@ class Inventory:
         if name in self.boards:
             return [self.boards[name]]
         if name in self.groups:
-            return self._expand_group(name, ())
+            members = self._expand_group(name, ())
+            if not members:          # a command on nothing must not look like success
+                raise DeployerError(f"group '{name}' in {self._where()} has no boards", hint="list boards under it")
+            return members
         if name.startswith("tag:"):
             tag = name[4:]
             found = [b for b in self.boards.values() if tag in b.tags]
@@ -143,6 +156,8 @@ class Inventory:
                 raise DeployerError(f"no board has tag '{tag}' in {self._where()}{_suggest(tag, tags)}")
             return found
         if name == "all":
+            if not self.boards:
+                raise DeployerError(f"'all': there are no boards in {self._where()}", hint="add boards: to a targets file")
             return list(self.boards.values())
         if "@" in name:
             return [adhoc_board(name)]
@@ -175,12 +190,26 @@ class Inventory:
 
 
 def adhoc_board(spec: str) -> Board:
-    """A board from `user@host[:port]` on the command line, with default known_hosts."""
+    """A board from `user@host[:port]` on the command line, with default known_hosts.
+
+    Checked before any work starts: the name becomes a results folder and the host/user go to
+    ssh_config lookups, so only plain host names, IP addresses and user names are accepted."""
     try:
         j = JumpHost.parse(spec)
     except ValueError as e:
-        raise DeployerError(f"bad board address: {e}") from None
+        raise DeployerError(f"bad board address: {e}", hint="write user@host or user@host:port") from None
+    if not j.user or not _USER_RE.fullmatch(j.user):
+        raise DeployerError(f"bad board address {spec!r}: user {j.user!r} is not a plain user name",
+                            hint="write user@host or user@host:port")
+    if not _HOST_RE.fullmatch(j.host) or j.host.startswith("-"):
+        raise DeployerError(f"bad board address {spec!r}: host {j.host!r} is not a host name or IP address",
+                            hint="write user@host or user@host:port")
     return Board(name=spec, host=j.host, port=j.port, user=j.user)
+
+
+def is_adhoc(spec: str) -> bool:
+    """True for a `user@host[:port]` target (needs no targets file)."""
+    return "@" in spec and not spec.startswith("tag:")
 
 
 def load_targets(paths: str | Path | Iterable[str | Path] | None = None) -> Inventory:
@@ -250,10 +279,9 @@ def _err(path: Path, line: int | None, where: str, msg: str, hint: str | None = 
 
 
 def _load_file(path: Path, inv: Inventory, raw_jumps: dict, raw_groups: list) -> None:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise DeployerError(f"cannot read targets file {path}: {e.strerror}") from None
+    from deployer.fsutil import read_input_text
+
+    text = read_input_text(path, "targets file", limit=16 << 20)
     try:
         loader = _Loader(text)
         loader.name = str(path)
@@ -375,15 +403,31 @@ def _build_board(path: Path, base: Path, name: str, m: _Map, line: int | None) -
     host = get_str("host")
     if host is None:
         raise _err(path, line, where, "missing required field 'host'", hint="add host: <address or ~/.ssh/config alias>")
-    timeout = m.get("timeout", DEFAULT_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise bad("timeout", "must be a positive number of seconds")
+    def get_seconds(key: str, default: float) -> float:
+        v = m.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86400 or v != v:
+            raise bad(key, "must be a positive number of seconds (at most 86400)")
+        return float(v)
+
+    timeout = get_seconds("timeout", DEFAULT_TIMEOUT)
+    keepalive = get_seconds("keepalive", DEFAULT_KEEPALIVE)
+    stall_timeout = get_seconds("stall_timeout", DEFAULT_STALL_TIMEOUT)
+    if stall_timeout < keepalive:
+        raise bad("stall_timeout", f"({stall_timeout:g} s) must be at least keepalive ({keepalive:g} s)")
     tags = m.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
         raise bad("tags", "must be a list of strings")
-    runtime_dir = get_str("runtime_dir", ".deployer")
-    if ".." in PurePosixPath(runtime_dir).parts:
-        raise bad("runtime_dir", "must not contain '..'")
+    runtime_dir = get_str("runtime_dir", DEFAULT_ROOT)
+    try:
+        runtime_dir = check_root(runtime_dir)
+    except ValueError as e:
+        raise bad("runtime_dir", f"{e} (got {runtime_dir!r})") from None
+    python = get_str("python", "python3")
+    if not _PYTHON_RE.fullmatch(python):
+        raise bad("python", f"{python!r} must be a command name or path (no spaces, not starting with '-')")
+    runtime = get_str("runtime", "auto").strip().lower()
+    if runtime not in ("auto", "native", "python"):
+        raise bad("runtime", f"{runtime!r} must be native, python or auto")
     jump = m.get("jump", [])
     if isinstance(jump, str):
         jump = [jump]
@@ -397,13 +441,16 @@ def _build_board(path: Path, base: Path, name: str, m: _Map, line: int | None) -
         key=local_path("key"),
         known_hosts=local_path("known_hosts") or DEFAULT_KNOWN_HOSTS.expanduser(),
         tags=list(tags),
-        timeout=float(timeout),
+        timeout=timeout,
+        keepalive=keepalive,
+        stall_timeout=stall_timeout,
         retries=DEFAULT_RETRIES if m.get("retries") is None else get_int("retries", 0, 20),
         runtime_dir=runtime_dir,
         ncnn=_build_ncnn(path, where, m.get("ncnn"), _line(m, "ncnn") or line),
-        python=get_str("python", "python3"),
+        python=python,
         description=get_str("description", "") if m.get("description") else "",
         source=path,
+        runtime=runtime,
     )
     return board, jump
 

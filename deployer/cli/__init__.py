@@ -7,9 +7,15 @@ push, run, runtime).
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from deployer.cli import boards, ncnn2int8, ncnn2table, quantize, sim
+from deployer.cli import profile as profile_cli
+from deployer.cli import fleet as fleet_cli
+from deployer.cli import native as native_cli
+from deployer.cli.common import handle_errors
 
 app = typer.Typer(
     name="deployer",
@@ -17,6 +23,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: reads the same on a terminal, in a pipe and in a log, and shows flags as
+    # `--json` / `--fp16 / --no-fp16` (rich help labels every flag `<bool>` in typer >= 0.2x).
+    rich_markup_mode=None,
 )
 
 @app.callback()
@@ -26,9 +35,13 @@ def _root() -> None:
 
 for module in (ncnn2table, ncnn2int8, quantize, sim, boards):
     module.register(app)
+profile_cli.register(app)  # deployer.cli.profile: profile, history, compare, report
+fleet_cli.register(app)  # deployer.cli.fleet: deploy, rollback, releases, rollout, status
+native_cli.register(app)  # deployer.cli.native: runtime build
 
 
 @app.command()
+@handle_errors
 def version() -> None:
     """Print deployer's version and the host ncnn wheel's."""
     from deployer import __version__
@@ -43,4 +56,16 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    """The console script: exit codes 0 ok, 1 gate, 2 bad input, 3 board/link, 4 internal (see cli.common)."""
+    from deployer.cli.common import run_app
+
+    code = run_app(app)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        from deployer.cli.common import _silence_stdout
+
+        _silence_stdout()
+    except ValueError:
+        pass
+    sys.exit(code)

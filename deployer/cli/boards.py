@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import time
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -11,6 +13,8 @@ from rich.live import Live
 from rich.table import Table
 
 from deployer.cli.common import console, emit_json, handle_errors, out
+from deployer.cli.progress import Progress, Status, interval_seconds
+from deployer.cli.render import error, human, kv_table, say, warn
 from deployer.errors import DeployerError
 
 runtime_app = typer.Typer(help="The ncnn wheels deployer installs on boards (host cache).", no_args_is_help=True)
@@ -24,16 +28,25 @@ BinOpt = typer.Option(..., "--bin", help="ncnn .bin")
 NcnnVersionOpt = typer.Option(None, "--ncnn-version", help="board wheel version (default: host's)")
 ChecksumOpt = typer.Option(False, "--checksum",
                            help="re-hash every file on the board instead of trusting size+mtime (like rsync -c)")
+LockWaitOpt = typer.Option(120.0, "--lock-wait", help="seconds to wait for another deployer holding the board lock")
 _SPARK = "▁▂▃▄▅▆▇█"
 
 
-def _inventory(targets: Optional[List[Path]]) -> Any:
-    from deployer.targets import load_targets
+def _inventory(targets: Optional[List[Path]], target: str | None = None) -> Any:
+    from deployer.targets import Inventory, is_adhoc, load_targets
 
     paths = [Path(p) for p in targets] if targets else [Path(p) for p in sorted(glob.glob("targets/*.yaml"))]
     if not paths:
+        if target is not None and is_adhoc(target):
+            return Inventory()            # user@host[:port] needs no targets file
         raise DeployerError("no targets: no targets/*.yaml in the current folder; pass --targets FILE")
     return load_targets(paths)
+
+
+def _lock_notice(event: dict[str, Any]) -> None:
+    """Say so when a push has to wait for another deployer's board lock (it may take a while)."""
+    if event.get("type") == "stage" and event.get("holder"):
+        say(f"{event['board']}: waiting for the board lock held by {event['holder']}")
 
 
 def _boards(inventory: Any, target: str) -> list[Any]:
@@ -56,11 +69,19 @@ def sparkline(samples: list[float], width: int = 40) -> str:
 
 
 class LiveView:
-    """Per-board rows that update as the runner's lines arrive (stderr, so --json stays clean)."""
+    """Per-board rows that update as the runner's lines arrive (stderr, so --json stays clean).
+
+    On a terminal a live table; off it (CI logs, pipes) plain lines: every stage change at once,
+    and the latest timing at most every DEPLOYER_PROGRESS_SECONDS per board.
+    """
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
-        self.live = Live(self.render(), console=console, refresh_per_second=8, transient=False)
+        self.plain = not console.is_terminal
+        self.interval = interval_seconds()
+        self._said: dict[str, tuple[str, float]] = {}
+        self.live = Live(self.render(), console=console, refresh_per_second=8, transient=False) if not self.plain \
+            else contextlib.nullcontext()
 
     def __call__(self, event: dict[str, Any]) -> None:
         row = self.rows.setdefault(event["board"], {"stage": "", "samples": [], "cpu": "", "stats": None})
@@ -82,7 +103,29 @@ class LiveView:
             row["stage"] = "partial" if event.get("partial") else "done"
         elif kind == "failed":
             row["stage"] = "failed"
-        self.live.update(self.render())
+        if self.plain:
+            self._plain_line(event["board"], row)
+        else:
+            self.live.update(self.render())
+
+    def _plain_line(self, board: str, row: dict[str, Any]) -> None:
+        from deployer.remote.stats import latency_stats
+
+        now = time.monotonic()
+        stage, said_at = self._said.get(board, ("", 0.0))
+        moving = row["stage"] in ("running",) or row["stage"].startswith("upload ")
+        base = row["stage"].split(" ", 2)[:2] if row["stage"].startswith("upload ") else [row["stage"]]
+        if " ".join(base) == stage and (not moving or now - said_at < self.interval):
+            return
+        self._said[board] = (" ".join(base), now)
+        text = f"run: {board}: {row['stage']}"
+        if row["samples"]:
+            s = latency_stats(row["samples"])
+            text += f", {len(row['samples'])} iterations, last {row['samples'][-1]:.3f} ms" + \
+                (f", median {s.median_ms:.3f} ms" if s else "")
+        if row["stage"] == "warm-up" and row["cpu"]:
+            text += f" ({row['cpu']})"
+        say(text)
 
     def render(self) -> Table:
         from deployer.remote.stats import latency_stats
@@ -129,20 +172,33 @@ def register(app: typer.Typer) -> None:
         from deployer.remote.probe import probe as probe_board
         from deployer.ssh.connect import connect
 
-        inventory = _inventory(targets)
+        inventory = _inventory(targets, target)
         facts = {}
-        for board in _boards(inventory, target):
-            with connect(board, accept_new=accept_new, inventory=inventory) as conn:
-                found = probe_board(conn)
+        failed: list[DeployerError] = []
+        boards = _boards(inventory, target)
+        for board in boards:
+            try:
+                with Status(f"probe {board.name}", enabled=not json_output):
+                    with connect(board, accept_new=accept_new, inventory=inventory) as conn:
+                        found = probe_board(conn)
+            except DeployerError as err:
+                if len(boards) == 1:
+                    raise
+                failed.append(err)          # a dead board must not stop the group
+                facts[board.name] = {"ok": False, "board": board.name, "error": str(err)}
+                continue
             facts[board.name] = found.to_dict()
         if json_output:
             emit_json(facts if len(facts) > 1 else next(iter(facts.values())))
-            return
-        for name, values in facts.items():
-            table = Table(title=name, title_justify="left", show_header=False)
-            for key, value in values.items():
-                table.add_row(key, str(value))
-            out.print(table)
+        else:
+            for name, values in facts.items():
+                if values.get("ok") is False:
+                    continue
+                out.print(kv_table(name, values))  # lists, dicts and None read as text, never as reprs
+        for err in failed:
+            error(str(err))
+        if failed:
+            raise typer.Exit(max(e.exit_code for e in failed))
 
     @app.command()
     @handle_errors
@@ -153,27 +209,35 @@ def register(app: typer.Typer) -> None:
         ncnn_version: Optional[str] = NcnnVersionOpt,
         targets: Optional[List[Path]] = TargetsOpt,
         checksum: bool = ChecksumOpt,
+        lock_wait: float = LockWaitOpt,
         accept_new: bool = AcceptNewOpt,
         json_output: bool = JsonOpt,
     ) -> None:
         """Install the ncnn runtime, the runner and the model on the board(s), without running."""
         from dataclasses import asdict
 
-        from deployer.remote.session import push_boards
-        from deployer.ssh.transfer import rich_progress
+        from deployer.remote.session import BoardFailure, push_boards
 
-        inventory = _inventory(targets)
-        opts = _run_options(param=param, bin=bin, ncnn_version=ncnn_version, checksum=checksum)
-        with rich_progress(console) as bars:
+        inventory = _inventory(targets, target)
+        opts = _run_options(param=param, bin=bin, ncnn_version=ncnn_version, checksum=checksum, lock_wait=lock_wait)
+        with Progress("push") as bars:
             reports = push_boards(_boards(inventory, target), opts, accept_new=accept_new, inventory=inventory,
-                                  progress=bars)
+                                  progress=bars.transfer, on_event=_lock_notice)
+        failed = [r for r in reports.values() if isinstance(r, BoardFailure)]
         if json_output:
-            emit_json({name: asdict(r) for name, r in reports.items()})
-            return
-        for name, r in reports.items():
-            state = "unpacked" if r.runtime.unpacked else "already there"
-            console.print(f"{name}: runtime {r.runtime.path} ({state}); {len(r.uploaded)} file(s) uploaded, "
-                          f"{len(r.files) + 1 - len(r.uploaded)} unchanged")
+            emit_json({name: r.to_json() if isinstance(r, BoardFailure) else {"ok": True, **asdict(r)}
+                       for name, r in reports.items()})
+        else:
+            for name, r in reports.items():
+                if isinstance(r, BoardFailure):
+                    continue
+                state = "unpacked" if r.runtime.unpacked else "already there"
+                say(f"{name}: runtime {r.runtime.path} ({state}); {len(r.uploaded)} file(s) uploaded, "
+                    f"{len(r.files) + 1 - len(r.uploaded)} unchanged")
+        for f in failed:
+            error(str(f.error))
+        if failed:
+            raise typer.Exit(max(f.error.exit_code for f in failed))
 
     @app.command()
     @handle_errors
@@ -201,26 +265,45 @@ def register(app: typer.Typer) -> None:
         results: Path = typer.Option(Path("results"), "--results", help="folder for results/<board>/<time>.json"),
         targets: Optional[List[Path]] = TargetsOpt,
         checksum: bool = ChecksumOpt,
+        lock_wait: float = LockWaitOpt,
+        runtime: Optional[str] = typer.Option(None, "--runtime", help="native | python | auto (default: the board's runtime:, else auto)"),
+        layers: bool = typer.Option(False, "--layers", help="per-layer times (native benchmark build)"),
+        fp32_param: Optional[Path] = typer.Option(None, "--fp32-param", help="with --layers: the fp32 .param to compare per layer"),
+        fp32_bin: Optional[Path] = typer.Option(None, "--fp32-bin", help="with --layers: the fp32 .bin"),
         accept_new: bool = AcceptNewOpt,
         json_output: bool = JsonOpt,
     ) -> None:
         """Time a model on the board(s): provision, upload, run, stream timings live, save results."""
         from deployer.remote.session import run_boards
 
-        inventory = _inventory(targets)
+        inventory = _inventory(targets, target)
         opts = _run_options(param=param, bin=bin, shape=shape, iterations=iterations, duration=duration,
                             warmup=warmup, threads=threads, powersave=powersave, fp16=fp16, int8=int8,
                             input_blob=input_blob, output_blob=output_blob, fill=fill, seed=seed,
                             input_file=input_file, return_output=return_output, compare=compare,
-                            idle_timeout=idle_timeout, ncnn_version=ncnn_version, checksum=checksum)
+                            idle_timeout=idle_timeout, ncnn_version=ncnn_version, checksum=checksum,
+                            lock_wait=lock_wait, runtime=runtime, layers=layers)
         boards = _boards(inventory, target)
+        from deployer.native.select import check_runtime
+
+        check_runtime(runtime, "--runtime")
+        if (fp32_param is None) != (fp32_bin is None) or (fp32_param is not None and not layers):
+            raise DeployerError("--fp32-param and --fp32-bin go together, with --layers")
         view = LiveView()
         try:
             with view.live:
                 found = run_boards(boards, opts, accept_new=accept_new, inventory=inventory, on_event=view,
                                    results_dir=results)
+                if fp32_param is not None:  # the same layers timed on the fp32 model, joined by layer name
+                    from dataclasses import replace
+
+                    from deployer.native.layers import attach_fp32
+
+                    fp32 = run_boards(boards, replace(opts, param=fp32_param, bin=fp32_bin), accept_new=accept_new,
+                                      inventory=inventory, on_event=view, results_dir=None)
+                    attach_fp32(found, fp32)
         finally:
-            if not console.is_terminal:
+            if not console.is_terminal and not view.plain:
                 console.line()  # rich leaves the last frame unterminated off a tty
         from deployer.remote.session import BoardFailure
 
@@ -231,23 +314,32 @@ def register(app: typer.Typer) -> None:
             emit_json(objs[0] if len(objs) == 1 else {"boards": objs})
         elif done:
             out.print(_summary_table(done))
+            if layers:
+                from deployer.cli.native import render_layers
+
+                render_layers(done)
             for r in done:
                 opts = r.options
-                console.print(f"{r.board}: ncnn {r.facts.get('ncnn_version')}, threads {opts.get('threads')}, "
-                              f"fp16 {opts.get('fp16')}, int8 {opts.get('int8')}, powersave {opts.get('powersave')}"
-                              f" -> {r.saved_to}")
+                say(f"{r.board}: {r.runtime.get('kind', 'python')} runtime, ncnn {human(r.facts.get('ncnn_version'))}, "
+                    f"threads {human(opts.get('threads'))}, "
+                    f"fp16 {human(opts.get('fp16'))}, int8 {human(opts.get('int8'))}, "
+                    f"powersave {human(opts.get('powersave'))} -> {r.saved_to}")
+                if opts.get("peak_rss_kb") and opts.get("load_ms") is not None:
+                    first = opts.get("first_inference_ms")
+                    say(f"{r.board}: peak RSS {opts['peak_rss_kb'] / 1024:.1f} MB, model load {opts['load_ms']:.1f} ms"
+                        + (f", first inference {first:.1f} ms" if first is not None else ""))
                 for warning in r.warnings():
-                    console.print(f"[yellow]{r.board}: {warning}[/]")
+                    warn(f"{r.board}: {warning}")
                 if r.host_compare:
                     c = r.host_compare
-                    console.print(f"{r.board}: output vs host ncnn: "
-                                  + ("bit-identical" if c.get("identical") else
-                                     c.get("error") or f"max abs diff {c['max_abs_diff']:.3g}, cosine {c['cosine']:.6f}"))
+                    say(f"{r.board}: output vs host ncnn: "
+                        + ("bit-identical" if c.get("identical") else
+                           c.get("error") or f"max abs diff {c['max_abs_diff']:.3g}, cosine {c['cosine']:.6f}"))
         for f in failed:
-            console.print(f"[bold red]error:[/] {f.error}", soft_wrap=True)
+            error(str(f.error))
         stopped = [r.board for r in done if r.partial]
         if stopped:  # the runner was signalled on the board: results are saved but incomplete
-            console.print(f"[yellow]stopped early on the board:[/] {', '.join(stopped)} (partial results saved)")
+            warn(f"stopped early on the board: {', '.join(stopped)} (partial results saved)")
         if failed or stopped:
             raise typer.Exit(max([f.error.exit_code for f in failed] + [3 if stopped else 0]))
 
@@ -264,12 +356,15 @@ def register(app: typer.Typer) -> None:
         from deployer.remote import runtime as rt
 
         platform = rt.WheelPlatform(rt.normalize_arch(arch), rt.parse_python(python), rt.parse_glibc(glibc))
-        with console.status(f"pip download ncnn for {platform.arch} / Python {platform.python_dotted}"):
+        before = {w.path for w in rt.list_cached()}
+        with Status(f"runtime fetch: ncnn for {platform.arch} / Python {platform.python_dotted}",
+                    enabled=not json_output):
             wheel = rt.fetch_wheel(platform, version)
+        downloaded = wheel.path not in before
         if json_output:
-            emit_json(rt.describe([wheel])[0] | {"path": str(wheel.path)})
+            emit_json(rt.describe([wheel])[0] | {"path": str(wheel.path), "downloaded": downloaded})
         else:
-            console.print(f"cached {wheel.path}")
+            say(f"{'downloaded' if downloaded else 'already cached, nothing downloaded:'} {wheel.path}")
 
     @runtime_app.command("list")
     @handle_errors

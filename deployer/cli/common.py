@@ -1,21 +1,37 @@
-"""What every command shares: turning DeployerError into one line and an exit code, JSON output."""
+"""What every command shares: one exit code per kind of failure, one line per error, JSON output.
+
+Exit codes (the same for every command):
+    0 ok, 1 a gate failed, 2 bad input (DeployerError, usage errors, a host file that cannot be
+    read or written), 3 a board or its link failed (RemoteError, a dropped connection),
+    4 an internal error (a bug: one line on stderr, the traceback in a log file), 130 Ctrl-C.
+
+No traceback ever reaches stderr: `handle_errors` wraps each command (so --json failures are JSON
+too) and `run_app` wraps the whole program (usage errors, anything raised outside a command).
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
+import re
+import socket
 import sys
+import time
+import traceback
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import typer
-from rich.console import Console
 
+from deployer.cli.render import console, error, out, warn  # noqa: F401  (re-exported for the commands)
 from deployer.errors import DeployerError
 
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
-
 F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_REMOTE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+_MAX_LINE = 600
 
 
 def emit_json(obj: Any) -> None:
@@ -26,7 +42,6 @@ def emit_json(obj: Any) -> None:
 
 def _json_default(o: Any) -> Any:
     import dataclasses
-    from pathlib import Path
 
     if dataclasses.is_dataclass(o):
         return dataclasses.asdict(o)
@@ -44,15 +59,119 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def one_line(text: str, limit: int = _MAX_LINE) -> str:
+    """Collapse any message to a single line (a log line must not be split by the message itself)."""
+    flat = re.sub(r"\s*\n\s*", " | ", str(text).strip())
+    flat = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "?", flat)
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def fail(err: DeployerError, json_mode: bool = False) -> "typer.Exit":
+    """Report a DeployerError (one line, JSON too with --json) and return the Exit to raise."""
+    return _report(one_line(str(err)), err.exit_code, json_mode)
+
+
+def _report(message: str, code: int, json_mode: bool, *, prefix: bool = True) -> "typer.Exit":
     if json_mode:
-        emit_json({"ok": False, "error": str(err)})
-    console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
-    return typer.Exit(err.exit_code)
+        try:
+            emit_json({"ok": False, "error": message, "exit_code": code})
+        except OSError:
+            pass
+    if prefix:
+        error(message)
+    else:
+        from deployer.cli.render import line
+
+        line(message, prefix="internal error: ", prefix_style="bold red")
+    return typer.Exit(code)
+
+
+def logs_dir() -> Path:
+    """$DEPLOYER_CACHE/logs (default ~/.cache/deployer/logs): where internal errors leave their details."""
+    base = os.environ.get("DEPLOYER_CACHE") or str(Path.home() / ".cache" / "deployer")
+    return Path(base).expanduser() / "logs"
+
+
+def command_name() -> str:
+    """`quantize`, `sim-down`...: the words of argv before the first option, for the log's name."""
+    words = []
+    for arg in sys.argv[1:]:
+        if arg.startswith("-") or len(words) == 2:
+            break
+        words.append(re.sub(r"[^A-Za-z0-9_.-]", "_", arg)[:32])
+    return "-".join(words) or "deployer"
+
+
+def write_crash_log(exc: BaseException) -> Path | None:
+    """The traceback and the command line, in a file of its own; None when even that fails."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    text = (f"deployer internal error at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+            f"argv: {sys.argv!r}\ncwd: {os.getcwd() if os.path.isdir('.') else '?'}\npython: {sys.version}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    for folder in (logs_dir(), Path(os.environ.get("TMPDIR", "/tmp"))):
+        try:
+            from deployer.fsutil import write_text
+
+            path = folder / f"{stamp}-{os.getpid()}-{command_name()}.log"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_text(path, text)
+            return path
+        except Exception:  # noqa: BLE001 - the log is best effort; the one-line error still goes out
+            continue
+    return None
+
+
+def classify(exc: BaseException) -> tuple[int, str, bool]:
+    """(exit code, one-line message, internal?) for any exception a command let out."""
+    if isinstance(exc, DeployerError):
+        return exc.exit_code, one_line(str(exc)), False
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted", False
+    paramiko = sys.modules.get("paramiko")
+    if paramiko is not None and isinstance(exc, getattr(paramiko, "SSHException", ())):
+        return EXIT_REMOTE, one_line(f"SSH: {exc or type(exc).__name__}"), False
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, socket.gaierror, EOFError)):
+        return EXIT_REMOTE, one_line(f"connection failed: {exc or type(exc).__name__}"), False
+    if isinstance(exc, OSError) and exc.filename is not None:
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        why = exc.strerror or str(exc)
+        hint = {errno.ENOSPC: "free some space and retry", errno.EDQUOT: "free some space and retry",
+                errno.EACCES: "check the permissions", errno.EROFS: "choose a writable folder",
+                errno.ENOENT: "check the path"}.get(exc.errno or 0)
+        return EXIT_INPUT, one_line(f"{where}: {why}" + (f" ({hint})" if hint else "")), False
+    detail = one_line(str(exc)) or "(no message)"
+    return EXIT_INTERNAL, f"{type(exc).__name__}: {detail}", True
+
+
+def report_exception(exc: BaseException, json_mode: bool = False) -> "typer.Exit":
+    """The one line for `exc` (plus the crash log for internal errors); returns the Exit to raise."""
+    if isinstance(exc, BrokenPipeError):
+        _silence_stdout()
+        return typer.Exit(EXIT_INPUT)
+    code, message, internal = classify(exc)
+    if internal:
+        log = write_crash_log(exc)
+        where = f"details in {log}" if log else "could not write a log; run with python -X dev for details"
+        return _report(one_line(f"{message} ({where})"), code, json_mode, prefix=False)
+    if code == EXIT_INTERRUPTED:
+        from deployer.cli.render import line
+
+        line("interrupted", style="yellow")
+        return typer.Exit(code)
+    return _report(message, code, json_mode)
+
+
+def _silence_stdout() -> None:
+    """stdout's reader went away (`deployer ... | head`): stop writing there, quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def handle_errors(fn: F) -> F:
-    """Wrap a command: DeployerError -> one red line + its exit code; Ctrl-C -> exit 130.
+    """Wrap a command: every exception becomes one line and its exit code (see the module doc).
 
     The wrapped command must take a `json_output` keyword if it supports --json, so errors are
     reported as JSON too.
@@ -62,10 +181,77 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except DeployerError as err:
-            raise fail(err, bool(kwargs.get("json_output"))) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the point: nothing escapes as a traceback
+            if _is_click_exception(exc):
+                raise
+            raise report_exception(exc, bool(kwargs.get("json_output"))) from None
 
+    wrapper.__deployer_handles_errors__ = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+# --- the whole program ----------------------------------------------------------------------------
+
+def _click_exceptions() -> tuple[type, ...]:
+    """ClickException wherever this typer keeps it (vendored in typer >= 0.2x, click before)."""
+    found: list[type] = []
+    for mod in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = __import__(mod, fromlist=["ClickException"])
+        except ImportError:
+            continue
+        found += [getattr(module, n) for n in ("ClickException", "Abort") if isinstance(getattr(module, n, None), type)]
+    return tuple(found)
+
+
+def _is_click_exception(exc: BaseException) -> bool:
+    return isinstance(exc, _click_exceptions())
+
+
+def _usage_line(exc: Any) -> str:
+    """`deployer quantize: No such option: --bogus (see deployer quantize --help)`"""
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "deployer"
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    return one_line(f"{path}: {message} (see {path} --help)")
+
+
+def run_app(app: typer.Typer, args: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; usage errors are one line with exit 2."""
+    clicks = _click_exceptions()
+    import warnings
+
+    # a library warning is a `warning:` line like ours, not Python's "file.py:166: TableWarning: ..."
+    warnings.showwarning = lambda message, *rest, **kw: warn(one_line(str(message)))
+    try:
+        rv = app(args=args, prog_name="deployer", standalone_mode=False)
+        return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+    except (typer.Exit,) as e:  # pragma: no cover - standalone_mode=False returns it instead
+        return int(getattr(e, "exit_code", 0) or 0)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_INPUT)
+    except typer.Abort:
+        from deployer.cli.render import line
+
+        line("aborted", style="yellow")
+        return EXIT_INTERRUPTED
+    except BaseException as exc:  # noqa: BLE001
+        if not isinstance(exc, clicks):
+            return int(report_exception(exc, "--json" in (args if args is not None else sys.argv)).exit_code)
+        if type(exc).__name__ == "Abort":
+            from deployer.cli.render import line
+
+            line("aborted", style="yellow")
+            return EXIT_INTERRUPTED
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            sys.stdout.write(ctx.get_help() + "\n")  # `deployer sim` alone: the help, as click does
+        else:
+            code = int(getattr(exc, "exit_code", EXIT_INPUT) or EXIT_INPUT)
+            if "--json" in (args if args is not None else sys.argv[1:]):
+                _report(_usage_line(exc), code, True)       # --json promises a document on stdout
+            else:
+                error(_usage_line(exc))
+        return int(getattr(exc, "exit_code", EXIT_INPUT) or EXIT_INPUT)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from deployer.cli.common import console, emit_json, handle_errors
+from deployer.cli.render import warn
 
 
 def register(app: typer.Typer) -> None:
@@ -29,21 +30,28 @@ def ncnn2int8(
     """Drop-in for ncnn's ncnn2int8: int8 conv/dw/fc from a calibration table, fp16 elsewhere.
 
     Unlike ncnn2int8, a layer missing from the table stays float on its own, and the report says
-    which layers were quantized and why the others were not.
+    which layers were quantized and why the others were not. The result is loaded and run once in
+    stock ncnn (in a child process) before it is renamed into place.
     """
-    from deployer.quant.int8 import ncnn2int8 as convert
+    from deployer.ncnn.verify import ncnn2int8_verified
 
     with console.status(f"quantizing {inparam.name}"):
-        report = convert(inparam, inbin, outparam, outbin, table, exclude=set(exclude),
-                         float_storage="fp32" if fp32_float else "fp16")
+        report, verified = ncnn2int8_verified(inparam, inbin, outparam, outbin, table, exclude=set(exclude),
+                                              float_storage="fp32" if fp32_float else "fp16")
+    if verified.note:
+        report.warnings.append(verified.note)
     if json_output:
-        emit_json({"ok": True, "param": str(outparam), "bin": str(outbin), **report.to_dict()})
+        emit_json({"ok": True, "param": str(outparam), "bin": str(outbin), **report.to_dict(),
+                   "verified": verified.to_dict()})
     else:
         _render(report)
         console.print(f"wrote [bold]{outparam}[/] and [bold]{outbin}[/]: {len(report.quantized)} layer(s) int8, "
-                      f"{len(report.kept_float)} kept float ({report.float_storage} weights)")
+                      f"{len(report.kept_float)} kept float ({report.float_storage} weights)", soft_wrap=True)
+        if verified.shapes:
+            shown = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in verified.shapes.items())
+            console.print(f"checked: stock ncnn loads it and runs {shown} in {verified.seconds:.1f} s", soft_wrap=True)
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        warn(warning)  # one line, taken literally (a layer name in brackets is not markup)
 
 
 def _render(report) -> None:

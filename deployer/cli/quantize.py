@@ -16,7 +16,9 @@ import typer
 from rich.table import Table
 
 from deployer.cli.common import console, emit_json, handle_errors
-from deployer.profile import Override
+from deployer.cli.progress import Progress
+from deployer.cli.render import error, note, say, warn
+from deployer.profile import METHODS, Override
 
 # profile field -> flag name, for the options both commands share
 _INPUT_FLAGS = {"inputs.mean": "--mean", "inputs.norm": "--norm", "inputs.shape": "--shape",
@@ -65,12 +67,25 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def _outputs_table(outputs: dict[str, dict], title: str) -> Table:
     t = Table(title=title, title_justify="left")
-    for col in ("output", "cosine", "min cos", "PSNR dB", "max |err|", "top-1 agree", "top-5 agree"):
+    for col in ("output", "cosine", "min cos", "PSNR dB", "max |err|", "top-1 agree [95% CI]", "top-5 agree"):
         t.add_column(col, justify="right" if col != "output" else "left")
     for name, s in outputs.items():
+        top1 = _fmt(s.get("top1_agreement"), 3)
+        if s.get("top1_agreement_ci"):
+            lo, hi = s["top1_agreement_ci"]
+            top1 += f" [{lo:.2f}, {hi:.2f}]"
         t.add_row(name, _fmt(s["cosine"]), _fmt(s["min_cosine"]), _fmt(s["psnr"], 2), _fmt(s["max_abs"]),
-                  _fmt(s.get("top1_agreement"), 3), _fmt(s.get("top5_agreement"), 3))
+                  top1, _fmt(s.get("top5_agreement"), 3))
     return t
+
+
+def _task_line(task: dict | None) -> None:
+    """The profile's task metrics (deployer.check.tasks): mAP for detectors, mask IoU for dense maps."""
+    if task:
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in task.items() if k != "detail" and v is not None)
+        detail = task.get("detail", {})
+        extra = f" ({detail['reference_boxes']} fp32 boxes)" if "reference_boxes" in detail else ""
+        console.print(f"task: {shown}{extra}")
 
 
 def _gates_lines(gates: list[dict]) -> None:
@@ -100,13 +115,18 @@ def quantize(
     count: Optional[int] = typer.Option(None, "--count", help="use at most N calibration files"),
     holdout: Optional[float] = typer.Option(None, "--holdout", help="fraction (or count) held out to choose and gate"),
     seed: Optional[int] = typer.Option(None, "--seed", help="shuffle seed for the held-out split"),
+    eval_images: Optional[list[Path]] = typer.Option(None, "--eval", help="evaluation list file or folder that judges "
+                                                     "methods, mixed precision and the gate (repeat per input)"),
+    eval_count: Optional[int] = typer.Option(None, "--eval-count", help="use at most N evaluation files"),
+    eval_min_count: Optional[int] = typer.Option(None, "--eval-min-count",
+                                                 help="warn when fewer evaluation inputs than this"),
     mean: Optional[str] = typer.Option(None, "--mean", help="e.g. 104,117,123 (groups per input: [..],[..])"),
     norm: Optional[str] = typer.Option(None, "--norm", help="e.g. 0.017,0.017,0.017"),
     shape: Optional[str] = typer.Option(None, "--shape", help="network input W,H"),
     pixel: Optional[str] = typer.Option(None, "--pixel", help="RGB | BGR | GRAY | RGBA | BGRA"),
     resize: Optional[str] = typer.Option(None, "--resize", help="resize | letterbox | none"),
     pad_value: Optional[str] = typer.Option(None, "--pad-value", help="letterbox fill (pixel value)"),
-    method: Optional[str] = typer.Option(None, "--method", help="auto (default: try candidates, keep the best) or kl, aciq, maxabs, percentile, mse"),
+    method: Optional[str] = typer.Option(None, "--method", help=f"auto (default: try candidates, keep the best) or one of {', '.join(METHODS)}"),
     candidates: Optional[str] = typer.Option(None, "--candidates", help="methods tried by --method auto, comma separated"),
     keep_fp32: Optional[list[str]] = typer.Option(None, "--keep-fp32", help="layer to keep float (repeat)"),
     mixed: Optional[bool] = typer.Option(None, "--mixed/--no-mixed", help="automatic mixed precision when a gate fails"),
@@ -126,7 +146,10 @@ def quantize(
     for field, value, flag in (
         ("calibration.images", [str(p) for p in calib] if calib else None, "--calib"),
         ("calibration.count", count, "--count"), ("calibration.holdout", holdout, "--holdout"),
-        ("calibration.seed", seed, "--seed"), ("quantize.method", method, "--method"),
+        ("calibration.seed", seed, "--seed"),
+        ("eval.images", [str(p) for p in eval_images] if eval_images else None, "--eval"),
+        ("eval.count", eval_count, "--eval-count"), ("eval.min_count", eval_min_count, "--eval-min-count"),
+        ("quantize.method", method, "--method"),
         ("quantize.candidates", candidates, "--candidates"), ("quantize.keep_fp32", keep_fp32 or None, "--keep-fp32"),
         ("quantize.mixed", mixed, "--mixed"), ("quantize.max_fp32_layers", max_fp32_layers, "--max-fp32-layers"),
         ("gate", gate or None, "--gate"), ("out", str(out) if out else None, "--out"), ("name", name, "--name"),
@@ -136,7 +159,7 @@ def quantize(
             overrides.append(Override(field, value, flag))
     prof = load_profile(profile, overrides)
 
-    with _Progress() as progress:
+    with Progress("quantize") as progress:
         result = run_quantize(prof, progress=progress.update)
     report = result.report
     if json_output:
@@ -145,13 +168,15 @@ def quantize(
         _render_quantize(report)
     if report["gate"]["passed"] is False:
         failed = [g["gate"] for g in report["gate"]["results"] if not g["passed"]]
-        console.print(f"[bold red]error:[/] gate failed: {', '.join(failed)} (files written to {result.paths.folder})")
+        error(f"gate failed: {', '.join(failed)} (files written to {result.paths.folder})")
         raise typer.Exit(1)
 
 
 def _render_quantize(report: dict) -> None:
-    t = Table(title="methods (held-out calibration inputs vs fp32)", title_justify="left")
-    for col in ("method", "mean cosine", "top-1 agree", "gate", "seconds"):
+    ev = report.get("eval", {})
+    t = Table(title=f"methods on {ev.get('count', '?')} eval inputs ({ev.get('source', 'held out')}) vs fp32; "
+                    "best score = cosine + top-1 agreement", title_justify="left")
+    for col in ("method", "score", "mean cosine", "top-1 agree", "gate", "seconds"):
         t.add_column(col, justify="left" if col == "method" else "right")
     for m, row in report["methods"].items():
         outs = list(row["outputs"].values())
@@ -159,51 +184,31 @@ def _render_quantize(report: dict) -> None:
         top1 = [o["top1_agreement"] for o in outs if o.get("top1_agreement") is not None]
         gate = "-" if row["passed"] is None else ("pass" if row["passed"] else "fail")
         style = "bold green" if m == report["method"] else ""
-        t.add_row(f"[{style}]{m}[/]" if style else m, _fmt(cos), _fmt(top1[0] if top1 else None, 3), gate, _fmt(row["seconds"], 2))
+        t.add_row(f"[{style}]{m}[/]" if style else m, _fmt(row.get("score")), _fmt(cos),
+                  _fmt(top1[0] if top1 else None, 3), gate, _fmt(row["seconds"], 2))
     console.print(t)
-    console.print(_outputs_table(report["heldout"]["outputs"], f"final int8 model on {report['heldout']['count']} held-out inputs"))
+    console.print(_outputs_table(report["heldout"]["outputs"], f"final int8 model on {report['heldout']['count']} eval inputs"))
     keep = report["keep_fp32"]
-    if report["mixed"].get("ran"):
-        if report["mixed"]["passed"]:
-            console.print(f"mixed precision: kept {len(keep['auto'])} layer(s) fp32 ({', '.join(keep['auto']) or 'none'}), "
-                          f"costing {report['sizes']['mixed_cost_bytes']} bytes")
+    mixed = report["mixed"]
+    if mixed.get("ran"):
+        if mixed["passed"]:
+            say(f"mixed precision: kept {len(keep['auto'])} layer(s) fp32 ({', '.join(keep['auto']) or 'none'}), "
+                f"costing {report['sizes']['mixed_cost_bytes']:,} bytes; {report['speed']['note']}: "
+                f"x{report['speed']['est_time_vs_all_int8']:.2f}")
         else:
-            console.print(f"mixed precision: the gate is out of reach within the budget "
-                          f"({report['mixed']['candidates_evaluated']} candidates tried); kept the all-int8 model")
+            say(f"mixed precision ({mixed['candidates_evaluated']} candidates): {mixed.get('reason', 'gate out of reach')}")
     if keep["profile"]:
-        console.print(f"kept fp32 by the profile: {', '.join(keep['profile'])}")
+        say(f"kept fp32 by the profile: {', '.join(keep['profile'])}")
+    _task_line(report.get("task"))
     _gates_lines(report["gate"]["results"])
     sizes = report["sizes"]
     console.print(f"method [bold]{report['method']}[/]; {len(report['int8_layers'])} int8 layers, "
                   f"{len(report['fp32_layers'])} float; .bin {sizes['fp32_bin']:,} -> {sizes['int8_bin']:,} bytes "
                   f"({sizes['ratio']:.2f}x smaller); {report['timings']['total']:.1f} s")
     for w in report["warnings"]:
-        console.print(f"[yellow]warning:[/] {w}")
+        warn(w)
     files = report["files"]
-    console.print(f"wrote {files['param']}, {Path(files['bin']).name}, {Path(files['table']).name}, {Path(files['report']).name}")
-
-
-class _Progress:
-    """rich progress on stderr, one bar per pipeline phase."""
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._p = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           console=console, transient=True)
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> "_Progress":
-        self._p.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._p.__exit__(*exc)
-
-    def update(self, phase: str, done: int, total: int) -> None:
-        if phase not in self._tasks:
-            self._tasks[phase] = self._p.add_task(phase, total=total)
-        self._p.update(self._tasks[phase], completed=done, total=total)
+    say(f"wrote {files['param']}, {Path(files['bin']).name}, {Path(files['table']).name}, {Path(files['report']).name}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,7 +222,7 @@ def check(
     bin_: Optional[Path] = typer.Option(None, "--bin", help="fp32 ncnn .bin"),
     int8_param: Optional[Path] = typer.Option(None, "--int8-param", help="int8 .param (default: from the profile's out)"),
     int8_bin: Optional[Path] = typer.Option(None, "--int8-bin", help="int8 .bin"),
-    images: Optional[list[Path]] = typer.Option(None, "--images", help="held-out list file or folder (repeat per input); default: the profile's held-out split"),
+    images: Optional[list[Path]] = typer.Option(None, "--images", help="held-out list file or folder (repeat per input); default: the profile's eval set (else its held-out share)"),
     count: Optional[int] = typer.Option(None, "--count", help="use at most N inputs"),
     mean: Optional[str] = typer.Option(None, "--mean", help="per-channel mean, e.g. 104,117,123 (groups per input: [..],[..])"),
     norm: Optional[str] = typer.Option(None, "--norm", help="per-channel scale, e.g. 0.017,0.017,0.017"),
@@ -231,13 +236,9 @@ def check(
     json_output: bool = typer.Option(False, "--json", help="print the JSON result on stdout"),
 ) -> None:
     """Compare an int8 model with its fp32 original on held-out inputs; exit 1 if a gate fails."""
-    from deployer.check.crosscheck import crosscheck
-    from deployer.check.gates import parse_gates
-    from deployer.check.samples import input_names, list_inputs, load_samples
     from deployer.errors import DeployerError, GateFailed
-    from deployer.ncnn.param import read_param
     from deployer.profile import load_profile
-    from deployer.quant.pipeline import output_paths, resolve_model, split_calibration
+    from deployer.quant.pipeline import run_check
 
     overrides = _model_overrides(param, bin_, None, None) + _input_overrides(mean, norm, shape, pixel, resize, pad_value)
     if images:
@@ -248,29 +249,13 @@ def check(
         overrides.append(Override("threads", threads, "--threads"))
     if profile is None and not images:
         raise DeployerError("--images: missing", hint="give held-out images (list file or folder), or --profile")
-    prof = load_profile(profile, overrides)
-    fp32_param, fp32_bin, _ = resolve_model(prof)
     if (int8_param is None) != (int8_bin is None):
         raise DeployerError("--int8-param and --int8-bin go together", hint="give both, or neither to use the profile's out folder")
-    if int8_param is None:
-        if prof.out is None:
-            raise DeployerError("--int8-param: missing", hint="give --int8-param/--int8-bin, or a profile with out:")
-        paths = output_paths(prof, fp32_param)
-        int8_param, int8_bin = paths.param, paths.bin
-        if not int8_param.is_file():
-            raise DeployerError(f"{int8_param}: int8 model not found", hint="run `deployer quantize` with this profile first")
-    if images:
-        files = [list_inputs(p) for p in prof.calibration.images]
-    else:
-        files = split_calibration(prof).heldout
-    if count is not None:
-        files = [f[:count] for f in files]
-    names = input_names(prof.inputs, read_param(fp32_param).input_names, prof.where("inputs"))
-    gates = parse_gates(prof.gate, prof.where("gate"))
-    with _Progress() as progress:
-        samples = load_samples(files, prof.inputs, names, progress=lambda d, t: progress.update("preprocess", d, t))
-        result = crosscheck((fp32_param, fp32_bin), (int8_param, int8_bin), samples, gates=gates, per_layer=layers,
-                            threads=prof.threads, progress=lambda d, t: progress.update("compare", d, t))
+    prof = load_profile(profile, overrides)
+    with Progress("check") as progress:
+        result = run_check(prof, images=prof.calibration.images if images else None,
+                           int8=(int8_param, int8_bin) if int8_param is not None else None,
+                           count=count, per_layer=layers, progress=progress.update)
     data = result.to_dict()
     if json_output:
         emit_json(data)
@@ -279,7 +264,7 @@ def check(
     if not result.passed:
         failed = [g["gate"] for g in data["gates"] if not g["passed"]]
         if json_output:
-            console.print(f"[bold red]error:[/] gate failed: {', '.join(failed)}")
+            error(f"gate failed: {', '.join(failed)}")
             raise typer.Exit(GateFailed.exit_code)
         raise GateFailed(f"gate failed: {', '.join(failed)}")
 
@@ -297,6 +282,7 @@ def _render_check(data: dict) -> None:
                       _fmt(row["cosine"]), _fmt(row["rel_error"]), _fmt(row["max_abs"]), style=style)
         console.print(t)
     console.print(_outputs_table(data["outputs"], f"outputs on {data['inputs']} inputs (fp32 vs int8)"))
+    _task_line(data.get("task"))
     _gates_lines(data["gates"])
     for n in data["notes"]:
-        console.print(f"[yellow]note:[/] {n}")
+        note(n)

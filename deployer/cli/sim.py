@@ -9,57 +9,46 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from deployer.cli.common import console, emit_json, handle_errors, out
+from deployer.cli.progress import Progress
+from deployer.cli.render import say, warn
 from deployer.sim import host
 from deployer.sim.linkspec import parse_link
-from deployer.sim.manager import MAX_COUNT, BoardStatus, sim_down, sim_status, sim_up
+from deployer.sim.manager import MAX_HOST_COUNT, BoardStatus, sim_down, sim_down_all, sim_status, sim_up
+from deployer.errors import DeployerError
 from deployer.sim.sysroot import ensure_sysroot
 
 class Arch(str, Enum):
     arm64 = "arm64"
     armhf = "armhf"
+    host = "host"      # light boards for fleet scale: host userland + sshd, no emulation
 
 
-sim_app = typer.Typer(help="Emulated ARM boards (qemu-user + network namespaces) reachable over real SSH.",
+sim_app = typer.Typer(help="Emulated ARM boards (qemu-user + network namespaces) reachable over real SSH. "
+                           "Each targets folder (or DEPLOYER_SIM_DIR) is its own simulator instance.",
                       no_args_is_help=True)
+TargetsDirOpt = typer.Option(None, "--targets-dir", help="The instance's targets folder (default: ./targets).")
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(sim_app, name="sim")
 
 
-class _Bar:
-    """rich progress on stderr, fed by the library's (message, done, total) callback."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TimeElapsedColumn(), console=console, transient=True, disable=not enabled)
-        self.task = self.progress.add_task("", total=None)
-
-    def __call__(self, message: str, done: int, total: int) -> None:
-        self.progress.update(self.task, description=message, completed=done, total=total or None)
-
-    def __enter__(self) -> "_Bar":
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-
 @sim_app.command("up")
 @handle_errors
 def up(
-    arch: Arch = typer.Option(Arch.arm64, "--arch", help="Board userland: arm64 (Pi 4, cortex-a72) or armhf (cortex-a15)."),
-    count: int = typer.Option(1, "--count", "-n", min=1, max=MAX_COUNT,
+    arch: Arch = typer.Option(Arch.arm64, "--arch", help="Board userland: arm64 (Pi 4, cortex-a72), armhf (cortex-a15), or host (light boards for fleet scale: host userland + sshd, no emulation)."),
+    count: int = typer.Option(1, "--count", "-n", min=1, max=MAX_HOST_COUNT,
                               help="How many boards of this arch/link should be up."),
     link: Optional[str] = typer.Option(None, "--link", help="Shape the link: 'delay=50,rate=10,loss=1' (ms, Mbit/s, "
                                                           "%) both ways, or 'down:... up:...'."),
-    targets_dir: Optional[Path] = typer.Option(None, "--targets-dir", help="Where sim.yaml goes (default: ./targets)."),
+    targets_dir: Optional[Path] = typer.Option(None, "--targets-dir", help="Where sim.yaml goes (default: ./targets); "
+                                                                            "it names the simulator instance."),
     install_deps: bool = typer.Option(False, "--install-deps", help="apt-get install missing host packages."),
+    image: str = typer.Option("standard", "--image", help="standard (Debian with Python) or minimal (no Python: "
+                                                          "native runtime only)."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Start emulated boards and write targets/sim.yaml (+ sim_known_hosts). Adds only missing boards."""
@@ -69,9 +58,9 @@ def up(
     if missing and not install_deps and not json_output and sys.stdin.isatty():
         console.print(f"deployer sim needs these Debian packages: {', '.join(missing)}")
         install_deps = typer.confirm(f"Run '{host.apt_command(missing)}' now?", default=False, err=True)
-    with _Bar(not json_output) as bar:
+    with Progress("sim up", enabled=not json_output) as bar:
         result = sim_up(arch=arch.value, count=count, link=spec, targets_dir=targets_dir, install_deps=install_deps,
-                        progress=bar)
+                        progress=bar, image=image)
     if json_output:
         emit_json({"ok": True, "targets": result.targets,
                    "known_hosts": result.targets.with_name("sim_known_hosts"), "added": [b.name for b in result.added],
@@ -82,41 +71,62 @@ def up(
                                "up_seconds": b.up_seconds} for b in result.added + result.existing]})
         return
     for warning in result.sysroot.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        warn(warning)
     if not result.sysroot.cached:
-        console.print(f"built {arch.value} sysroot ({result.sysroot.packages} packages) in {result.sysroot.seconds:.1f} s")
+        say(f"built {arch.value} sysroot ({result.sysroot.packages} packages) in {result.sysroot.seconds:.1f} s")
     for b in result.existing:
-        console.print(f"{b.name} ({b.arch}, {b.address}) is already up")
+        say(f"{b.name} ({b.arch}, {b.address}) is already up")
     for b in result.added:
-        console.print(f"[green]{b.name}[/] up: {b.arch} {b.qemu_cpu} at pi@{b.address} ({b.up_seconds:.1f} s)")
-    console.print(f"targets: {result.targets}")
+        say(f"{b.name} up: {b.arch} {b.qemu_cpu} at pi@{b.address} ({b.up_seconds:.1f} s)")
+    say(f"targets: {result.targets}")
 
 
 @sim_app.command("down")
 @handle_errors
 def down(
-    names: Optional[list[str]] = typer.Argument(None, help="Boards to stop (default: all)."),
+    names: Optional[list[str]] = typer.Argument(None, help="Boards to stop (default: all of this instance's)."),
+    targets_dir: Optional[Path] = TargetsDirOpt,
+    all_instances: bool = typer.Option(False, "--all", help="Stop every emulated board on this machine, "
+                                                            "whichever checkout or test session started it."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Stop emulated boards: their processes, namespaces and link shapers; update targets/sim.yaml."""
-    with _Bar(not json_output) as bar:
-        stopped = sim_down(names or None, progress=bar)
+    """Stop this instance's emulated boards: processes, namespaces, link shapers; update its sim.yaml."""
+    if all_instances and (names or targets_dir):
+        raise DeployerError("sim down --all stops every board; give it no board names and no --targets-dir")
+    with Progress("sim down", enabled=not json_output) as bar:
+        if all_instances:
+            by_instance = sim_down_all(progress=bar)
+        else:
+            by_instance = {"": sim_down(names or None, progress=bar, targets_dir=targets_dir)}
+    stopped = [n for names_ in by_instance.values() for n in names_]
     if json_output:
-        emit_json({"ok": True, "stopped": stopped})
+        doc: dict = {"ok": True, "stopped": stopped}
+        if all_instances:
+            doc["instances"] = by_instance
+        emit_json(doc)
+    elif not stopped:
+        say("no emulated boards were running" + (" on this machine" if all_instances else
+                                                  " in this instance (sim down --all stops every instance's)"))
+    elif all_instances:
+        for where, names_ in by_instance.items():
+            say(f"stopped {', '.join(names_)} (instance {where})")
     else:
-        console.print(f"stopped {', '.join(stopped)}" if stopped else "no emulated boards were running")
+        say(f"stopped {', '.join(stopped)}")
 
 
 @sim_app.command("status")
 @handle_errors
-def status(json_output: bool = typer.Option(False, "--json", help="Print the boards as JSON on stdout.")) -> None:
-    """Show each emulated board: arch, CPU, address, link, up/down, sshd answering."""
-    boards = sim_status()
+def status(
+    targets_dir: Optional[Path] = TargetsDirOpt,
+    json_output: bool = typer.Option(False, "--json", help="Print the boards as JSON on stdout."),
+) -> None:
+    """Show this instance's emulated boards: arch, CPU, address, link, up/down, sshd answering."""
+    boards = sim_status(targets_dir=targets_dir)
     if json_output:
         emit_json({"ok": True, "boards": [dict(asdict(b), state=b.state) for b in boards]})
         return
     if not boards:
-        console.print("no emulated boards (start some with: deployer sim up)")
+        say("no emulated boards in this instance (start some with: deployer sim up)")
         return
     out.print(_table(boards))
 
@@ -130,7 +140,7 @@ def sysroot(
     """Build (or check) the cached Debian sysroots the boards run on, without starting boards (for CI set-up)."""
     host.require_root()
     infos = []
-    with _Bar(not json_output) as bar:
+    with Progress("sim sysroot", enabled=not json_output) as bar:
         for a in arch:
             infos.append(ensure_sysroot(a.value, bar))
     if json_output:
@@ -139,9 +149,9 @@ def sysroot(
         return
     for i in infos:
         for warning in i.warnings:
-            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+            warn(warning)
         how = "cached" if i.cached else f"built in {i.seconds:.1f} s"
-        console.print(f"{i.arch}: {i.path} ({i.packages} packages, {how})")
+        say(f"{i.arch}: {i.path} ({i.packages} packages, {how})")
 
 
 def _table(boards: list[BoardStatus]) -> Table:

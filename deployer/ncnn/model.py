@@ -15,6 +15,7 @@ from deployer import fsutil
 from deployer.errors import DeployerError
 from deployer.ncnn.modelbin import Weight, read_bin, weight_layout, write_bin
 from deployer.ncnn.param import Graph, Layer, format_param, read_param
+from deployer.ncnn.validate import check_graph, check_weights
 
 
 @dataclass
@@ -23,11 +24,19 @@ class NcnnModel:
     weights: dict[str, list[Weight]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, param_path: str | os.PathLike, bin_path: str | os.PathLike) -> "NcnnModel":
+    def load(cls, param_path: str | os.PathLike, bin_path: str | os.PathLike, *,
+             allow_nonfinite: bool = False) -> "NcnnModel":
+        """Read and check both files. `allow_nonfinite` lets NaN/Inf weights through (only for
+        byte-parity tests of the int8 transform against ncnn's tool); every command refuses them."""
         graph = read_param(param_path)
         bin_path = Path(bin_path)
+        # everything ncnn would crash on or silently compute garbage from, before anyone uses it;
+        # params first, so a bad param is reported as such and not as a .bin size mismatch
+        check_graph(graph, Path(param_path).name)
         data = fsutil.read_input(bin_path)
-        return cls(graph=graph, weights=read_bin(graph, data, source=bin_path.name))
+        weights = read_bin(graph, data, source=bin_path.name)
+        check_weights(graph, weights, bin_path.name, allow_nonfinite=allow_nonfinite)
+        return cls(graph=graph, weights=weights)
 
     def save(self, param_path: str | os.PathLike, bin_path: str | os.PathLike) -> None:
         """Write both files atomically; serialize everything first so a bad model writes nothing."""

@@ -10,6 +10,7 @@ is a float, otherwise an int; a token starting with a letter or '"' is a string.
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 import os
 import re
@@ -22,6 +23,7 @@ from deployer.fsutil import read_input
 ParamValue = int | float | str | list[int] | list[float]
 
 MAGIC = "7767517"
+MAX_COUNT = 1 << 20        # layers / blobs in one model: far above any real net, far below bad_alloc
 MAX_PARAM_ID = 31          # ncnn's NCNN_MAX_PARAM_COUNT is 32: ids 0..31
 ARRAY_KEY_BASE = -23300    # old-style array key: -23300 - id
 SHAPE_HINT_ID = 30         # `-23330=...` output shape hints
@@ -29,11 +31,14 @@ FEATURE_MASK_ID = 31
 _MAX_VALUE_CHARS = 15      # ParamDict scans values with %15s / %15[^,\n ]
 _MAX_NAME_CHARS = 255
 
-_INT_RE = re.compile(r"[+-]?\d+\Z")
-_FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
-_KEY_RE = re.compile(r"(-?\d+)=")
+# ASCII digits only: Python's \d and int() take "٣" or "1_0", ncnn's sscanf does not
+_INT_RE = re.compile(r"[+-]?\d+\Z", re.ASCII)
+_FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z", re.ASCII)
+_KEY_RE = re.compile(r"(-?\d+)=", re.ASCII)
 _WS_RE = re.compile(r"\s*")
 _TOKEN_RE = re.compile(r'(?:[^\s"]+|"[^"]*")*')
+_NONFINITE_RE = re.compile(r"[+-]?(inf|infinity|nan)(\(.*\))?\Z", re.IGNORECASE)
+_FLT_MAX = 3.4028234663852886e38      # ncnn stores float params as 32-bit floats
 
 
 def _is_float_text(text: str) -> bool:
@@ -196,6 +201,10 @@ def parse_param(text: str, source: str = "<param>") -> Graph:
         if not _INT_RE.match(tok) or int(tok) <= 0:
             raise DeployerError(
                 f"{source}: line {cur.line_of(off)}: {what} must be a positive integer, got {tok!r}")
+        if int(tok) > MAX_COUNT:
+            raise DeployerError(
+                f"{source}: line {cur.line_of(off)}: {what} {tok} is over deployer's limit of "
+                f"{MAX_COUNT:,} (ncnn would try to allocate them all)")
         counts.append(int(tok))
     layer_count, blob_count = counts
     cur.skip_ws()
@@ -310,6 +319,8 @@ def _parse_kv(tok: str, where: str) -> tuple[int, ParamValue]:
         if len(value_text) - 2 > _MAX_NAME_CHARS:
             raise DeployerError(f"{where}: string param {key} is longer than {_MAX_NAME_CHARS}")
         return key, value_text[1:-1]
+    if _NONFINITE_RE.match(value_text):
+        raise DeployerError(f"{where}: param {key} = {value_text!r} is not a finite number")
     if value_text[0].isalpha():
         if len(value_text) > _MAX_NAME_CHARS:
             raise DeployerError(f"{where}: string param {key} is longer than {_MAX_NAME_CHARS}")
@@ -333,7 +344,10 @@ def _parse_scalar(text: str, tok: str, where: str) -> int | float:
     if _is_float_text(text):
         if not _FLOAT_RE.match(text):
             raise DeployerError(f"{where}: cannot read {text!r} in {tok[:40]!r} as a number")
-        return float(text)
+        value = float(text)
+        if not math.isfinite(value) or abs(value) > _FLT_MAX:
+            raise DeployerError(f"{where}: {text!r} in {tok[:40]!r} is not a finite 32-bit float")
+        return value
     if not _INT_RE.match(text):
         raise DeployerError(f"{where}: cannot read {text!r} in {tok[:40]!r} as a number")
     value = int(text)

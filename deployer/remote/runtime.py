@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from deployer.errors import DeployerError, RemoteError
+from deployer.remote import board as board_scripts
+from deployer.remote.layout import BoardLayout, arg
 
 ARCHES = ("aarch64", "armv7l", "x86_64")
 _ARCH_ALIASES = {"arm64": "aarch64", "armhf": "armv7l", "armv7": "armv7l", "armv8l": "armv7l",
@@ -237,26 +239,6 @@ def platform_from_facts(facts: Any, board: str = "board") -> WheelPlatform:
 
 # ---------------------------------------------------------------- on the board
 
-_UNPACK = r"""
-import os, shutil, sys, zipfile
-wheel, dest, sha = sys.argv[1:4]  # the wheel's sha256 was verified on the board by the upload
-parent, name = os.path.split(dest)
-tmp = os.path.join(parent, ".%s.tmp-%d" % (name, os.getpid()))
-shutil.rmtree(tmp, ignore_errors=True)
-zipfile.ZipFile(wheel).extractall(tmp)
-with open(os.path.join(tmp, ".deployer-sha256"), "w") as fh:
-    fh.write(sha + "\n")
-old = None
-if os.path.exists(dest):
-    old = os.path.join(parent, ".%s.old-%d" % (name, os.getpid()))
-    os.rename(dest, old)
-os.rename(tmp, dest)
-if old:
-    shutil.rmtree(old, ignore_errors=True)
-print("unpacked")
-"""
-
-
 @dataclass(frozen=True)
 class RuntimeInstall:
     """Where the board's ncnn lives (PYTHONPATH) and what provisioning had to do."""
@@ -268,18 +250,6 @@ class RuntimeInstall:
     unpacked: bool
 
 
-def remote_root(runtime_dir: str) -> str:
-    """Board runtime_dir as a path the login shell and SFTP both resolve (relative = under home)."""
-    root = runtime_dir.strip() or ".deployer"
-    if root == "~":
-        return "."
-    if root.startswith("~/"):
-        root = root[2:]
-    if ".." in Path(root).parts:
-        raise DeployerError(f"runtime_dir {runtime_dir!r} must not contain '..'")
-    return root.rstrip("/") or "/"
-
-
 def ensure_runtime(conn: Any, wheel: Wheel, *, runtime_dir: str, python: str, board: str,
                    upload: Callable[..., Any], progress: Callable[..., Any] | None = None,
                    markers: dict[str, str | None] | None = None) -> RuntimeInstall:
@@ -288,23 +258,34 @@ def ensure_runtime(conn: Any, wheel: Wheel, *, runtime_dir: str, python: str, bo
     Skips everything when the board already has it (sha256 marker written last, inside the temp dir,
     before the rename: a marker can only exist in a complete unpack). `markers` = the probe's
     `runtimes` (folder name -> marker): when it already shows this wheel, no remote command is needed.
-    Temp folders start with '.', so a probe never mistakes them for runtimes.
+    Temp folders start with '.', so a probe never mistakes them for runtimes; a failed unpack removes
+    its own (deployer/remote/board/unpack.py), and the stale sweep under the board lock any others.
+    Callers that change the board hold the board lock (deployer.remote.lock).
     """
-    root = remote_root(runtime_dir)
-    dest = f"{root}/runtime/{wheel.runtime_name}"
-    remote_wheel = f"{root}/wheels/{wheel.path.name}"
+    lay = BoardLayout(runtime_dir)
+    dest = lay.runtime_for(wheel.runtime_name)
+    remote_wheel = lay.wheel(wheel.path.name)
     sha = wheel.sha256()
     if markers and markers.get(wheel.runtime_name) == sha:
         return RuntimeInstall(dest, wheel.version, wheel.path.name, uploaded=False, unpacked=False)
     # a shell `cat`, not python: on slow or emulated boards a python start costs seconds
-    check = conn.run(["sh", "-c", 'cat -- "$1" 2>/dev/null; exit 0', "sh", f"{dest}/.deployer-sha256"])
+    check = conn.run(["sh", "-c", 'cat -- "$1" 2>/dev/null; exit 0', "sh", arg(lay.runtime_marker(wheel.runtime_name))],
+                     timeout=120)
     if check.rc != 0:
         raise RemoteError(f"{board}: checking the ncnn runtime failed: {_last_line(check)}")
     if check.stdout.strip() == sha:
         return RuntimeInstall(dest, wheel.version, wheel.path.name, uploaded=False, unpacked=False)
     result = upload(conn, wheel.path, remote_wheel, progress=progress)
-    unpack = conn.run([python, "-c", _UNPACK, remote_wheel, dest, sha])
+    unpack = conn.run([python, "-c", board_scripts.script("unpack.py"), arg(remote_wheel), arg(dest), sha],
+                      timeout=600)
     if unpack.rc != 0:
+        words = unpack.stdout.split()
+        if words[:2] == ["error", "nospace"]:
+            free, need = (words[2:4] + ["-", "-"])[:2]
+            detail = (f"board has {int(free) / 1e6:.1f} MB free in {lay.runtime}, needs {int(need) / 1e6:.1f} MB"
+                      if free.isdigit() and need.isdigit() else f"the board's disk filled up in {lay.runtime}")
+            raise RemoteError(f"{board}: cannot unpack {wheel.path.name}: {detail}; nothing was left behind",
+                              hint="free space on the board or point runtime_dir at a bigger filesystem")
         raise RemoteError(f"{board}: unpacking {wheel.path.name} into {dest} failed: {_last_line(unpack)}")
     skipped = bool(getattr(result, "skipped", False))
     return RuntimeInstall(dest, wheel.version, wheel.path.name, uploaded=not skipped, unpacked=True)

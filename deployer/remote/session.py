@@ -12,6 +12,7 @@ Why it is shaped like this:
 
 from __future__ import annotations
 
+import math
 import array
 import base64
 import datetime as _dt
@@ -26,11 +27,11 @@ from typing import Any, Callable, Iterable, Iterator
 from deployer import fsutil
 from deployer.errors import DeployerError, RemoteError
 from deployer.remote import runtime as rt
+from deployer.remote.layout import BoardLayout, arg, check_name
 from deployer.remote.stats import latency_stats
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
 EventSink = Callable[[dict[str, Any]], None]
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
 
 
 @dataclass
@@ -60,6 +61,9 @@ class RunOptions:
     idle_timeout: float = 600.0      # seconds without a line from the runner before it is killed as hung
     ncnn_version: str | None = None  # wheel version on the board; default = the host's ncnn
     checksum: bool = False           # re-hash every remote file instead of trusting the manifest's quick check
+    lock_wait: float = 120.0         # s to wait for another deployer's board lock before giving up
+    runtime: str | None = None       # native | python | auto; None = the board's `runtime:` (default auto)
+    layers: bool = False             # per-layer times (native benchmark build; deployer.native.layers)
 
 
 @dataclass
@@ -86,9 +90,13 @@ class RunResult:
     host_compare: dict[str, Any] | None = None            # board output vs host ncnn (--compare)
     end_state: dict[str, Any] = field(default_factory=dict)
     saved_to: str | None = None
+    profiling: dict[str, Any] = field(default_factory=dict)  # deployer.profiling: context, analysis, flags, history_id
+    layers: dict[str, Any] | None = None                  # per-layer report (deployer.native.layers), --layers
 
     def warnings(self) -> list[str]:
         """Conditions that make timings unreliable (user reports: governor, heat, throttling)."""
+        if self.profiling.get("flags") is not None:  # the board-side context collector's verdict supersedes
+            return [f["message"] for f in self.profiling["flags"]]
         found = []
         governors = {c.get("governor") for c in self.facts.get("cpufreq") or [] if c.get("governor")}
         if governors - {"performance"}:
@@ -117,6 +125,9 @@ class RunResult:
             out["output"] = self.output
         if self.host_compare is not None:
             out["host_compare"] = self.host_compare
+        if self.layers is not None:
+            out["layers"] = self.layers
+        out.update(self.profiling)
         out["warnings"] = self.warnings()
         if self.saved_to:
             out["saved_to"] = self.saved_to
@@ -130,15 +141,9 @@ def _board_default(board: Any, key: str) -> Any:
     return opts.get(key) if isinstance(opts, dict) else getattr(opts, key, None)
 
 
-def _safe_name(name: str, what: str) -> str:
-    if not _SAFE_NAME.match(name) or name in (".", ".."):
-        raise DeployerError(f"{what} {name!r} may only use letters, digits and . _ + - (no '/' or '..')")
-    return name
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with fsutil.open_input(path, "model file") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -149,13 +154,15 @@ def _check_local(opts: RunOptions) -> list[Path]:
     for path, flag in zip(files, ("--param", "--bin", "--input-file")):
         if not Path(path).is_file():
             raise DeployerError(f"{flag} {path}: no such file")
-        _safe_name(Path(path).name, f"{flag} file name")
+        check_name(Path(path).name, f"{flag} file name")
     if opts.iterations < 1:
         raise DeployerError("--iterations must be at least 1")
-    if opts.duration is not None and opts.duration <= 0:
-        raise DeployerError("--duration must be positive (seconds)")
-    if opts.idle_timeout <= 0:
-        raise DeployerError("--idle-timeout must be positive (seconds)")
+    if opts.duration is not None and not 0 < opts.duration < math.inf:      # NaN fails both
+        raise DeployerError("--duration must be a positive number of seconds")
+    if not 0 < opts.idle_timeout < math.inf:
+        raise DeployerError("--idle-timeout must be a positive number of seconds")
+    if not opts.lock_wait >= 0:
+        raise DeployerError("--lock-wait must be 0 or more seconds")
     if opts.warmup < 0:
         raise DeployerError("--warmup must be 0 or more")
     if opts.threads is not None and opts.threads < 1:
@@ -166,9 +173,15 @@ def _check_local(opts: RunOptions) -> list[Path]:
         from deployer.remote.runner import parse_shape
 
         try:
-            parse_shape(opts.shape)
+            dims = parse_shape(opts.shape)
         except ValueError as err:
             raise DeployerError(f"--shape: {err}") from None
+        from deployer.ncnn.validate import check_input_shape
+
+        check_input_shape(tuple(dims), f"--shape {opts.shape}")
+    from deployer.ncnn.model import NcnnModel
+
+    NcnnModel.load(opts.param, opts.bin)     # what the board's ncnn would crash on, refused here
     return [Path(p) for p in files]
 
 
@@ -181,8 +194,8 @@ def runner_argv(python: str, runner: str, opts: RunOptions, board: Any, remote: 
         value = _board_default(board, key)
         return default if value is None else value
 
-    argv = ["env", f"PYTHONPATH={pythonpath}", python, "-u", runner,
-            "--param", remote["param"], "--bin", remote["bin"],
+    argv = ["env", f"PYTHONPATH={pythonpath}", python, "-u", arg(runner),
+            "--param", arg(remote["param"]), "--bin", arg(remote["bin"]),
             "--iterations", str(opts.iterations), "--warmup", str(opts.warmup),
             "--threads", str(int(pick(opts.threads, "threads", 0))),
             "--powersave", str(int(pick(opts.powersave, "powersave", 0))),
@@ -200,7 +213,7 @@ def runner_argv(python: str, runner: str, opts: RunOptions, board: Any, remote: 
     if opts.output_blob:
         argv += ["--output-blob", opts.output_blob]
     if "input_file" in remote:
-        argv += ["--input-file", remote["input_file"]]
+        argv += ["--input-file", arg(remote["input_file"])]
     if opts.return_output or opts.compare:
         argv.append("--return-output")
     return argv
@@ -285,7 +298,8 @@ class Session:
         self.on_event = on_event
         self.name: str = board.name
         self.python: str = getattr(board, "python", None) or "python3"
-        self.root = rt.remote_root(getattr(board, "runtime_dir", None) or ".deployer")
+        self.layout = BoardLayout.for_board(board)
+        self.root = self.layout.root
         self._facts: Any = None
         self.platform_facts: Any = None  # the probe the runtime was chosen from
 
@@ -318,20 +332,46 @@ class Session:
         _emit(self.on_event, self.name, {"type": "progress", "file": remote.rsplit("/", 1)[-1], "done": done,
                                          "total": total})
 
-    def push(self, opts: RunOptions, progress: Callable[..., Any] | None = None) -> PushReport:
-        """Runtime + runner + model files, each skipped when the board already has identical bytes.
+    def locked(self, purpose: str, wait: float) -> Any:
+        """The board lock (deployer.remote.lock) for an operation that changes the board; waiting
+        for another holder shows up as a `stage` event naming it."""
+        from deployer.remote.lock import board_lock
+
+        def waiting(holder: Any) -> None:
+            _emit(self.on_event, self.name, {"type": "stage", "stage": "waiting for the board lock",
+                                             "holder": holder.describe()})
+
+        return board_lock(self.conn, self.layout, purpose=purpose, wait=wait, on_wait=waiting)
+
+    def push(self, opts: RunOptions, progress: Callable[..., Any] | None = None, *, purpose: str = "push"
+             ) -> PushReport:
+        """Runtime + runner + model files, each skipped when the board already has identical bytes,
+        under the board lock (a second push to the same board waits up to opts.lock_wait s).
 
         Upload progress goes to `progress(remote, done, total)`, else to on_event as `progress` events."""
         from deployer.ssh.transfer import upload_many
 
         progress = progress or (self._upload_events if self.on_event else None)
         local = _check_local(opts)
-        install = self.provision(opts.ncnn_version, progress)
-        _emit(self.on_event, self.name, {"type": "stage", "stage": "upload"})
-        keys = ["runner", "param", "bin", "input_file"]
-        remote = [f"{self.root}/bin/runner.py"] + [f"{self.root}/models/{p.name}" for p in local]
-        sent = upload_many(self.conn, list(zip([RUNNER_PATH, *local], remote)), progress,
-                           checksum=opts.checksum)
+        with self.locked(purpose, opts.lock_wait):
+            from deployer.native import select as native
+
+            kind, build = native.choose(self.board, self.probe(), opts.runtime, layers=opts.layers,
+                                        version=opts.ncnn_version)
+            if kind == "native":  # the static runner instead of wheel + runner.py
+                _emit(self.on_event, self.name, {"type": "stage", "stage": "upload"})
+                remote = [self.layout.model(p.name) for p in local]
+                install, sent = native.push_native(self, build, layers=opts.layers, progress=progress,
+                                                   checksum=opts.checksum, extra=list(zip(local, remote)))
+                self.platform_facts = self.probe()
+                return PushReport(install, install.path, dict(zip(["param", "bin", "input_file"], remote)),
+                                  [r.remote for r in sent if not r.skipped])
+            install = self.provision(opts.ncnn_version, progress)
+            _emit(self.on_event, self.name, {"type": "stage", "stage": "upload"})
+            keys = ["runner", "param", "bin", "input_file"]
+            remote = [self.layout.runner] + [self.layout.model(p.name) for p in local]
+            sent = upload_many(self.conn, list(zip([RUNNER_PATH, *local], remote)), progress,
+                               checksum=opts.checksum)
         files = dict(zip(keys, remote))
         uploaded = [r.remote for r in sent if not r.skipped]
         return PushReport(install, files.pop("runner"), files, uploaded)
@@ -340,15 +380,23 @@ class Session:
 
     def run(self, opts: RunOptions, progress: Callable[..., Any] | None = None) -> RunResult:
         started = _dt.datetime.now(_dt.timezone.utc)
-        pushed = self.push(opts, progress)
+        pushed = self.push(opts, progress, purpose="run")
         argv = runner_argv(self.python, pushed.runner, opts, self.board, pushed.files, pushed.runtime.path)
+        if getattr(pushed.runtime, "kind", "python") == "native":
+            from deployer.native.select import native_argv
+
+            argv = native_argv(pushed.runner, argv, layers=opts.layers)
         _emit(self.on_event, self.name, {"type": "stage", "stage": "run"})
         model = {"param": {"path": str(opts.param), "sha256": _sha256(Path(opts.param))},
                  "bin": {"path": str(opts.bin), "sha256": _sha256(Path(opts.bin))}}
+        from deployer.profiling import hook
+
+        context_before = hook.before_run(self.conn)
         stream = self.conn.stream(argv, check=False, idle_timeout=opts.idle_timeout)
         with stream:
-            result = self._collect(self._guard(stream), started, asdict(pushed.runtime), model)
+            result = self._collect(self._guard(stream), started, {"kind": "python", **asdict(pushed.runtime)}, model)
         result.probe = _probe_summary(self.platform_facts)
+        hook.after_run(self.conn, result, context_before)
         if opts.compare and result.output is not None:
             result.host_compare = compare_outputs(result.output, host_reference(result, opts))
             if not opts.return_output:
@@ -392,6 +440,7 @@ class Session:
         samples: list[float] = []
         output = None
         final: dict[str, Any] | None = None
+        layers_line: dict[str, Any] | None = None
         noise: list[str] = []
         stream = iter(lines)
         try:
@@ -412,6 +461,9 @@ class Session:
                     samples.append(float(line["ms"]))
                 elif kind == "output":
                     output = decode_output(line)
+                    continue
+                elif kind == "layers":
+                    layers_line = line
                     continue
                 elif kind == "stats":
                     final = line
@@ -436,18 +488,36 @@ class Session:
             options=options, samples_ms=samples, stats=asdict(stats) if stats else None,
             partial=bool(final.get("partial")), runtime=runtime, model=model, output=output,
             end_state=final.get("end_state") or {})
-        for key in ("load_ms", "input_blob", "output_blob", "shape", "wall_s", "peak_rss_kb"):
+        for key in ("load_ms", "input_blob", "output_blob", "shape", "wall_s", "peak_rss_kb", "first_inference_ms",
+                    "startup_ms"):
             if key in final:
                 result.options[key] = final[key]
+        if layers_line is not None:
+            from deployer.native.layers import report
+
+            result.layers = report(layers_line, result.stats.get("median_ms") if result.stats else None)
         return result
+
+
+def results_folder(board: str) -> str:
+    """The results/<folder> of a board: its name, with an ad-hoc target's ':' (and anything else
+    unsafe in a file name) turned into '_' - `pi@10.200.2.2:2222` -> `pi@10.200.2.2_2222`."""
+    name = re.sub(r"[:\[\]]", "_", board or "")
+    if not re.fullmatch(r"[A-Za-z0-9_@+][A-Za-z0-9._+@-]*", name) or ".." in name:
+        raise DeployerError(f"board name {board!r} cannot name a results folder",
+                            hint="use a board name from targets/*.yaml or user@host[:port]")
+    return name
 
 
 def save_result(result: RunResult, results_dir: Path) -> Path:
     """results/<board>/<UTC timestamp>.json, written atomically."""
-    board = _safe_name(result.board, "board name")
+    board = results_folder(result.board)
     stamp = result.started_at.replace(":", "").replace("-", "")
     path = Path(results_dir) / board / f"{stamp}.json"
     result.saved_to = str(path)
+    from deployer.profiling import hook
+
+    hook.store(result, results_dir)  # history.sqlite next to the JSON files
     fsutil.write_text(path, json.dumps(result.to_json(), indent=2) + "\n")
     return path
 
@@ -480,6 +550,8 @@ def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False,
     BoardFailure and the others still run (one flaky board must not void a fleet benchmark).
     Ctrl-C always stops everything."""
     _check_local(opts)
+    for board in boards:          # before any work: a bad name must not cost a whole benchmark
+        results_folder(board.name)
     results: list[RunResult | BoardFailure] = []
     for board in boards:
         try:
@@ -500,11 +572,19 @@ def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False,
 
 def push_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False, inventory: Any = None,
                 on_event: EventSink | None = None, progress: Callable[..., Any] | None = None
-                ) -> dict[str, PushReport]:
+                ) -> dict[str, PushReport | BoardFailure]:
+    """Push to each board. With one board its error is raised; with several, a failing board (dead
+    link, busy, full disk) is recorded as a BoardFailure and the others still get the push."""
     _check_local(opts)
-    reports = {}
+    reports: dict[str, PushReport | BoardFailure] = {}
     for board in boards:
-        conn, session = open_session(board, accept_new=accept_new, inventory=inventory, on_event=on_event)
-        with conn:
-            reports[board.name] = session.push(opts, progress)
+        try:
+            conn, session = open_session(board, accept_new=accept_new, inventory=inventory, on_event=on_event)
+            with conn:
+                reports[board.name] = session.push(opts, progress)
+        except DeployerError as err:
+            if len(boards) == 1:
+                raise
+            _emit(on_event, board.name, {"type": "failed", "error": str(err)})
+            reports[board.name] = BoardFailure(board.name, err)
     return reports

@@ -37,8 +37,9 @@ class StartedBoard:
 
 
 def prepare_board_dir(board_dir: Path, slot: Slot, profile: BoardProfile, hostname: str, sysroot: Path,
-                      client_pub: str) -> Path:
-    """Fresh overlay dirs plus the files that make this board itself; returns the init config path."""
+                      client_pub: str, lower: str | None = None) -> Path:
+    """Fresh overlay dirs plus the files that make this board itself; returns the init config path.
+    `lower` overrides the overlay lowerdir (deployer.sim.minimal: a Python-hiding layer over the sysroot)."""
     for what, path in (("sim state dir", board_dir), ("sysroot", sysroot)):
         if any(c in str(path) for c in ",:\\"):  # overlayfs mount options cannot carry these
             raise DeployerError(f"{what} {path}: overlayfs cannot use a path containing ',', ':' or '\\'; "
@@ -65,21 +66,21 @@ def prepare_board_dir(board_dir: Path, slot: Slot, profile: BoardProfile, hostna
         p.chmod(mode)
     config = board_dir / "init.json"
     config.write_text(json.dumps({
-        "root": str(board_dir / "root"), "lower": str(sysroot), "upper": str(upper),
+        "root": str(board_dir / "root"), "lower": lower or str(sysroot), "upper": str(upper),
         "work": str(board_dir / "work"), "cpuinfo": str(board_dir / "cpuinfo"), "model": profile.model,
         "hostname": hostname, "qemu_cpu": profile.qemu_cpu}))
     return config
 
 
 def start_board(name: str, slot: Slot, board_dir: Path, config: Path, log: Path,
-                timeout: float = READY_TIMEOUT) -> StartedBoard:
+                timeout: float = READY_TIMEOUT, init_module: str = "deployer.sim.boardinit") -> StartedBoard:
     """Launch the board's namespaces and ARM sshd; return once the sshd answers with its banner.
 
     `log` (the sshd's stderr) lives outside `board_dir`, so it survives a failed start for diagnosis.
     """
     t0 = time.monotonic()
     argv = ["ip", "netns", "exec", slot.netns, "unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-            "--uts", "--kill-child=SIGKILL", "--", sys.executable, "-m", "deployer.sim.boardinit", str(config)]
+            "--uts", "--kill-child=SIGKILL", "--", sys.executable, "-m", init_module, str(config)]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, cwd="/",

@@ -21,9 +21,10 @@ def ensure_client_key(state_dir: Path) -> tuple[Path, str]:
         private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                     serialization.NoEncryption())
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        with atomic_open(path, "wb") as fh:  # mkstemp: already 0600
+        with atomic_open(path, "wb") as fh:
             fh.write(private)
         with atomic_open(pub, "wb") as fh:
             fh.write(public + b" deployer-sim\n")
         pub.chmod(0o644)
+    path.chmod(0o600)   # atomic_open gives new files open()'s 0644; OpenSSH refuses a readable private key
     return path, pub.read_text().strip()

@@ -3,10 +3,12 @@
     from deployer.sim.manager import sim_up, sim_down, sim_status
     result = sim_up(arch="arm64", count=1, link=None, targets_dir=Path("targets"))
     sim_status()            # -> list[BoardStatus]
-    sim_down()              # stops every board of this state dir, rewrites targets/sim.yaml
+    sim_down()              # stops every board of this instance, rewrites targets/sim.yaml
+    sim_down_all()          # stops every instance's boards on this machine
 
-`state_dir` (default `$DEPLOYER_CACHE/sim`) holds one simulator instance: its client key, board
-overlays and state.json. Tests pass their own so they never touch a user's boards.
+`state_dir` holds one simulator instance: its client key, board overlays and state.json. By default
+it belongs to the targets folder (paths.default_state_dir: one per checkout), or DEPLOYER_SIM_DIR.
+Tests pass their own so they never touch a user's boards.
 `sim_up` is idempotent: it makes sure `count` boards of that arch and link exist and adds only the
 missing ones.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from deployer.errors import DeployerError
-from deployer.sim import host
+from deployer.sim import host, instances
 from deployer.sim.board import prepare_board_dir, sshd_answers, start_board, stop_board
 from deployer.sim.keys import KEY_NAME, ensure_client_key
 from deployer.sim.linkspec import LinkSpec
@@ -34,6 +36,7 @@ from deployer.sim.targetsfile import TARGETS_NAME, write_targets
 
 Progress = Callable[[str, int, int], None]
 MAX_COUNT = 32
+MAX_HOST_COUNT = 250      # light boards (--arch host): one host sshd each, no emulation
 
 
 @dataclass
@@ -68,16 +71,27 @@ def check_host(arch: str, shaped: bool, install_deps: bool = False) -> None:
         if not install_deps:
             raise host.missing_packages_error(missing)
         host.install_packages(missing)
+    if arch == "host":
+        from deployer.sim.hostboard import check_host as check_light_host
+
+        check_light_host()
+        return
     host.ensure_binfmt(arch)
 
 
 def sim_up(arch: str = "arm64", count: int = 1, link: LinkSpec | None = None, targets_dir: Path | None = None,
-           state_dir: Path | None = None, install_deps: bool = False, progress: Progress | None = None) -> UpResult:
-    state_dir = (state_dir or default_state_dir()).resolve()
+           state_dir: Path | None = None, install_deps: bool = False, progress: Progress | None = None,
+           image: str = "standard") -> UpResult:
+    """`image`: "standard" (Debian with Python) or "minimal" (no Python; deployer.sim.minimal)."""
+    from deployer.sim.minimal import check_image
+
+    check_image(image)
+    state_dir = (state_dir or default_state_dir(targets_dir)).resolve()
     if arch not in PROFILES:
         raise DeployerError(f"--arch {arch!r} is not supported; use one of: {', '.join(PROFILES)}")
-    if not 1 <= count <= MAX_COUNT:
-        raise DeployerError(f"--count {count} must be between 1 and {MAX_COUNT}")
+    limit = MAX_HOST_COUNT if arch == "host" else MAX_COUNT
+    if not 1 <= count <= limit:
+        raise DeployerError(f"--count {count} must be between 1 and {limit}")
     if link is not None and not link.active:
         link = None
     check_host(arch, link is not None, install_deps)
@@ -90,8 +104,9 @@ def sim_up(arch: str = "arm64", count: int = 1, link: LinkSpec | None = None, ta
         tdir = _targets_dir(state, targets_dir)
         state.targets_dir = str(tdir)
         _reap_dead(state, state_dir)
+        instances.register(state_dir)
         link_json = link.to_json() if link else None
-        existing = [b for b in state.boards if b.arch == arch and b.link == link_json]
+        existing = [b for b in state.boards if b.arch == arch and b.link == link_json and b.image == image]
         added: list[BoardState] = []
         want = max(0, count - len(existing))
         profile = PROFILES[arch]
@@ -99,7 +114,7 @@ def sim_up(arch: str = "arm64", count: int = 1, link: LinkSpec | None = None, ta
             for i in range(want):
                 name = _free_name(state)
                 say(f"starting {name} ({arch}{', ' + link.spec() if link else ''})", i, want)
-                board = _start_one(name, state, state_dir, profile, link, sysroot.path, pub)
+                board = _start_one(name, state, state_dir, profile, link, sysroot.path, pub, image)
                 state.boards.append(board)
                 added.append(board)
                 save_state(state_dir, state)
@@ -107,14 +122,17 @@ def sim_up(arch: str = "arm64", count: int = 1, link: LinkSpec | None = None, ta
         finally:
             write_targets(tdir, key, state.boards)
             save_state(state_dir, state)
+            if not state.boards:
+                instances.unregister(state_dir)
     return UpResult(added, existing[:count], tdir / TARGETS_NAME, sysroot)
 
 
 def sim_down(names: list[str] | None = None, state_dir: Path | None = None,
-             progress: Progress | None = None) -> list[str]:
-    """Stop boards (all, or the named ones) and everything they used; returns the names stopped."""
+             progress: Progress | None = None, targets_dir: Path | None = None) -> list[str]:
+    """Stop this instance's boards (all, or the named ones) and everything they used; returns the names
+    stopped. Boards of other instances (other checkouts, test sessions) are left alone."""
     host.require_root()
-    state_dir = (state_dir or default_state_dir()).resolve()
+    state_dir = (state_dir or default_state_dir(targets_dir)).resolve()
     say = progress or (lambda *_: None)
     with locked():
         state = load_state(state_dir)
@@ -125,6 +143,8 @@ def sim_down(names: list[str] | None = None, state_dir: Path | None = None,
                 raise DeployerError(f"sim down: no emulated board named {', '.join(unknown)} (running: {known})")
         victims = [b for b in state.boards if not names or b.name in names]
         if not victims:
+            if not state.boards:
+                instances.unregister(state_dir)
             return []
         for i, board in enumerate(victims):
             say(f"stopping {board.name}", i, len(victims))
@@ -136,12 +156,21 @@ def sim_down(names: list[str] | None = None, state_dir: Path | None = None,
             write_targets(Path(state.targets_dir), state_dir / KEY_NAME, state.boards)
         if not state.boards:
             state.targets_dir = None
+            instances.unregister(state_dir)
         save_state(state_dir, state)
     return [b.name for b in victims]
 
 
-def sim_status(state_dir: Path | None = None) -> list[BoardStatus]:
-    state = load_state((state_dir or default_state_dir()).resolve())
+def sim_down_all(progress: Progress | None = None) -> dict[str, list[str]]:
+    """Stop the boards of every simulator instance on this machine: {state dir: names stopped}."""
+    host.require_root()
+    with locked():
+        found = instances.registered()
+    return {str(d): stopped for d in found if (stopped := sim_down(state_dir=d, progress=progress))}
+
+
+def sim_status(state_dir: Path | None = None, targets_dir: Path | None = None) -> list[BoardStatus]:
+    state = load_state((state_dir or default_state_dir(targets_dir)).resolve())
     out = []
     for b in sorted(state.boards, key=lambda b: b.slot):
         running = _running(b)
@@ -150,8 +179,8 @@ def sim_status(state_dir: Path | None = None) -> list[BoardStatus]:
     return out
 
 
-def targets_path(state_dir: Path | None = None) -> Path | None:
-    state = load_state((state_dir or default_state_dir()).resolve())
+def targets_path(state_dir: Path | None = None, targets_dir: Path | None = None) -> Path | None:
+    state = load_state((state_dir or default_state_dir(targets_dir)).resolve())
     return Path(state.targets_dir) / TARGETS_NAME if state.targets_dir and state.boards else None
 
 
@@ -172,17 +201,26 @@ def _free_name(state: SimState) -> str:
 
 
 def _start_one(name: str, state: SimState, state_dir: Path, profile: BoardProfile, link: LinkSpec | None,
-               sysroot: Path, pub: str) -> BoardState:
+               sysroot: Path, pub: str, image: str = "standard") -> BoardState:
+    from deployer.sim.minimal import lowerdir
+
     t0 = time.monotonic()
     slot = free_slot({b.slot for b in state.boards})
     board_dir = state_dir / "boards" / name
     hostname = f"raspberrypi-{name}"
     shaper = None
     try:
-        config = prepare_board_dir(board_dir, slot, profile, hostname, sysroot, pub)
+        init = "deployer.sim.boardinit"
+        if profile.arch == "host":
+            from deployer.sim.hostboard import INIT_MODULE, prepare_host_board
+
+            config, init = prepare_host_board(board_dir, slot, hostname, pub)[0], INIT_MODULE
+        else:
+            config = prepare_board_dir(board_dir, slot, profile, hostname, sysroot, pub,
+                                       lower=lowerdir(image, profile.arch, sysroot))
         logs = state_dir / "logs"
         shaper = create_network(slot, link, logs / f"{name}.shaper.log")
-        started = start_board(name, slot, board_dir, config, logs / f"{name}.log")
+        started = start_board(name, slot, board_dir, config, logs / f"{name}.log", init_module=init)
     except BaseException:  # the slot was free under the lock, so everything in it is ours to remove
         if shaper is not None:
             terminate(shaper)
@@ -194,7 +232,8 @@ def _start_one(name: str, state: SimState, state_dir: Path, profile: BoardProfil
         model=profile.model, hostname=hostname, board_dir=str(board_dir), sysroot=str(sysroot),
         host_key=started.host_key, unshare=started.unshare, init=started.init,
         link=link.to_json() if link else None, shaper=shaper,
-        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), up_seconds=round(time.monotonic() - t0, 3))
+        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), up_seconds=round(time.monotonic() - t0, 3),
+        image=image)
 
 
 def _teardown(board: BoardState, state_dir: Path) -> None:

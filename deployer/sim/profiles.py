@@ -46,4 +46,6 @@ PROFILES = {
     "arm64": BoardProfile("arm64", "cortex-a72", "Raspberry Pi 4 Model B Rev 1.4", "c03114"),
     # a 32-bit (armhf) userland; qemu-arm has no cortex-a72, so the core is a Cortex-A15 (ARMv7 + NEON)
     "armhf": BoardProfile("armhf", "cortex-a15", "Raspberry Pi 4 Model B Rev 1.4", "c03114"),
+    # a light board for fleet scale: the host's own userland and sshd, no emulation (deployer.sim.hostboard)
+    "host": BoardProfile("host", "host", "deployer light board (host userland)", ""),
 }

@@ -41,6 +41,7 @@ class BoardState:
     shaper: ProcRef | None = None
     started: str = ""
     up_seconds: float = 0.0
+    image: str = "standard"       # deployer.sim.minimal: "minimal" = no Python on the board
 
     @classmethod
     def from_json(cls, d: dict) -> "BoardState":

@@ -72,6 +72,8 @@ def is_current(path: Path) -> bool:
 
 def ensure_sysroot(arch: str, progress: Progress | None = None) -> SysrootInfo:
     """Return the cached sysroot for `arch`, building it first if it is missing or outdated."""
+    if arch == "host":  # light boards run the host's own userland (deployer.sim.hostboard)
+        return SysrootInfo("host", Path("/"), 0, True, 0.0)
     if arch not in ARCHES:
         raise DeployerError(f"--arch {arch!r} is not supported; use one of: {', '.join(ARCHES)}")
     dest = sysroot_path(arch)

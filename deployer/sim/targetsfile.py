@@ -32,7 +32,10 @@ def write_targets(targets_dir: Path, client_key: Path, boards: list[BoardState])
                      "python": "/usr/bin/python3"},
         "boards": {
             b.name: {"host": b.address, "port": 22, "tags": ["sim", b.arch], "timeout": 30,
-                     "description": _describe(b)}
+                     "description": _describe(b),
+                     # no Python on a minimal board: only the static native runtime runs there
+                     **({"runtime": "native"} if getattr(b, "image", "standard") == "minimal" else {}),
+                     **({"user": "dsim"} if b.arch == "host" else {})}   # light boards: deployer.sim.hostboard
             for b in sorted(boards, key=_order)
         },
     }
@@ -48,7 +51,10 @@ def known_hosts_line(board: BoardState) -> str:
 
 def _describe(b: BoardState) -> str:
     link = f", link {b.link['spec']}" if b.link else ""
-    return f"emulated {b.arch} {b.model} (qemu-user {b.qemu_cpu}{link})"
+    image = ", no Python" if getattr(b, "image", "standard") == "minimal" else ""
+    if b.arch == "host":
+        return f"light board: host userland and sshd in a network namespace{link}"
+    return f"emulated {b.arch} {b.model} (qemu-user {b.qemu_cpu}{link}{image})"
 
 
 def _order(b: BoardState) -> int:

@@ -67,6 +67,15 @@ def load_ssh_config(path: Path | None = None) -> paramiko.SSHConfig:
         raise DeployerError(f"cannot parse ssh config {path}: {e}") from None
 
 
+def config_port(cfg: dict) -> int:
+    """ssh_config's Port for a host, or one line naming the bad value (`Port abc`)."""
+    text = str(cfg.get("port", 22))
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise DeployerError(f"ssh config {ssh_config_path()}: Port {text!r} for host {cfg.get('hostname', '?')} "
+                            "is not a port number (1-65535)")
+    return int(text)
+
+
 def plan_hops(board: Board, config: paramiko.SSHConfig | None = None) -> list[Hop]:
     """The ordered hops to reach `board`: jump hosts first (recursively), the board last."""
     config = config if config is not None else load_ssh_config()
@@ -84,7 +93,7 @@ def _board_chain(board: Board, config: paramiko.SSHConfig, depth: int) -> list[H
     hop = Hop(
         label=f"board '{board.name}'",
         hostname=cfg.get("hostname", board.host),
-        port=board.port or int(cfg.get("port", 22)),
+        port=board.port or config_port(cfg),
         user=board.user or cfg.get("user") or local_user(),
         keys=keys,
         explicit_keys=bool(board.key),
@@ -118,7 +127,7 @@ def _spec_chain(spec: JumpHost, config: paramiko.SSHConfig, target: Board, depth
     hop = Hop(
         label=f"jump host {spec}",
         hostname=cfg.get("hostname", spec.host),
-        port=spec.port or int(cfg.get("port", 22)),
+        port=spec.port or config_port(cfg),
         user=spec.user or cfg.get("user") or local_user(),
         keys=keys,
         explicit_keys=False,

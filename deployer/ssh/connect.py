@@ -4,6 +4,9 @@ Why not SSHClient: it cannot do ProxyJump, reads no ssh_config, and its host-key
 all-or-nothing. We drive paramiko.Transport directly so every hop of a ProxyJump chain gets its
 own strict host-key check (hostkeys.py) and the window sizes suit bulk transfers.
 
+A link that dies without a word (a pulled cable, a frozen board) is noticed by a per-connection
+watchdog within the board's `stall_timeout`: TCP alone would take ~15 minutes (see Watchdog).
+
 Flaky links (WiFi boards, fleets) make transient failures normal, so connecting retries with
 exponential backoff on refused/timed-out connects and "Error reading SSH protocol banner" — but
 never on authentication or host-key failures, which retrying cannot fix.
@@ -15,17 +18,22 @@ prologue that reports its pid/process group on stderr so a stream can be killed 
 
 from __future__ import annotations
 
+import os
 import select
 import shlex
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Callable, Iterator
 
+import logging
+
 import paramiko
 
 from deployer.errors import DeployerError, RemoteError
+from deployer.remote import board as board_scripts
 from deployer.ssh import hostkeys
 from deployer.ssh.config import Hop, load_ssh_config, plan_hops
 from deployer.targets import Board, Inventory
@@ -34,8 +42,13 @@ WINDOW_SIZE = 16 * 1024 * 1024       # our receive window per channel (downloads
 MAX_PACKET = 32 * 1024
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 8.0
-KEEPALIVE = 15
+KEEPALIVE = 15                       # s, paramiko's own keepalive on jump hops (the board hop has a watchdog)
+DEFAULT_KEEPALIVE = 5.0              # s of silence before we ask the board for a reply (targets `keepalive`)
+DEFAULT_STALL = 30.0                 # s without any answer before the link counts as dead (`stall_timeout`)
 _PID_MARK = "__deployer_pid__"
+# paramiko logs failures of its transport thread (with tracebacks) through `logging`; without a
+# handler Python prints them on stderr. Our errors say the same thing in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 _WRAP = f'echo "{_PID_MARK} $$ $(cut -d" " -f5 /proc/$$/stat 2>/dev/null)" >&2; exec "$@"'
 
 
@@ -122,6 +135,10 @@ def _open_chain(hops: list[Hop], accept_new: bool) -> list[paramiko.Transport]:
                 t.start_client(timeout=hop.timeout)
             except (paramiko.SSHException, EOFError, OSError) as e:
                 raise _Transient(f"SSH handshake with {hop.who} ({hop.address}){via} failed: {_why(e)}") from None
+            if not (t.is_active() and t.initial_kex_done):
+                # start_client returns quietly when its own timeout passes first
+                raise _Transient(f"SSH handshake with {hop.who} ({hop.address}){via} failed: no answer within "
+                                 f"{hop.timeout:g} s (timeout)")
             key = t.get_remote_server_key()
             hostkeys.check_host_key(
                 hop.known_hosts, hop.known_hosts_name, hop.port, key.get_name(), key.asbytes(),
@@ -157,6 +174,10 @@ def _open_socket(hop: Hop, outer: paramiko.Transport | None, via: str):
 def _authenticate(t: paramiko.Transport, hop: Hop) -> None:
     tried: list[str] = []
     for path in hop.keys:
+        if os.path.exists(path):      # a FIFO or device as key: would hang or read forever in paramiko
+            from deployer.fsutil import check_input
+
+            check_input(path, "key file", limit=1 << 20)
         try:
             key = paramiko.PKey.from_path(str(path))
         except FileNotFoundError:
@@ -204,6 +225,71 @@ def _why(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+class Watchdog(threading.Thread):
+    """Declares a connection dead when the board has answered nothing for `stall_timeout` seconds.
+
+    Why: TCP alone takes ~15 minutes (tcp_retries2) to give up on a link that vanished, and never
+    gives up on a board whose kernel still acks but whose sshd is frozen; a push used to hang that
+    long. Every packet from the board counts as a sign of life (SFTP acks, output, replies); when
+    the link has been quiet for `keepalive` seconds we ask for a reply (keepalive@openssh.com,
+    want-reply), and when nothing at all arrived for `stall_timeout` seconds we close the
+    transport. Every blocked read, write and SFTP call on it then fails at once, and
+    Connection.dropped() says why. The check runs on its own thread, so a send blocked in a full
+    socket buffer cannot hold it up."""
+
+    def __init__(self, transport: paramiko.Transport, keepalive: float, stall_timeout: float, label: str) -> None:
+        super().__init__(daemon=True, name=f"ssh-watchdog-{label}")
+        self.transport = transport
+        self.keepalive = max(0.2, float(keepalive))
+        self.stall_timeout = max(self.keepalive, float(stall_timeout))
+        self.last_rx = time.monotonic()
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._pinging = threading.Event()
+        pk = transport.packetizer
+        read = pk.read_message
+
+        def read_message():  # every packet from the board, whatever it is, is a sign of life
+            out = read()
+            self.last_rx = time.monotonic()
+            return out
+
+        pk.read_message = read_message
+
+    def run(self) -> None:
+        tick = min(1.0, self.keepalive / 2)
+        while not self._stop.wait(tick):
+            if not self.transport.is_active():
+                return
+            idle = time.monotonic() - self.last_rx
+            if idle > self.stall_timeout:
+                self.reason = (f"no answer from the board for {idle:.0f} s (stall_timeout {self.stall_timeout:g} s, "
+                               f"keepalive every {self.keepalive:g} s)")
+                self.transport.close()
+                return
+            if idle >= self.keepalive and not self._pinging.is_set():
+                self._pinging.set()
+                threading.Thread(target=self._ping, daemon=True, name=self.name + "-ping").start()
+
+    def _ping(self) -> None:
+        from paramiko.common import cMSG_GLOBAL_REQUEST
+        from paramiko.message import Message
+
+        try:
+            m = Message()
+            m.add_byte(cMSG_GLOBAL_REQUEST)
+            m.add_string("keepalive@openssh.com")
+            m.add_boolean(True)               # ask for a reply: OpenSSH answers "request failure"
+            self.transport._send_user_message(m)
+        except Exception:  # a dead transport: run() notices
+            pass
+        finally:
+            self._pinging.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class Connection:
     """An authenticated session with one board. Thread-compatible, not thread-safe."""
 
@@ -213,6 +299,10 @@ class Connection:
         self._transports = transports
         self.transport = transports[-1]
         self._sftp: paramiko.SFTPClient | None = None
+        self.keepalive = float(getattr(board, "keepalive", DEFAULT_KEEPALIVE) or DEFAULT_KEEPALIVE)
+        self.stall_timeout = float(getattr(board, "stall_timeout", DEFAULT_STALL) or DEFAULT_STALL)
+        self.watchdog = Watchdog(self.transport, self.keepalive, self.stall_timeout, board.name)
+        self.watchdog.start()
 
     def __enter__(self) -> "Connection":
         return self
@@ -255,10 +345,17 @@ class Connection:
         return safe_remote_path(self.board.runtime_dir, *names)
 
     def dropped(self, doing: str) -> RemoteError:
-        return RemoteError(f"{self.board.where}: connection lost while {doing}",
+        why = f" ({self.watchdog.reason})" if self.watchdog.reason else ""
+        return RemoteError(f"{self.board.where}: connection lost while {doing}{why}",
                            hint="check the board's network/power, then re-run (transfers resume)")
 
+    @property
+    def stalled(self) -> str | None:
+        """Why the watchdog gave up on this connection, or None."""
+        return self.watchdog.reason
+
     def close(self) -> None:
+        self.watchdog.stop()
         if self._sftp is not None:
             try:
                 self._sftp.close()
@@ -309,17 +406,10 @@ class Connection:
         `pid` is the fallback when the group cannot be signalled (no /proc or cut on the board)."""
         pid = pid or pgid
         tries = max(1, int(grace / 0.2))
-        # liveness ignores zombies: a container's pid 1 may never reap orphans
-        script = (
-            'alive() { if command -v ps >/dev/null 2>&1; then ps -eo pgid=,stat= | grep -Eq "^ *$1 +[^Z]"; '
-            'else kill -0 -$1 2>/dev/null; fi; }; '
-            f'kill -TERM -{pgid} 2>/dev/null || {{ kill -TERM {pid} 2>/dev/null; exit 0; }}; i=0; '
-            f'while [ $i -lt {tries} ]; do alive {pgid} || exit 0; sleep 0.2; i=$((i+1)); done; '
-            f'kill -KILL -{pgid} 2>/dev/null; exit 0'
-        )
         try:
             chan = self.transport.open_session(timeout=10)
-            chan.exec_command("sh -c " + shlex.quote(script))
+            chan.exec_command(quote_argv(["sh", "-c", board_scripts.script("kill.sh"), "sh",
+                                          str(int(pgid)), str(int(pid)), str(tries)]))
             chan.settimeout(grace + 10)
             chan.recv_exit_status()
             chan.close()
@@ -352,6 +442,7 @@ class _Proc:
         self._err = b""
         self._pid_seen = False
         self.rc: int | None = None
+        self.deadline: float | None = None
 
     @property
     def stderr(self) -> str:
@@ -384,6 +475,7 @@ class _Proc:
         """Yield stdout chunks as they arrive until the command exits."""
         chan = self.chan
         last = time.monotonic()
+        self.deadline = deadline
         while True:
             got = False
             if chan.recv_stderr_ready():
@@ -413,7 +505,7 @@ class _Proc:
                 raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` ended without an exit status "
                                   "(killed by a signal on the board, or its sshd session ended)")
             now = time.monotonic()
-            if deadline is not None and now > deadline:
+            if self.deadline is not None and now > self.deadline:
                 self.kill()
                 raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` timed out; killed it on the board")
             if idle_timeout is not None and now - last > idle_timeout:
@@ -494,6 +586,35 @@ class RemoteStream:
         if not (chan.status_event.is_set() and chan.exit_status != -1) and proc.conn.lost(0.2):
             raise proc.conn.dropped(f"sending input to `{_short(proc.argv)}`")
         return False
+
+    def set_deadline(self, seconds: float | None) -> None:
+        """From now on, give the process at most `seconds` more (None: no limit); then kill it."""
+        self._deadline = self._proc.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def close_stdin(self) -> bool:
+        """Send EOF on the remote process's stdin (it may then exit by itself); False if the
+        channel is already closed."""
+        chan = self._proc.chan
+        if chan.closed:
+            return False
+        try:
+            chan.shutdown_write()
+            return True
+        except (OSError, EOFError, paramiko.SSHException):
+            return False
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Read the remaining output until the process exits (at most `timeout` s, then kill it);
+        returns the exit code."""
+        if timeout is not None:
+            self._deadline = self._proc.deadline = time.monotonic() + timeout
+        check, self._check = self._check, False
+        try:
+            for _ in self:
+                pass
+        finally:
+            self._check = check
+        return self._proc.rc
 
     def _lines(self) -> Iterator[str]:
         buf = b""

@@ -55,6 +55,10 @@ def fingerprint(blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
+# parsed files by (path, mtime_ns, size): a changed file has a new key, so it is read again
+_PARSED: dict[tuple[str, int, int], tuple[str, list["Entry"]]] = {}
+
+
 class KnownHosts:
     """One known_hosts file, parsed with line numbers."""
 
@@ -62,16 +66,27 @@ class KnownHosts:
         self.path = Path(path).expanduser()
         self.entries: list[Entry] = []
         try:
-            text = self.path.read_text(errors="replace")
-        except FileNotFoundError:
+            st = self.path.stat()
+            key: tuple[str, int, int] | None = (str(self.path), st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        cached = _PARSED.get(key) if key else None
+        if cached is not None:   # a fleet connects to hundreds of boards with one file: parse it once
+            self.text, self.entries = cached[0], list(cached[1])
+            return
+        if not self.path.exists():
             text = ""
-        except OSError as e:
-            raise DeployerError(f"cannot read known_hosts {self.path}: {e.strerror}") from None
+        else:                         # regular files only: a FIFO here would hang every connect
+            text = fsutil.read_input(self.path, "known_hosts file", limit=256 << 20).decode("utf-8", "replace")
         self.text = text
         for no, raw in enumerate(text.splitlines(), 1):
             entry = _parse_line(no, raw)
             if entry:
                 self.entries.append(entry)
+        if key is not None:
+            if len(_PARSED) > 64:
+                _PARSED.clear()
+            _PARSED[key] = (text, list(self.entries))
 
     def matching(self, token: str) -> list[Entry]:
         return [e for e in self.entries if _host_matches(e.patterns, token)]
@@ -197,7 +212,8 @@ def _host_matches(patterns: str, token: str) -> bool:
     for pat in patterns.split(","):
         neg = pat.startswith("!")
         pat = pat[1:] if neg else pat
-        if _glob(pat.lower()).fullmatch(token_l):
+        literal = "*" not in pat and "?" not in pat     # the usual line: no regex to build (fleets: 1000s of lines)
+        if (pat.lower() == token_l) if literal else _glob(pat.lower()).fullmatch(token_l):
             if neg:
                 return False
             matched = True

@@ -2,9 +2,18 @@
 
 A board must never run a truncated model because a WiFi link dropped mid-push, so a file is
 written to a temp name in the same remote folder, hashed *on the board*, and only then renamed
-over the real name (SFTP posix-rename: atomic on the board's filesystem). The temp name carries
-the content hash, so a retry finds the partial file of the same content, checks its prefix hash,
-and resumes from there instead of starting over.
+over the real name (SFTP posix-rename: atomic on the board's filesystem). Temp names are per
+process (`.<name>.part-<sha16>-<host>-<pid>-<rand>`, deployer.remote.layout.temp_name), so two
+pushes never write into one file; the content hash in the name lets a retry (holding the board
+lock, deployer.remote.lock) find a dead process's partial file of the same content, check its
+prefix hash, claim it by renaming it to its own temp name, and resume from there. Nothing else
+deletes temp files except the owner (on failure) and the stale sweep under the board lock.
+
+Before sending, the free space of each target filesystem is compared with what the upload needs
+(exit 3 with "board has 5.2 MB free in ..., needs 14 MB"); a write that still fails (ENOSPC
+reaches SFTP as a bare "Failure") is explained from the free space, and our temp files are
+removed. A dead link is noticed by the connection's watchdog within the board's `stall_timeout`
+and reported with the bytes the board acknowledged.
 
 The on-board check runs *during* the upload: the board's python follows the growing temp file and
 hashes it as bytes land, so a long transfer pays nothing extra at the end (sh + sha256sum after the
@@ -24,7 +33,6 @@ paramiko's own pipelining drains the whole queue every ~100 requests, which idle
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import threading
@@ -32,13 +40,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable, Iterator, Sequence
+from typing import IO, Callable, Sequence
 
 import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_SETSTAT, CMD_STATUS, CMD_WRITE, int64
 
 from deployer import fsutil
 from deployer.errors import DeployerError, RemoteError
+from deployer.remote import board as board_scripts
+from deployer.remote import layout
 from deployer.ssh import manifest
 from deployer.ssh.connect import Connection, safe_remote_path
 
@@ -48,102 +58,11 @@ CHUNK = 128 * 1024         # bytes per SFTP write request (OpenSSH accepts up to
 DEPTH = 32                 # write requests in flight (4 MiB)
 _READ = 1024 * 1024
 
-# The board-side helpers run in the board's python when it has one (hashlib uses OpenSSL's
-# SHA-256 instructions: ~7x faster than coreutils sha256sum here), else in plain sh + sha256sum.
-_PY_HASH = (
-    "import hashlib, os, sys\n"
-    "def h(p):\n"
-    "    d = hashlib.sha256()\n"
-    "    with open(p, 'rb') as f:\n"
-    "        for b in iter(lambda: f.read(1 << 20), b''):\n"
-    "            d.update(b)\n"
-    "    return d.hexdigest()\n"
-    "a = sys.argv[1:]\n"
-)
-_SH_HASH = 'h() { sha256sum < "$1" | cut -c1-64; }; '
-# args: final1 part1 final2 part2 ... -> per pair "<final sha|-> <part size|-> <part sha|->"
-_STATE_PY = _PY_HASH + (
-    "for f, p in zip(a[0::2], a[1::2]):\n"
-    "    try:\n"
-    "        os.makedirs(os.path.dirname(f) or '.', exist_ok=True)\n"
-    "    except OSError:\n"
-    "        pass\n"
-    "    x = h(f) if os.path.isfile(f) else '-'\n"
-    "    y, z = (str(os.path.getsize(p)), h(p)) if os.path.isfile(p) else ('-', '-')\n"
-    "    print(x, y, z)\n"
-)
-_STATE_SH = _SH_HASH + (
-    'while [ $# -gt 1 ]; do f=$1; p=$2; shift 2; '
-    'case $f in */*) d=${f%/*};; *) d=.;; esac; [ -d "${d:-/}" ] || mkdir -p -- "${d:-/}"; '
-    'if [ -f "$f" ]; then a=$(h "$f"); else a=-; fi; '
-    'if [ -f "$p" ]; then b=$(wc -c < "$p"); c=$(h "$p"); else b=-; c=-; fi; '
-    'echo "${a:--} $b ${c:--}"; done'
-)
-# Fallback check after the upload for boards without python (sh + sha256sum).
-# args: mode tmp want stale_prefix ... -> per file "ok" or "bad <sha>"; removes stale partial files
-_VERIFY_SH = _SH_HASH + (
-    'while [ $# -gt 3 ]; do m=$1; t=$2; w=$3; s=$4; shift 4; '
-    'chmod "$m" "$t" 2>/dev/null; g=$(h "$t"); '
-    'if [ "$g" = "$w" ]; then echo ok; for x in "$s"*; do [ "$x" = "$t" ] || rm -f -- "$x"; done; '
-    'else echo "bad ${g:-unreadable}"; rm -f -- "$t"; fi; done'
-)
-# Hashes the temp files on the board *while* they are uploaded (following their growth), so the
-# on-board check costs nothing extra at the end of a long transfer. One process serves a whole
-# upload_many. File k is opened only after the client sends "k" on stdin (after SFTP truncated it);
-# stdin EOF means the client went away. args: (tmp size want mode stale_prefix)... -> per file
-# "ok" or "bad <sha>".
-_FOLLOW_PY = _PY_HASH + (
-    "import select\n"
-    "inbox = [b'']\n"
-    "def poll(wait):\n"
-    "    if select.select([sys.stdin], [], [], wait)[0]:\n"
-    "        b = os.read(sys.stdin.fileno(), 4096)\n"
-    "        if not b:\n"
-    "            sys.exit(3)\n"
-    "        inbox[0] += b\n"
-    "def signal(k):\n"
-    "    while (b'%d\\n' % k) not in inbox[0]:\n"
-    "        poll(None)\n"
-    "for k in range(len(a) // 5):\n"
-    "    t, n, w, m, s = a[5 * k], int(a[5 * k + 1]), a[5 * k + 2], int(a[5 * k + 3], 8), a[5 * k + 4]\n"
-    "    signal(k)\n"
-    "    d, got = hashlib.sha256(), 0\n"
-    "    with open(t, 'rb') as f:\n"
-    "        while got < n:\n"
-    "            b = f.read(min(1 << 20, n - got))\n"
-    "            if b:\n"
-    "                d.update(b)\n"
-    "                got += len(b)\n"
-    "            else:\n"
-    "                poll(0.05)\n"
-    "        if f.read(1):\n"
-    "            got = -1\n"
-    "    g = d.hexdigest() if got == n else 'too-long'\n"
-    "    if g != w:\n"
-    "        print('bad', g, flush=True)\n"
-    "        continue\n"
-    "    os.chmod(t, m)\n"
-    "    dd, base = os.path.dirname(s) or '.', os.path.basename(s)\n"
-    "    for x in os.listdir(dd):\n"
-    "        if x.startswith(base) and x != os.path.basename(t):\n"
-    "            try:\n"
-    "                os.remove(os.path.join(dd, x))\n"
-    "            except OSError:\n"
-    "                pass\n"
-    "    print('ok', flush=True)\n"
-)
-
-# Fresh pushes have nothing to hash: answer in sh and skip the python start-up (slow on small boards).
-_NOTHING_THERE = (
-    'found=; i=0; for x in "$@"; do i=$((i+1)); '
-    'if [ $i -gt 2 ] && [ -e "$x" ]; then found=1; break; fi; done; '
-    'if [ -z "$found" ]; then shift 2; while [ $# -gt 1 ]; do '
-    'case $1 in */*) d=${1%/*};; *) d=.;; esac; [ -d "${d:-/}" ] || mkdir -p -- "${d:-/}"; '
-    'echo "- - -"; shift 2; done; exit 0; fi; '
-)
-
-# args: py_script python sh-args...: the python version if the board has that python, else sh.
-_DISPATCH = 'p=$1; q=$2; shift 2; if command -v "$q" >/dev/null 2>&1; then exec "$q" -c "$p" "$@"; fi; '
+# The board-side helpers (deployer/remote/board/) run in the board's python when it has one
+# (hashlib uses OpenSSL's SHA-256 instructions: ~7x faster than coreutils sha256sum there), else in
+# plain sh + sha256sum.
+ANSWER_TIMEOUT = 120.0     # s for the on-board check to answer once every byte is acknowledged
+FREE_MARGIN = 64 * 1024    # bytes kept free on the board beyond what an upload needs
 
 
 @dataclass
@@ -166,11 +85,15 @@ class _Item:
     size: int
     sha256: str
     mode: int
-    tmp: str = ""
-    stale_prefix: str = ""
+    tmp: str = ""              # our own per-process temp name (layout.temp_name)
+    part_prefix: str = ""      # what any temp upload of this content starts with (for resuming)
     remote_sha: str | None = None
+    part_name: str | None = None   # a dead process's partial file of the same content (basename)
     part_size: int = 0
     part_sha: str | None = None
+    free: int | None = None        # free bytes in the target's folder (board filesystem)
+    device: str = ""               # st_dev of that folder: files on one filesystem share its space
+    created: bool = False          # our temp file exists on the board (remove it on failure)
     resumed_from: int = 0
     sent: int = 0
     verified: bool = False
@@ -183,7 +106,7 @@ def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
     """sha256 of a local file (or of its first `limit` bytes)."""
     d = hashlib.sha256()
     left = limit
-    with open(path, "rb") as f:
+    with fsutil.open_input(path, "file to upload") as f:
         while left is None or left > 0:
             b = f.read(_READ if left is None else min(_READ, left))
             if not b:
@@ -237,17 +160,22 @@ def upload_many(conn: Connection, files: Sequence[tuple[str | os.PathLike, str]]
     if unsure:
         _query_state(conn, unsure)
     todo = [it for it in items if it.remote_sha != it.sha256]
-    for it in items:
-        if it in todo:
-            _plan_resume(it)
-        elif progress:
-            progress(it.remote, it.size, it.size)
-    if todo:
-        _send_all(conn, todo, progress)
-    unverified = [it for it in todo if not it.verified]
-    if unverified:                     # the board had no python to hash while uploading
-        _verify(conn, unverified)
-    _place(conn, todo)
+    try:
+        for it in items:
+            if it in todo:
+                _plan_resume(conn, it)
+            elif progress:
+                progress(it.remote, it.size, it.size)
+        if todo:
+            _check_space(conn, todo)
+            _send_all(conn, todo, progress)
+        unverified = [it for it in todo if not it.verified]
+        if unverified:                     # the board had no python to hash while uploading
+            _verify(conn, unverified)
+        _place(conn, todo)
+    except BaseException:
+        _discard_all(conn, todo)
+        raise
     _record(conn, state, [it for it in items if not it.quick])
     secs = time.monotonic() - t0
     return [
@@ -259,9 +187,11 @@ def upload_many(conn: Connection, files: Sequence[tuple[str | os.PathLike, str]]
 
 def remote_sha256(conn: Connection, paths: Sequence[str]) -> dict[str, str | None]:
     """sha256 of files on the board (None if missing), in one command."""
-    items = [_Item(Path("-"), p, 0, "", 0, tmp=p + ".none") for p in paths]
     for p in paths:
         _check_remote(p)
+    # a partial-file prefix that matches nothing: only the targets themselves are hashed
+    items = [_Item(Path("-"), p, 0, "", 0, part_prefix=str(PurePosixPath(p).with_name(
+        f".{PurePosixPath(p).name}{layout.PART_MARK}none-"))) for p in paths]
     _query_state(conn, items)
     return {it.remote: it.remote_sha for it in items}
 
@@ -317,9 +247,8 @@ def _prepare(local: Path, remote: str, mode: int | None) -> _Item:
     except OSError as e:
         raise DeployerError(f"cannot read {local}: {e.strerror}") from None
     p = PurePosixPath(remote)
-    stale_prefix = str(p.with_name(f".{p.name}.part-"))
     return _Item(local, remote, st.st_size, digest, mode if mode is not None else st.st_mode & 0o777,
-                 tmp=stale_prefix + digest[:16], stale_prefix=stale_prefix,
+                 tmp=layout.temp_name(remote, digest), part_prefix=str(p.with_name(layout.part_prefix(p.name, digest))),
                  atime=int(st.st_atime), mtime=int(st.st_mtime))
 
 
@@ -361,34 +290,71 @@ def _record(conn: Connection, state: manifest.BoardState, verified: list[_Item])
         # best effort: the files are in place and verified; the next push just hashes them again
 
 
-def _sh(conn: Connection, py: str, sh: str, args: list[str], doing: str) -> list[str]:
-    res = conn.run(["sh", "-c", _NOTHING_THERE + _DISPATCH + sh, "sh", py, conn.board.python, *args])
-    if res.rc != 0:
-        tail = (res.stderr.strip().splitlines() or ["no message"])[-1]
+def _board_python_or_sh(conn: Connection, py: str, sh: str, args: list[str], doing: str) -> list[str]:
+    """Run board script `sh` (deployer/remote/board/) which execs `py` in the board's python when
+    there is one; every argument quoted, paths made safe from option parsing."""
+    res = conn.run(["sh", "-c", board_scripts.script(sh), "sh", board_scripts.script(py), conn.board.python, *args],
+                   timeout=ANSWER_TIMEOUT + 10 * len(args))
+    bad = next((ln for ln in res.stdout.splitlines() if ln.startswith("error ")), None)
+    if res.rc != 0 or bad:
+        tail = bad[6:] if bad else (res.stderr.strip().splitlines() or ["no message"])[-1]
         raise RemoteError(f"{conn.board.where}: {doing} failed (rc {res.rc}): {tail}")
     return res.stdout.splitlines()
 
 
-def _dash(p: str) -> str:
-    """Relative paths that start with '-' would be read as options by chmod and friends."""
-    return "./" + p if p.startswith("-") else p
-
-
 def _query_state(conn: Connection, items: list[_Item]) -> None:
-    args = [a for it in items for a in (_dash(it.remote), _dash(it.tmp))]
-    lines = _sh(conn, _STATE_PY, _STATE_SH, args, "checking remote files")
+    args = [a for it in items for a in (layout.arg(it.remote), layout.arg(it.part_prefix))]
+    lines = _board_python_or_sh(conn, "state.py", "state.sh", args, "checking remote files")
     if len(lines) != len(items):
         raise RemoteError(f"{conn.board.where}: unexpected answer while checking remote files: {lines[:3]}")
     for it, line in zip(items, lines):
-        a, b, c = (line.split() + ["-", "-", "-"])[:3]
+        a, name, size, sha, free, dev = (line.split("\t") + ["-"] * 6)[:6]
         it.remote_sha = a if a != "-" else None
-        it.part_size = int(b) if b.isdigit() else 0
-        it.part_sha = c if c != "-" else None
+        it.part_name = name if name != "-" else None
+        it.part_size = int(size) if size.isdigit() else 0
+        it.part_sha = sha if sha != "-" else None
+        it.free = int(free) if free.isdigit() else None
+        it.device = dev
 
 
-def _plan_resume(it: _Item) -> None:
-    if 0 < it.part_size <= it.size and it.part_sha and sha256_file(it.local, it.part_size) == it.part_sha:
-        it.resumed_from = it.part_size
+def _plan_resume(conn: Connection, it: _Item) -> None:
+    """Resume from a dead process's partial upload of the same content: check its prefix against
+    the local file, then claim it by renaming it to our own temp name (atomic: if another process
+    claimed it first, we start from zero)."""
+    if not (it.part_name and 0 < it.part_size <= it.size and it.part_sha):
+        return
+    if sha256_file(it.local, it.part_size) != it.part_sha:
+        return
+    src = str(PurePosixPath(it.remote).with_name(it.part_name))
+    try:
+        conn.sftp.posix_rename(src, it.tmp)
+    except (OSError, EOFError, paramiko.SSHException):
+        if conn.lost():
+            raise conn.dropped(f"resuming {it.remote}") from None
+        return
+    it.created = True
+    it.resumed_from = it.part_size
+
+
+def _check_space(conn: Connection, items: list[_Item]) -> None:
+    """Refuse before sending when a board filesystem cannot hold what is about to be written."""
+    need: dict[str, int] = {}
+    free: dict[str, tuple[int, str]] = {}
+    for it in items:
+        if it.free is None:
+            continue
+        key = it.device or str(PurePosixPath(it.remote).parent)
+        need[key] = need.get(key, 0) + it.size - it.resumed_from
+        free[key] = (it.free, str(PurePosixPath(it.remote).parent))
+    for key, n in need.items():
+        have, folder = free[key]
+        if n + FREE_MARGIN > have:
+            raise RemoteError(f"{conn.board.where}: board has {_mb(have)} free in {folder}, needs {_mb(n)}",
+                              hint="free space on the board or point runtime_dir at a bigger filesystem")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.0f} kB"
 
 
 def _send_all(conn: Connection, items: list[_Item], progress: ProgressFn | None) -> None:
@@ -404,6 +370,7 @@ def _send_all(conn: Connection, items: list[_Item], progress: ProgressFn | None)
             _send_one(conn, it, k, starter, follower, progress)
         starter.join()
         stream = _follower(conn, follower)
+        stream.set_deadline(ANSWER_TIMEOUT)    # every byte is acknowledged: the answers are due
         lines = iter(stream)
         answers = [next(lines, "no answer") for _ in items]
         if answers[0] != "nopython":
@@ -411,18 +378,21 @@ def _send_all(conn: Connection, items: list[_Item], progress: ProgressFn | None)
                 pass
     except FileNotFoundError as e:
         _stop_follower(starter, follower)
-        raise DeployerError(f"{conn.board.where}: cannot create {it.tmp}: {e}") from None
+        raise RemoteError(f"{conn.board.where}: cannot create {it.tmp}: {e}") from None
     except PermissionError:
         _stop_follower(starter, follower)
         raise DeployerError(f"{conn.board.where}: permission denied writing {it.tmp}",
                             hint="pick a runtime_dir the login user can write") from None
     except (OSError, EOFError, paramiko.SSHException, RemoteError) as e:
         _stop_follower(starter, follower)
+        done = it.resumed_from + it.sent
         if conn.lost():
             raise conn.dropped(
-                f"uploading {it.remote} ({it.resumed_from + it.sent} of {it.size} bytes sent; re-run to resume)"
+                f"uploading {it.remote} ({_acked(done, it.size)} acknowledged by the board; re-run to resume)"
             ) from None
-        raise RemoteError(f"{conn.board.where}: uploading {it.remote} failed: {e}") from None
+        if isinstance(e, RemoteError):
+            raise
+        raise _write_failed(conn, it, done, e) from None
     except BaseException:
         _stop_follower(starter, follower)
         raise
@@ -432,9 +402,35 @@ def _send_all(conn: Connection, items: list[_Item], progress: ProgressFn | None)
         if answer == "ok":
             it.verified = True
         else:
-            for other in items:
-                _discard(conn, other)
-            raise _mismatch(conn, it, answer.split()[-1])
+            raise _mismatch(conn, it, answer)
+
+
+def _acked(done: int, total: int) -> str:
+    return f"{done} of {total} bytes" if total < 100_000 else f"{done} of {total} bytes ({_mb(done)} of {_mb(total)})"
+
+
+def _write_failed(conn: Connection, it: _Item, done: int, e: BaseException) -> RemoteError:
+    """A write refused by the board: say why (full disk? SFTP only says "Failure"), then remove
+    our partial file so the disk is not left full."""
+    folder = str(PurePosixPath(it.remote).parent)
+    free = None
+    try:
+        res = conn.run(["sh", "-c", board_scripts.script("free.sh"), "sh", layout.arg(folder)], timeout=30)
+        free = int(res.stdout.strip()) if res.stdout.strip().isdigit() else None
+    except DeployerError:
+        pass
+    _discard(conn, it)
+    left = it.size - done
+    if free is not None and free < max(left, 1) + FREE_MARGIN:
+        return RemoteError(f"{conn.board.where}: the board ran out of disk space in {folder} while uploading "
+                           f"{it.remote} ({_acked(done, it.size)} written, {_mb(free)} left free); "
+                           "the partial file was removed", hint="free space on the board, then re-run")
+    return RemoteError(f"{conn.board.where}: uploading {it.remote} failed after {_acked(done, it.size)}: "
+                       f"{_why(e)}; the partial file was removed")
+
+
+def _why(e: BaseException) -> str:
+    return " ".join((str(e).strip() or type(e).__name__).split())
 
 
 def _send_one(conn: Connection, it: _Item, k: int, starter: threading.Thread, follower: list,
@@ -446,6 +442,7 @@ def _send_one(conn: Connection, it: _Item, k: int, starter: threading.Thread, fo
     with open(it.local, "rb") as src:
         src.seek(offset)
         f = sftp.open(it.tmp, "r+b" if offset else "wb")
+        it.created = True
         try:
             if k == 0:
                 starter.join()
@@ -453,7 +450,12 @@ def _send_one(conn: Connection, it: _Item, k: int, starter: threading.Thread, fo
             stream.send(f"{k}\n".encode())       # truncated (or resumed) now: the board may read it
             _pipelined_write(sftp, f.handle, src, offset, it, progress)
         finally:
-            f.close()
+            try:
+                f.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                if conn.lost(0.2):
+                    raise
+                raise OSError(f"closing {it.tmp} failed")
 
 
 def _follower(conn: Connection, follower: list):
@@ -467,29 +469,53 @@ def _follower(conn: Connection, follower: list):
 def _stop_follower(starter: threading.Thread, follower: list) -> None:
     starter.join()
     if follower and not isinstance(follower[0], BaseException):
-        follower[0].close()
+        try:
+            follower[0].close()
+        except (DeployerError, OSError, EOFError, paramiko.SSHException):
+            pass
 
 
 def _start_follower(conn: Connection, items: list[_Item], out: list) -> None:
-    args = [a for it in items for a in (_dash(it.tmp), str(it.size), it.sha256, f"{it.mode:o}", _dash(it.stale_prefix))]
+    args = [a for it in items for a in (layout.arg(it.tmp), str(it.size), it.sha256, f"{it.mode:o}")]
     try:
         out.append(conn.stream(
-            ["sh", "-c", _DISPATCH + "echo nopython", "sh", _FOLLOW_PY, conn.board.python, *args], check=False))
+            ["sh", "-c", board_scripts.script("dispatch.sh") + "echo nopython", "sh",
+             board_scripts.script("follow.py"), conn.board.python, *args], check=False))
     except BaseException as e:  # handed to the uploading thread
         out.append(e)
 
 
 def _discard(conn: Connection, it: _Item) -> None:
+    """Remove our own temp file (never another process's: the name is ours alone)."""
+    if not it.created:
+        return
     try:
         conn.sftp.remove(it.tmp)
+        it.created = False
+    except FileNotFoundError:
+        it.created = False
     except (OSError, EOFError, paramiko.SSHException):
         pass
 
 
-def _mismatch(conn: Connection, it: _Item, got: str) -> RemoteError:
+def _discard_all(conn: Connection, items: list[_Item]) -> None:
+    """On failure: remove our temp files while the link is up (after a dropped link they stay,
+    named by content, for the next push to resume from; the stale sweep removes them later)."""
+    if not conn.alive:
+        return
+    for it in items:
+        _discard(conn, it)
+
+
+def _mismatch(conn: Connection, it: _Item, answer: str) -> RemoteError:
+    words = answer.split()
+    if len(words) == 2 and words[0] == "bad":
+        what = ("the file on the board is longer than sent" if words[1] == "too-long"
+                else f"sha256 on the board is {words[1][:16]}..., expected {it.sha256[:16]}...")
+    else:
+        what = f"the on-board check gave no verdict ({answer[:80]!r})"
     return RemoteError(
-        f"{conn.board.where}: {it.remote}: sha256 on the board is {got[:16]}..., expected "
-        f"{it.sha256[:16]}...; the upload was discarded, the old file is untouched",
+        f"{conn.board.where}: {it.remote}: {what}; the upload was discarded and {it.remote} was not replaced",
         hint="re-run the push; if it repeats, check the board's storage",
     )
 
@@ -524,12 +550,15 @@ def _pipelined_write(sftp: paramiko.SFTPClient, handle: bytes, src: IO[bytes], o
 
 
 def _verify(conn: Connection, items: list[_Item]) -> None:
-    args = [a for it in items for a in (f"{it.mode:o}", _dash(it.tmp), it.sha256, _dash(it.stale_prefix))]
-    res = conn.run(["sh", "-c", _VERIFY_SH, "sh", *args])
+    args = [a for it in items for a in (f"{it.mode:o}", layout.arg(it.tmp), it.sha256)]
+    res = conn.run(["sh", "-c", board_scripts.script("verify.sh"), "sh", *args],
+                   timeout=ANSWER_TIMEOUT + sum(it.size for it in items) / 5e6)
     lines = res.stdout.splitlines()
-    for it, line in zip(items, lines + ["bad no-answer"] * len(items)):
+    for it, line in zip(items, lines + ["no answer"] * len(items)):
         if line != "ok":
-            raise _mismatch(conn, it, line.split()[-1])
+            raise _mismatch(conn, it, line)
+    for it in items:
+        it.verified = True
 
 
 def _place(conn: Connection, items: list[_Item]) -> None:
@@ -558,25 +587,7 @@ def _place(conn: Connection, items: list[_Item]) -> None:
             raise RemoteError(f"{conn.board.where}: cannot rename {it.tmp} to {it.remote}: {renamed}")
 
 
-@contextlib.contextmanager
-def rich_progress(console=None, description: str = "upload") -> Iterator[ProgressFn]:
-    """A ProgressFn that draws one rich bar per file on stderr; for CLI commands."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    if console is None:
-        from deployer.cli.common import console
-    tasks: dict[str, int] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console, transient=False) as bar:
-        def update(remote: str, done: int, total: int) -> None:
-            if remote not in tasks:
-                tasks[remote] = bar.add_task(f"{description} {PurePosixPath(remote).name}", total=total)
-            bar.update(tasks[remote], completed=done, total=total)
-
-        yield update
-
-
 __all__ = [
-    "ProgressFn", "TransferResult", "download", "remote_sha256", "rich_progress", "sha256_file", "upload",
+    "ProgressFn", "TransferResult", "download", "remote_sha256", "sha256_file", "upload",
     "upload_many",
 ]

@@ -132,7 +132,8 @@ def test_two_workers_and_two_passes_give_the_same_table(tmp_path, calib_tiny, ca
     deployer("ncnn2table", calib_tiny.param, calib_tiny.bin, calib_images, b, *IMG_OPTS, "thread=2")
     assert a.read_bytes() == b.read_bytes()
 
-    from deployer.quant.ncnn2table import Calibrator, read_lists
+    from deployer.quant.calibration import Calibrator
+    from deployer.quant.ncnn2table import read_lists
     from deployer.quant.preprocess import InputSpec
     from deployer.quant.weights import load_model
 
@@ -397,7 +398,8 @@ def test_eq_int8_simulation_equals_ncnn_int8_layer(tmp_path, calib_tiny, calib_i
 def test_unresized_images_of_different_sizes(tmp_path, calib_tiny, calib_images):
     """shape=[0,0] keeps each image's own size (the fully-convolutional+gap model accepts any):
     blob sizes vary per input, so statistics come from two passes; workers agree with one process."""
-    from deployer.quant.ncnn2table import Calibrator, read_lists
+    from deployer.quant.calibration import Calibrator
+    from deployer.quant.ncnn2table import read_lists
     from deployer.quant.preprocess import InputSpec
     from deployer.quant.weights import load_model
 

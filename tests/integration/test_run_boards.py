@@ -65,7 +65,7 @@ def test_board_output_matches_host_ncnn(sim_boards, tiny_models, attr: str, mach
 
 def test_provisioning_skips_what_is_there(sim_boards, tiny_models) -> None:
     inv, board = _board(sim_boards, "pi4")
-    opts = RunOptions(param=tiny_models.fp32_param, bin=tiny_models.fp32_bin)
+    opts = RunOptions(param=tiny_models.fp32_param, bin=tiny_models.fp32_bin, runtime="python")  # the wheel's unpack
     conn, session = open_session(board, inventory=inv)
     with conn:
         session.push(opts)                    # whatever state the board was in
@@ -107,7 +107,8 @@ def test_ctrl_c_stops_the_runner_on_the_board(sim_boards, wide_models) -> None:
         if event.get("type") == "iter" and event["i"] == 1:
             raise KeyboardInterrupt
 
-    opts = RunOptions(param=wide_models.int8_param, bin=wide_models.int8_bin, duration=120, threads=1, fp16=False)
+    opts = RunOptions(param=wide_models.int8_param, bin=wide_models.int8_bin, duration=120, threads=1, fp16=False,
+                      runtime="python")  # runner.py's process is what _runner_procs looks for
     conn, session = open_session(board, inventory=inv, on_event=interrupt)
     with conn:
         with pytest.raises(KeyboardInterrupt):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from deployer.ncnn.param import Layer
-from deployer.quant.eq import _Geometry, quantize, round_away
+from deployer.quant.arith import quantize_f32 as quantize
+from deployer.quant.arith import round_half_away_f32 as round_away
+from deployer.quant.eq import _Geometry
 from deployer.quant.weights import QuantLayer
 
 

@@ -179,7 +179,8 @@ def test_vectorised_threshold_equals_literal_loop_on_random_histograms():
 @pytest.mark.slow
 def test_vectorised_threshold_equals_literal_loop_on_real_histograms(calib_tiny, calib_images):
     """Histograms of real activations (tiny model run by the ncnn wheel on images)."""
-    from deployer.quant.ncnn2table import Calibrator, read_lists
+    from deployer.quant.calibration import Calibrator
+    from deployer.quant.ncnn2table import read_lists
     from deployer.quant.preprocess import InputSpec
     from deployer.quant.weights import load_model
 

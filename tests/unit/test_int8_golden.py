@@ -164,5 +164,7 @@ def test_graph_bin_matches_ncnn2int8(tmp_path: Path, variant: str) -> None:
 def test_edge_bin_matches_ncnn2int8(tmp_path: Path) -> None:
     param, binf, table = _edge_model(tmp_path)
     out_p, out_b = tmp_path / "o.param", tmp_path / "o.bin"
-    ncnn2int8(param, binf, out_p, out_b, table)
+    # the edge model carries +-inf weights on purpose (ncnn2int8's fp16 rounding of them is pinned);
+    # every deployer command refuses such weights, the library allows them for this parity check
+    ncnn2int8(param, binf, out_p, out_b, table, allow_nonfinite=True)
     assert _sha(out_b) == EDGE_SHA

@@ -9,7 +9,8 @@ from deployer.errors import DeployerError
 from deployer.ncnn.model import NcnnModel
 from deployer.ncnn.modelbin import Weight, weight_layout, write_bin
 from deployer.ncnn.param import parse_param
-from deployer.quant.int8 import quantize_model, quantize_to_int8, round_half_away
+from deployer.quant.arith import quantize_to_int8, round_half_away
+from deployer.quant.int8 import quantize_model
 
 CHAIN = """7767517
 8 8

@@ -106,9 +106,3 @@ def test_fetch_failure_is_one_line(cache: Path) -> None:
     with pytest.raises(DeployerError, match="No matching distribution found for ncnn==9"):
         rt.fetch_wheel(plat("aarch64"), "9", cache, run=failing)
 
-
-def test_remote_root_rejects_traversal() -> None:
-    assert rt.remote_root("~/.deployer") == ".deployer"
-    assert rt.remote_root("/opt/deployer/") == "/opt/deployer"
-    with pytest.raises(DeployerError, match="'..'"):
-        rt.remote_root("../etc")

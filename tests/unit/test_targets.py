@@ -176,3 +176,46 @@ def test_example_file_loads_and_covers_the_documented_setups() -> None:
     assert {"pi4-kitchen", "pi3-garage", "jetson-nano", "bastion"} <= set(inv.boards)
     assert inv.board("pi4-kitchen").jump == [] and inv.board("jetson-nano").jump[0] is inv.board("bastion")
     assert inv.groups and all(inv.resolve(g) for g in inv.groups)
+
+
+def test_link_deadlines_are_per_board_with_defaults(tmp_path: Path) -> None:
+    inv = load_targets(write(tmp_path, """
+defaults: {keepalive: 2}
+boards:
+  a: {host: h, stall_timeout: 12}
+  b: {host: h}
+"""))
+    a, b = inv.board("a"), inv.board("b")
+    assert (a.keepalive, a.stall_timeout, a.timeout) == (2.0, 12.0, 10.0)
+    assert (b.keepalive, b.stall_timeout) == (2.0, 30.0) and b.to_dict()["stall_timeout"] == 30.0
+    for line, want in (("keepalive: 0", "'keepalive' must be a positive number"),
+                       ("stall_timeout: -1", "'stall_timeout' must be a positive number"),
+                       ("stall_timeout: .nan", "'stall_timeout' must be a positive number"),
+                       ("{keepalive: 10, stall_timeout: 5}", "must be at least keepalive")):
+        text = f"boards:\n  b:\n    host: h\n    {line}\n" if not line.startswith("{") else \
+            f"boards:\n  b: {{host: h, {line[1:-1]}}}\n"
+        msg = error_of(write(tmp_path, text, "d.yaml"))
+        assert want in msg and "board 'b'" in msg, msg
+
+
+@pytest.mark.parametrize("field, value", [
+    ("runtime_dir", "\"-cimport os;os.system('id > x')#\""), ("runtime_dir", "models/-x"),
+    ("runtime_dir", "\"$(reboot)\""), ("python", "\"-c import os\""), ("python", "\"python3 -S\""),
+])
+def test_values_that_would_reach_the_board_as_options_or_code_are_refused(tmp_path: Path, field: str,
+                                                                          value: str) -> None:
+    msg = error_of(write(tmp_path, f"boards:\n  b:\n    host: h\n    {field}: {value}\n"))
+    assert f"'{field}'" in msg and "board 'b'" in msg and "lab.yaml:4" in msg
+
+
+def test_runtime_dir_is_normalised(tmp_path: Path) -> None:
+    inv = load_targets(write(tmp_path, "boards:\n  b: {host: h, runtime_dir: ~/dep/}\n  c: {host: h}\n"))
+    assert inv.board("b").runtime_dir == "dep" and inv.board("c").runtime_dir == ".deployer"
+
+
+@pytest.mark.parametrize("spec", ["-oProxyCommand=x@h", "pi@-h", "pi@h;id", "pi@h:0", "pi@h:99999", "@h", "pi@"])
+def test_bad_adhoc_addresses_are_refused_before_any_work(spec: str) -> None:
+    from deployer.targets import Inventory
+
+    with pytest.raises(DeployerError, match="bad board address"):
+        Inventory().resolve(spec)

@@ -1,0 +1,187 @@
+"""The CLI's promises that need no board: exit codes that mean one thing, one-line errors with no
+traceback, internal errors logged, plain help, and output that reads well off a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from deployer.cli import app
+from deployer.cli.common import handle_errors, run_app
+from deployer.cli.render import human
+
+ROOT = Path(__file__).resolve().parents[2]
+ESC = "\x1b"
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`deployer ...` exactly as a CI log sees it: stdout and stderr are pipes, not terminals."""
+    base = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "COLUMNS")}
+    return subprocess.run([sys.executable, "-c", "from deployer.cli import main; main()", *args],
+                          capture_output=True, text=True, env={**base, **(env or {})}, timeout=timeout, cwd=ROOT)
+
+
+def _commands(typer_app: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    found = []
+    for info in typer_app.registered_commands:
+        name = info.name or info.callback.__name__.replace("_", "-")
+        found.append(((*prefix, name), info.callback))
+    for group in typer_app.registered_groups:
+        found += _commands(group.typer_instance, (*prefix, group.name))
+    return found
+
+
+def test_every_command_goes_through_handle_errors() -> None:
+    commands = _commands(app)
+    assert len(commands) >= 12
+    unwrapped = [" ".join(path) for path, cb in commands if not getattr(cb, "__deployer_handles_errors__", False)]
+    assert unwrapped == []
+
+
+@pytest.mark.parametrize("args", [("quantize", "--bogus"), ("run", "sim-1", "--iterations", "many"), ("nosuch",),
+                                  ("ncnn2int8", "a.param")])
+def test_usage_errors_are_one_line_exit_2(args) -> None:
+    res = cli(*args)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: deployer"), res.stderr
+    assert "--help)" in lines[0] and "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_help_is_plain_and_flags_have_no_type(capsys) -> None:
+    paths = [p for p, _ in _commands(app)]
+    for path in paths:  # in-process: the same click help a pipe gets, without 20 interpreter starts
+        assert run_app(app, [*path, "--help"]) == 0, path
+        text = capsys.readouterr().out
+        assert text.startswith("Usage: deployer " + " ".join(path)), path
+        assert "<bool>" not in text and ESC not in text and "╭" not in text, path
+    quantize = cli("quantize", "--help").stdout
+    assert re.search(r"--method <str>\s+auto .* one of kl, aciq, eq, maxabs, percentile, mse", " ".join(quantize.split()))
+    assert "--mixed / --no-mixed" in quantize
+    assert re.search(r"^\s+--json\s+print the JSON report on stdout", quantize, re.M)
+
+
+def test_bad_input_is_one_line_exit_2_even_when_long(tmp_path: Path) -> None:
+    missing = tmp_path / ("a-very-long-folder-name-" * 8) / "model.param"
+    res = cli("quantize", "--param", str(missing), "--bin", str(missing.with_suffix(".bin")), "--json",
+              env={"COLUMNS": "40"})
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: --param") and str(missing) in res.stderr
+    assert json.loads(res.stdout) == {"ok": False, "error": res.stderr[len("error: "):].strip(), "exit_code": 2}
+
+
+def _in_process(exc: BaseException, monkeypatch, tmp_path: Path, capsys) -> tuple[int, list[str]]:
+    monkeypatch.setenv("DEPLOYER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["deployer", "explode", "--now"])
+    sub = typer.Typer(rich_markup_mode=None)
+
+    @sub.command()
+    @handle_errors
+    def explode(json_output: bool = typer.Option(False, "--json")) -> None:
+        raise exc
+
+    @sub.command()
+    @handle_errors
+    def other() -> None:
+        pass
+
+    code = run_app(sub, ["explode"])
+    return code, capsys.readouterr().err.splitlines()
+
+
+def test_an_internal_error_is_one_line_exit_4_with_a_log(monkeypatch, tmp_path: Path, capsys) -> None:
+    try:
+        {}["missing"]
+    except KeyError as err:
+        exc = err
+    code, lines = _in_process(exc, monkeypatch, tmp_path, capsys)
+    assert code == 4
+    assert len(lines) == 1
+    m = re.fullmatch(r"internal error: KeyError: 'missing' \(details in (.+)\)", lines[0])
+    assert m, lines
+    log = Path(m.group(1))
+    assert log.parent == tmp_path / "cache" / "logs" and log.name.endswith("-explode.log")
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "KeyError: 'missing'" in text
+
+
+@pytest.mark.parametrize("exc, code, line", [
+    (FileNotFoundError(2, "No such file or directory", "/nope/x.table"), 2,
+     "error: /nope/x.table: No such file or directory (check the path)"),
+    (OSError(28, "No space left on device", "/full/out.bin"), 2,
+     "error: /full/out.bin: No space left on device (free some space and retry)"),
+    (ConnectionResetError(104, "Connection reset by peer"), 3,
+     "error: connection failed: [Errno 104] Connection reset by peer"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+])
+def test_os_errors_and_ctrl_c_map_to_their_codes(exc, code, line, monkeypatch, tmp_path: Path, capsys) -> None:
+    got, lines = _in_process(exc, monkeypatch, tmp_path, capsys)
+    assert (got, lines) == (code, [line])
+    assert not (tmp_path / "cache" / "logs").exists()  # not an internal error: no crash log
+
+
+def test_multi_line_messages_become_one_line(monkeypatch, tmp_path: Path, capsys) -> None:
+    from deployer.errors import RemoteError
+
+    got, lines = _in_process(RemoteError("sim-1: runner died\nline two\n  line three"), monkeypatch, tmp_path, capsys)
+    assert (got, lines) == (3, ["error: sim-1: runner died | line two | line three"])
+
+
+def test_human_values_are_not_reprs() -> None:
+    assert human(None) == "-" and human(True) == "yes" and human([]) == "-"
+    assert human(["neon", "asimd"]) == "neon, asimd"
+    assert human({"total_mb": 3906, "free_mb": 1200.5}) == "total_mb=3906, free_mb=1200.5"
+    assert human(Path("/x/y")) == "/x/y" and human(0.1 + 0.2) == "0.3"
+    assert "[" not in human([["a", 1], {"k": None}]) and "'" not in human(["a"])
+
+
+def test_tables_and_messages_are_full_width_in_a_pipe() -> None:
+    code = ("from deployer.cli.render import out, kv_table, table, warn\n"
+            "out.print(kv_table('sim-1', {'cpu_flags': ['f%03d' % i for i in range(60)], 'python': None}))\n"
+            "out.print(table('boards', ['board', 'address'], [['board-with-a-long-name-' * 3, '10.200.123.2']]))\n"
+            "warn('x' * 300 + ' [not markup]')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "COLUMNS")})
+    assert res.returncode == 0, res.stderr
+    assert ESC not in res.stdout + res.stderr and "…" not in res.stdout
+    assert ", ".join(f"f{i:03d}" for i in range(60)) in res.stdout and "10.200.123.2" in res.stdout
+    assert "board-with-a-long-name-" * 3 in res.stdout and "'" not in res.stdout
+    assert res.stderr == "warning: " + "x" * 300 + " [not markup]\n"
+
+
+def _progress(code: str, seconds: str = "0.5") -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
+    res = subprocess.run([sys.executable, "-c", "import time\nfrom deployer.cli.progress import Progress\n" + code],
+                         capture_output=True, text=True, timeout=60, env={**env, "DEPLOYER_PROGRESS_SECONDS": seconds})
+    assert ESC not in res.stderr and "\r" not in res.stderr
+    return res.stderr.splitlines()
+
+
+def test_progress_off_a_terminal_is_periodic_plain_lines() -> None:
+    lines = _progress("with Progress('quantize') as p:\n"
+                      "    for i in range(0, 45):\n"
+                      "        p.update('collect', i, 44)\n"
+                      "    p.update('score', 0, 5)\n"
+                      "    time.sleep(1.8)\n"          # a silent library: the heartbeat speaks
+                      "    p.update('score', 5, 5)\n"
+                      "    p.transfer('/home/pi/.deployer/m.bin', 2_500_000, 5_000_000)\n")
+    # quiet for the first 0.5 s; then the current phase, repeated while nothing happens; then each new
+    # phase once and each end once
+    assert lines[0] == "quantize: score 0/5 (0%)"
+    repeats = lines[1:-2]
+    assert 1 <= len(repeats) <= 3 and all(re.fullmatch(r"quantize: score 0/5 \(0%\) \d s", ln) for ln in repeats), lines
+    assert re.fullmatch(r"quantize: score 5/5 \(100%\) \d s", lines[-2]), lines
+    assert lines[-1] == "quantize: upload m.bin 2.5 MB/5.0 MB (50%)"
+
+
+def test_quick_work_prints_no_progress_off_a_terminal() -> None:
+    assert _progress("with Progress('check') as p:\n"
+                     "    for i in range(10):\n"
+                     "        p.update('compare', i, 20)\n", seconds="2") == []
