@@ -15,7 +15,7 @@ same random file with:
 Re-push rows run right after the deployer push, whose local source was last modified well before.
 Prints a table and JSON (also written to --json). Needs root (namespaces) like `deployer sim up`.
 
-    /work/venv/bin/python bench/bench_transfer.py --size-mb 20 --link delay=50,rate=10   # ~2 min
+    .venv/bin/python bench/bench_transfer.py --size-mb 20 --link delay=50,rate=10   # ~2 min
 """
 
 from __future__ import annotations
