@@ -104,10 +104,13 @@ def run_plots(row: RunRow) -> str:
 
 
 def layer_plot(layers: Any) -> str:
-    """Per-layer bars from the run's `layers`: deployer.native.layers' report ({"layers": [{name, type,
-    median_ms}...]}), a list of such rows, or {name: ms}."""
+    """Per-layer bars from the run's `layers`: deployer.native.layers.report() ({"layers": {name: {type,
+    median_ms, ...}}, "types": ...}, what `deployer run --layers` stores), a list of {name, type, median_ms}
+    rows, or {name: ms}."""
     items: list[tuple[str, float]] = []
-    if isinstance(layers, dict) and isinstance(layers.get("layers"), list):  # deployer.native.layers report
+    if isinstance(layers, dict) and isinstance(layers.get("layers"), dict):   # deployer.native.layers.report()
+        layers = [{"name": name, **row} for name, row in layers["layers"].items() if isinstance(row, dict)]
+    elif isinstance(layers, dict) and isinstance(layers.get("layers"), list):
         layers = layers["layers"]
     if isinstance(layers, dict):
         items = [(str(k), float(v)) for k, v in layers.items() if isinstance(v, (int, float))]

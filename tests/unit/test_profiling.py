@@ -255,3 +255,17 @@ def test_sweep_section_heat_map_and_recommendation() -> None:
         c.pop("_samples")
     page = render([], [{"sweep_id": 1, "board": "pi", "configs": configs, "accuracy": {}, **rec}])
     assert "Recommended: threads=1 precision=int8" in page and page.count("data:image/png;base64,") == 1
+
+
+def test_layer_bars_read_what_run_layers_stores() -> None:
+    """The report draws the per-layer bars from the exact dict `deployer run --layers` stores
+    (deployer.native.layers.report), named by the .param's layer names, slowest first."""
+    from deployer.native.layers import report as layers_report
+    from deployer.profiling.report import layer_plot
+
+    line = {"layers": [{"index": 0, "name": "conv_stem", "type": "Convolution", "ms": [4.0, 5.0, 6.0]},
+                       {"index": 1, "name": "relu_1", "type": "ReLU", "ms": [0.2, 0.1, 0.3]}]}
+    stored = layers_report(line, network_median_ms=5.5)
+    html = layer_plot(stored)
+    assert html.startswith("<h3>Per-layer time</h3>") and "data:image/png;base64," in html
+    assert layer_plot({"layers": {}, "types": {}, "sum_median_ms": 0.0}) == ""   # no layers: no plot, no junk bars
