@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -317,11 +318,16 @@ def main(argv: list[str] | None = None) -> int:
     from deployer import fsutil
 
     fsutil.write_text(args.out, json.dumps(report, indent=2) + "\n")
-    if args.json:
+    return _emit(report, args.out, args.json, render, 160)
+
+
+def _emit(report: dict, out: Path, as_json: bool, render_fn: Callable[[dict, Console], None], width: int) -> int:
+    """Print the report as JSON or as a table (pointing at the saved JSON)."""
+    if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
-        render(report, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
-        err.print(f"JSON: {args.out}")
+        render_fn(report, Console(highlight=False, width=None if sys.stdout.isatty() else width))
+        err.print(f"JSON: {out}")
     return 0
 
 
@@ -339,12 +345,7 @@ def techniques_main(args: argparse.Namespace, argv: list[str]) -> int:
             from deployer import fsutil
 
             fsutil.write_text(out, json.dumps(report, indent=2) + "\n")     # partial results survive
-    if args.json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    else:
-        render_techniques(report, Console(highlight=False, width=None if sys.stdout.isatty() else 180))
-        err.print(f"JSON: {out}")
-    return 0
+    return _emit(report, out, args.json, render_techniques, 180)
 
 
 def render_techniques(report: dict, console: Console) -> None:

@@ -85,7 +85,7 @@ def max_input_bytes() -> int:
 
 
 def _open_regular(path: str | os.PathLike, what: str, limit: int | None) -> tuple[int, int]:
-    """(fd, size) of a user-named regular file, opened without blocking on FIFOs.
+    """(fd, byte cap applied) of a user-named regular file, opened without blocking on FIFOs.
 
     O_NONBLOCK makes opening a FIFO with no writer return at once instead of hanging; fstat on the
     open descriptor (not the name) then refuses FIFOs, devices, sockets and folders, so nothing can
@@ -115,7 +115,7 @@ def _open_regular(path: str | os.PathLike, what: str, limit: int | None) -> tupl
                 f"{path}: {what} is {st.st_size:,} bytes, over the {cap:,}-byte limit",
                 hint="is it the right file? DEPLOYER_MAX_INPUT_BYTES raises the limit")
         os.set_blocking(fd, True)
-        return fd, st.st_size
+        return fd, cap
     except BaseException:
         os.close(fd)
         raise
@@ -140,8 +140,7 @@ def read_input(path: str | os.PathLike, what: str = "file", *, limit: int | None
     """
     from deployer.errors import DeployerError
 
-    fd, size = _open_regular(path, what, limit)
-    cap = max_input_bytes() if limit is None else limit
+    fd, cap = _open_regular(path, what, limit)
     try:
         with os.fdopen(fd, "rb") as fh:
             data = fh.read(cap + 1)

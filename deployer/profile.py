@@ -253,6 +253,11 @@ def _split_list(v: Any) -> list:
     return [v]
 
 
+def _image_paths(v: Any, where: _Where, dotted: str) -> list[Path]:
+    """`calibration.images` / `eval.images`: one or more list files or folders."""
+    return [_as_path(p, where, dotted, kind="list file or folder") for p in _split_list(v)]
+
+
 def _as_floats(v: Any, where: str) -> list[float]:
     return [_as_float(x, where) for x in _split_list(v)]
 
@@ -390,8 +395,7 @@ def _calibration(raw: Any, where: _Where) -> CalibrationSpec:
     spec = CalibrationSpec()
     if raw.get("images") is None:
         raise _err(where("calibration.images"), "missing", "give a folder of images or a list file (one path per line)")
-    images = raw["images"] if isinstance(raw["images"], list) else _split_list(raw["images"])
-    spec.images = [_as_path(p, where, "calibration.images", kind="list file or folder") for p in images]
+    spec.images = _image_paths(raw["images"], where, "calibration.images")
     if raw.get("count") is not None:
         spec.count = _as_int(raw["count"], where("calibration.count"), minimum=1)
     if raw.get("holdout") is not None:
@@ -411,8 +415,7 @@ def _eval(raw: Any, where: _Where) -> EvalSpec:
     _unknown_keys(raw, _SECTION_KEYS["eval"], where, "eval.")
     spec = EvalSpec()
     if raw.get("images") is not None:
-        images = raw["images"] if isinstance(raw["images"], list) else _split_list(raw["images"])
-        spec.images = [_as_path(p, where, "eval.images", kind="list file or folder") for p in images]
+        spec.images = _image_paths(raw["images"], where, "eval.images")
     if raw.get("count") is not None:
         spec.count = _as_int(raw["count"], where("eval.count"), minimum=1)
     if raw.get("min_count") is not None:

@@ -30,6 +30,7 @@ from deployer.check.tasks.detection import Detections, decode_yolov8
 from deployer.errors import DeployerError
 from examples import data
 from examples.evaluate import YOLO_CLASSES
+from examples.infer import letterbox_geometry
 
 # Photos on which the fp32 detector finds something (faces, feet, bellies): the only real photos
 # with people in the installed wheels. Calibration uses crops of the bundled photos, so the
@@ -89,7 +90,7 @@ def detection_views(out_dir: str | Path, per_photo: int = 8, seed: int = 0) -> d
 
 def letterbox_scale(image_wh: tuple[int, int], input_wh: tuple[int, int]) -> float:
     """The scale deployer.check.samples' letterbox applied (image pasted at the top-left)."""
-    return min(input_wh[0] / image_wh[0], input_wh[1] / image_wh[1])
+    return letterbox_geometry(*image_wh, *input_wh)[0]
 
 
 _COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))

@@ -94,7 +94,7 @@ class FleetView:
                 self.live.update(self.render())
 
     def render(self) -> Table:
-        rows = getattr(self, "rows", {})
+        rows = self.rows
         done = sum(1 for r in rows.values() if r["stage"] in ("done", "failed"))
         failed = sum(1 for r in rows.values() if r["stage"] == "failed")
         table = Table(title=f"{self.title}: {done}/{self.total} done, {failed} failed  {self.note}",

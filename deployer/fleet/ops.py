@@ -148,6 +148,17 @@ def _failed(result: BoardResult, err: BaseException, dog: _Watchdog | None) -> B
     return result
 
 
+
+def _finish(result: BoardResult, t0: float, dog: _Watchdog, conn: Any, on_event: EventFn | None) -> None:
+    """How every per-board op ends, ok or not: stop the watchdog, close the connection, time it, report it."""
+    dog.cancel()
+    if conn is not None:
+        conn.close()
+    result.seconds = round(time.monotonic() - t0, 3)
+    _emit(on_event, result.board, stage="done" if result.ok else "failed", ok=result.ok, error=result.error,
+          release=result.release, action=result.action)
+
+
 def deploy_board(board: Any, release: LocalRelease, opts: DeployOptions,
                  on_event: EventFn | None = None) -> BoardResult:
     """Bring `release` to one board and make it current if it passes its health check."""
@@ -243,12 +254,7 @@ def deploy_board(board: Any, release: LocalRelease, opts: DeployOptions,
             raise
         return _failed(result, err, dog)
     finally:
-        dog.cancel()
-        if conn is not None:
-            conn.close()
-        result.seconds = round(time.monotonic() - t0, 3)
-        _emit(on_event, board.name, stage="done" if result.ok else "failed", ok=result.ok,
-              error=result.error, release=result.release, action=result.action)
+        _finish(result, t0, dog, conn, on_event)
 
 
 class _HealthFailed(DeployerError):
@@ -314,12 +320,7 @@ def rollback_board(board: Any, to: str | None, opts: DeployOptions,
             raise
         return _failed(result, err, dog)
     finally:
-        dog.cancel()
-        if conn is not None:
-            conn.close()
-        result.seconds = round(time.monotonic() - t0, 3)
-        _emit(on_event, board.name, stage="done" if result.ok else "failed", ok=result.ok, error=result.error,
-              release=result.release, action=result.action)
+        _finish(result, t0, dog, conn, on_event)
 
 
 def previous_release(listing: StoreListing) -> str | None:
@@ -368,12 +369,7 @@ def list_board(board: Any, opts: DeployOptions, which: str = "all", on_event: Ev
         result.extra["reachable"] = conn is not None and getattr(conn, "alive", False)
         return _failed(result, err, dog)
     finally:
-        dog.cancel()
-        if conn is not None:
-            conn.close()
-        result.seconds = round(time.monotonic() - t0, 3)
-        _emit(on_event, board.name, stage="done" if result.ok else "failed", ok=result.ok, error=result.error,
-              release=result.release, action=result.action)
+        _finish(result, t0, dog, conn, on_event)
 
 
 def _mb(n: int) -> str:

@@ -97,7 +97,7 @@ def rollback(boards: list[Any], to: str | None, opts: DeployOptions, *, executor
                                 f"{state.get('status')}) switched no board; there is nothing to undo",
                                 hint="use --to RELEASE, or no flag to go back one release on each board")
         boards = [b for b in boards if b.name in switched]
-        targets = {n: p for n, p in switched.items()}
+        targets = dict(switched)
         missing = [n for n, p in targets.items() if not p]
         if missing:
             raise DeployerError(f"--rollout: {', '.join(sorted(missing))} had no release before the rollout; "

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from deployer.profiling import stats as st
+from deployer.profiling.compare import kept_samples
 from deployer.profiling.store import RunRow
 
 _CSS = """
@@ -270,8 +271,8 @@ def _comparison_section(rows: list[RunRow]) -> str:
     base = rows[0]
     out = []
     for other in rows[1:]:
-        a = _kept(base)
-        b = _kept(other)
+        a = kept_samples(base)
+        b = kept_samples(other)
         if len(a) < 3 or len(b) < 3:
             continue
         c = st.compare_samples(a, b)
@@ -281,11 +282,6 @@ def _comparison_section(rows: list[RunRow]) -> str:
         return ""
     return ("<h2>Comparison against run " + str(base.id) + "</h2>"
             + _table(["runs", "verdict", "change %", "95% CI %", "p", "Cliff's delta"], out))
-
-
-def _kept(row: RunRow) -> list[float]:
-    warm = int((row.data.get("analysis") or {}).get("warmup_count") or 0)
-    return list(row.data.get("samples_ms") or [])[warm:]
 
 
 def render(rows: list[RunRow], sweeps: list[dict[str, Any]]) -> str:

@@ -124,16 +124,23 @@ def resolve_model(profile: Profile) -> tuple[Path, Path, dict]:
                                           "pnnx_seconds": round(time.monotonic() - started, 3)}
 
 
+def _paired_inputs(profile: Profile, images: list[Path], dotted: str) -> list[list[Path]]:
+    """One file list per input (`images` are list files or folders), checked to pair line by line."""
+    lists = [list_inputs(p) for p in images]
+    n = len(lists[0])
+    for p, files in zip(images[1:], lists[1:]):
+        if len(files) != n:
+            raise DeployerError(f"{profile.where(dotted)}: {p} has {len(files)} files but "
+                                f"{images[0]} has {n}", hint="multi-input lists are paired line by line")
+    return lists
+
+
 def split_calibration(profile: Profile) -> Split:
     """Deterministic shuffle (seed), cap at `count`, hold out a share (judges int8 when the profile
     names no `eval:` set; with one, nothing is held out and every file calibrates)."""
     cal = profile.calibration
-    lists = [list_inputs(p) for p in cal.images]
+    lists = _paired_inputs(profile, cal.images, "calibration.images")
     n = len(lists[0])
-    for p, files in zip(cal.images[1:], lists[1:]):
-        if len(files) != n:
-            raise DeployerError(f"{profile.where('calibration.images')}: {p} has {len(files)} files but "
-                                f"{cal.images[0]} has {n}", hint="multi-input lists are paired line by line")
     order = np.random.default_rng(cal.seed).permutation(n)
     if cal.count is not None:
         order = order[: cal.count]
@@ -155,12 +162,8 @@ def eval_set(profile: Profile, split: Split) -> EvalSet:
     spec = profile.eval
     warnings: list[str] = []
     if spec.images:
-        lists = [list_inputs(p) for p in spec.images]
+        lists = _paired_inputs(profile, spec.images, "eval.images")
         n = len(lists[0])
-        for p, files in zip(spec.images[1:], lists[1:]):
-            if len(files) != n:
-                raise DeployerError(f"{profile.where('eval.images')}: {p} has {len(files)} files but "
-                                    f"{spec.images[0]} has {n}", hint="multi-input lists are paired line by line")
         if spec.count is not None and spec.count < n:
             from deployer.quant.mixed import spread
 
