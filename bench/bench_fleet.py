@@ -5,10 +5,13 @@
 Boards are light emulated boards (`sim up --arch host`: the host's sshd, one per network namespace)
 in a private simulator instance. Each tool does the same work per board: copy a 4 MB release,
 check its sha256 on the board, switch a `current` symlink by rename; then a no-op re-run; then read
-every board's current release. deployer runs as its own CLI process (controller RSS: the peak of
-its process tree, sampled from /proc; wall time includes Python start-up, the operation's own time
-is reported beside it), with its health check off for the comparison; the health check's cost is measured apart on
-a subset. `--arm N` also times a rollout to N emulated arm64 boards (qemu-user) against one board.
+every board's current release. deployer runs as its own CLI process (RSS: the peak of its process
+tree, sampled from /proc; wall time includes Python start-up, the operation's own time is reported
+beside it), with its health check off for the comparison; the health check's cost is measured apart
+on a subset. The deploy starts deployer's persistent controller (--persist, like ssh's
+ControlPersist, on by default); the no-op rollout and status after it reuse its open connections,
+and are also measured with --persist 0 (a new SSH login per board, as every peer here does). The
+controller's own peak RSS is reported. `--arm N` also times a rollout to N emulated arm64 boards (qemu-user) against one board.
 Peers: an `xargs -P 50` loop of OpenSSH scp/ssh (bench/fleet_peers/xargs_deploy.sh), parallel-ssh
 (`pip install parallel-ssh`, pool 200), Ansible (`pip install ansible-core`, forks 50, pipelining;
 bench/fleet_peers/ansible_deploy.yml); a peer that is not installed is reported as missing.
@@ -21,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -98,6 +102,9 @@ def make_release(base: Path, size_mb: float, variant: int) -> Path:
 
 
 def deployer_cli(*args: str, targets: Path, cwd: Path) -> tuple[float, float, dict]:
+    """Run the deployer CLI; fleet commands run in the CLI process unless `args` give --persist."""
+    if "--persist" not in args and args[0] in ("deploy", "rollout", "rollback", "releases", "status"):
+        args = (*args, "--persist", "0")
     argv = [sys.executable, "-m", "deployer.cli", *args, "--targets", str(targets), "--json"]
     seconds, rss, res = run_child(argv, cwd=cwd)
     try:
@@ -107,34 +114,69 @@ def deployer_cli(*args: str, targets: Path, cwd: Path) -> tuple[float, float, di
     return seconds, rss, doc
 
 
-def check_all(doc: dict, n: int, what: str) -> None:
+def check_all(doc: dict, n: int, what: str, results: dict | None = None) -> None:
+    """Every board ok, or stop the benchmark (with `results`: record the failures and go on)."""
     ok = sum(1 for b in doc.get("boards", []) if b.get("ok"))
     if ok != n:
         bad = [b for b in doc.get("boards", []) if not b.get("ok")][:3]
-        raise SystemExit(f"{what}: {ok}/{n} boards ok; e.g. {bad}")
+        if results is None:
+            raise SystemExit(f"{what}: {ok}/{n} boards ok; e.g. {bad}")
+        results[f"{what}: failed boards"] = [f"{b.get('board')}: {b.get('error')}" for b in bad]
+
+
+def _controller_mb(work: Path) -> float | None:
+    """Peak resident memory (VmHWM, MB) of the persistent fleet controller serving `work`."""
+    from deployer.fleet.controller import socket_path
+
+    want = str(socket_path(work)).encode()
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and want in (d / "cmdline").read_bytes():
+                for line in (d / "status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1e3
+        except OSError:
+            continue
+    return None
 
 
 def bench_deployer(results: dict, targets: Path, work: Path, rel: Path, rel2: Path, n: int, parallel: int,
-                   health_subset: int) -> None:
+                   health_subset: int, deploy_parallel: int = 50) -> None:
+    """deploy (starts the persistent controller), then a no-op rollout and status that reuse its
+    connections, then the same two with --persist 0 (a new connection per board, as the peers do)."""
+    from deployer.fleet.controller import socket_path, stop
+
+    keep = ("--persist", "300")
+    # uploads are CPU-bound on this machine: deploy's own default of 50 boards at once (fewer busy
+    # threads contending for the GIL); the reads below are latency-bound: 200 at once
     t, rss, doc = deployer_cli("deploy", "tag:sim", "--model", str(rel), "--no-health", "--max-parallel",
-                               str(parallel), targets=targets, cwd=work)
+                               str(deploy_parallel), *keep, targets=targets, cwd=work)
+    results["deployer: deploy --max-parallel"] = deploy_parallel
     check_all(doc, n, "deployer deploy")
     results["deployer: deploy (s)"] = t
     results["deployer: deploy, operation only (s)"] = doc["seconds"]
     results["deployer: deploy controller RSS (MB)"] = rss
     results["deployer: deploy MB sent"] = doc["sent_bytes"] / 1e6
-    t, rss, doc = deployer_cli("rollout", "tag:sim", "--model", str(rel), "--no-health", "--waves", "100%",
-                               "--max-parallel", str(parallel), targets=targets, cwd=work)
-    check_all(doc, n, "deployer no-op rollout")
-    assert all(b["action"] == "unchanged" for b in doc["boards"]), "no-op rollout changed something"
-    results["deployer: no-op rollout (s)"] = t
-    results["deployer: no-op rollout, operation only (s)"] = doc["seconds"]
-    results["deployer: no-op rollout controller RSS (MB)"] = rss
-    t, rss, doc = deployer_cli("status", "tag:sim", "--max-parallel", str(parallel), targets=targets, cwd=work)
-    check_all(doc, n, "deployer status")
-    results["deployer: status (s)"] = t
-    results["deployer: status, operation only (s)"] = doc["seconds"]
-    results["deployer: status controller RSS (MB)"] = rss
+    noop = ("rollout", "tag:sim", "--model", str(rel), "--no-health", "--waves", "100%", "--max-parallel", str(parallel))
+    for label, persist in (("", keep), (", new connections (--persist 0)", ("--persist", "0"))):
+        t, rss, doc = deployer_cli(*noop, *persist, targets=targets, cwd=work)
+        check_all(doc, n, "deployer no-op rollout")
+        assert all(b["action"] == "unchanged" for b in doc["boards"]), "no-op rollout changed something"
+        if persist == keep:
+            assert all(b.get("connection") == "reused" for b in doc["boards"]), "controller did not reuse"
+        results[f"deployer: no-op rollout{label} (s)"] = t
+        results[f"deployer: no-op rollout{label}, operation only (s)"] = doc["seconds"]
+        results[f"deployer: no-op rollout{label}, CLI process RSS (MB)"] = rss
+        t, rss, doc = deployer_cli("status", "tag:sim", "--max-parallel", str(parallel), *persist, targets=targets,
+                                   cwd=work)
+        check_all(doc, n, "deployer status")
+        results[f"deployer: status{label} (s)"] = t
+        results[f"deployer: status{label}, operation only (s)"] = doc["seconds"]
+        results[f"deployer: status{label}, CLI process RSS (MB)"] = rss
+    results["deployer: persistent controller peak RSS (MB)"] = _controller_mb(work)
+    stop(socket_path(work))
+    if health_subset <= 0:
+        return
     # the health check's own cost, on a subset: the same new release with and without it
     from deployer.targets import load_targets
 
@@ -147,13 +189,13 @@ def bench_deployer(results: dict, targets: Path, work: Path, rel: Path, rel2: Pa
     rel3 = make_release(work, 0.5, 3)
     t_on, _, doc = deployer_cli("deploy", "subset", "--model", str(rel3), "--max-parallel", str(parallel),
                                 targets=sub, cwd=work)
-    check_all(doc, len(names), "deploy subset with health")
+    check_all(doc, len(names), "deploy subset with health", results)
     results[f"deployer: deploy {len(names)} boards, health check off (s)"] = t_off
     results[f"deployer: deploy {len(names)} boards, health check on, first run: runtime install + check (s)"] = t_on
     rel4 = make_release(work, 0.5, 4)
     t_on2, _, doc = deployer_cli("deploy", "subset", "--model", str(rel4), "--max-parallel", str(parallel),
                                  targets=sub, cwd=work)
-    check_all(doc, len(names), "deploy subset with health (runtime present)")
+    check_all(doc, len(names), "deploy subset with health (runtime present)", results)
     results[f"deployer: deploy {len(names)} boards, health check on, runtime present (s)"] = t_on2
     med = sorted(b["health"]["seconds"] for b in doc["boards"] if b.get("health"))
     results["deployer: health check per board, median (s)"] = med[len(med) // 2] if med else None
@@ -222,8 +264,20 @@ def bench_ansible(results: dict, hosts: list[str], user: str, key: Path, known: 
     results["ansible (forks 50, pipelining): read current (s)"] = t
 
 
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_arm(results: dict, count: int, work: Path) -> None:
-    """A rollout to `count` emulated arm64 boards vs to one: the controller's parallelism under emulation."""
+    """A rollout to `count` emulated arm64 boards vs to one, and why the ratio is what it is.
+
+    Every emulated board's sshd, sftp-server, sh and coreutils run under qemu-user on the same 2 host
+    cores, so N boards need N times one board's CPU: the ratio cannot go below
+    N x (CPU of one board's rollout) / (cores x wall time of one board's rollout), whatever the
+    controller does. That bound is measured (machine CPU minus the controller's) and reported next
+    to the ratio; on real boards each board brings its own CPU and the bound is 1."""
     state, tdir = work / "arm-state", work / "arm-targets"
     try:
         up = sim_up(arch="arm64", count=count, targets_dir=tdir, state_dir=state)
@@ -231,17 +285,27 @@ def bench_arm(results: dict, count: int, work: Path) -> None:
         names = sorted((b.name for b in up.added), key=lambda s: int(s.rsplit("-", 1)[-1]))
         one = targets.parent / "one.yaml"
         one.write_text(targets.read_text() + f"groups:\n  one: [{names[0]}]\n  rest: [{', '.join(names)}]\n")
-        r1 = make_release(work, 4, 11)
-        t1, _, doc = deployer_cli("rollout", "one", "--model", str(r1), "--no-health", "--waves", "100%",
-                                  "--max-parallel", str(count), "--state", str(work / "ro1"), targets=one, cwd=work)
-        check_all(doc, 1, "arm rollout to one")
-        r2 = make_release(work, 4, 12)
-        tn, _, doc = deployer_cli("rollout", "rest", "--model", str(r2), "--no-health", "--waves", "100%",
-                                  "--max-parallel", str(count), "--state", str(work / "ro2"), targets=one, cwd=work)
-        check_all(doc, count, f"arm rollout to {count}")
-        results["arm64 (qemu) rollout, 1 board, 4 MB, health off (s)"] = t1
-        results[f"arm64 (qemu) rollout, {count} boards, 4 MB, health off (s)"] = tn
+        timed = {}
+        for label, group, n, variant in (("1 board", "one", 1, 11), (f"{count} boards", "rest", count, 12)):
+            rel = make_release(work, 4, variant)
+            c0, r0 = _busy_cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN)
+            t, _, doc = deployer_cli("rollout", group, "--model", str(rel), "--no-health", "--waves", "100%",
+                                     "--max-parallel", str(count), "--state", str(work / f"ro-{group}"),
+                                     targets=one, cwd=work)
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            controller = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            check_all(doc, n, f"arm rollout to {label}")
+            timed[n] = (t, _busy_cpu_s() - c0 - controller, controller)
+            results[f"arm64 (qemu) rollout, {label}, 4 MB, health off (s)"] = t
+            results[f"arm64 (qemu) rollout, {label}: boards' CPU (s)"] = timed[n][1]
+            results[f"arm64 (qemu) rollout, {label}: controller CPU (s)"] = controller
+        (t1, cpu1, _), (tn, cpun, _) = timed[1], timed[count]
+        cores = os.cpu_count() or 1
         results[f"arm64 rollout time ratio {count} boards / 1 board"] = tn / t1
+        results[f"arm64 rollout ratio floor from the boards' CPU ({count} x CPU(1) / ({cores} cores x wall(1)))"] = \
+            max(1.0, count * cpu1 / (cores * t1))
+        results[f"arm64 rollout ratio floor from CPU measured in the {count}-board run (CPU / cores / wall(1))"] = \
+            max(1.0, cpun / cores / t1)
     finally:
         sim_down(state_dir=state)
 
@@ -250,7 +314,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--boards", type=int, default=200)
     ap.add_argument("--size-mb", type=float, default=4.0)
-    ap.add_argument("--parallel", type=int, default=200, help="deployer --max-parallel")
+    ap.add_argument("--parallel", type=int, default=200, help="deployer --max-parallel for the no-op and status")
+    ap.add_argument("--deploy-parallel", type=int, default=50, help="deployer deploy --max-parallel (its default)")
     ap.add_argument("--health-subset", type=int, default=20)
     ap.add_argument("--arm", type=int, default=16, help="emulated arm64 boards for the 1-vs-N rollout (0: skip)")
     ap.add_argument("--peers", default="xargs,pssh,ansible")
@@ -272,7 +337,8 @@ def main() -> None:
         rel2 = make_release(work, 0.5, 2)
         console.print("deployer ...")
         results["load average (1 min) before deployer"] = os.getloadavg()[0]
-        bench_deployer(results, targets, work, rel, rel2, args.boards, args.parallel, args.health_subset)
+        bench_deployer(results, targets, work, rel, rel2, args.boards, args.parallel, args.health_subset,
+                       args.deploy_parallel)
         from deployer.targets import load_targets
 
         boards = sorted(load_targets(targets).boards.values(), key=lambda b: int(b.name.rsplit("-", 1)[-1]))

@@ -1,18 +1,26 @@
 """Quantization benchmark: every calibration method on real models, int8 vs fp32 on the host.
 
-    .venv/bin/python bench/bench_quantize.py [--models mobilenet_v2,mtcnn_onet,digits_cnn]
+    .venv/bin/python bench/bench_quantize.py [--models mobilenet_v2,mtcnn_onet,digits_cnn,yolov8n,ppocr_det]
         [--methods kl,aciq,eq,maxabs,percentile,mse,quantize] [--threads 2] [--runs 30]
         [--out bench/results/quantize.json] [--json]
 
 Per model and method it measures: calibration wall time and images/s (`deployer ncnn2table`, the
-drop-in CLI a user runs, so Python start-up is included), the ncnn2int8 conversion time, accuracy
-on the held-out labels, top-1 agreement and mean/min output cosine against the true-fp32 model
-(fp16 off), the .bin size ratio, and median int8 vs fp32 latency in the stock ncnn wheel in the
-same process. `quantize` is `deployer quantize` with its defaults (method=auto).
+drop-in CLI a user runs, so Python start-up is included), the ncnn2int8 conversion time, the task
+metric of int8 against the true-fp32 model (fp16 off) on held-out inputs (deployer.check.tasks:
+classifiers top-1/top-5 agreement with the 95 % Wilson interval and accuracy on labels; YOLOv8n
+mAP@0.5 and mAP@0.5:0.95 of int8 boxes against fp32 boxes; PP-OCR's text map the IoU of the maps
+thresholded at 0.3), mean/min output cosine, the .bin size ratio, and median int8 vs fp32 latency
+in the stock ncnn wheel in the same process. `quantize` is `deployer quantize` with its defaults
+(method=auto, chosen on the task metric) and the model's task in the profile.
 
-Calibration and held-out data never overlap: MobileNetV2 calibrates on crops of skimage/sklearn
-photos and is scored on foolbox's 20 ImageNet photos; MTCNN on 50 / 150 lfw_subset crops; digits on
-200 training / 450 test digits. A method that fails is recorded with its error, not fatal.
+Calibration and held-out data never overlap: MobileNetV2, YOLOv8n and PP-OCR det calibrate on 44
+crops of skimage/sklearn photos (YOLOv8n letterboxed, as .npy, since ncnn2table cannot letterbox);
+MobileNetV2 is scored on foolbox's 20 labelled ImageNet photos, YOLOv8n on views of the photos with
+people (examples.yolo), PP-OCR det on text photos (bench_techniques.text_views); MTCNN on 50 / 150
+lfw_subset crops; digits on 200 training / 450 test digits. `quantize` picks its method on a
+separate eval set where the default holdout would not do (YOLOv8n: other random crops of the same
+photos; PP-OCR: other rendered text), never on the scoring inputs. A method that fails is recorded
+with its error, not fatal.
 """
 
 from __future__ import annotations
@@ -39,13 +47,14 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from deployer.check.metrics import cosine  # noqa: E402
+from deployer.check.tasks import TaskSpec, task_metrics  # noqa: E402
 from examples import data, evaluate, zoo  # noqa: E402
 from examples.infer import NcnnRunner  # noqa: E402
 from bench.bench_techniques import TECH_MODELS, bench_techniques  # noqa: E402
 
 err = Console(stderr=True, highlight=False)
 METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse", "quantize")
-DEFAULT_MODELS = ("mobilenet_v2", "mtcnn_onet", "digits_cnn")
+DEFAULT_MODELS = ("mobilenet_v2", "mtcnn_onet", "digits_cnn", "yolov8n", "ppocr_det")
 
 
 @dataclass
@@ -55,22 +64,27 @@ class Case:
     model: zoo.ZooModel
     calib: data.DataSet
     inputs: list[np.ndarray]
-    labels: np.ndarray | None          # None: no labels (detector), agreement only
+    labels: np.ndarray | None          # None: no labels, agreement with fp32 only
     heldout_name: str
+    task: TaskSpec                     # how int8 is judged against fp32 (deployer.check.tasks)
+    choice_eval: Path | None = None    # list file `deployer quantize` chooses its method on (else its holdout)
 
     def predictions(self, outputs: list[dict[str, np.ndarray]]) -> list:
-        """Argmax of the first output, or for a detector the sorted set of classes it found."""
+        """Argmax of the first output (classifiers)."""
         first = self.model.outputs[0]
-        if self.model.task == "detect":
-            hw = self.model.input_shape[1:]
-            return [sorted({d.label for d in evaluate.decode_yolov8(o[first], (hw[1], hw[0]), hw)})
-                    for o in outputs]
         return [int(o[first].reshape(-1).argmax()) for o in outputs]
 
     def accuracy(self, outputs: list[dict[str, np.ndarray]]) -> float | None:
-        if self.labels is None:
+        if self.labels is None or self.task.type != "classification":
             return None
         return float(np.mean(np.array(self.predictions(outputs)) == self.labels))
+
+    def calib_npy(self, work: Path) -> data.DataSet | None:
+        """Calibration as preprocessed .npy when ncnn2table's own preprocessing cannot express the
+        model's (letterbox), so the statistics see the tensors inference sees."""
+        if self.model.preprocess.resize != "letterbox":
+            return None
+        return data.npy_inputs(self.calib, self.model.preprocess, self.model.input_shape, work / "calib-npy")
 
 
 @dataclass
@@ -91,34 +105,56 @@ class MethodResult:
     latency_min_ms: float | None = None
     fp32_latency_min_ms: float | None = None
     speedup_min: float | None = None
+    task: dict | None = None                  # task metrics vs fp32 (deployer.check.tasks), see task_summary
     error: str | None = None
     extra: dict = field(default_factory=dict)
+
+
+def _list_file(files: list[Path], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{f}\n" for f in files))
+    return path
 
 
 def make_case(name: str, work: Path) -> Case:
     model = zoo.build(name)
     data_root = zoo.cache_root() / "data"
+    first = model.outputs[0]
     if name == "mobilenet_v2":
         calib = data.calibration_photos(data_root / "calibration")
         samples = data.imagenet_samples()
         inputs = evaluate.image_inputs(model, [p for p, _ in samples])
-        return Case(model, calib, inputs, np.array([y for _, y in samples]), "foolbox ImageNet (20)")
+        return Case(model, calib, inputs, np.array([y for _, y in samples]), "foolbox ImageNet (20)",
+                    TaskSpec("classification", output=first))
     if name.startswith("mtcnn_") and name != "mtcnn_pnet":
         calib = data.lfw_images(data_root / "lfw-calibration", "calibration")
         inputs, labels = evaluate.lfw_inputs(model, data.lfw_split()[1])
-        return Case(model, calib, inputs, labels, "lfw_subset held-out (150)")
+        return Case(model, calib, inputs, labels, "lfw_subset held-out (150)", TaskSpec("classification", output=first))
     if name == "digits_cnn":
         calib = data.digits_images(data_root / "digits-calibration", "train", limit=200)
         inputs, labels = evaluate.digits_inputs(model, "test")
-        return Case(model, calib, inputs, labels, "digits test (450)")
+        return Case(model, calib, inputs, labels, "digits test (450)", TaskSpec("classification", output=first))
     if name == "yolov8n":
-        # Unlabelled for this detector: agreement is "same set of detected classes as fp32".
+        from examples import yolo
+
         calib = data.calibration_photos(data_root / "calibration")
-        samples = data.imagenet_samples()
-        return Case(model, calib, evaluate.image_inputs(model, [p for p, _ in samples]), None,
-                    "foolbox ImageNet photos (20, detections vs fp32)")
-    raise SystemExit(f"bench: no held-out set for {name!r}; choose from {', '.join(DEFAULT_MODELS)}, "
-                     "mtcnn_rnet, yolov8n")
+        views = yolo.detection_views(data_root / "yolo-eval")            # the set bench_techniques scores on
+        # quantize chooses on other random crops of the same photos (whole/mirrored views, _0/_1, are in both)
+        other = yolo.detection_views(data_root / "yolo-eval-seed1", seed=1)
+        choice = _list_file([f for f in other.files if not f.stem.endswith(("_0", "_1"))], work / "choice.txt")
+        return Case(model, calib, evaluate.image_inputs(model, views.files), None,
+                    f"photos with people ({len(views.files)} views, boxes vs fp32)",
+                    TaskSpec("detection", output=first, num_classes=18), choice)
+    if name == "ppocr_det":
+        from bench.bench_techniques import text_views
+
+        calib = data.calibration_photos(data_root / "calibration")
+        views = text_views(work / "text-views")
+        other = [f for f in text_views(work / "text-views-seed1", seed=1) if not f.stem.endswith("_0")]
+        return Case(model, calib, evaluate.image_inputs(model, views), None,
+                    f"text photos ({len(views)}: page, coffee, rendered; maps vs fp32)",
+                    TaskSpec("dense", output=first, threshold=0.3), _list_file(other, work / "choice.txt"))
+    raise SystemExit(f"bench: no held-out set for {name!r}; choose from {', '.join(DEFAULT_MODELS)}, mtcnn_rnet")
 
 
 def run_all(runner: NcnnRunner, case: Case) -> list[dict[str, np.ndarray]]:
@@ -150,10 +186,30 @@ def paired_latency_ms(fp32: NcnnRunner, int8: NcnnRunner, case: Case, runs: int,
     return statistics.median(times[0]), statistics.median(times[1]), min(times[0]), min(times[1])
 
 
+def task_summary(case: Case, ref: list[dict[str, np.ndarray]], test: list[dict[str, np.ndarray]]) -> dict:
+    """The task metrics of `test` against `ref` (and the labels), without per-class detail."""
+    labels = None if case.labels is None else [int(y) for y in case.labels]
+    tm = task_metrics(case.task, ref, test, labels if case.task.type == "classification" else None)
+    d = tm["detail"]
+    if case.task.type == "detection":
+        return {"map50": tm["map50"], "map50_95": tm["map50_95"], "images": d["images"],
+                "reference_boxes": d["reference_boxes"]}
+    if case.task.type == "dense":
+        return {"mask_iou": tm["mask_iou"], "mask_iou_min": tm["mask_iou_min"], "threshold": d["threshold"],
+                "images": d["images"], "reference_pixels": d["reference_pixels"]}
+    lo, hi = d["top1_interval"]
+    return {"top1_agreement": tm["top1_agreement"], "top1_ci95": [round(lo, 4), round(hi, 4)],
+            "top5_agreement": tm["top5_agreement"], "images": d["images"],
+            "accuracy_fp32": d["accuracy_fp32"], "accuracy_int8": d["accuracy_int8"]}
+
+
 def compare(case: Case, ref: list[dict[str, np.ndarray]], test: list[dict[str, np.ndarray]], res: MethodResult) -> None:
-    """Top-1 on the first output (class / face prob), cosine over all outputs concatenated."""
+    """Task metrics on the first output (class / face prob, boxes, text map), cosine over all
+    outputs concatenated."""
+    res.task = task_summary(case, ref, test)
     res.accuracy = case.accuracy(test)
-    res.top1_agreement = float(np.mean([a == b for a, b in zip(case.predictions(ref), case.predictions(test))]))
+    if case.task.type == "classification":
+        res.top1_agreement = res.task["top1_agreement"]
     cat = lambda o: np.concatenate([o[b].reshape(-1) for b in case.model.outputs])  # noqa: E731
     cos = [cosine(cat(r), cat(t)) for r, t in zip(ref, test)]
     res.cosine_mean, res.cosine_min = float(np.mean(cos)), float(np.min(cos))
@@ -162,6 +218,10 @@ def compare(case: Case, ref: list[dict[str, np.ndarray]], test: list[dict[str, n
 def _ncnn2table_args(case: Case, table: Path, method: str, threads: int) -> list[str]:
     pre, (c, h, w) = case.model.preprocess, case.model.input_shape
     fmt = lambda v: "[" + ",".join(f"{x:g}" if x == int(x) else f"{x:.9g}" for x in v) + "]"  # noqa: E731
+    npy = case.calib_npy(table.parent)
+    if npy is not None:
+        return [str(case.model.param), str(case.model.bin), str(npy.list_file), str(table),
+                f"shape=[{w},{h},{c}]", "type=1", f"thread={threads}", f"method={method}"]
     return [str(case.model.param), str(case.model.bin), str(case.calib.list_file), str(table),
             f"mean={fmt(pre.mean)}", f"norm={fmt(pre.norm)}", f"shape=[{w},{h},{c}]", f"pixel={pre.pixel}",
             f"thread={threads}", f"method={method}"]
@@ -215,7 +275,9 @@ def write_profile(case: Case, path: Path, out_dir: Path, threads: int) -> Path:
 
     profile = {"model": {"param": str(case.model.param), "bin": str(case.model.bin)},
                "inputs": [case.model.input_spec()], "calibration": {"images": [str(case.calib.list_file)]},
-               "out": str(out_dir), "name": case.model.name, "threads": threads}
+               "task": case.task.to_dict(), "out": str(out_dir), "name": case.model.name, "threads": threads}
+    if case.choice_eval is not None:
+        profile["eval"] = {"images": [str(case.choice_eval)]}
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
     return path
 
@@ -240,6 +302,11 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
                 res.images_per_s = len(case.calib.files) / res.calib_seconds
                 int8 = NcnnRunner(param, binf, threads=threads)
                 compare(case, ref, run_all(int8, case), res)
+                if method == "quantize":
+                    chosen = json.loads(param.with_suffix(".json").read_text())
+                    res.extra = {"chosen": chosen["method"], "method_choice": chosen.get("method_choice"),
+                                 "eval_count": chosen["eval"]["count"], "eval_source": chosen["eval"]["source"],
+                                 "scores": {m: r.get("score_by", r["score"]) for m, r in chosen["methods"].items()}}
                 res.bin_bytes = binf.stat().st_size
                 res.bin_ratio = res.bin_bytes / fp32_bytes
                 (res.fp32_latency_ms, res.latency_ms,
@@ -250,21 +317,35 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
                 res.error = f"{type(exc).__name__}: {exc}"[:240]
         acc = "-" if res.accuracy is None else f"{res.accuracy:.3f}"
         err.print(f"  {method:<10} " + (f"[red]{res.error}[/]" if res.error else
-                  f"agree {res.top1_agreement:.3f} cos {res.cosine_mean:.4f} acc {acc} "
-                  f"calib {res.calib_seconds:.1f}s int8/fp32 {res.latency_ms:.2f}/{res.fp32_latency_ms:.2f} ms"))
+                  f"{metric_text(res.task)} cos {res.cosine_mean:.4f} acc {acc} "
+                  f"calib {res.calib_seconds:.1f}s int8/fp32 {res.latency_ms:.2f}/{res.fp32_latency_ms:.2f} ms"
+                  + (f" (chose {res.extra['chosen']})" if res.extra.get("chosen") else "")))
         results.append(res)
-    return {"model": name, "heldout": case.heldout_name, "calibration_images": len(case.calib.files),
-            "heldout_images": len(case.inputs),
+    return {"model": name, "task": case.task.type, "heldout": case.heldout_name,
+            "calibration_images": len(case.calib.files), "heldout_images": len(case.inputs),
             "fp32": {"accuracy": fp32_acc, "latency_ms": fp32_ms, "bin_bytes": fp32_bytes},
             "methods": [r.__dict__ for r in results]}
+
+
+def metric_text(task: dict | None) -> str:
+    """One task metric in words: top-1 agreement [95 % interval], mAP@0.5 / @0.5:0.95, or mask IoU."""
+    f = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
+    if not task:
+        return "-"
+    if "map50" in task:
+        return f"mAP50 {f(task['map50'])} / 50-95 {f(task['map50_95'])}"
+    if "mask_iou" in task:
+        return f"mask IoU {f(task['mask_iou'])} (min {f(task['mask_iou_min'])})"
+    lo, hi = task["top1_ci95"]
+    return f"top-1 {f(task['top1_agreement'])} [{lo:.3f}, {hi:.3f}]"
 
 
 def render(report: dict, console: Console) -> None:
     host = report["host"]
     table = Table(title=f"int8 vs fp32 on the host ({host['threads']} threads, ncnn {host['ncnn']})")
-    for col in ("model", "method", "calib s", "img/s", "acc", "fp32 acc", "top-1 agree", "cos mean", "cos min",
-                "bin ratio", "int8 ms", "fp32 ms", "speedup"):
-        table.add_column(col, justify="left" if col in ("model", "method") else "right")
+    for col in ("model", "method", "calib s", "img/s", "acc", "fp32 acc", "vs fp32 (task metric)", "cos mean",
+                "cos min", "bin ratio", "int8 ms", "fp32 ms", "speedup"):
+        table.add_column(col, justify="left" if col in ("model", "method", "vs fp32 (task metric)") else "right")
     f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     errors = []
     for m in report["models"]:
@@ -274,7 +355,8 @@ def render(report: dict, console: Console) -> None:
                 table.add_row(m["model"], r["method"], "[red]failed[/]", *["-"] * 10)
                 continue
             table.add_row(m["model"], r["method"], f(r["calib_seconds"], ".1f"), f(r["images_per_s"], ".1f"),
-                          f(r["accuracy"], ".3f"), f(m["fp32"]["accuracy"], ".3f"), f(r["top1_agreement"], ".3f"),
+                          f(r["accuracy"], ".3f"), f(m["fp32"]["accuracy"], ".3f"),
+                          metric_text(r.get("task")) + (f" (chose {r['extra']['chosen']})" if r["extra"].get("chosen") else ""),
                           f(r["cosine_mean"], ".4f"), f(r["cosine_min"], ".4f"), f(r["bin_ratio"], ".3f"),
                           f(r["latency_ms"], ".2f"), f(r["fp32_latency_ms"], ".2f"), f(r["speedup"], ".2f"))
     console.print(table)

@@ -1,6 +1,7 @@
 """Per-technique part of the quantization benchmark (bench/bench_quantize.py --techniques).
 
-For each model: calibrate once (deployer's Calibrator; tables for kl, ncnn's default, and mse),
+For each model: calibrate once (deployer's Calibrator; tables for kl, ncnn's default, mse, and seq:
+percentile's scales re-chosen per layer for the int8 network's output error, deployer.quant.seqcal),
 then for every technique set (none, biascorr,
 adaround, adaround+biascorr) refine the weights on the calibration inputs, write the int8 files,
 load them in the stock ncnn wheel and score them against the true-fp32 model on the eval inputs,
@@ -141,7 +142,7 @@ def _score(case: TechCase, ref: list[dict], test: list[dict]) -> dict[str, Any]:
     return res
 
 
-def bench_techniques(name: str, work: Path, threads: int, methods: tuple[str, ...] = ("kl", "mse"),
+def bench_techniques(name: str, work: Path, threads: int, methods: tuple[str, ...] = ("kl", "mse", "seq"),
                      log: Any = print) -> dict:
     from deployer.ncnn.model import NcnnModel
     from deployer.quant.calibration import Calibrator

@@ -8,9 +8,11 @@ that the next successful write of the same name removes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -160,6 +162,37 @@ def read_input_text(path: str | os.PathLike, what: str = "file", *, limit: int |
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DeployerError(f"{path}: not a UTF-8 text {what} (byte {err.start} is 0x{raw[err.start]:02x})") from None
+
+
+_digests: dict[tuple, str] = {}
+_digests_lock = threading.Lock()
+_READ = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike, what: str = "file", limit: int | None = None) -> str:
+    """sha256 of a local file (or of its first `limit` bytes), hex.
+
+    Remembered for the life of the process by (path, inode, size, mtime): the steps of one command
+    (a run records the model's hash, its upload checks it, a release names files by it) ask for the
+    same unchanged file several times, and a model can be hundreds of MB."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, limit)
+    with _digests_lock:
+        if key in _digests:
+            return _digests[key]
+    d = hashlib.sha256()
+    left = limit
+    with open_input(path, what) as f:
+        while left is None or left > 0:
+            b = f.read(_READ if left is None else min(_READ, left))
+            if not b:
+                break
+            d.update(b)
+            if left is not None:
+                left -= len(b)
+    with _digests_lock:
+        _digests[key] = d.hexdigest()
+    return _digests[key]
 
 
 @contextlib.contextmanager

@@ -39,7 +39,8 @@ PROFILE_MAX_BYTES = 1 << 20     # a profile is a few hundred bytes; anything nea
 MAX_THREADS = 256
 PIXEL_FORMATS = ("RGB", "BGR", "GRAY", "RGBA", "BGRA")
 RESIZE_MODES = ("resize", "letterbox", "none")
-METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse")   # eq: costly search, not a default candidate
+# eq and seq: costly searches (seq: ~100 s more on MobileNetV2), not default candidates
+METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse", "seq")
 DEFAULT_CANDIDATES = ("kl", "aciq", "maxabs", "percentile", "mse")
 MODEL_SOURCE_SUFFIXES = (".onnx", ".pt", ".pth", ".torchscript")
 

@@ -7,7 +7,14 @@ quietly shrink what was tested. The allowed skips are listed at the end of the r
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Fleet commands keep board connections in a background controller by default (--persist 60).
+# The suite runs them in-process unless a test asks for the controller (tests/integration/test_fleet.py
+# runs the CLI both ways); a test run must not leave controllers behind.
+os.environ.setdefault("DEPLOYER_PERSIST", "0")
 
 from tests.fixtures.tiers import allowed_skip, require_all
 

@@ -8,57 +8,80 @@ push, run, runtime).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-import typer
-
-from deployer.cli import boards, ncnn2int8, ncnn2table, quantize, sim
-from deployer.cli import profile as profile_cli
-from deployer.cli import fleet as fleet_cli
-from deployer.cli import native as native_cli
-from deployer.cli.common import handle_errors
-
-app = typer.Typer(
-    name="deployer",
-    help="Quantize ncnn models to int8, cross-check them, and run them on ARM boards over SSH.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    # Plain click help: reads the same on a terminal, in a pipe and in a log, and shows flags as
-    # `--json` / `--fp16 / --no-fp16` (rich help labels every flag `<bool>` in typer >= 0.2x).
-    rich_markup_mode=None,
-)
-
-@app.callback()
-def _root() -> None:
-    """Quantize ncnn models to int8, cross-check them, and run them on ARM boards over SSH."""
+_APP: Any = None
 
 
-for module in (ncnn2table, ncnn2int8, quantize, sim, boards):
-    module.register(app)
-profile_cli.register(app)  # deployer.cli.profile: profile, history, compare, report
-fleet_cli.register(app)  # deployer.cli.fleet: deploy, rollback, releases, rollout, status
-native_cli.register(app)  # deployer.cli.native: runtime build
+def build_app() -> Any:
+    """The typer app with every command registered (imported here, not at module level, so that a
+    missing dependency is one line from main() rather than a traceback from `import deployer.cli`)."""
+    global _APP
+    if _APP is not None:
+        return _APP
+    import typer
+
+    from deployer.cli import boards, ncnn2int8, ncnn2table, quantize, sim
+    from deployer.cli import fleet as fleet_cli
+    from deployer.cli import native as native_cli
+    from deployer.cli import profile as profile_cli
+    from deployer.cli.common import handle_errors
+
+    app = typer.Typer(
+        name="deployer",
+        help="Quantize ncnn models to int8, cross-check them, and run them on ARM boards over SSH.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        # Plain click help: reads the same on a terminal, in a pipe and in a log, and shows flags as
+        # `--json` / `--fp16 / --no-fp16` (rich help labels every flag `<bool>` in typer >= 0.2x).
+        rich_markup_mode=None,
+    )
+
+    @app.callback()
+    def _root() -> None:
+        """Quantize ncnn models to int8, cross-check them, and run them on ARM boards over SSH."""
+
+    for module in (ncnn2table, ncnn2int8, quantize, sim, boards):
+        module.register(app)
+    profile_cli.register(app)  # deployer.cli.profile: profile, history, compare, report
+    fleet_cli.register(app)  # deployer.cli.fleet: deploy, rollback, releases, rollout, status
+    native_cli.register(app)  # deployer.cli.native: runtime build
+
+    @app.command()
+    @handle_errors
+    def version() -> None:
+        """Print deployer's version and the host ncnn wheel's."""
+        from deployer import __version__
+
+        try:
+            import ncnn
+
+            ncnn_version = ncnn.__version__
+        except ImportError:
+            ncnn_version = "not installed"
+        typer.echo(f"deployer {__version__} (ncnn {ncnn_version})")
+
+    _APP = app
+    return app
 
 
-@app.command()
-@handle_errors
-def version() -> None:
-    """Print deployer's version and the host ncnn wheel's."""
-    from deployer import __version__
-
-    try:
-        import ncnn
-
-        ncnn_version = ncnn.__version__
-    except ImportError:
-        ncnn_version = "not installed"
-    typer.echo(f"deployer {__version__} (ncnn {ncnn_version})")
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return build_app()
+    raise AttributeError(name)
 
 
 def main() -> None:
     """The console script: exit codes 0 ok, 1 gate, 2 bad input, 3 board/link, 4 internal (see cli.common)."""
-    from deployer.cli.common import run_app
-
+    try:
+        app = build_app()
+        from deployer.cli.common import run_app
+    except ImportError as err:
+        missing = getattr(err, "name", None) or str(err)
+        sys.stderr.write(f"error: deployer cannot start: the Python package {missing!r} is missing or broken "
+                         f"({err}); run `make setup` (or pip install -e .) in this environment\n")
+        sys.exit(4)
     code = run_app(app)
     try:
         sys.stdout.flush()

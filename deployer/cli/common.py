@@ -218,6 +218,35 @@ def _usage_line(exc: Any) -> str:
     return one_line(f"{path}: {message} (see {path} --help)")
 
 
+_METAVARS = {"str": "TEXT", "int": "N", "float": "NUM", "path": "PATH", "list[Path]": "PATH", "list[str]": "TEXT",
+             "int range": "N", "float range": "NUM", "list[float]": "NUM"}
+
+
+def _plain_metavars(cmd: Any) -> None:
+    """Help in the usual CLI style (`--max-parallel N`, `TARGET`) instead of typer's type labels
+    (`--max-parallel <int>`, `{target}`), for every command, without a metavar on every option."""
+    for sub in getattr(cmd, "commands", {}).values():
+        _plain_metavars(sub)
+    import click
+
+    ctx = click.Context(cmd)
+    for p in getattr(cmd, "params", []):
+        if p.metavar is not None or getattr(p, "is_flag", False):
+            continue
+        if type(p).__name__.endswith("Argument"):
+            p.metavar = (p.name or "ARG").upper() + ("..." if p.nargs != 1 else "")
+            p.display_type_rich = lambda ctx=None: ""     # the name says it; no `<str>` beside it
+            continue
+        try:
+            label = (p.display_type(ctx) or "").strip("<>")
+        except Exception:  # a parameter type this typer cannot describe: keep its own label
+            continue
+        if "|" in label:
+            p.metavar = "[" + label.removeprefix("list[").removesuffix("]") + "]"
+        elif label in _METAVARS:
+            p.metavar = _METAVARS[label]
+
+
 def run_app(app: typer.Typer, args: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; usage errors are one line with exit 2."""
     clicks = _click_exceptions()
@@ -226,7 +255,11 @@ def run_app(app: typer.Typer, args: list[str] | None = None) -> int:
     # a library warning is a `warning:` line like ours, not Python's "file.py:166: TableWarning: ..."
     warnings.showwarning = lambda message, *rest, **kw: warn(one_line(str(message)))
     try:
-        rv = app(args=args, prog_name="deployer", standalone_mode=False)
+        import typer.main
+
+        cmd = typer.main.get_command(app)
+        _plain_metavars(cmd)
+        rv = cmd(args=args, prog_name="deployer", standalone_mode=False)
         return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
     except (typer.Exit,) as e:  # pragma: no cover - standalone_mode=False returns it instead
         return int(getattr(e, "exit_code", 0) or 0)

@@ -36,10 +36,38 @@ KeepOpt = typer.Option(3, "--keep", help="previous releases kept on each board")
 LockWaitOpt = typer.Option(10.0, "--lock-wait", help="seconds to wait for another deploy's board lock")
 DeadlineOpt = typer.Option(600.0, "--deadline", help="seconds one board may take before it is failed")
 StateOpt = typer.Option(Path("rollouts"), "--state", help="folder for rollout state (resume, rollback --rollout)")
+PersistOpt = typer.Option(None, "--persist", help="keep board connections open this many seconds after the command "
+                          "in a background controller, for the next fleet command (0: off; default "
+                          "$DEPLOYER_PERSIST, else 60, or 0 when $CI is set)")
+RuntimeOpt = typer.Option(None, "--runtime", help="runtime for the health check: native, python or auto "
+                          "(default: each board's `runtime:`)")
+
+
+def _call(executor: str, persist: Optional[float]) -> Any:
+    """service.<name>(...) through the persistent controller (local executor) or in this process."""
+    import functools
+    import os
+
+    from deployer.errors import DeployerError
+    from deployer.fleet import controller
+    from deployer.fleet.executor import parse_executor
+
+    if persist is None:
+        # a CI job must not leave a process behind it: there the default is off
+        env = os.environ.get("DEPLOYER_PERSIST", "0" if os.environ.get("CI") else "60")
+        try:
+            persist = float(env)
+        except ValueError:
+            raise DeployerError(f"DEPLOYER_PERSIST={env!r}: give seconds (0 turns the controller off)") from None
+    if persist < 0:
+        raise DeployerError("--persist must be 0 (off) or a number of seconds")
+    spec = parse_executor(executor)
+    return spec, functools.partial(controller.call, persist=persist if spec.local else 0)
 
 
 def _options(*, no_health: bool = False, min_cosine: float = 0.99, max_latency: Optional[float] = None,
-             keep: int = 3, lock_wait: float = 10.0, deadline: float = 600.0, accept_new: bool = False) -> Any:
+             keep: int = 3, lock_wait: float = 10.0, deadline: float = 600.0, accept_new: bool = False,
+             runtime: Optional[str] = None) -> Any:
     from deployer.errors import DeployerError
     from deployer.fleet.health import HealthPolicy
     from deployer.fleet.ops import DeployOptions
@@ -50,8 +78,10 @@ def _options(*, no_health: bool = False, min_cosine: float = 0.99, max_latency: 
         raise DeployerError("--min-cosine must be in (0, 1]")
     if deadline <= 0 or lock_wait < 0:
         raise DeployerError("--deadline must be positive and --lock-wait 0 or more (seconds)")
+    if runtime not in (None, "native", "python", "auto"):
+        raise DeployerError(f"--runtime {runtime!r}: use native, python or auto")
     return DeployOptions(HealthPolicy(enabled=not no_health, min_cosine=min_cosine, max_latency_ms=max_latency),
-                         keep=keep, lock_wait=lock_wait, deadline=deadline, accept_new=accept_new)
+                         keep=keep, lock_wait=lock_wait, deadline=deadline, accept_new=accept_new, runtime=runtime)
 
 
 class FleetView:
@@ -181,6 +211,8 @@ def register(app: typer.Typer) -> None:
         keep: int = KeepOpt,
         max_parallel: int = ParallelOpt,
         executor: str = ExecutorOpt,
+        persist: Optional[float] = PersistOpt,
+        runtime: Optional[str] = RuntimeOpt,
         lock_wait: float = LockWaitOpt,
         deadline: float = DeadlineOpt,
         targets: Optional[List[Path]] = TargetsOpt,
@@ -188,12 +220,9 @@ def register(app: typer.Typer) -> None:
         json_output: bool = JsonOpt,
     ) -> None:
         """Ship a release to board(s): upload what is missing, health-check it on the board, switch."""
-        from deployer.fleet import service
-        from deployer.fleet.executor import parse_executor
-
         opts = _options(no_health=no_health, min_cosine=min_cosine, max_latency=max_latency, keep=keep,
-                        lock_wait=lock_wait, deadline=deadline, accept_new=accept_new)
-        spec = parse_executor(executor)
+                        lock_wait=lock_wait, deadline=deadline, accept_new=accept_new, runtime=runtime)
+        spec, call = _call(executor, persist)
         boards, release = _boards_and_release(target, targets, model, profile, no_health, json_output)
         if plan:
             _print_plan({"release": release.id, "files": {f.name: f.size for f in release.files},
@@ -206,7 +235,7 @@ def register(app: typer.Typer) -> None:
             return
         view = FleetView(f"deploy {release.id}", len(boards))
         with view.live:
-            report = service.deploy(boards, release, opts, executor=spec, max_parallel=max_parallel, on_event=view)
+            report = call("deploy", boards, release, opts, executor=spec, max_parallel=max_parallel, on_event=view)
         _finish(report, json_output, ["board", "ok", "action", "release", "previous", "health", "sent_bytes", "seconds"],
                 f"deploy {release.id}")
 
@@ -220,6 +249,7 @@ def register(app: typer.Typer) -> None:
         state: Path = StateOpt,
         max_parallel: int = ParallelOpt,
         executor: str = ExecutorOpt,
+        persist: Optional[float] = PersistOpt,
         lock_wait: float = LockWaitOpt,
         deadline: float = DeadlineOpt,
         targets: Optional[List[Path]] = TargetsOpt,
@@ -228,8 +258,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Switch board(s) back to an earlier release kept on the board (nothing is uploaded)."""
         from deployer.errors import DeployerError
-        from deployer.fleet import service
-        from deployer.fleet.executor import parse_executor
         from deployer.remote.layout import check_name
 
         if to is not None and from_rollout:
@@ -237,10 +265,11 @@ def register(app: typer.Typer) -> None:
         if to is not None:
             check_name(to, "--to release id")
         opts = _options(lock_wait=lock_wait, deadline=deadline, accept_new=accept_new)
+        spec, call = _call(executor, persist)
         boards = _boards(_inventory(targets, target), target)
         view = FleetView("rollback", len(boards))
         with view.live:
-            report = service.rollback(boards, to, opts, executor=parse_executor(executor), max_parallel=max_parallel,
+            report = call("rollback", boards, to, opts, executor=spec, max_parallel=max_parallel,
                                       state_dir=state, group=target, use_rollout=from_rollout, on_event=view)
         _finish(report, json_output, ["board", "ok", "action", "release", "previous", "error"], "rollback")
 
@@ -250,17 +279,15 @@ def register(app: typer.Typer) -> None:
         target: str = typer.Argument(..., help="board, group, tag:NAME or user@host[:port]"),
         max_parallel: int = ParallelOpt,
         executor: str = ExecutorOpt,
+        persist: Optional[float] = PersistOpt,
         targets: Optional[List[Path]] = TargetsOpt,
         accept_new: bool = AcceptNewOpt,
         json_output: bool = JsonOpt,
     ) -> None:
         """List the releases kept on board(s): id, current, age, size, model, last health check."""
-        from deployer.fleet import service
-        from deployer.fleet.executor import parse_executor
-
+        spec, call = _call(executor, persist)
         boards = _boards(_inventory(targets, target), target)
-        report = service.releases(boards, _options(accept_new=accept_new), executor=parse_executor(executor),
-                                  max_parallel=max_parallel)
+        report = call("releases", boards, _options(accept_new=accept_new), executor=spec, max_parallel=max_parallel)
         if json_output:
             emit_json(report.to_json())
         else:
@@ -297,6 +324,8 @@ def register(app: typer.Typer) -> None:
         keep: int = KeepOpt,
         max_parallel: int = ParallelOpt,
         executor: str = ExecutorOpt,
+        persist: Optional[float] = PersistOpt,
+        runtime: Optional[str] = RuntimeOpt,
         lock_wait: float = LockWaitOpt,
         deadline: float = DeadlineOpt,
         state: Path = StateOpt,
@@ -305,18 +334,15 @@ def register(app: typer.Typer) -> None:
         json_output: bool = JsonOpt,
     ) -> None:
         """Roll a release out to a group in waves, stopping when failures pass the budget."""
-        from deployer.fleet import service
-        from deployer.fleet.executor import parse_executor
-
         opts = _options(no_health=no_health, min_cosine=min_cosine, max_latency=max_latency, keep=keep,
-                        lock_wait=lock_wait, deadline=deadline, accept_new=accept_new)
-        spec = parse_executor(executor)
+                        lock_wait=lock_wait, deadline=deadline, accept_new=accept_new, runtime=runtime)
+        spec, call = _call(executor, 0 if plan else persist)
         boards, release = _boards_and_release(group, targets, model, profile, no_health, json_output)
         view = FleetView(f"rollout {release.id}", len(boards))
         with view.live if not plan else contextlib.nullcontext():
-            the_plan, report = service.rollout(group, boards, release, opts, waves=waves, max_failures=max_failures,
-                                               max_parallel=max_parallel, bake=bake, executor=spec, state_dir=state,
-                                               resume=resume, on_event=view, plan_only=plan)
+            the_plan, report = call("rollout", group, boards, release, opts, waves=waves, max_failures=max_failures,
+                                    max_parallel=max_parallel, bake=bake, executor=spec, state_dir=state,
+                                    resume=resume, on_event=view, plan_only=plan)
         if report is None:
             p = the_plan.to_json()
             _print_plan({"release": release.id, "size": release.size, "waves": [len(w) for w in p["waves"]],
@@ -344,19 +370,17 @@ def register(app: typer.Typer) -> None:
         state: Path = StateOpt,
         max_parallel: int = typer.Option(200, "--max-parallel", help="boards read at once"),
         executor: str = ExecutorOpt,
+        persist: Optional[float] = PersistOpt,
         deadline: float = typer.Option(30.0, "--deadline", help="seconds per board before it counts as unreachable"),
         targets: Optional[List[Path]] = TargetsOpt,
         accept_new: bool = AcceptNewOpt,
         json_output: bool = JsonOpt,
     ) -> None:
         """What every board serves: release, model, runtime, last health check, reachable, drift."""
-        from deployer.fleet import service
-        from deployer.fleet.executor import parse_executor
-
+        spec, call = _call(executor, persist)
         boards = _boards(_inventory(targets, target), target)
-        report = service.status(boards, _options(deadline=deadline, accept_new=accept_new),
-                                executor=parse_executor(executor), max_parallel=max_parallel, expect=expect,
-                                group=target, state_dir=state)
+        report = call("status", boards, _options(deadline=deadline, accept_new=accept_new),
+                      executor=spec, max_parallel=max_parallel, expect=expect, group=target, state_dir=state)
         if json_output:
             emit_json(report.to_json())
         else:

@@ -175,7 +175,7 @@ def quantize(
 def _render_quantize(report: dict) -> None:
     ev = report.get("eval", {})
     t = Table(title=f"methods on {ev.get('count', '?')} eval inputs ({ev.get('source', 'held out')}) vs fp32; "
-                    "best score = cosine + top-1 agreement", title_justify="left")
+                    f"chosen on {report.get('method_choice', 'cosine + top-1 agreement')}", title_justify="left")
     for col in ("method", "score", "mean cosine", "top-1 agree", "gate", "seconds"):
         t.add_column(col, justify="left" if col == "method" else "right")
     for m, row in report["methods"].items():

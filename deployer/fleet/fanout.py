@@ -7,12 +7,18 @@ running finish; none are interrupted half-way).
 
 from __future__ import annotations
 
+import contextvars
+import threading
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from typing import Any, Callable, Iterable
 
 from deployer.fleet.ops import BoardResult
 
 StopFn = Callable[[list[BoardResult]], bool]
+
+# Set when whoever asked for this command has gone away (the fleet controller's client was
+# interrupted): start no further board, as Ctrl-C does in a plain process.
+CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("deployer_fleet_cancel", default=None)
 
 
 def fan_out(executor: Executor, boards: Iterable[Any], op: Callable[..., BoardResult], args: tuple,
@@ -23,14 +29,17 @@ def fan_out(executor: Executor, boards: Iterable[Any], op: Callable[..., BoardRe
     running: dict[Future, Any] = {}
     results: list[BoardResult] = []
     stopped = False
+    cancel = CANCEL.get()
     try:
         while todo or running:
+            if cancel is not None and cancel.is_set():
+                stopped = True
             while todo and len(running) < max_parallel and not stopped:
                 board = todo.pop(0)
                 running[executor.submit(op, board, *args, **(kwargs or {}))] = board
             if not running:
                 break
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(running), timeout=None if cancel is None else 1.0, return_when=FIRST_COMPLETED)
             for fut in done:
                 board = running.pop(fut)
                 try:

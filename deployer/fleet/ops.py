@@ -128,9 +128,22 @@ def _emit(on_event: EventFn | None, board: str, **event: Any) -> None:
 
 
 def _connect(board: Any, accept_new: bool) -> Any:
+    """A connection from the controller's pool when this process has one, else a new one."""
+    from deployer.ssh import pool
+
+    kept = pool.active()
+    if kept is not None:
+        return kept.get(board, accept_new)     # .reused says whether it was already open
     from deployer.ssh.connect import connect
 
     return connect(board, accept_new=accept_new)
+
+
+def _note_connection(result: BoardResult, conn: Any) -> None:
+    """Under the persistent controller, say whether the board's connection was already open."""
+    reused = getattr(conn, "reused", None)
+    if reused is not None:
+        result.extra["connection"] = "reused" if reused else "new"
 
 
 def _failed(result: BoardResult, err: BaseException, dog: _Watchdog | None) -> BoardResult:
@@ -150,10 +163,17 @@ def _failed(result: BoardResult, err: BaseException, dog: _Watchdog | None) -> B
 
 
 def _finish(result: BoardResult, t0: float, dog: _Watchdog, conn: Any, on_event: EventFn | None) -> None:
-    """How every per-board op ends, ok or not: stop the watchdog, close the connection, time it, report it."""
+    """How every per-board op ends, ok or not: stop the watchdog, close the connection (or give it back
+    to the controller's pool when the board itself answered well), time it, report it."""
     dog.cancel()
     if conn is not None:
-        conn.close()
+        from deployer.ssh import pool
+
+        kept = pool.active()
+        if kept is not None and not dog.fired and (result.ok or result.exit_code in (1, 2)):
+            kept.put(conn)
+        else:
+            conn.close()
     result.seconds = round(time.monotonic() - t0, 3)
     _emit(on_event, result.board, stage="done" if result.ok else "failed", ok=result.ok, error=result.error,
           release=result.release, action=result.action)
@@ -170,6 +190,7 @@ def deploy_board(board: Any, release: LocalRelease, opts: DeployOptions,
         layout = BoardLayout.for_board(board)
         _emit(on_event, board.name, stage="connect")
         conn = _connect(board, opts.accept_new)
+        _note_connection(result, conn)
         dog.watch(conn)
         runtime = machine = None
         result.stage = "lock"
@@ -293,6 +314,7 @@ def rollback_board(board: Any, to: str | None, opts: DeployOptions,
             check_name(to, "--to release id")
         layout = BoardLayout.for_board(board)
         conn = _connect(board, opts.accept_new)
+        _note_connection(result, conn)
         dog.watch(conn)
         result.stage = "read"
         listing = read_store(conn, layout)
@@ -340,6 +362,7 @@ def list_board(board: Any, opts: DeployOptions, which: str = "all", on_event: Ev
     try:
         layout = BoardLayout.for_board(board)
         conn = _connect(board, opts.accept_new)
+        _note_connection(result, conn)
         dog.watch(conn)
         result.stage = "read"
         listing = read_store(conn, layout, which)

@@ -67,6 +67,9 @@ class LocalRelease:
     expected: dict[str, Any] | None     # host reference output for the health input (None: health impossible)
     workdir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # can the board's output be bit-identical to the host's (deployer.ncnn.exactness)? If not,
+    # the layers that round differently on ARM and x86; the health check then gates on cosine
+    inexact: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -85,14 +88,6 @@ class LocalRelease:
         return {"id": self.id, "model": self.model, "size": self.size,
                 "files": {f.name: {"sha256": f.sha256, "size": f.size} for f in self.files},
                 "health": self.expected is not None}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def find_model(folder: Path) -> tuple[Path, Path, list[Path]]:
@@ -135,13 +130,13 @@ def build_release(model_dir: Path, *, profile: Path | None = None, workdir: Path
     names["runner.py"] = RUNNER
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="deployer-release-"))
     work.mkdir(parents=True, exist_ok=True)
-    shape = _input_shape(param)
+    shape = _input_shape(param) or _report_shape(extras)
     expected = None
     notes: list[str] = []
     if health and shape:
         input_path = work / HEALTH_INPUT
         fsutil.write_bytes(input_path, _health_input(shape))
-        expected = host_reference(param, binf, input_path)
+        expected = host_reference(param, binf, input_path, shape)
         fsutil.write_text(work / HEALTH_EXPECTED, json.dumps(expected, sort_keys=True) + "\n")
         names[HEALTH_INPUT] = input_path
         names[HEALTH_EXPECTED] = work / HEALTH_EXPECTED
@@ -150,24 +145,29 @@ def build_release(model_dir: Path, *, profile: Path | None = None, workdir: Path
     rfiles = []
     for name, p in sorted(names.items()):
         try:
-            rfiles.append(ReleaseFile(name, p, sha256_file(p), p.stat().st_size))
+            rfiles.append(ReleaseFile(name, p, fsutil.sha256_file(p, "release file"), p.stat().st_size))
         except OSError as err:
             raise DeployerError(f"{p}: cannot read ({err.strerror})") from None
+    from deployer.ncnn.exactness import arch_exact
+    from deployer.ncnn.param import read_param
+
+    _, inexact = arch_exact(read_param(param))
     payload = hashlib.sha256("".join(f"{f.name} {f.sha256}\n" for f in rfiles).encode()).hexdigest()
     rid = f"{stem}-{payload[:12]}"
     manifest = {
         "format": MANIFEST_FORMAT, "id": rid, "model": stem,
         "files": {f.name: {"sha256": f.sha256, "size": f.size} for f in rfiles},
         "param": param.name, "bin": binf.name, "shape": shape,
-        "health": {"input": HEALTH_INPUT, "expected": HEALTH_EXPECTED, "options": HEALTH_OPTIONS}
+        "health": {"input": HEALTH_INPUT, "expected": HEALTH_EXPECTED, "options": HEALTH_OPTIONS,
+                   "bit_exact_possible": not inexact, "inexact_layers": inexact}
         if expected else None,
         "source": _source(extras), "deployer": _deployer_version(), "ncnn": _host_ncnn(),
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "by": _who(),
     }
     mpath = work / "manifest.json"
     fsutil.write_text(mpath, json.dumps(manifest, sort_keys=True, separators=(",", ":")) + "\n")
-    return LocalRelease(rid, stem, rfiles, manifest, mpath, sha256_file(mpath), param.name, binf.name, shape,
-                        expected, work, notes)
+    return LocalRelease(rid, stem, rfiles, manifest, mpath, fsutil.sha256_file(mpath, "manifest"), param.name,
+                        binf.name, shape, expected, work, notes, inexact)
 
 
 # what the board's release store accepts (deployer/fleet/board/fleet.sh valid_id / valid_name)
@@ -190,6 +190,22 @@ def _input_shape(param: Path) -> list[int] | None:
     return input_shape_from_param(str(param), None)
 
 
+def _report_shape(extras: list[Path]) -> list[int] | None:
+    """W,H,C of the model's input from the quantize report (`input_shapes`, numpy C,H,W order), for
+    models whose Input layer declares no size (pnnx exports): what calibration fed it."""
+    report = next((p for p in extras if p.suffix == ".json"), None)
+    try:
+        shapes = json.loads(report.read_text()).get("input_shapes") if report else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(shapes, dict) or len(shapes) != 1:
+        return None
+    (chw,) = shapes.values()
+    if not (isinstance(chw, list) and len(chw) == 3 and all(isinstance(d, int) and d > 0 for d in chw)):
+        return None
+    return [chw[2], chw[1], chw[0]]
+
+
 def _health_input(shape: list[int]) -> bytes:
     from deployer.remote.runner import float32_bytes, make_input_values
 
@@ -200,10 +216,11 @@ def _health_input(shape: list[int]) -> bytes:
 
 
 def runner_flags(param: str, binf: str, input_file: str, *, packing: bool, iterations: int = 1,
-                 warmup: int = 0, threads: int = 1) -> list[str]:
+                 warmup: int = 0, threads: int = 1, shape: list[int] | None = None) -> list[str]:
     """Runner arguments of the health run, identical on host and board apart from paths/threads."""
     o = HEALTH_OPTIONS
     return ["--param", param, "--bin", binf, "--input-file", input_file, "--iterations", str(iterations),
+            *(["--shape", ",".join(str(d) for d in shape)] if shape else []),
             "--warmup", str(warmup), "--threads", str(threads), "--powersave", "0", "--fp16", str(o["fp16"]),
             "--int8", str(o["int8"]), "--winograd", str(o["winograd"]), "--sgemm", str(o["sgemm"]),
             "--packing", "1" if packing else "0", "--return-output"]
@@ -214,9 +231,9 @@ def unpacked_machine(machine: str) -> bool:
     return machine in ("x86_64", "AMD64", "i686", "amd64")
 
 
-def host_reference(param: Path, binf: Path, input_file: Path) -> dict[str, Any]:
+def host_reference(param: Path, binf: Path, input_file: Path, shape: list[int] | None = None) -> dict[str, Any]:
     """The host ncnn's output for the health input, by the very runner the board will use."""
-    argv = [sys.executable, "-u", str(RUNNER), *runner_flags(str(param), str(binf), str(input_file),
+    argv = [sys.executable, "-u", str(RUNNER), *runner_flags(str(param), str(binf), str(input_file), shape=shape,
                                                              packing=not unpacked_machine(platform.machine()))]
     proc = subprocess.run(argv, capture_output=True, text=True)
     lines = []

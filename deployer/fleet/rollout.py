@@ -26,11 +26,12 @@ from typing import Any, Callable
 
 from deployer import fsutil
 from deployer.errors import DeployerError
-from deployer.fleet.fanout import fan_out
+from deployer.fleet.fanout import CANCEL, fan_out
 from deployer.fleet.ops import BoardResult, DeployOptions, deploy_board, list_board
 from deployer.fleet.release import LocalRelease
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+SAVE_EVERY = 0.5          # s between writes of the rollout state for results that switched nothing
 
 
 def parse_waves(text: str) -> list[str]:
@@ -166,9 +167,12 @@ def run_rollout(plan: RolloutPlan, boards: list[Any], release: LocalRelease, opt
                              "boards": dict(previous["boards"]) if previous and plan.skipped else {}}
     path = state_path(state_dir, plan.group) if state_dir else None
 
+    saved = [0.0]
+
     def save() -> None:
         if path is not None:
             fsutil.write_text(path, json.dumps(state, indent=1, sort_keys=True) + "\n")
+            saved[0] = time.monotonic()
 
     def record(res: BoardResult) -> None:
         results[res.board] = res
@@ -178,7 +182,12 @@ def run_rollout(plan: RolloutPlan, boards: list[Any], release: LocalRelease, opt
         if res.action == "deployed" or old.get("switched"):
             entry["switched"] = True
         state["boards"][res.board] = entry
-        save()
+        # A board that was just switched is written at once: `rollback --rollout` must know it even if
+        # this process dies next. Other results (unchanged, failed) at most every SAVE_EVERY s and at
+        # each wave's end - a no-op rollout of hundreds of boards is not hundreds of fsyncs - and a
+        # `--resume` after a crash only re-checks the few boards whose result was not written yet.
+        if (entry.get("switched") and not old.get("switched")) or time.monotonic() - saved[0] >= SAVE_EVERY:
+            save()
         if on_event:
             on_event({"type": "result", "board": res.board, "ok": res.ok})
 
@@ -196,14 +205,21 @@ def run_rollout(plan: RolloutPlan, boards: list[Any], release: LocalRelease, opt
                           max_parallel=plan.max_parallel, on_result=record, stop=over_budget,
                           kwargs={"on_event": on_event} if local else None)
         waves_done = k + 1
-        if over_budget([]):
+        save()
+        cancel = CANCEL.get()
+        if over_budget([]) or (cancel is not None and cancel.is_set()):
             stopped = True
             not_started = [b.name for b in left] + [n for w in plan.waves[k + 1:] for n in w]
             break
         if plan.bake > 0 and k + 1 < len(plan.waves):
             if on_event:
                 on_event({"type": "bake", "wave": k + 1, "seconds": plan.bake})
-            time.sleep(plan.bake)
+            if cancel is not None and cancel.wait(plan.bake):
+                stopped = True                 # the controller's client went away: no further wave
+                not_started = [n for w in plan.waves[k + 1:] for n in w]
+                break
+            if cancel is None:
+                time.sleep(plan.bake)
             ok_boards = [by_name[n] for n in wave if results.get(n) and results[n].ok]
             checks, _ = fan_out(executor, ok_boards, list_board, (opts, "current"), max_parallel=plan.max_parallel)
             for c in checks:

@@ -1,5 +1,8 @@
 """Send release blobs to a board over SFTP, resuming interrupted uploads.
 
+The bytes travel by deployer.ssh.transfer.pipelined_write, the same SFTP write path `push` uses;
+what is fleet-specific is where they go and how a part on the board is resumed.
+
 Each blob goes to `incoming/<sha256>.part`; when a part is already there (a cut link, a killed
 controller) the upload continues at its size. The board verifies the sha256 of the whole file
 when the release is committed (fleet.sh `commit`), so a resumed prefix that is somehow wrong is
@@ -18,8 +21,8 @@ import paramiko
 
 from deployer.errors import RemoteError
 from deployer.remote.layout import BoardLayout
+from deployer.ssh.transfer import pipelined_write
 
-CHUNK = 32 * 1024                      # one SFTP write request (paramiko splits larger writes anyway)
 ProgressFn = Callable[[int, int], None]  # (bytes done in this board's upload, bytes to send)
 
 
@@ -39,26 +42,29 @@ def send_blobs(conn: Any, layout: BoardLayout, blobs: list[tuple[str, Path, int,
                progress: ProgressFn | None = None) -> list[Sent]:
     """blobs = [(sha256, local path, size, bytes already on the board)]."""
     total = sum(size - min(part, size) for _, _, size, part in blobs)
-    done = 0
+    done = shown = 0
     out = []
+
+    def acked(n: int) -> None:       # progress every MiB (hundreds of boards feed one live view)
+        nonlocal done, shown
+        done += n
+        if progress and (done - shown >= 1 << 20 or done == total):
+            shown = done
+            progress(done, total)
+
     for sha, path, size, part in blobs:
         offset = part if 0 < part <= size else 0
         remote = layout.incoming_part(sha)
         try:
             sftp = conn.sftp
-            with open(path, "rb") as src, sftp.open(remote, "r+b" if offset else "wb") as dst:
-                dst.set_pipelined(True)
+            with open(path, "rb") as src:
                 src.seek(offset)
-                dst.seek(offset)
-                while True:
-                    block = src.read(CHUNK * 8)
-                    if not block:
-                        break
-                    dst.write(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
-            # paramiko does not report a failed pipelined write (ENOSPC) on close: ask for the size
+                dst = sftp.open(remote, "r+b" if offset else "wb")
+                try:
+                    pipelined_write(sftp, dst.handle, src, offset, acked)
+                finally:
+                    dst.close()
+            # belt and braces: what the board holds now is the whole blob
             stored = conn.sftp.stat(remote).st_size
             if stored != size:
                 _remove(conn, remote)

@@ -161,8 +161,13 @@ def quantize_model(
     *,
     exclude: set[str] | frozenset[str] = frozenset(),
     float_storage: FloatStorage = "fp16",
+    fuse: bool = True,
 ) -> tuple[NcnnModel, Int8Report]:
     """Return an int8 copy of `model` (an fp32 NcnnModel) and the report of what was done.
+
+    `fuse=False` skips ncnn2int8's requantize fusion, so every int8 conv outputs fp32 and each of
+    its blobs can be read back as float (same values up to one rounding of the requantized ones):
+    what sequential calibration (deployer.quant.seqcal) needs to see the int8 network's activations.
 
     `float_storage="fp16"` stores every tagged weight that is not int8 as fp16, exactly like
     ncnn2int8; `"fp32"` keeps them fp32 so layers the pipeline deliberately left float are
@@ -193,7 +198,8 @@ def quantize_model(
         elif layer.type in DYNAMIC_TYPES:
             report.layers.append(_quantize_dynamic(out, layer, exclude))
 
-    _fuse_requantize(graph, int8_layers, out, report)
+    if fuse:
+        _fuse_requantize(graph, int8_layers, out, report)
     _set_float_storage(out, float_storage)
     return out, report
 

@@ -327,9 +327,22 @@ class EQMethod(KLMethod):
         return eq_search(model, job, start, progress=progress, threads=threads)
 
 
+class SeqMethod(PercentileMethod):
+    """Percentile's scales, then each layer's input scale re-chosen for the smallest error of the
+    layer's output on the inputs the int8 network feeds it (deployer.quant.seqcal)."""
+
+    name = "seq"
+
+    def refine(self, model: "CalibModel", job: "CollectJob", start: "list[LayerScales]", *,
+               threads: int = 1, progress: Callable[[str, int, int], None] | None = None) -> "list[LayerScales]":
+        from deployer.quant.seqcal import seq_search
+
+        return seq_search(model, job, start, threads=threads, progress=progress)
+
+
 METHODS: dict[str, type[CalibrationMethod]] = {
     "kl": KLMethod, "aciq": ACIQMethod, "eq": EQMethod, "maxabs": MaxAbsMethod,
-    "percentile": PercentileMethod, "mse": MSEMethod,
+    "percentile": PercentileMethod, "mse": MSEMethod, "seq": SeqMethod,
 }
 ALL_METHODS = tuple(METHODS)
 
@@ -339,8 +352,8 @@ def get_method(name: str, **params: float) -> CalibrationMethod:
     if name not in METHODS:
         raise DeployerError(f"method={name}: unknown; expected one of {', '.join(ALL_METHODS)}")
     cls = METHODS[name]
-    if cls is PercentileMethod:
-        return PercentileMethod(params.get("percentile", 99.99))
+    if issubclass(cls, PercentileMethod):
+        return cls(params.get("percentile", 99.99))
     return cls()
 
 

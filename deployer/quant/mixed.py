@@ -44,13 +44,41 @@ def output_error(summaries: dict[str, OutputSummary]) -> float:
     return float(np.mean([1.0 - s.cosine for s in summaries.values()]))
 
 
-def score(summaries: dict[str, OutputSummary]) -> float:
-    """What choices between candidates are made on: mean cosine plus mean top-1 agreement (outputs
-    that have one), over every eval input. Unlike "passes the gate", one image moves it by at most
-    1/n of an agreement point, so near-equal candidates stay near-equal instead of flipping."""
+@dataclass(frozen=True)
+class Score:
+    """What choices between candidates are made on, compared value by value (the first decides,
+    the next only breaks near-ties), highest best.
+
+    - detection: (mAP@0.5, mAP@0.5:0.95) of int8 boxes against fp32 boxes: cosine over a
+      detector's raw head says little about the boxes (YOLOv8n, 72 views: kl and mse differ by
+      0.0004 in cosine but by 0.14 in mAP@0.5);
+    - dense: (mean mask IoU,) of the thresholded maps;
+    - otherwise (classification, or a task metric that is undefined because fp32 finds no box):
+      (mean cosine + mean top-1 agreement of the outputs that have one,).
+    All are means over every eval input: unlike "passes the gate", one image moves them by about
+    1/n, so near-equal candidates stay near-equal instead of flipping. Mixed precision ranks layers
+    by `output_error` on a probe subset instead (a task metric on a few dozen inputs is too coarse
+    to order dozens of layers) and decides on the gate, which can name the task metrics."""
+
+    basis: tuple[str, ...]            # names of the values, e.g. ("map50", "map50_95")
+    values: tuple[float, ...]
+
+    @property
+    def value(self) -> float:
+        return self.values[0]
+
+
+def score(summaries: dict[str, OutputSummary], task: dict | None = None) -> Score:
+    """The Score of one candidate from its raw-output summaries and task metrics (deployer.check.tasks)."""
+    task = task or {}
+    if task.get("map50") is not None:
+        return Score(("map50", "map50_95"), (float(task["map50"]), float(task["map50_95"] or 0.0)))
+    if "mask_iou" in task:
+        # None: neither fp32 nor int8 marks a pixel on any input, i.e. they agree everywhere
+        return Score(("mask_iou",), (1.0 if task["mask_iou"] is None else float(task["mask_iou"]),))
     cos = float(np.mean([s.cosine for s in summaries.values()]))
     top1 = [s.top1_agreement for s in summaries.values() if s.top1_agreement is not None]
-    return cos + (float(np.mean(top1)) if top1 else 0.0)
+    return Score(("cosine+top1",), (cos + (float(np.mean(top1)) if top1 else 0.0),))
 
 
 @dataclass
@@ -66,8 +94,14 @@ class Evaluation:
         return output_error(self.outputs)
 
     @property
+    def rank(self) -> Score:
+        """The full Score (every value, for choices that break near-ties on the next one)."""
+        return score(self.outputs, self.task)
+
+    @property
     def score(self) -> float:
-        return score(self.outputs)
+        """The Score's deciding value (task metric when the task has one), as one number."""
+        return self.rank.value
 
     @property
     def passed(self) -> bool:

@@ -3,8 +3,10 @@
 The default is the best we can do, not ncnn2table's default: activation statistics are collected
 once (one fp32 pass, deployer.quant.calibration, the engine `ncnn2table` uses too), every
 candidate method turns them into a table, each table's int8 model is run on the eval inputs
-against fp32, and the best score wins (mean cosine + top-1 agreement over every eval input, ties
-to the smaller model: a score one image cannot flip, unlike "passes the gate"). If the gate still
+against fp32, and the best score wins (deployer.quant.mixed.score: the profile's task metric,
+mAP@0.5 then mAP@0.5:0.95 for a detector, mask IoU for a dense map, else mean cosine + top-1
+agreement; over every eval input, ties to the smaller model: a score one image cannot flip,
+unlike "passes the gate"). Each method's task metrics are in the report. If the gate still
 fails, automatic mixed precision (deployer.quant.mixed) keeps the fewest layers fp32 that make it
 hold, or reports why none can.
 
@@ -230,10 +232,20 @@ def calibration_inputs(split: Split, specs: list[InputSpec], work: Path) -> tupl
 
 
 def _choose(methods: list[str], evals: dict, sizes: dict[str, int]) -> str:
-    """Highest score; scores within TIE of the best are a tie, broken by size, then by order."""
-    top = max(evals[m].score for m in methods)
-    tied = [m for m in methods if evals[m].score >= top - TIE]
+    """Highest Score (deployer.quant.mixed.score: the task metric when the profile has one), value
+    by value: candidates within TIE of the best on the first value stay in, the next value decides
+    among them the same way; what is still tied goes to the smaller .bin, then to list order."""
+    tied = list(methods)
+    width = min(len(evals[m].rank.values) for m in methods)
+    for k in range(width):
+        top = max(evals[m].rank.values[k] for m in tied)
+        tied = [m for m in tied if evals[m].rank.values[k] >= top - TIE]
     return min(tied, key=lambda m: (sizes[m], methods.index(m)))
+
+
+def choice_rule(rank: Any) -> str:
+    """How `_choose` decided, in words, for the report."""
+    return (", then ".join(rank.basis) + f" (within {TIE:g} is a tie), then the smaller .bin")
 
 
 def _speed_cost(param: Path, bin_: Path, graph: Any, sample: Any, int8_layers: list[str],
@@ -318,10 +330,12 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
                 tables[method] = calibrator.table(method, progress=progress)
                 evals[method] = ev = evaluator.evaluate(tables[method], base_exclude)
                 sizes[method] = evaluator.bin_size(tables[method], base_exclude)
-                per_method[method] = {"score": round(ev.score, 6), "error": ev.error,
-                                      "passed": ev.passed if gates else None, "bin_bytes": sizes[method],
-                                      "outputs": _summary_dict(ev.outputs),
-                                      "seconds": round(time.monotonic() - m_started, 3)}
+                rank = ev.rank
+                per_method[method] = {"score": round(rank.value, 6),
+                                      "score_by": dict(zip(rank.basis, (round(v, 6) for v in rank.values))),
+                                      "error": ev.error, "passed": ev.passed if gates else None,
+                                      "bin_bytes": sizes[method], "outputs": _summary_dict(ev.outputs),
+                                      "task": ev.task, "seconds": round(time.monotonic() - m_started, 3)}
                 if progress:
                     progress("methods", i + 1, len(methods))
         warnings += list(dict.fromkeys(calibrator.warnings))
@@ -377,6 +391,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         "model": {"param": str(param), "bin": str(bin_), **import_info},
         "files": {"param": str(paths.param), "bin": str(paths.bin), "table": str(paths.table), "report": str(paths.report)},
         "method": best,
+        "method_choice": choice_rule(evals[best].rank),
         "methods": per_method,
         "keep_fp32": {"profile": sorted(base_exclude), "auto": auto_keep},
         "int8_layers": int8_report.quantized,
@@ -393,6 +408,9 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         "speed": speed,
         "calibration": {"files": len(split.calibration[0]), "heldout": len(split.heldout[0]), "inputs": names,
                         "evaluations": evaluator.count},
+        # what calibration fed each input (numpy C,H,W): the size a release's health check runs at
+        # when the .param's Input layer declares none (pnnx exports)
+        "input_shapes": {n: [int(d) for d in a.shape] for n, a in held[0].items()},
         "timings": timings,
         "warnings": warnings + list(int8_report.warnings),
     }

@@ -15,7 +15,6 @@ gets an old release. A wheel fits a board when the board's glibc is at least the
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from deployer import fsutil
 from deployer.errors import DeployerError, RemoteError
 from deployer.remote import board as board_scripts
 from deployer.remote.layout import BoardLayout, arg
@@ -122,11 +122,7 @@ class Wheel:
         return f"ncnn-{self.version}-{self.tag}"
 
     def sha256(self) -> str:
-        h = hashlib.sha256()
-        with open(self.path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return fsutil.sha256_file(self.path, "ncnn wheel")
 
 
 def cache_dir() -> Path:

@@ -16,7 +16,6 @@ import math
 import array
 import base64
 import datetime as _dt
-import hashlib
 import json
 import re
 import socket
@@ -139,14 +138,6 @@ def _board_default(board: Any, key: str) -> Any:
     if opts is None:
         return None
     return opts.get(key) if isinstance(opts, dict) else getattr(opts, key, None)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with fsutil.open_input(path, "model file") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_local(opts: RunOptions) -> list[Path]:
@@ -387,8 +378,8 @@ class Session:
 
             argv = native_argv(pushed.runner, argv, layers=opts.layers)
         _emit(self.on_event, self.name, {"type": "stage", "stage": "run"})
-        model = {"param": {"path": str(opts.param), "sha256": _sha256(Path(opts.param))},
-                 "bin": {"path": str(opts.bin), "sha256": _sha256(Path(opts.bin))}}
+        model = {"param": {"path": str(opts.param), "sha256": fsutil.sha256_file(opts.param, "model file")},
+                 "bin": {"path": str(opts.bin), "sha256": fsutil.sha256_file(opts.bin, "model file")}}
         from deployer.profiling import hook
 
         context_before = hook.before_run(self.conn)

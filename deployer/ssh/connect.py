@@ -18,6 +18,7 @@ prologue that reports its pid/process group on stderr so a stream can be killed 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shlex
@@ -45,11 +46,19 @@ BACKOFF_MAX = 8.0
 KEEPALIVE = 15                       # s, paramiko's own keepalive on jump hops (the board hop has a watchdog)
 DEFAULT_KEEPALIVE = 5.0              # s of silence before we ask the board for a reply (targets `keepalive`)
 DEFAULT_STALL = 30.0                 # s without any answer before the link counts as dead (`stall_timeout`)
+# Logins in flight through one jump host at once. OpenSSH's sshd starts refusing unauthenticated
+# connections beyond MaxStartups (default 10:30:100), so 50 boards behind one bastion opened at once
+# would fail at random; above this many, boards wait for their turn instead.
+JUMP_STARTUPS = 8
+_jump_gates: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_jump_lock = threading.Lock()
 _PID_MARK = "__deployer_pid__"
 # paramiko logs failures of its transport thread (with tracebacks) through `logging`; without a
 # handler Python prints them on stderr. Our errors say the same thing in one line.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
-_WRAP = f'echo "{_PID_MARK} $$ $(cut -d" " -f5 /proc/$$/stat 2>/dev/null)" >&2; exec "$@"'
+# the process group from /proc/$$/stat's 5th field by the shell's own `read` (the command is "sh":
+# no space in field 2): no `cut` process per remote command, which a small board (and qemu) feels
+_WRAP = f'g=; read -r _ _ _ _ g _ < /proc/$$/stat 2>/dev/null; echo "{_PID_MARK} $$ $g" >&2; exec "$@"'
 
 
 @dataclass
@@ -102,7 +111,8 @@ def connect(
     attempts = board.retries + 1
     for attempt in range(1, attempts + 1):
         try:
-            transports = _open_chain(hops, accept_new)
+            with _jump_gate(hops):
+                transports = _open_chain(hops, accept_new)
             return Connection(board, hops, transports)
         except _Transient as e:
             if attempt == attempts:
@@ -115,8 +125,45 @@ def connect(
     raise AssertionError("unreachable")
 
 
+def _jump_gate(hops: list[Hop]):
+    """At most JUMP_STARTUPS logins at once through the same first jump host (no limit when direct)."""
+    if len(hops) < 2:
+        return contextlib.nullcontext()
+    key = (hops[0].hostname, hops[0].port)
+    with _jump_lock:
+        gate = _jump_gates.setdefault(key, threading.BoundedSemaphore(JUMP_STARTUPS))
+    return gate
+
+
 class _Transient(Exception):
     """A connect failure worth retrying."""
+
+
+_paramiko_request = paramiko.Channel._handle_request
+
+
+def _note_exit_signal(chan: paramiko.Channel, m: "paramiko.Message") -> None:
+    """paramiko drops the "exit-signal" request: keep its signal name on the channel
+    (`chan.exit_signal`) so a command killed on the board can say by what, then let paramiko go on."""
+    start = m.packet.tell()
+    try:
+        if m.get_text() == "exit-signal":
+            m.get_boolean()
+            chan.exit_signal = m.get_text()
+    except Exception:  # a malformed request is paramiko's to judge
+        pass
+    m.packet.seek(start)
+    _paramiko_request(chan, m)
+
+
+paramiko.Channel._handle_request = _note_exit_signal
+
+
+def _ciphers(offered: tuple[str, ...]) -> tuple[str, ...]:
+    """AES-GCM first: one pass for encryption and integrity instead of AES-CTR plus a separate
+    HMAC-SHA2 pass, which is most of an upload's CPU on a small board's sshd (and under qemu)."""
+    first = tuple(c for c in ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") if c in offered)
+    return first + tuple(c for c in offered if c not in first)
 
 
 def _open_chain(hops: list[Hop], accept_new: bool) -> list[paramiko.Transport]:
@@ -129,6 +176,7 @@ def _open_chain(hops: list[Hop], accept_new: bool) -> list[paramiko.Transport]:
             transports.append(t)
             t.banner_timeout = t.handshake_timeout = t.auth_timeout = hop.timeout
             opts = t.get_security_options()
+            opts.ciphers = _ciphers(tuple(opts.ciphers))
             opts.key_types = hostkeys.preferred_key_types(
                 hop.known_hosts, hostkeys.host_token(hop.known_hosts_name, hop.port), tuple(opts.key_types))
             try:
@@ -147,6 +195,10 @@ def _open_chain(hops: list[Hop], accept_new: bool) -> list[paramiko.Transport]:
             )
             _authenticate(t, hop)
             t.set_keepalive(KEEPALIVE)
+            # paramiko's reader thread polls its socket every 0.1 s to notice a local close; once per
+            # second is enough (close() does not wait for it), and hundreds of connections - a fleet
+            # command, the fleet controller's pool - then stop waking the interpreter 10x a second each
+            t.sock.settimeout(1.0)
     except BaseException:
         for t in reversed(transports):
             t.close()
@@ -501,9 +553,11 @@ class _Proc:
                     break
                 if self.conn.lost():
                     raise self.conn.dropped(f"running `{_short(self.argv)}`")
-                # paramiko ignores "exit-signal": the process was killed, or its sshd session closed it
+                sig = getattr(chan, "exit_signal", None)
+                if sig:
+                    raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` was killed by SIG{sig} on the board")
                 raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` ended without an exit status "
-                                  "(killed by a signal on the board, or its sshd session ended)")
+                                  "(its sshd session closed the channel)")
             now = time.monotonic()
             if self.deadline is not None and now > self.deadline:
                 self.kill()
@@ -512,7 +566,9 @@ class _Proc:
                 self.kill()
                 raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` printed nothing for "
                                   f"{idle_timeout:.0f} s; killed it on the board")
-            select.select([chan], [], [], 0.02)
+            # the channel's pipe wakes us on output, stderr, EOF and close; the timeout only paces
+            # the deadline checks (a short one cost ~1 ms of CPU per second per open channel)
+            select.select([chan], [], [], 0.2)
         self.rc = chan.recv_exit_status()
         _quiet_close(chan)
 

@@ -103,18 +103,8 @@ class _Item:
 
 
 def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
-    """sha256 of a local file (or of its first `limit` bytes)."""
-    d = hashlib.sha256()
-    left = limit
-    with fsutil.open_input(path, "file to upload") as f:
-        while left is None or left > 0:
-            b = f.read(_READ if left is None else min(_READ, left))
-            if not b:
-                break
-            d.update(b)
-            if left is not None:
-                left -= len(b)
-    return d.hexdigest()
+    """sha256 of a local file to upload (or of its first `limit` bytes)."""
+    return fsutil.sha256_file(path, "file to upload", limit)
 
 
 def upload(conn: Connection, local: str | os.PathLike, remote: str, progress: ProgressFn | None = None,
@@ -448,7 +438,12 @@ def _send_one(conn: Connection, it: _Item, k: int, starter: threading.Thread, fo
                 starter.join()
             stream = _follower(conn, follower)
             stream.send(f"{k}\n".encode())       # truncated (or resumed) now: the board may read it
-            _pipelined_write(sftp, f.handle, src, offset, it, progress)
+            def acked(n: int) -> None:
+                it.sent += n
+                if progress:
+                    progress(it.remote, offset + it.sent, it.size)
+
+            pipelined_write(sftp, f.handle, src, offset, acked)
         finally:
             try:
                 f.close()
@@ -520,21 +515,27 @@ def _mismatch(conn: Connection, it: _Item, answer: str) -> RemoteError:
     )
 
 
-def _pipelined_write(sftp: paramiko.SFTPClient, handle: bytes, src: IO[bytes], offset: int, it: _Item,
-                     progress: ProgressFn | None) -> None:
-    # Private paramiko calls (_async_request/_read_response) are what SFTPFile.write uses itself;
-    # we only change the flow control: wait for the oldest request once DEPTH are in flight.
+def pipelined_write(sftp: paramiko.SFTPClient, handle: bytes, src: IO[bytes], offset: int,
+                    on_ack: Callable[[int], None] | None = None) -> int:
+    """Write the rest of `src` to an open SFTP file from `offset`: CHUNK-sized requests, DEPTH in
+    flight, each acknowledgement reported to `on_ack(bytes)`. Returns the bytes written. A write the
+    board refuses (a full disk: OpenSSH's sftp-server says only "Failure") raises at its ack.
+
+    Private paramiko calls (_async_request/_read_response) are what SFTPFile.write uses itself;
+    only the flow control differs: wait for the oldest request once DEPTH are in flight, with
+    requests 4x paramiko's 32 KiB (fewer packets and acks per byte on a small board's sshd)."""
     pending: deque[tuple[int, int]] = deque()
-    base = offset
+    written = 0
 
     def ack() -> None:
+        nonlocal written
         num, n = pending.popleft()
         t, _ = sftp._read_response(num)
         if t != CMD_STATUS:
             raise OSError(f"unexpected SFTP reply {t} to a write")
-        it.sent += n
-        if progress:
-            progress(it.remote, base + it.sent, it.size)
+        written += n
+        if on_ack:
+            on_ack(n)
 
     while True:
         data = src.read(CHUNK)
@@ -547,6 +548,7 @@ def _pipelined_write(sftp: paramiko.SFTPClient, handle: bytes, src: IO[bytes], o
             ack()
     while pending:
         ack()
+    return written
 
 
 def _verify(conn: Connection, items: list[_Item]) -> None:

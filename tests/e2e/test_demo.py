@@ -95,6 +95,72 @@ def test_demo_runs_every_step_for_real(demo_env, tmp_path: Path) -> None:
     assert result["host_compare"]["identical"] is True
     assert "sim-1: output vs host ncnn: bit-identical" in res.stderr
 
+    _fleet_walkthrough(demo_env, tmp_path, int8.parent)
+
+
+def _fleet_walkthrough(env: dict, tmp_path: Path, model: Path) -> None:
+    """docs/fleet.md's "small fleet, from zero" on the demo's own int8 MobileNetV2: three emulated
+    Pi 4s, a rollout in waves with the health check on the board, status, a second release, a
+    broken one the canary's health check stops, and rollbacks - through the persistent controller,
+    as a user's commands run by default."""
+    from deployer.fleet import controller
+
+    deployer = str(ROOT / ".venv" / "bin" / "deployer")
+    targets = Path(env["DEMO_TARGETS_DIR"]) / "sim.yaml"
+    work = tmp_path / "fleet"
+    work.mkdir()
+    fenv = {**env, "DEPLOYER_PERSIST": "120"}
+
+    def cli(*args: str, code: int = 0) -> dict:
+        proc = subprocess.run([deployer, *args, "--json"], capture_output=True, text=True, env=fenv, cwd=work,
+                              timeout=900)
+        assert proc.returncode == code, (args, proc.stderr[-3000:])
+        return json.loads(proc.stdout)
+
+    try:
+        cli("sim", "up", "--arch", "arm64", "--count", "3", "--targets-dir", env["DEMO_TARGETS_DIR"])
+        t = ("--targets", str(targets))
+        first = cli("rollout", "tag:sim", "--model", str(model), "--waves", "1,50%,100%", "--max-failures", "0", *t)
+        r1 = first["release"]
+        assert first["ok"] and first["waves"] == [1, 1, 1] and len(first["boards"]) == 3
+        for b in first["boards"]:
+            assert b["ok"] and b["release"] == r1 and b["health"]["ok"] and b["health"]["identical"], b
+        st = cli("status", "tag:sim", *t)
+        assert all(b["release"] == r1 and b["drift"] is False and b["connection"] == "reused" for b in st["boards"])
+        assert st["boards"][0]["model"] and st["boards"][0]["last_health"]["ok"]
+
+        second = tmp_path / "mnv2_second"           # a second release: the same model, another report
+        second.mkdir()
+        for f in model.iterdir():
+            (second / f.name).write_bytes(f.read_bytes())
+        report = second / "mobilenet_v2_int8.json"
+        report.write_text(json.dumps({**json.loads(report.read_text()), "note": "second release"}))
+        two = cli("rollout", "tag:sim", "--model", str(second), "--waves", "1,100%", *t)
+        r2 = two["release"]
+        assert two["ok"] and r2 != r1 and all(b["release"] == r2 for b in two["boards"])
+        assert all(b["sent_bytes"] < 100_000 for b in two["boards"]), "only the changed file travels"
+
+        third = tmp_path / "mnv2_third"
+        third.mkdir()
+        for f in second.iterdir():
+            (third / f.name).write_bytes(f.read_bytes())
+        report = third / "mobilenet_v2_int8.json"
+        report.write_text(json.dumps({**json.loads(report.read_text()), "note": "third release"}))
+        bad = cli("rollout", "tag:sim", "--model", str(third), "--max-latency", "5", "--waves", "1,100%",
+                  "--max-failures", "0", *t, code=1)
+        assert bad["stopped"] is True and len(bad["failed"]) == 1 and len(bad["not_started"]) == 2
+        assert "latency" in bad["failed"][0]["error"]
+        assert all(b["release"] == r2 for b in bad["boards"]), "a failed health check leaves the old release"
+
+        nothing = cli("rollback", "tag:sim", "--rollout", *t, code=2)   # the stopped rollout switched none
+        assert "switched no board" in json.dumps(nothing)
+        back = cli("rollback", "tag:sim", *t)
+        assert back["ok"] and all(b["release"] == r1 for b in back["boards"])
+        st = cli("status", "tag:sim", "--expect", r1, *t)
+        assert st["summary"]["drift"] == 0 and st["summary"]["reachable"] == 3
+    finally:
+        controller.stop(controller.socket_path(work, fenv))
+
 
 @pytest.mark.boards
 def test_a_failed_demo_says_which_step_and_stops_the_board_it_started(demo_env, tmp_path: Path) -> None:

@@ -319,17 +319,61 @@ def test_disk_full_is_clear_and_leaves_the_old_release(sshd, tiny, tmp_path):
         subprocess.run(["umount", "-l", str(root)])
 
 
-def test_cli_deploy_releases_status_rollback_json(fleet, tiny, tmp_path):
+@pytest.mark.parametrize("persist", ["0", "30"], ids=["in-process", "controller"])
+def test_cli_deploy_releases_status_rollback_json(fleet, tiny, tmp_path, persist):
+    """The whole CLI flow, run in the CLI process and through the persistent controller (which
+    must reuse the connections the earlier commands opened, and answer the same)."""
+    from deployer.fleet import controller
+
     inv, path = fleet
     d0 = model_dir(tmp_path, tiny, 80)
     d1 = model_dir(tmp_path, tiny, 81)
     cli = [sys.executable, "-m", "deployer.cli"]
+    env = {**os.environ, "DEPLOYER_PERSIST": persist}
 
     def run(*args, code=0):
         proc = subprocess.run([*cli, *args, "--targets", str(path), "--json"], capture_output=True, text=True,
-                              cwd=tmp_path)
+                              cwd=tmp_path, env=env)
         assert proc.returncode == code, proc.stderr[-2000:]
         return json.loads(proc.stdout)
+
+    try:
+        _cli_flow(run, inv, d0, d1)
+        if persist != "0":
+            st = run("status", "fleet")
+            assert {b["connection"] for b in st["boards"]} == {"reused"}
+            assert controller.socket_path(tmp_path).exists()
+    finally:
+        controller.stop(controller.socket_path(tmp_path))
+    assert not controller.socket_path(tmp_path).exists()
+
+
+def test_controller_goes_away_after_persist_seconds_idle(fleet, tiny, tmp_path):
+    """--persist N: the controller closes its connections and exits N s after its last command, and
+    leaves no socket behind; a command after that starts a new one."""
+    import time
+
+    from deployer.fleet import controller
+
+    inv, path = fleet
+    env = {**os.environ, "DEPLOYER_PERSIST": "2"}
+    argv = [sys.executable, "-m", "deployer.cli", "status", "fleet", "--targets", str(path), "--json"]
+    sock = controller.socket_path(tmp_path, env)
+    try:
+        first = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+        assert first.returncode == 0 and sock.exists(), first.stderr
+        assert {b["connection"] for b in json.loads(first.stdout)["boards"]} == {"new"}
+        end = time.monotonic() + 15
+        while sock.exists() and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not sock.exists()
+        again = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+        assert {b["connection"] for b in json.loads(again.stdout)["boards"]} == {"new"}
+    finally:
+        controller.stop(sock)
+
+
+def _cli_flow(run, inv, d0, d1):
 
     plan = run("deploy", "fleet", "--model", str(d0), "--plan")
     assert plan["plan"]["boards"] == sorted(inv.boards) and not (store(_boards(inv)[0])).exists()

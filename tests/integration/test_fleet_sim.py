@@ -177,3 +177,47 @@ def test_lossy_slow_link_deploy_completes(tiny, tmp_path):
             os.environ.pop("DEPLOYER_SIM_REGISTRY", None)
         else:
             os.environ["DEPLOYER_SIM_REGISTRY"] = old
+
+
+def _one_layer(folder: Path, name: str, layer: str, params: str) -> Path:
+    """A model of one fp32 layer on a 64x64x16 input: what that layer's kernel alone computes."""
+    d = folder / name
+    d.mkdir(parents=True)
+    (d / f"{name}.param").write_text(f"7767517\n2 2\nInput in0 0 1 in0 0=64 1=64 2=16\n{layer} act 1 1 in0 out0 {params}\n")
+    (d / f"{name}.bin").write_bytes(b"")
+    return d
+
+
+def test_layers_called_exact_are_bit_identical_on_the_emulated_pi(sim_boards, tmp_path):
+    """deployer.ncnn.exactness is a measured claim, re-measured here: every layer it calls exact gives
+    the host's output to the bit on an emulated Cortex-A72 (same ncnn version, aarch64 wheel), and
+    Swish - YOLOv8's activation - does not, so a YOLOv8 release is health-gated on cosine there,
+    with the reason named, while an exact model keeps the bit-identity gate (test above)."""
+    from deployer.ncnn.exactness import inexact_layer
+    from deployer.ncnn.param import read_param
+    from tests.fixtures.runner import require_cached_wheels
+
+    require_cached_wheels("aarch64")
+    inv = load_targets(sim_boards.targets)
+    pi4 = inv.boards[sim_boards.pi4]
+    cases = {"relu": ("ReLU", ""), "clip": ("Clip", "0=0 1=6"), "hardswish": ("HardSwish", ""),
+             "hardsigmoid": ("HardSigmoid", ""), "elu": ("ELU", ""), "maxpool": ("Pooling", "0=0 1=2 2=2"),
+             "avgpool": ("Pooling", "0=1 1=2 2=2"), "globalmax": ("Pooling", "0=0 4=1"),
+             "swish": ("Swish", "")}
+    releases = {}
+    for name, (layer, params) in cases.items():
+        d = _one_layer(tmp_path, name, layer, params)
+        releases[name] = build_release(d, workdir=tmp_path / f"w-{name}")
+        exact = inexact_layer(read_param(d / f"{name}.param").layers[1]) is None
+        assert exact == (name != "swish"), name
+        assert (releases[name].inexact == []) == exact, (name, releases[name].inexact)
+    opts = DeployOptions(deadline=900, runtime="python")
+    for name, rel in releases.items():
+        res = deploy_board(pi4, rel, opts)
+        assert res.ok, (name, res.error)
+        h = res.health
+        if name == "swish":
+            assert h["gate"].startswith("cosine") and h["identical"] is False and h["cosine"] > 0.999999, h
+            assert "Swish round differently" in h["reason"], h["reason"]
+        else:
+            assert h["gate"] == "identical" and h["identical"] is True, (name, h)

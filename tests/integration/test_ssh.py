@@ -310,3 +310,36 @@ def test_stdin_to_an_exited_process_is_refused_quietly(loop) -> None:
         s = c.stream(["sh", "-c", "exit 0"])
         assert list(s) == [] and s.rc == 0
         assert s.send(b"nobody reads this\n") is False
+
+
+def test_logins_through_one_jump_host_are_capped(sshd_pair, monkeypatch) -> None:
+    """24 boards behind one bastion at once: at most JUMP_STARTUPS logins are in flight through it
+    (the bastion's sshd would drop some beyond MaxStartups), and every board connects."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deployer.ssh import connect as connect_mod
+
+    real, lock = connect_mod._open_chain, threading.Lock()
+    seen = {"now": 0, "max": 0}
+
+    def observed(hops, accept_new):
+        with lock:
+            seen["now"] += 1
+            seen["max"] = max(seen["max"], seen["now"])
+        try:
+            return real(hops, accept_new)
+        finally:
+            with lock:
+                seen["now"] -= 1
+
+    monkeypatch.setattr(connect_mod, "_open_chain", observed)
+    inner = sshd_pair.board("inner")
+
+    def one(_: int) -> bool:
+        with connect(inner) as c:
+            return c.run(["true"]).ok
+
+    with ThreadPoolExecutor(24) as ex:
+        assert all(ex.map(one, range(24)))
+    assert 1 < seen["max"] <= connect_mod.JUMP_STARTUPS

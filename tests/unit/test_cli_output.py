@@ -62,8 +62,9 @@ def test_help_is_plain_and_flags_have_no_type(capsys) -> None:
         text = capsys.readouterr().out
         assert text.startswith("Usage: deployer " + " ".join(path)), path
         assert "<bool>" not in text and ESC not in text and "╭" not in text, path
+        assert not re.search(r"<(str|int|float|path)>", text), (path, text)   # TEXT, N, NUM, PATH instead
     quantize = cli("quantize", "--help").stdout
-    assert re.search(r"--method <str>\s+auto .* one of kl, aciq, eq, maxabs, percentile, mse", " ".join(quantize.split()))
+    assert re.search(r"--method TEXT\s+auto .* one of kl, aciq, eq, maxabs, percentile, mse", " ".join(quantize.split()))
     assert "--mixed / --no-mixed" in quantize
     assert re.search(r"^\s+--json\s+print the JSON report on stdout", quantize, re.M)
 
@@ -185,3 +186,15 @@ def test_quick_work_prints_no_progress_off_a_terminal() -> None:
     assert _progress("with Progress('check') as p:\n"
                      "    for i in range(10):\n"
                      "        p.update('compare', i, 20)\n", seconds="2") == []
+
+
+@pytest.mark.parametrize("package", ["typer", "numpy", "paramiko"])
+def test_a_missing_package_is_one_line_not_a_traceback(package):
+    """A broken environment (a package missing or unimportable) must not end in a traceback, whether
+    the package is needed to build the CLI (typer, numpy) or only inside one command (paramiko)."""
+    code = f"import sys; sys.modules[{package!r}] = None; from deployer.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "status", "nobody@127.0.0.1:1", "--persist", "0"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 4, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert package in proc.stderr

@@ -70,7 +70,7 @@ def test_activation_types_and_params():
 
 def test_eq_is_a_method_class_like_the_others():
     assert isinstance(get_method("eq"), EQMethod) and isinstance(get_method("eq"), KLMethod)
-    assert set(METHODS) == {"kl", "aciq", "eq", "maxabs", "percentile", "mse"}
+    assert set(METHODS) == {"kl", "aciq", "eq", "maxabs", "percentile", "mse", "seq"}
     start = [LayerScales("c", np.ones(2, np.float32), 1.0, 2.0, 3.0)]
     for name in ("kl", "aciq", "maxabs", "percentile", "mse"):
         assert get_method(name).refine(None, None, start) is start     # statistics-only: done

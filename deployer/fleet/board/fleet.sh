@@ -67,9 +67,21 @@ rename_over() {
     return 1
 }
 
+one_line() {   # a small JSON file's lines joined, by the shell alone (the host wrote it on one line)
+    j=
+    while IFS= read -r l || [ -n "$l" ]; do j="$j$l"; done < "$1"
+    printf '%s' "$j"
+}
+
 current_id() {
     t=$(readlink current 2>/dev/null) || return 0
     say "${t#releases/}"
+}
+
+read_current() { # sets $cur: the current release id ('' if none), read once per session (a session holds
+    # the board lock, and only lock holders switch `current`; every process start counts on a small board)
+    [ -n "${cur_known-}" ] && return 0
+    cur=$(current_id); cur_known=1
 }
 
 # no awk anywhere in this file: images without it exist (Debian's awk is an alternatives link that
@@ -85,14 +97,17 @@ nlinks() {     # hard-link count of a file
 
 keepers() {    # keepers CURRENT N: the N newest distinct release ids in history other than CURRENT
     [ -f history ] || return 0
-    sed -n '1!G;h;$p' history | {
-        k=0; seen=" "
-        while [ "$k" -lt "$2" ] && read -r _ kid; do
-            [ -n "$kid" ] && [ "$kid" != "$1" ] || continue
-            case $seen in *" $kid "*) continue ;; esac
-            seen="$seen$kid "; say "$kid"; k=$((k + 1))
-        done
-    }
+    rev=                                  # the history newest first, without a process (tac/sed)
+    while IFS= read -r line; do rev="$line
+$rev"; done < history
+    k=0; seen=" "
+    while [ "$k" -lt "$2" ] && read -r _ kid; do
+        [ -n "$kid" ] && [ "$kid" != "$1" ] || continue
+        case $seen in *" $kid "*) continue ;; esac
+        seen="$seen$kid "; say "$kid"; k=$((k + 1))
+    done <<EOF
+$rev
+EOF
 }
 
 # --- session commands -------------------------------------------------------------------------
@@ -100,8 +115,9 @@ keepers() {    # keepers CURRENT N: the N newest distinct release ids in history
 do_state() {   # state ID SHA... -> current, release have|none, blob lines, free, end
     id=$1; shift
     valid_id "$id" || { say "err bad release id"; return; }
-    c=$(current_id); say "current ${c:--}"
-    if [ -f "releases/$id/manifest.json" ]; then say "release have"; else say "release none"; fi
+    read_current; say "current ${cur:--}"
+    have=
+    if [ -f "releases/$id/manifest.json" ]; then have=1; say "release have"; else say "release none"; fi
     for s in "$@"; do
         valid_sha "$s" || { say "blob $s bad"; continue; }
         if [ -f "blobs/$s" ]; then
@@ -112,21 +128,52 @@ do_state() {   # state ID SHA... -> current, release have|none, blob lines, free
             say "blob $s none"
         fi
     done
-    say "free $(free_kb)"
+    if [ -n "$have" ]; then say "free -"; else say "free $(free_kb)"; fi   # only an upload needs it
     say "end"
 }
 
-place_blob() { # verify incoming/SHA.part and move it to blobs/SHA; prints an err line on failure
-    [ -f "blobs/$1" ] && return 0
-    p="incoming/$1.part"
-    [ -f "$p" ] || { say "err missing $1"; return 1; }
-    got=$(hash_file "$p")
-    if [ "$got" != "$1" ]; then
-        rm -f -- "$p"
-        say "err corrupt $1 ${got:-unreadable}"
-        return 1
+hash_parts() { # hash_parts FILE...: "<sha256>  FILE" per line, one process where sha256sum exists
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum -- "$@" 2>/dev/null
+    else
+        for f in "$@"; do say "$(hash_file "$f")  $f"; done
     fi
-    chmod 444 "$p" && fsync "$p" && mv -f -- "$p" "blobs/$1" || { say "err cannot store blob $1"; return 1; }
+}
+
+place_blobs() { # place_blobs SHA...: verify every incoming/SHA.part not yet in blobs/ and move it there
+    # One sha256sum, chmod and sync for all of them: on a small board (or under qemu) every process
+    # start costs more than hashing a model. Prints an err line and returns 1 on the first failure.
+    todo= parts=
+    for s in "$@"; do
+        [ -f "blobs/$s" ] && continue
+        case " $todo " in *" $s "*) continue ;; esac
+        [ -f "incoming/$s.part" ] || { say "err missing $s"; return 1; }
+        todo="$todo $s" parts="$parts incoming/$s.part"
+    done
+    [ -n "$todo" ] || return 0
+    # shellcheck disable=SC2086  # the words are validated sha256 hex names
+    sums=$(hash_parts $parts)
+    good=
+    while read -r got path; do
+        [ -n "$path" ] || continue
+        s=${path#incoming/}; s=${s%.part}
+        if [ "$got" != "$s" ]; then
+            rm -f -- "$path"
+            say "err corrupt $s ${got:-unreadable}"
+            return 1
+        fi
+        good="$good $s"
+    done <<EOF
+$sums
+EOF
+    for s in $todo; do
+        case "$good " in *" $s "*) ;; *) rm -f -- "incoming/$s.part"; say "err corrupt $s unreadable"; return 1 ;; esac
+    done
+    # shellcheck disable=SC2086
+    chmod 444 $parts && fsync $parts || { say "err cannot store blobs"; return 1; }
+    for s in $todo; do
+        mv -f -- "incoming/$s.part" "blobs/$s" || { say "err cannot store blob $s"; return 1; }
+    done
     return 0
 }
 
@@ -141,11 +188,13 @@ do_commit() {  # commit ID MANIFEST_SHA NAME=SHA... -> ok | err
         valid_sha "$sha" || { say "err bad sha for $name"; return; }
         [ "$name" != manifest.json ] || { say "err reserved name manifest.json"; return; }
     done
-    for pair in "$@"; do place_blob "${pair#*=}" || return; done
-    place_blob "$msha" || return
+    shas=$msha
+    for pair in "$@"; do shas="$shas ${pair#*=}"; done
+    # shellcheck disable=SC2086  # validated sha256 words
+    place_blobs $shas || return
     fsync blobs
     tmp="releases/.tmp-$id-$$"
-    rm -rf -- "$tmp"
+    [ ! -e "$tmp" ] || rm -rf -- "$tmp"
     if ! mkdir -- "$tmp"; then say "err cannot create $tmp (disk full?)"; return; fi
     for pair in "$@" "manifest.json=$msha"; do
         name=${pair%%=*}; sha=${pair#*=}
@@ -165,11 +214,12 @@ do_switch() {  # switch ID -> ok PREVIOUS | err
     id=$1
     valid_id "$id" || { say "err bad release id"; return; }
     [ -f "releases/$id/manifest.json" ] || { say "err no release $id on this board"; return; }
-    prev=$(current_id)
+    read_current; prev=$cur
     t=".current.tmp-$$"
-    rm -f -- "$t"
+    if [ -e "$t" ] || [ -L "$t" ]; then rm -f -- "$t"; fi
     ln -s "releases/$id" "$t" || { say "err cannot create symlink (disk full?)"; return; }
-    if ! rename_over "$t" current; then rm -f -- "$t"; say "err cannot rename over current"; return; fi
+    if ! rename_over "$t" current; then rm -f -- "$t"; cur_known=; say "err cannot rename over current"; return; fi
+    cur=$id
     fsync .
     say "$(date +%s) $id" >> history
     say "ok ${prev:--}"
@@ -178,7 +228,7 @@ do_switch() {  # switch ID -> ok PREVIOUS | err
 do_gc() {      # gc KEEP [PROTECTED_ID...] -> ok releases=N blobs=M
     keep=$1; shift
     valid_uint "$keep" || { say "err bad keep count"; return; }
-    cur=$(current_id)
+    read_current
     keep_ids=$(keepers "$cur" "$keep")
     removed=0
     for d in releases/* releases/.tmp-*; do
@@ -190,18 +240,30 @@ do_gc() {      # gc KEEP [PROTECTED_ID...] -> ok releases=N blobs=M
         [ -n "$skip" ] && continue
         rm -rf -- "$d" && removed=$((removed + 1))
     done
-    blobs=0
-    for b in blobs/*; do
-        [ -f "$b" ] || continue
-        links=$(nlinks "$b")
-        if [ "${links:-2}" -le 1 ]; then rm -f -- "$b" && blobs=$((blobs + 1)); fi
-    done
+    blobs=0 orphans=
+    set -- blobs/*
+    if [ -f "$1" ] && links=$(stat -c '%h %n' -- "$@" 2>/dev/null) && [ -n "$links" ]; then
+        while read -r n b; do        # one stat for every blob (GNU and busybox stat both take -c)
+            if [ "${n:-2}" -le 1 ]; then orphans="$orphans $b"; blobs=$((blobs + 1)); fi
+        done <<EOF
+$links
+EOF
+    else
+        for b in "$@"; do
+            [ -f "$b" ] || continue
+            if [ "$(nlinks "$b")" -le 1 ]; then orphans="$orphans $b"; blobs=$((blobs + 1)); fi
+        done
+    fi
+    # shellcheck disable=SC2086  # blob names are sha256 hex
+    [ -z "$orphans" ] || rm -f -- $orphans
     for p in incoming/*.part; do
         [ -f "$p" ] || continue
         s=${p#incoming/}; s=${s%.part}
         [ -f "blobs/$s" ] && rm -f -- "$p"
     done
-    if [ -f history ] && [ "$(wc -l < history)" -gt 200 ]; then
+    lines=0
+    if [ -f history ]; then while IFS= read -r _; do lines=$((lines + 1)); done < history; fi
+    if [ "$lines" -gt 200 ]; then
         tail -n 100 history > .history.tmp && rename_over .history.tmp history
     fi
     fsync . releases blobs
@@ -262,8 +324,10 @@ session() {    # session ROOT WAIT HOLDER_JSON [LEASE_S]
     valid_uint "$2" || { say "err bad wait"; exit 2; }
     lease=${4:-0}
     valid_uint "$lease" || { say "err bad lease"; exit 2; }
-    mkdir -p -- "$1" && cd -- "$1" || { say "err cannot enter $1"; exit 2; }
-    mkdir -p blobs incoming releases state || { say "err cannot create folders in $1 (disk full?)"; exit 2; }
+    # builtin tests first: a no-op deploy of a large fleet feels every process start on every board
+    { [ -d "$1" ] || mkdir -p -- "$1"; } && cd -- "$1" || { say "err cannot enter $1"; exit 2; }
+    [ -d blobs ] && [ -d incoming ] && [ -d releases ] && [ -d state ] || mkdir -p blobs incoming releases state ||
+        { say "err cannot create folders in $1 (disk full?)"; exit 2; }
     take_lock "$2" "$3"
     BEAT=state/.lease watcher= n=0      # one name: only the lock holder writes it
     start_lease "$lease"
@@ -305,12 +369,16 @@ list() {       # list ROOT all|current: read-only, no lock (every pointer it rea
     for d in releases/*; do
         [ -f "$d/manifest.json" ] || continue
         id=${d#releases/}
-        [ "$2" = all ] || [ "$id" = "$cur" ] || continue
-        say "release $id $(stat -c %Y -- "$d" 2>/dev/null || echo 0) $(du -sk -- "$d" | cut -f1)"
-        printf 'manifest %s ' "$id"; tr -d '\n' < "$d/manifest.json"; echo
-        if [ -f "state/health-$id.json" ]; then printf 'health %s ' "$id"; tr -d '\n' < "state/health-$id.json"; echo; fi
+        if [ "$2" = all ]; then
+            say "release $id $(stat -c %Y -- "$d" 2>/dev/null || echo 0) $(du -sk -- "$d" | cut -f1)"
+        else
+            [ "$id" = "$cur" ] || continue
+            say "release $id 0 0"          # `status` needs no age or size: no process for them
+        fi
+        say "manifest $id $(one_line "$d/manifest.json")"
+        if [ -f "state/health-$id.json" ]; then say "health $id $(one_line "state/health-$id.json")"; fi
     done
-    if [ -f history ]; then tail -n 20 history | sed 's/^/history /'; fi
+    if [ "$2" = all ] && [ -f history ]; then tail -n 20 history | sed 's/^/history /'; fi
     say "end"
 }
 
