@@ -164,6 +164,12 @@ def read_input_text(path: str | os.PathLike, what: str = "file", *, limit: int |
         raise DeployerError(f"{path}: not a UTF-8 text {what} (byte {err.start} is 0x{raw[err.start]:02x})") from None
 
 
+def cache_dir() -> Path:
+    """The deployer cache: $DEPLOYER_CACHE, else ~/.cache/deployer (wheels, sysroots, native builds,
+    zoo models, logs, the fleet controller's socket all live under it)."""
+    return Path(os.environ.get("DEPLOYER_CACHE") or Path.home() / ".cache" / "deployer").expanduser()
+
+
 _digests: dict[tuple, str] = {}
 _digests_lock = threading.Lock()
 _READ = 1 << 20

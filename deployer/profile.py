@@ -269,7 +269,9 @@ def _as_str_list(v: Any, where: str) -> list[str]:
 
 def _expand(p: str) -> str:
     env = dict(os.environ)
-    env.setdefault("DEPLOYER_CACHE", str(Path.home() / ".cache" / "deployer"))
+    from deployer.fsutil import cache_dir
+
+    env.setdefault("DEPLOYER_CACHE", str(cache_dir()))
     # expandvars reads os.environ only, so substitute the default by hand
     if "$DEPLOYER_CACHE" in p or "${DEPLOYER_CACHE}" in p:
         p = p.replace("${DEPLOYER_CACHE}", env["DEPLOYER_CACHE"]).replace("$DEPLOYER_CACHE", env["DEPLOYER_CACHE"])

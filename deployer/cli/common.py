@@ -88,8 +88,9 @@ def _report(message: str, code: int, json_mode: bool, *, prefix: bool = True) ->
 
 def logs_dir() -> Path:
     """$DEPLOYER_CACHE/logs (default ~/.cache/deployer/logs): where internal errors leave their details."""
-    base = os.environ.get("DEPLOYER_CACHE") or str(Path.home() / ".cache" / "deployer")
-    return Path(base).expanduser() / "logs"
+    from deployer.fsutil import cache_dir
+
+    return cache_dir() / "logs"
 
 
 def command_name() -> str:

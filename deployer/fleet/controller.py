@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 import deployer
 from deployer.errors import DeployerError
+from deployer.fsutil import cache_dir
 
 EventFn = Callable[[dict[str, Any]], None]
 _LEN = struct.Struct(">I")
@@ -47,10 +48,6 @@ START_WAIT = 15.0            # seconds to wait for a new controller's socket
 
 
 # ---------------------------------------------------------------- where
-
-def _cache() -> Path:
-    return Path(os.environ.get("DEPLOYER_CACHE") or Path.home() / ".cache" / "deployer")
-
 
 def _source_stamp() -> str:
     """Changes whenever deployer's code does (a controller started by older code is not reused)."""
@@ -66,7 +63,7 @@ def socket_path(cwd: Path | None = None, environ: dict[str, str] | None = None) 
     env = sorted((k, v) for k, v in (os.environ if environ is None else environ).items()
                  if (k.startswith("DEPLOYER_") and k != "DEPLOYER_PERSIST") or k in ("SSH_AUTH_SOCK", "HOME"))
     ident = repr((os.getuid(), sys.executable, _source_stamp(), str(cwd or os.getcwd()), env))
-    return _cache() / "controller" / f"{hashlib.sha256(ident.encode()).hexdigest()[:20]}.sock"
+    return cache_dir() / "controller" / f"{hashlib.sha256(ident.encode()).hexdigest()[:20]}.sock"
 
 
 # ---------------------------------------------------------------- framing

@@ -127,23 +127,19 @@ def _emit(on_event: EventFn | None, board: str, **event: Any) -> None:
             pass
 
 
-def _connect(board: Any, accept_new: bool) -> Any:
-    """A connection from the controller's pool when this process has one, else a new one."""
+def _connect(board: Any, accept_new: bool, result: BoardResult) -> Any:
+    """A connection from the controller's pool when this process has one (the result then says
+    whether it was already open), else a new one."""
     from deployer.ssh import pool
 
     kept = pool.active()
     if kept is not None:
-        return kept.get(board, accept_new)     # .reused says whether it was already open
+        conn = kept.get(board, accept_new)
+        result.extra["connection"] = "reused" if conn.reused else "new"
+        return conn
     from deployer.ssh.connect import connect
 
     return connect(board, accept_new=accept_new)
-
-
-def _note_connection(result: BoardResult, conn: Any) -> None:
-    """Under the persistent controller, say whether the board's connection was already open."""
-    reused = getattr(conn, "reused", None)
-    if reused is not None:
-        result.extra["connection"] = "reused" if reused else "new"
 
 
 def _failed(result: BoardResult, err: BaseException, dog: _Watchdog | None) -> BoardResult:
@@ -189,8 +185,7 @@ def deploy_board(board: Any, release: LocalRelease, opts: DeployOptions,
     try:
         layout = BoardLayout.for_board(board)
         _emit(on_event, board.name, stage="connect")
-        conn = _connect(board, opts.accept_new)
-        _note_connection(result, conn)
+        conn = _connect(board, opts.accept_new, result)
         dog.watch(conn)
         runtime = machine = None
         result.stage = "lock"
@@ -313,8 +308,7 @@ def rollback_board(board: Any, to: str | None, opts: DeployOptions,
         if to is not None:
             check_name(to, "--to release id")
         layout = BoardLayout.for_board(board)
-        conn = _connect(board, opts.accept_new)
-        _note_connection(result, conn)
+        conn = _connect(board, opts.accept_new, result)
         dog.watch(conn)
         result.stage = "read"
         listing = read_store(conn, layout)
@@ -361,8 +355,7 @@ def list_board(board: Any, opts: DeployOptions, which: str = "all", on_event: Ev
     conn = None
     try:
         layout = BoardLayout.for_board(board)
-        conn = _connect(board, opts.accept_new)
-        _note_connection(result, conn)
+        conn = _connect(board, opts.accept_new, result)
         dog.watch(conn)
         result.stage = "read"
         listing = read_store(conn, layout, which)

@@ -30,8 +30,7 @@ _VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
 
 
 def native_cache() -> Path:
-    root = os.environ.get("DEPLOYER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "deployer")
-    return Path(root) / "native"
+    return fsutil.cache_dir() / "native"
 
 
 def check_version(version: str) -> str:

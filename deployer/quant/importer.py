@@ -33,7 +33,9 @@ class ImportedModel:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("DEPLOYER_CACHE", Path.home() / ".cache" / "deployer")) / "pnnx"
+    from deployer.fsutil import cache_dir
+
+    return cache_dir() / "pnnx"
 
 
 def find_pnnx() -> Path | None:

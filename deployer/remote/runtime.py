@@ -15,7 +15,6 @@ gets an old release. A wheel fits a board when the board's glibc is at least the
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -126,8 +125,7 @@ class Wheel:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DEPLOYER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "deployer")
-    return Path(root) / "wheels"
+    return fsutil.cache_dir() / "wheels"
 
 
 def host_ncnn_version() -> str | None:

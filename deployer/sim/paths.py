@@ -12,9 +12,7 @@ import os
 import re
 from pathlib import Path
 
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DEPLOYER_CACHE") or Path.home() / ".cache" / "deployer").expanduser()
+from deployer.fsutil import cache_dir  # noqa: F401 - the sim's paths hang off the one cache
 
 
 def sysroots_dir() -> Path:
