@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.live import Live
 from rich.table import Table
 
 from deployer.cli.common import console, emit_json, handle_errors, out
@@ -80,8 +79,12 @@ class LiveView:
         self.plain = not console.is_terminal
         self.interval = interval_seconds()
         self._said: dict[str, tuple[str, float]] = {}
-        self.live = Live(self.render(), console=console, refresh_per_second=8, transient=False) if not self.plain \
-            else contextlib.nullcontext()
+        if self.plain:
+            self.live: Any = contextlib.nullcontext()
+        else:
+            from rich.live import Live   # only on a terminal
+
+            self.live = Live(self.render(), console=console, refresh_per_second=8, transient=False)
 
     def __call__(self, event: dict[str, Any]) -> None:
         row = self.rows.setdefault(event["board"], {"stage": "", "samples": [], "cpu": "", "stats": None})

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.live import Live
 from rich.table import Table
 
 from deployer.cli.boards import _boards, _inventory
@@ -95,8 +94,12 @@ class FleetView:
         self.note = ""
         self.lock = threading.Lock()
         self.plain = not console.is_terminal
-        self.live = contextlib.nullcontext() if self.plain else \
-            Live(self.render(), console=console, refresh_per_second=4, transient=False)
+        if self.plain:
+            self.live: Any = contextlib.nullcontext()
+        else:
+            from rich.live import Live   # only on a terminal
+
+            self.live = Live(self.render(), console=console, refresh_per_second=4, transient=False)
 
     def __call__(self, event: dict[str, Any]) -> None:
         with self.lock:

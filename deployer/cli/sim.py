@@ -6,7 +6,7 @@ import sys
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -16,9 +16,8 @@ from deployer.cli.progress import Progress
 from deployer.cli.render import say, warn
 from deployer.sim import host
 from deployer.sim.linkspec import parse_link
-from deployer.sim.manager import MAX_HOST_COUNT, BoardStatus, sim_down, sim_down_all, sim_status, sim_up
+from deployer.sim.profiles import MAX_HOST_COUNT
 from deployer.errors import DeployerError
-from deployer.sim.sysroot import ensure_sysroot
 
 class Arch(str, Enum):
     arm64 = "arm64"
@@ -59,6 +58,8 @@ def up(
         console.print(f"deployer sim needs these Debian packages: {', '.join(missing)}")
         install_deps = typer.confirm(f"Run '{host.apt_command(missing)}' now?", default=False, err=True)
     with Progress("sim up", enabled=not json_output) as bar:
+        from deployer.sim.manager import sim_up
+
         result = sim_up(arch=arch.value, count=count, link=spec, targets_dir=targets_dir, install_deps=install_deps,
                         progress=bar, image=image)
     if json_output:
@@ -93,6 +94,8 @@ def down(
     """Stop this instance's emulated boards: processes, namespaces, link shapers; update its sim.yaml."""
     if all_instances and (names or targets_dir):
         raise DeployerError("sim down --all stops every board; give it no board names and no --targets-dir")
+    from deployer.sim.manager import sim_down, sim_down_all
+
     with Progress("sim down", enabled=not json_output) as bar:
         if all_instances:
             by_instance = sim_down_all(progress=bar)
@@ -121,6 +124,8 @@ def status(
     json_output: bool = typer.Option(False, "--json", help="Print the boards as JSON on stdout."),
 ) -> None:
     """Show this instance's emulated boards: arch, CPU, address, link, up/down, sshd answering."""
+    from deployer.sim.manager import sim_status
+
     boards = sim_status(targets_dir=targets_dir)
     if json_output:
         emit_json({"ok": True, "boards": [dict(asdict(b), state=b.state) for b in boards]})
@@ -142,6 +147,8 @@ def sysroot(
     infos = []
     with Progress("sim sysroot", enabled=not json_output) as bar:
         for a in arch:
+            from deployer.sim.sysroot import ensure_sysroot
+
             infos.append(ensure_sysroot(a.value, bar))
     if json_output:
         emit_json({"ok": True, "sysroots": [{"arch": i.arch, "path": i.path, "packages": i.packages, "cached": i.cached,
@@ -154,7 +161,7 @@ def sysroot(
         say(f"{i.arch}: {i.path} ({i.packages} packages, {how})")
 
 
-def _table(boards: list[BoardStatus]) -> Table:
+def _table(boards: list[Any]) -> Table:   # deployer.sim.manager.BoardStatus
     table = Table("board", "arch", "cpu", "address", "link", "state", "sshd")
     for column in table.columns:
         column.no_wrap = True

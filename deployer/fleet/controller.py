@@ -120,12 +120,12 @@ def _rebuild(state: tuple) -> DeployerError:
 def call(name: str, *args: Any, persist: float, on_event: EventFn | None = None, **kwargs: Any) -> Any:
     """deployer.fleet.service.<name>(*args, **kwargs) through the controller (started if needed);
     in this process when persist <= 0 or the controller cannot be used."""
-    from deployer.fleet import service
-
     if persist > 0:
         sock = _client(persist)
         if sock is not None:
             return _remote(sock, name, args, kwargs, persist, on_event)
+    from deployer.fleet import service   # only here: a client of the controller needs no SSH code
+
     if on_event is not None:
         kwargs["on_event"] = on_event
     return getattr(service, name)(*args, **kwargs)

@@ -44,6 +44,8 @@ def fan_out(executor: Executor, boards: Iterable[Any], op: Callable[..., BoardRe
                 board = running.pop(fut)
                 try:
                     res = fut.result()
+                except ImportError:       # this host lacks a package: one line from the CLI, not N boards
+                    raise
                 except Exception as err:  # an executor-level failure (worker died): that board failed
                     res = BoardResult(board.name, False, None, action="failed", stage="executor",
                                       error=f"{board.name}: {type(err).__name__}: {err}", exit_code=4)

@@ -26,10 +26,12 @@ from deployer.errors import DeployerError, RemoteError
 from deployer.fleet.boardcmd import FleetSession, StoreListing, read_store
 from deployer.fleet.health import BoardRuntime, HealthPolicy, HealthResult, check
 from deployer.fleet.release import LocalRelease
-from deployer.fleet.upload import send_blobs
 from deployer.remote.layout import BoardLayout, check_name
 
 EventFn = Callable[[dict[str, Any]], None]
+# Ctrl-C ends the command; a package missing on this host is the host's problem, said once in one
+# line by the CLI, not reported as a failure of every board
+_NOT_A_BOARD_FAILURE = (KeyboardInterrupt, ImportError)
 FREE_MARGIN = 1 << 20          # keep 1 MiB spare on the board beyond what the release needs
 
 
@@ -218,6 +220,8 @@ def deploy_board(board: Any, release: LocalRelease, opts: DeployOptions,
                                       hint="free space on the board or lower --keep")
                 result.stage = "upload"
                 _emit(on_event, board.name, stage="upload", total=need)
+                from deployer.fleet.upload import send_blobs   # paramiko: not for a controller's client
+
                 sent = send_blobs(conn, layout, todo,
                                   (lambda d, t: _emit(on_event, board.name, stage="upload", done=d, total=t))
                                   if on_event else None)
@@ -266,7 +270,7 @@ def deploy_board(board: Any, release: LocalRelease, opts: DeployOptions,
             result.stage = "done"
         return result
     except BaseException as err:  # noqa: BLE001 - a board's failure is data, Ctrl-C still ends the run
-        if isinstance(err, KeyboardInterrupt):
+        if isinstance(err, _NOT_A_BOARD_FAILURE):
             raise
         return _failed(result, err, dog)
     finally:
@@ -332,7 +336,7 @@ def rollback_board(board: Any, to: str | None, opts: DeployOptions,
         result.ok, result.action, result.stage = True, "rolled-back", "done"
         return result
     except BaseException as err:  # noqa: BLE001
-        if isinstance(err, KeyboardInterrupt):
+        if isinstance(err, _NOT_A_BOARD_FAILURE):
             raise
         return _failed(result, err, dog)
     finally:
@@ -380,7 +384,7 @@ def list_board(board: Any, opts: DeployOptions, which: str = "all", on_event: Ev
         result.ok, result.action, result.stage = True, "listed", "done"
         return result
     except BaseException as err:  # noqa: BLE001
-        if isinstance(err, KeyboardInterrupt):
+        if isinstance(err, _NOT_A_BOARD_FAILURE):
             raise
         result.extra["reachable"] = conn is not None and getattr(conn, "alive", False)
         return _failed(result, err, dog)

@@ -29,14 +29,12 @@ from deployer.sim.linkspec import LinkSpec
 from deployer.sim.net import Slot, create_network, destroy_network, free_slot, network_exists
 from deployer.sim.paths import default_state_dir
 from deployer.sim.procs import terminate
-from deployer.sim.profiles import PROFILES, BoardProfile
+from deployer.sim.profiles import MAX_COUNT, MAX_HOST_COUNT, PROFILES, BoardProfile
 from deployer.sim.state import BoardState, SimState, load_state, locked, save_state
 from deployer.sim.sysroot import SysrootInfo, ensure_sysroot
 from deployer.sim.targetsfile import TARGETS_NAME, write_targets
 
 Progress = Callable[[str, int, int], None]
-MAX_COUNT = 32
-MAX_HOST_COUNT = 250      # light boards (--arch host): one host sshd each, no emulation
 
 
 @dataclass

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_COUNT = 32            # emulated boards of one arch (qemu-user: each one a few hundred MB)
+MAX_HOST_COUNT = 250      # light boards (--arch host): one host sshd each, no emulation
+
 # ARM "CPU part" numbers as the kernel prints them
 CPU_PARTS = {"cortex-a7": 0xC07, "cortex-a15": 0xC0F, "cortex-a53": 0xD03, "cortex-a57": 0xD07,
              "cortex-a72": 0xD08}

@@ -7,7 +7,6 @@ board's release store is, so a group of boards costs no extra servers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from deployer.fleet.health import HealthPolicy
 from deployer.fleet.ops import DeployOptions, deploy_board, list_board, rollback_board
 from deployer.fleet.release import build_release
 from deployer.targets import load_targets
+from tests.fixtures.fleet import current, cut_trials, model_dir, store, whole
 from tests.fixtures.runner import build_tiny_models
 
 pytestmark = pytest.mark.sshd
@@ -32,17 +32,6 @@ LOCAL = ExecutorSpec("local")
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def model_dir(base: Path, tiny, variant: int = 0, table_bytes: int = 0) -> Path:
-    """A `quantize`-style output folder: tiny_int8.param/.bin + a table (variant changes it)."""
-    d = base / f"out{variant}"
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tiny.int8_param, d / "tiny_int8.param")
-    shutil.copy(tiny.int8_bin, d / "tiny_int8.bin")
-    pad = "".join(f"pad_{variant}_{i} 1.0\n" for i in range(max(0, table_bytes) // 16))
-    (d / "tiny_int8.table").write_text(f"conv1_param_0 {variant + 1}.0\n" + pad)
-    return d
-
 
 def fleet_targets(env, folder: Path, count: int, *, prefix: str = "b", extra: str = "") -> Path:
     """A targets file of `count` boards on the loopback sshd, each with its own deploy folder."""
@@ -60,22 +49,8 @@ def fleet_targets(env, folder: Path, count: int, *, prefix: str = "b", extra: st
     return path
 
 
-def store(board) -> Path:
-    return Path(board.runtime_dir)
-
-
-def current(board) -> str | None:
-    link = store(board) / "current"
-    return os.readlink(link).split("/", 1)[1] if link.is_symlink() else None
-
-
 def assert_whole(board, release_id: str) -> None:
-    """Every file of the release on the board has the sha256 its manifest names."""
-    folder = store(board) / "releases" / release_id
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for name, meta in manifest["files"].items():
-        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == meta["sha256"], name
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*manifest["files"], "manifest.json"])
+    assert whole(board, release_id) is None, whole(board, release_id)
 
 
 def opts(**kw) -> DeployOptions:
@@ -400,57 +375,14 @@ def test_link_cut_at_random_points_leaves_whole_releases(fleet, tiny, tmp_path, 
     """24 cuts (the sshd kills every live session) at random points of a deploy - a random stage,
     a random byte of the upload, a random delay into the stage: the board always serves a whole old
     or a whole new release, and the re-run completes sending only what is not on the board yet."""
-    import random
-    import time
-
     inv, _ = fleet
-    board = _boards(inv)[3]
-    rng = random.Random(7)
-    base = build_release(model_dir(tmp_path, tiny, 100), workdir=tmp_path / "base", health=False)
-    assert deploy_board(board, base, opts()).ok
-    old = base.id
-    cuts = []
-    for i in range(24):
-        health = i % 2 == 0
-        stages = ["lock", "upload", "commit", "switch", "gc"] + (["runtime", "health"] if health else [])
-        stage, frac, delay = rng.choice(stages), rng.random(), rng.uniform(0, 0.03)
-        rel = build_release(model_dir(tmp_path, tiny, 200 + i, table_bytes=1_500_000), workdir=tmp_path / f"c{i}",
-                            health=health)
-        fired = threading.Event()
-
-        def cut(ev, stage=stage, frac=frac, delay=delay, fired=fired):
-            if fired.is_set() or ev.get("stage") != stage:
-                return
-            if stage == "upload" and ev.get("done", 0) < frac * ev.get("total", 0):
-                return
-            fired.set()
-            time.sleep(delay)
-            sshd.server.kill_sessions()
-
-        first = deploy_board(board, rel, opts(), on_event=cut)
-        assert fired.is_set()
-        cuts.append((stage, first.ok, first.stage))
-        now = current(board)
-        assert now in (old, rel.id), (i, stage, now)
-        assert_whole(board, now)
-        root = store(board)
-        committed = (root / "releases" / rel.id / "manifest.json").exists()
-        present = 0
-        for sha, _, size in rel.blobs():
-            if (root / "blobs" / sha).exists():
-                present += size
-            elif (root / "incoming" / f"{sha}.part").exists():
-                present += min(size, (root / "incoming" / f"{sha}.part").stat().st_size)
-        again = deploy_board(board, rel, opts())
-        assert again.ok, (i, stage, again.error)
-        assert current(board) == rel.id
-        assert_whole(board, rel.id)
-        total = sum(size for _, _, size in rel.blobs())
-        expected = 0 if committed or now == rel.id else total - present
-        assert again.sent_bytes == expected, (i, stage, again.sent_bytes, expected)
-        old = rel.id
-    failed_by_cut = [c for c in cuts if not c[1]]
-    assert len(failed_by_cut) >= 20, cuts
+    trials = cut_trials(_boards(inv)[3], sshd.server.kill_sessions, tiny, tmp_path, 24, seed=7, opts=opts)
+    for t in trials:
+        assert t.fired, t
+        assert t.served in ("old", "new") and t.broken is None, t
+        assert t.rerun_ok and t.rerun_broken is None, t
+        assert t.resent == t.expected, t
+    assert sum(not t.first_ok for t in trials) >= 20, trials
 
 
 

@@ -20,6 +20,7 @@ from deployer.remote.layout import BoardLayout
 from deployer.remote.lock import board_lock
 from deployer.ssh.connect import connect
 from deployer.targets import load_targets
+from tests.fixtures.fleet import current
 from tests.fixtures.runner import build_tiny_models
 
 pytestmark = pytest.mark.sshd
@@ -47,20 +48,15 @@ def _setup(sshd, tmp_path: Path, name: str):
     return path, board, release
 
 
-def _current(board) -> str | None:
-    link = Path(board.runtime_dir) / "current"
-    return os.readlink(link).split("/", 1)[1] if link.is_symlink() else None
-
-
 def test_deploy_refused_by_a_held_push_lock_names_the_holder(sshd, tmp_path):
     _, board, release = _setup(sshd, tmp_path, f"lk{os.getpid()}")
     with connect(board) as conn, board_lock(conn, BoardLayout.for_board(board), purpose="push"):
         res = deploy_board(board, release, DeployOptions(lock_wait=0, deadline=60))
     assert not res.ok and res.exit_code == 3 and res.stage == "lock", res
     assert "another push holds the board lock: push by " in res.error, res.error
-    assert f"pid {os.getpid()}" in res.error and _current(board) is None
+    assert f"pid {os.getpid()}" in res.error and current(board) is None
     again = deploy_board(board, release, DeployOptions(lock_wait=0, deadline=60))
-    assert again.ok and _current(board) == release.id, again.error
+    assert again.ok and current(board) == release.id, again.error
 
 
 def test_a_frozen_controllers_fleet_lock_expires_after_its_lease(sshd, tmp_path):
@@ -88,8 +84,30 @@ def test_a_frozen_controllers_fleet_lock_expires_after_its_lease(sshd, tmp_path)
         t0 = time.monotonic()
         res = deploy_board(board, release, DeployOptions(lock_wait=30, deadline=60))
         waited = time.monotonic() - t0
-        assert res.ok and _current(board) == release.id, res.error
+        assert res.ok and current(board) == release.id, res.error
         assert lease * 0.5 < waited < lease * 2 + 10, waited
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_session_ends_by_itself_on_quit_and_frees_the_lock(sshd, tmp_path):
+    """Closing a session must not need a second channel to kill it (one per board per deploy):
+    the board's session exits 0 on `quit`, and the lock is free the moment close() returns."""
+    from deployer.fleet.boardcmd import FleetSession
+
+    _, board, release = _setup(sshd, tmp_path, f"q{os.getpid()}")
+    layout = BoardLayout.for_board(board)
+    with connect(board) as conn:
+        opened = []
+        real_open = conn.transport.open_session
+        conn.transport.open_session = lambda *a, **k: opened.append(1) or real_open(*a, **k)
+        fs = FleetSession(conn, layout, wait=0, command="test", first=[f"state {release.id}"], lazy=True)
+        assert fs.state(release.id, [], sent=True).current is None
+        fs.close()
+        assert fs.stream.rc == 0, fs.stream.stderr
+        assert len(opened) == 1, "close() opened another channel"
+        conn.transport.open_session = real_open
+        # the lock is free at once: a second session gets it without waiting
+        with FleetSession(conn, layout, wait=0, command="test2") as again:
+            assert again.stream.rc is None

@@ -5,28 +5,18 @@ the runtime; rollback works."""
 from __future__ import annotations
 
 import base64
-import shutil
 import struct
-from pathlib import Path
 
 import pytest
 
 from deployer.fleet.ops import DeployOptions, deploy_board, list_board, rollback_board
 from deployer.fleet.release import build_release
 from deployer.targets import load_targets
+from tests.fixtures.fleet import model_dir
 from tests.fixtures.native import native_builds  # noqa: F401
 from tests.fixtures.runner import build_tiny_models
 
 pytestmark = [pytest.mark.boards, pytest.mark.slow]
-
-
-def _model_dir(base: Path, tiny, variant: int) -> Path:
-    d = base / f"out{variant}"
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tiny.int8_param, d / "tiny_int8.param")
-    shutil.copy(tiny.int8_bin, d / "tiny_int8.bin")
-    (d / "tiny_int8.table").write_text(f"conv1_param_0 {variant + 1}.0\n")
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +45,8 @@ def test_deploy_health_status_rollback_on_a_board_without_python(minimal_arm64, 
     assert board.runtime == "native"
     tiny = build_tiny_models(tmp_path / "tiny", size=32)
     opts = DeployOptions(deadline=900, lock_wait=30)
-    r0 = build_release(_model_dir(tmp_path, tiny, 0), workdir=tmp_path / "w0")
-    r1 = build_release(_model_dir(tmp_path, tiny, 1), workdir=tmp_path / "w1")
+    r0 = build_release(model_dir(tmp_path, tiny, 0), workdir=tmp_path / "w0")
+    r1 = build_release(model_dir(tmp_path, tiny, 1), workdir=tmp_path / "w1")
 
     first = deploy_board(board, r0, opts)
     assert first.ok and first.release == r0.id, first.error
@@ -76,7 +66,7 @@ def test_deploy_health_status_rollback_on_a_board_without_python(minimal_arm64, 
     assert status.extra["runtime"] == f"native {build.version}"
 
     # the gate is real on this path: a reference one ulp off fails bit identity, r1 stays current
-    r2 = build_release(_model_dir(tmp_path, tiny, 2), workdir=tmp_path / "w2")
+    r2 = build_release(model_dir(tmp_path, tiny, 2), workdir=tmp_path / "w2")
     values = list(struct.unpack(f"<{len(base64.b64decode(r2.expected['data'])) // 4}f",
                                 base64.b64decode(r2.expected["data"])))
     values[0] = struct.unpack("<f", struct.pack("<i", struct.unpack("<i", struct.pack("<f", values[0]))[0] + 1))[0]

@@ -4,7 +4,6 @@ health gate on real arm64/armhf userlands."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 import time
@@ -19,19 +18,11 @@ from deployer.fleet.ops import DeployOptions, deploy_board
 from deployer.fleet.release import build_release
 from deployer.targets import load_targets
 from tests.fixtures.boards import board_skip_reason
+from tests.fixtures.fleet import model_dir
 from tests.fixtures.runner import build_tiny_models
 
 pytestmark = pytest.mark.boards
 LOCAL = ExecutorSpec("local")
-
-
-def model_dir(base: Path, tiny, variant: int) -> Path:
-    d = base / f"out{variant}"
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tiny.int8_param, d / "tiny_int8.param")
-    shutil.copy(tiny.int8_bin, d / "tiny_int8.bin")
-    (d / "tiny_int8.table").write_text(f"conv1_param_0 {variant}.0\n")
-    return d
 
 
 @pytest.fixture(scope="module")
