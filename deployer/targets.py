@@ -167,14 +167,6 @@ class Inventory:
             hint="use a board/group name, tag:<tag>, all, or user@host[:port]",
         )
 
-    def resolve_many(self, names: Iterable[str]) -> list[Board]:
-        """Resolve several names; each board once, in first-seen order."""
-        seen: dict[str, Board] = {}
-        for n in names:
-            for b in self.resolve(n):
-                seen.setdefault(b.name, b)
-        return list(seen.values())
-
     def _expand_group(self, name: str, stack: tuple[str, ...]) -> list[Board]:
         out: dict[str, Board] = {}
         for member in self.groups[name]:

@@ -54,7 +54,7 @@ class Progress:
     """One reporter per command. `enabled=False` makes every call a no-op."""
 
     def __init__(self, label: str, *, console: Console | None = None, enabled: bool = True,
-                 interval: float | None = None, bytes_phases: bool = False) -> None:
+                 interval: float | None = None) -> None:
         self.label = label
         self.console = console or default_console
         self.enabled = enabled

@@ -9,7 +9,6 @@ is a float, otherwise an int; a token starting with a letter or '"' is a string.
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import os
@@ -424,12 +423,3 @@ def format_param(graph: Graph) -> str:
                 sep = "\n"
         out.append(sep)
     return "".join(out)
-
-
-def copy_layer(layer: Layer, **changes) -> Layer:
-    """A detached copy (for building new graphs) that will be written in ModelWriter style."""
-    new = Layer(type=layer.type, name=layer.name, bottoms=list(layer.bottoms),
-                tops=list(layer.tops), params=copy.deepcopy(layer.params))
-    for key, value in changes.items():
-        setattr(new, key, value)
-    return new

@@ -151,11 +151,6 @@ def check_weights(graph: Graph, weights: dict[str, list[Weight]], source: str, *
                                         hint="regenerate the table and the int8 model")
 
 
-def check_model(graph: Graph, weights: dict[str, list[Weight]], source: str) -> None:
-    check_graph(graph, source)
-    check_weights(graph, weights, source)
-
-
 # -------------------------------------------------------------------------------- input shapes
 
 def check_input_shape(shape: tuple[int, ...], where: str) -> None:
@@ -298,13 +293,6 @@ def _infer_layer(layer: Layer, ins: list[_Blob | None], model: str, shown: str) 
             c = sum(b.c for b in ins)  # type: ignore[union-attr,misc]
             return _Blob(c, x.h, x.w, c * x.h * x.w)  # type: ignore[operator]
     return None
-
-
-def input_dims(shape: tuple[int, ...], channels: int) -> tuple[int, int, int]:
-    """[w, h(, c)] as CHW."""
-    w, h = int(shape[0]), int(shape[1]) if len(shape) > 1 else 1
-    c = int(shape[2]) if len(shape) > 2 else channels
-    return c, h, w
 
 
 def first_conv_channels(graph: Graph, blob: str) -> int | None:

@@ -400,20 +400,3 @@ class _LayerPool:
             for _ in range(self.threads):
                 self.slots.acquire()
         return self._take()
-
-
-def eq_layer_scales(model: CalibModel, job: CollectJob, stats, *, threads: int = 1,
-                    progress: Callable[[str, int, int], None] | None = None) -> list[LayerScales]:
-    """The whole method=eq for callers that already hold the collected statistics (`deployer
-    quantize`): KL's scales as the start, then the search over `job`'s inputs."""
-    from deployer.quant.methods import get_method
-    from deployer.quant.weights import weight_scales
-
-    m = get_method("eq")
-    th, sc = m.thresholds(stats), m.scales(stats)
-    start = []
-    for ql in model.quant_layers:
-        b = stats.index(ql.bottom)
-        start.append(LayerScales(ql.name, weight_scales(ql, m.weight_rule).scales, float(sc[b]),
-                                 float(stats.absmax[b]), float(th[b])))
-    return eq_search(model, job, start, threads=threads, progress=progress)

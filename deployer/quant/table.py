@@ -58,20 +58,6 @@ class CalibrationTable:
         values = self.activations.get(layer)
         return values[0] if values else None
 
-    def without(self, layers: set[str]) -> "CalibrationTable":
-        """A copy with every line of these layers dropped (both lines: see ncnn-int8.md §1)."""
-        out = CalibrationTable()
-        for key in self.order:
-            owner = key.split("_param_")[0] if "_param_" in key else key
-            if owner in layers:
-                continue
-            if "_param_" in key:
-                out.weights[key] = list(self.weights[key])
-            else:
-                out.activations[key] = list(self.activations[key])
-            out.order.append(key)
-        return out
-
 
 def format_value(v: float) -> str:
     """C's `%f`: six decimals; inf/nan spelled as glibc prints them."""

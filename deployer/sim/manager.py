@@ -177,11 +177,6 @@ def sim_status(state_dir: Path | None = None, targets_dir: Path | None = None) -
     return out
 
 
-def targets_path(state_dir: Path | None = None, targets_dir: Path | None = None) -> Path | None:
-    state = load_state((state_dir or default_state_dir(targets_dir)).resolve())
-    return Path(state.targets_dir) / TARGETS_NAME if state.targets_dir and state.boards else None
-
-
 # --- internals ---------------------------------------------------------------------------------------
 
 def _targets_dir(state: SimState, requested: Path | None) -> Path:

@@ -401,11 +401,6 @@ class Connection:
         return RemoteError(f"{self.board.where}: connection lost while {doing}{why}",
                            hint="check the board's network/power, then re-run (transfers resume)")
 
-    @property
-    def stalled(self) -> str | None:
-        """Why the watchdog gave up on this connection, or None."""
-        return self.watchdog.reason
-
     def close(self) -> None:
         self.watchdog.stop()
         if self._sftp is not None:

@@ -95,11 +95,6 @@ def test_duplicate_key_warns_and_last_wins():
     assert t.activation_scale("conv1") == 2.0
 
 
-def test_without_drops_both_lines_of_a_layer():
-    t = _table().without({"conv1"})
-    assert t.order == ["fc_param_0", "fc"]
-
-
 def test_write_rejects_keys_ncnn_cannot_read(tmp_path):
     t = CalibrationTable()
     t.set_activation("bad name", 1.0)

@@ -10,7 +10,7 @@ import ncnn
 import pytest
 
 from deployer.errors import DeployerError
-from deployer.ncnn.param import Graph, Layer, copy_layer, format_param, parse_param, read_param
+from deployer.ncnn.param import Graph, Layer, format_param, parse_param, read_param
 
 PNNX_STYLE = (
     "7767517\n"
@@ -162,14 +162,6 @@ def test_numpy_scalars_are_written_as_their_kind():
     g.layer("relu_1").params[0] = object()
     with pytest.raises(DeployerError, match="cannot write param value"):
         format_param(g)
-
-
-def test_copy_layer_is_new_and_detached():
-    g = parse_param(PNNX_STYLE)
-    conv = g.layer("conv_0")
-    dup = copy_layer(conv, name="conv_0_copy")
-    dup.params[0] = 16
-    assert conv.params[0] == 8 and dup.modified
 
 
 def test_graph_helpers():
