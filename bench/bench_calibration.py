@@ -13,7 +13,7 @@ deterministic crops of the photos bundled in installed wheels, written as 224x22
 this repo) on the same list, thread count and methods it has (kl, aciq), in the same run. Its wall
 time includes process start; ours is in-process (`cli_wall_s` adds the `deployer ncnn2table`
 subprocess for the same comparison). Its tables differ from ours on colour JPEGs by design
-(stb_image vs libjpeg-turbo decoding, see deployer/quant/preprocess.py).
+(stb_image vs libjpeg-turbo decoding, see deployer/inputs/decode.py).
 """
 
 from __future__ import annotations

@@ -31,14 +31,12 @@ from typing import Any, Callable
 
 from deployer import fsutil
 from deployer.errors import DeployerError
-from deployer.ncnn.validate import check_input_shape
+from deployer.inputs.spec import PIXEL_CHANNELS, PIXEL_FORMATS, RESIZE_MODES, InputSpec
 
 _ASCII_INT = re.compile(r"[+-]?\d+", re.ASCII)
 _ASCII_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.ASCII | re.IGNORECASE)
 PROFILE_MAX_BYTES = 1 << 20     # a profile is a few hundred bytes; anything near this is the wrong file
 MAX_THREADS = 256
-PIXEL_FORMATS = ("RGB", "BGR", "GRAY", "RGBA", "BGRA")
-RESIZE_MODES = ("resize", "letterbox", "none")
 # eq and seq: costly searches (seq: ~100 s more on MobileNetV2), not default candidates
 METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse", "seq")
 DEFAULT_CANDIDATES = ("kl", "aciq", "maxabs", "percentile", "mse")
@@ -51,17 +49,6 @@ class ModelSpec:
     bin: Path | None = None
     source: Path | None = None                # ONNX / TorchScript, converted through pnnx
     inputshape: list[list[int]] = field(default_factory=list)
-
-
-@dataclass
-class InputSpec:
-    shape: tuple[int, int]                    # (W, H) the network sees; (0, 0) = keep image size
-    pixel: str = "RGB"                         # channel order the network expects
-    mean: list[float] = field(default_factory=list)
-    norm: list[float] = field(default_factory=list)
-    resize: str = "resize"                     # resize | letterbox | none
-    pad_value: float = 114.0                   # letterbox fill, in pixel units before mean/norm
-    name: str | None = None                    # Input blob; default: the n-th Input layer
 
 
 @dataclass
@@ -101,7 +88,7 @@ class QuantizeSpec:
 @dataclass
 class Profile:
     model: ModelSpec
-    inputs: list[InputSpec]
+    inputs: list[InputSpec]                    # deployer.inputs.spec: shape (W, H), pixel, mean/norm, resize
     calibration: CalibrationSpec
     quantize: QuantizeSpec
     gate: list[str]
@@ -353,13 +340,15 @@ def _one_input(raw: Any, where: _Where, idx: int) -> InputSpec:
         shape = shape[:2]      # ncnn2table's [w,h,c]: c is not used for images
     if len(shape) != 2:
         raise _err(where(f"{prefix}.shape"), f"expected [W, H], got {raw['shape']!r}")
+    from deployer.ncnn.validate import check_input_shape   # numpy: only when a profile has inputs
+
     check_input_shape(tuple(shape), where(f"{prefix}.shape"))
     pixel = str(raw.get("pixel", "RGB")).upper()
     if pixel not in PIXEL_FORMATS:
         close = difflib.get_close_matches(pixel, PIXEL_FORMATS, n=1)
         raise _err(where(f"{prefix}.pixel"), f"unknown pixel format {raw.get('pixel')!r}",
                    f"did you mean '{close[0]}'?" if close else f"one of {', '.join(PIXEL_FORMATS)}")
-    channels = 1 if pixel == "GRAY" else (4 if pixel in ("RGBA", "BGRA") else 3)
+    channels = PIXEL_CHANNELS[pixel]
     mean = _as_floats(raw["mean"], where(f"{prefix}.mean")) if raw.get("mean") is not None else []
     norm = _as_floats(raw["norm"], where(f"{prefix}.norm")) if raw.get("norm") is not None else []
     for key, values in (("mean", mean), ("norm", norm)):
@@ -372,12 +361,13 @@ def _one_input(raw: Any, where: _Where, idx: int) -> InputSpec:
                    f"did you mean '{close[0]}'?" if close else f"one of {', '.join(RESIZE_MODES)}")
     if resize == "letterbox" and 0 in shape:
         raise _err(where(f"{prefix}.shape"), "letterbox needs a target size with W and H > 0")
-    spec = InputSpec(shape=(shape[0], shape[1]), pixel=pixel, mean=mean, norm=norm, resize=resize)
+    extra: dict[str, Any] = {}
     if raw.get("pad_value") is not None:
-        spec.pad_value = _as_float(raw["pad_value"], where(f"{prefix}.pad_value"))
+        extra["pad_value"] = _as_float(raw["pad_value"], where(f"{prefix}.pad_value"))
     if raw.get("name") is not None:
-        spec.name = _as_str(raw["name"], where(f"{prefix}.name"))
-    return spec
+        extra["name"] = _as_str(raw["name"], where(f"{prefix}.name"))
+    return InputSpec(shape=(shape[0], shape[1]), pixel=pixel, mean=tuple(mean), norm=tuple(norm), resize=resize,
+                     **extra)
 
 
 def _inputs(raw: Any, where: _Where) -> list[InputSpec]:

@@ -1,6 +1,6 @@
 """Run zoo models in the stock ncnn wheel, as a true fp32 (or int8) reference.
 
-Kept apart from deployer.quant.preprocess on purpose: the zoo checks must hold against ncnn's own
+Kept apart from deployer.inputs on purpose: the zoo checks must hold against ncnn's own
 pixel routines (Mat.from_pixels_resize + substract_mean_normalize), so they can catch a mistake in
 deployer's reimplementation instead of sharing it.
 """

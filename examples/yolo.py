@@ -6,7 +6,7 @@ Usage:
         --board sim-1 --image photo.png --out build/yolo_boxes.png [--json]
 
 `board` preprocesses the image exactly as calibration and `deployer check` do (the profile's
-letterbox, deployer.check.samples.load_array), sends the tensor to the board, runs the int8 model
+letterbox, deployer.inputs.tensor.load_array), sends the tensor to the board, runs the int8 model
 there with the stock ncnn wheel (`deployer run`'s runner, --input-file / --return-output), decodes
 the returned head on the host (deployer.check.tasks.detection) and draws the int8 boxes from the
 board next to the fp32 boxes from the host. The model is NudeNet's 320n (AGPL-3.0): it is read from
@@ -89,7 +89,7 @@ def detection_views(out_dir: str | Path, per_photo: int = 8, seed: int = 0) -> d
 # ------------------------------------------------------------------------------ boxes on pictures
 
 def letterbox_scale(image_wh: tuple[int, int], input_wh: tuple[int, int]) -> float:
-    """The scale deployer.check.samples' letterbox applied (image pasted at the top-left)."""
+    """The scale deployer.inputs.tensor's letterbox applied (image pasted at the top-left)."""
     return letterbox_geometry(*image_wh, *input_wh)[0]
 
 
@@ -145,7 +145,7 @@ def board_boxes(profile_path: "Path | Any", targets: Path, board_name: str, imag
                 threads: int = 1) -> BoardBoxes:
     """fp32 boxes on the host and int8 boxes from `board_name` for one image (see module doc)."""
     from deployer.check.net import NcnnNet
-    from deployer.check.samples import load_array
+    from deployer.inputs.tensor import load_array
     from deployer.profile import load_profile
     from deployer.quant.pipeline import output_paths, resolve_model
     from deployer.remote.session import RunOptions, open_session

@@ -19,9 +19,9 @@ import numpy as np
 from deployer.check.gates import Gate, GateResult, evaluate_gates
 from deployer.check.metrics import OutputSummary, cosine, l2, summarize, summary_dict
 from deployer.check.net import NcnnNet, prepare
+from deployer.check.samples import Sample
 from deployer.errors import DeployerError
 
-Sample = dict[str, np.ndarray]          # input blob name -> CHW float32
 Outputs = dict[str, np.ndarray]         # output blob name -> array
 Progress = Callable[[int, int], None]   # (done, total)
 

@@ -1,10 +1,8 @@
-"""Files -> model inputs, with the profile's preprocessing, shared by `quantize` and `check`.
+"""Folders and list files -> samples (one tensor per model input), shared by `quantize` and `check`.
 
-Calibration, method choice and the cross-check must all see the tensors the board will see, so
-they all go through here. Plain resizing is ncnn2table's own (deployer.quant.preprocess: BGR
-decode, ncnn's from_pixels_resize, mean/norm). Letterbox is what detectors like YOLOv8 are fed
-and ncnn2table cannot do: scale to fit with ncnn's resize, paste top-left on a `pad_value`
-canvas (the zoo's YOLOv8 convention), then mean/norm. `.npy` files are taken as ready CHW float32.
+Method choice, mixed precision and the cross-check must see the tensors the board will see, so each
+file goes through deployer.inputs.tensor with the profile's `InputSpec`, as calibration does; this
+module only finds the files, pairs them across inputs and names the Input blobs they feed.
 """
 
 from __future__ import annotations
@@ -16,9 +14,10 @@ from typing import Callable
 import numpy as np
 
 from deployer.errors import DeployerError
-from deployer.profile import InputSpec
+from deployer.inputs.spec import InputSpec
+from deployer.inputs.tensor import load_array
 
-Sample = dict[str, np.ndarray]
+Sample = dict[str, np.ndarray]          # input blob name -> CHW float32
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
 INPUT_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
 
@@ -66,57 +65,6 @@ def list_inputs(path: str | os.PathLike) -> list[Path]:
     if not files:
         raise DeployerError(f"{path}: list file names no files", hint="one image path per line")
     return files
-
-
-def _normalize(x: np.ndarray, spec: InputSpec) -> np.ndarray:
-    c = x.shape[0]
-    mean = np.asarray(spec.mean or [0.0] * c, np.float32).reshape(-1, 1, 1)
-    norm = np.asarray(spec.norm or [1.0] * c, np.float32).reshape(-1, 1, 1)
-    return ((x - mean) * norm).astype(np.float32)
-
-
-def _pixel_type(spec: InputSpec) -> int:
-    from deployer.quant.preprocess import PIXEL_TYPES
-
-    return PIXEL_TYPES[spec.pixel]
-
-
-def _letterbox(bgr: np.ndarray, spec: InputSpec) -> np.ndarray:
-    import ncnn
-
-    from deployer.quant.preprocess import InputSpec as PreSpec
-
-    tw, th = spec.shape
-    h, w = bgr.shape[:2]
-    scale = min(tw / w, th / h)
-    nw, nh = max(1, min(tw, round(w * scale))), max(1, min(th, round(h * scale)))
-    convert = PreSpec(shape=(nw, nh), pixel=_pixel_type(spec)).pixel_convert_type
-    mat = ncnn.Mat.from_pixels_resize(np.ascontiguousarray(bgr), convert, w, h, nw, nh)
-    inner = np.array(mat, dtype=np.float32).reshape(-1, nh, nw)
-    canvas = np.full((inner.shape[0], th, tw), spec.pad_value, dtype=np.float32)
-    canvas[:, :nh, :nw] = inner
-    return _normalize(canvas, spec)
-
-
-def load_array(path: Path, spec: InputSpec) -> np.ndarray:
-    """One file -> CHW float32 for one model input."""
-    if path.suffix.lower() == ".npy":
-        from deployer.quant.preprocess import read_npy
-
-        arr = read_npy(path)
-        if arr.ndim == 4 and arr.shape[0] == 1:
-            arr = arr[0]
-        return np.ascontiguousarray(arr, dtype=np.float32)
-    from deployer.quant.preprocess import InputSpec as PreSpec
-    from deployer.quant.preprocess import decode_bgr, image_to_mat
-
-    bgr = decode_bgr(path)
-    if spec.resize == "letterbox":
-        return _letterbox(bgr, spec)
-    shape = (0, 0) if spec.resize == "none" else spec.shape
-    pre = PreSpec(shape=shape, mean=tuple(spec.mean), norm=tuple(spec.norm), pixel=_pixel_type(spec))
-    mat = image_to_mat(bgr, pre)
-    return np.array(mat, dtype=np.float32).reshape(mat.c, mat.h, mat.w).copy()
 
 
 def input_names(specs: list[InputSpec], model_inputs: list[str], where: str) -> list[str]:

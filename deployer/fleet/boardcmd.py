@@ -106,7 +106,6 @@ class FleetSession:
                 str(0 if lazy else self.lease)]
         self.stream = conn.stream(argv, check=False)
         self._lines: Iterator[str] = iter(self.stream)
-        self._pending = 0
         for cmd in first or []:
             self.send(cmd)
         line = self._next("taking the board lock")

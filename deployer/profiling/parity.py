@@ -3,8 +3,8 @@
 Why three ways: host fp32 vs host int8 says what quantization costs; host int8 vs board int8 says
 whether the board computes what the host predicts (kernels, fp16 paths, wheel versions); host fp32
 vs board is what the user gets. All three use the very same preprocessed tensors (real images
-through deployer.quant.preprocess, written as raw float32 files the runner reads), never random
-fills, so the numbers mean something for the task.
+through deployer.inputs, as calibration and check read them, written as raw float32 files the
+runner reads), never random fills, so the numbers mean something for the task.
 """
 
 from __future__ import annotations
@@ -31,18 +31,15 @@ class Inputs:
 
 def load_inputs(images: Sequence[Path], shape: Sequence[int], *, mean: Sequence[float] = (),
                 norm: Sequence[float] = (), pixel: str = "RGB") -> Inputs:
-    """Images (or float32 .npy) -> tensors exactly as deployer's calibration/check reads them."""
-    from deployer.quant.preprocess import PIXEL_TYPES, InputSpec, load_input
+    """Images (or ready CHW .npy tensors) -> tensors exactly as deployer's calibration/check reads them."""
+    from deployer.inputs.spec import PIXEL_TYPES, InputSpec
+    from deployer.inputs.tensor import load_array
 
     if pixel.upper() not in PIXEL_TYPES:
         raise DeployerError(f"--pixel {pixel!r}: use one of {', '.join(PIXEL_TYPES)}")
+    spec = InputSpec(shape=tuple(shape), pixel=pixel.upper(), mean=tuple(mean), norm=tuple(norm))
     files = expand_images(images)
-    tensors = []
-    for path in files:
-        spec = InputSpec(shape=tuple(int(d) for d in shape), mean=tuple(mean), norm=tuple(norm),
-                         pixel=PIXEL_TYPES[pixel.upper()], file_type=1 if path.suffix.lower() == ".npy" else 0)
-        tensors.append(np.array(load_input(path, spec), dtype=np.float32))
-    return Inputs([p.name for p in files], tensors, True)
+    return Inputs([p.name for p in files], [load_array(path, spec) for path in files], True)
 
 
 def expand_images(images: Sequence[Path]) -> list[Path]:

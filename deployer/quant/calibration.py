@@ -8,15 +8,16 @@ weight lines of Embed/MultiHeadAttention/RNN/LSTM/GRU layers in ncnn2table's ord
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
+from deployer.inputs.spec import InputSpec
 from deployer.quant import collect as collect_mod
 from deployer.quant.collect import ActivationStats, CollectJob
 from deployer.quant.methods import CalibrationMethod, KLMethod, LayerScales, get_method, kl_threshold_bin
-from deployer.quant.preprocess import InputSpec
 from deployer.quant.table import CalibrationTable
 from deployer.quant.weights import CalibModel, static_weight_scales, weight_scales
 
@@ -27,6 +28,12 @@ class InputSet:
 
     files: list[list[str]]          # files[input][i]
     origins: list[str]              # "list.txt:12" of input 0's entry i
+
+    @classmethod
+    def from_lists(cls, file_lists: Sequence[Sequence[str | os.PathLike]]) -> InputSet:
+        """File lists already resolved and paired (one per model input, deployer.check.samples), so
+        errors name calibration input #i by its path rather than by a list-file line."""
+        return cls([[str(f) for f in files] for files in file_lists], [str(f) for f in file_lists[0]])
 
 
 ProgressFn = Callable[[str, int, int], None]

@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from deployer.errors import DeployerError
-from deployer.quant.preprocess import InputSpec, load_input
+from deployer.inputs.spec import InputSpec
+from deployer.inputs.tensor import load_mat
 
 NUM_BINS = 2048
 DEFAULT_MEMORY_BUDGET = 2 << 30   # bytes of stored activations across all workers
@@ -99,7 +100,7 @@ def first_forward_isolated(job: CollectJob) -> None:
     shapes = {}
     for blob, spec, files in zip(job.input_blobs, job.specs, job.files):
         try:
-            shapes[blob] = tuple(int(d) for d in np.array(load_input(files[0], spec)).shape)
+            shapes[blob] = tuple(int(d) for d in np.array(load_mat(files[0], spec)).shape)
         except DeployerError as err:
             raise DeployerError(f"{job.where(0)}: {err}") from None
     if all(len(s) == 3 for s in shapes.values()):
@@ -143,7 +144,7 @@ def feed(runner: Runner, job: CollectJob, i: int):
     ex = runner.extractor()
     for blob, spec, files in zip(job.input_blobs, job.specs, job.files):
         try:
-            mat = load_input(files[i], spec)
+            mat = load_mat(files[i], spec)
         except DeployerError as err:
             raise DeployerError(f"{job.where(i)}: {err}") from None
         ex.input(blob, mat)
@@ -346,7 +347,7 @@ def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
     # Keeping |x| needs every input to give the same blob sizes (a fixed resize or npy) and the
     # whole set to fit the budget; one probe forward tells the sizes.
     keep_sizes: list[int] | None = None
-    fixed = all(s.file_type == 1 or (s.shape[0] > 0 and s.shape[1] > 0) for s in job.specs)
+    fixed = all(s.fixed_size for s in job.specs)
     if histograms and fixed:
         probe = Runner(job.param_path, job.bin_path)
         sizes = [v.size for v in forward(probe, job, 0, job.blobs)]

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from deployer.errors import DeployerError
 from deployer.fsutil import read_input
+from deployer.inputs.decode import stb_readable
+from deployer.inputs.spec import PIXEL_CHANNELS, PIXEL_TYPES, RAW, InputSpec
 from deployer.ncnn.validate import check_input_shape
 from deployer.quant.calibration import Calibrator, InputSet, ProgressFn, build_table
 from deployer.quant.methods import ALL_METHODS, LayerScales
-from deployer.quant.preprocess import PIXEL_NAMES, PIXEL_TYPES, RAW, InputSpec, stb_readable
 from deployer.quant.table import CalibrationTable
 from deployer.quant.weights import load_model
 
@@ -32,7 +33,6 @@ USAGE = ("usage: deployer ncnn2table PARAM BIN LIST[,LIST...] TABLE [key=value .
          "or  PARAM BIN TABLE [key=value ...] (weight-only); keys: mean=[..],[..] norm=[..] "
          "shape=[w,h(,c)] pixel=RAW/RGB/BGR/GRAY/RGBA/BGRA thread=N method=kl/aciq/eq/maxabs/percentile/mse "
          "type=0(images)/1(npy) percentile=99.99")
-_PIXEL_CHANNELS = {"RGB": 3, "BGR": 3, "GRAY": 1, "RGBA": 4, "BGRA": 4}
 _MAX_LIST_PATH = 255
 
 
@@ -45,7 +45,7 @@ class Ncnn2TableArgs:
     means: list[list[float]] = field(default_factory=list)
     norms: list[list[float]] = field(default_factory=list)
     shapes: list[list[int]] = field(default_factory=list)
-    pixels: list[int] = field(default_factory=list)
+    pixels: list[str] = field(default_factory=list)      # names, deployer.inputs.spec.PIXEL_TYPES
     threads: int = 0                                     # 0 = all CPUs (ncnn's get_cpu_count)
     method: str = "kl"
     file_type: int = 0
@@ -195,13 +195,13 @@ def _int(text: str, key: str) -> int:
     return value
 
 
-def _pixel(name: str) -> int:
+def _pixel(name: str) -> str:
     if name not in PIXEL_TYPES:
         hint = difflib.get_close_matches(name.upper(), PIXEL_TYPES, n=1)
         raise DeployerError(f"pixel={name}: unknown pixel type"
                             + (f", did you mean {hint[0]}?" if hint else "")
                             + f" (expected one of {'/'.join(PIXEL_TYPES)})")
-    return PIXEL_TYPES[name]
+    return name
 
 
 # ------------------------------------------------------------------------------ input lists
@@ -279,18 +279,19 @@ def input_specs(args: Ncnn2TableArgs, num_inputs: int) -> list[InputSpec]:
             if any(d < 0 for d in shape):
                 raise DeployerError(f"shape={list(shape)}: sizes must be positive (0 = keep the image's aspect)")
             check_input_shape(shape, f"shape={list(shape)}")
-            ch = _PIXEL_CHANNELS[PIXEL_NAMES[pixel]]
+            ch = PIXEL_CHANNELS[pixel]
             for what, vals in (("mean", args.means[i]), ("norm", args.norms[i])):
                 if len(vals) != ch:
                     raise DeployerError(f"{what}= group {i + 1} has {len(vals)} values but pixel="
-                                        f"{PIXEL_NAMES[pixel]} gives {ch} channel(s)")
-            specs.append(InputSpec(shape, tuple(args.means[i]), tuple(args.norms[i]), pixel, 0))
+                                        f"{pixel} gives {ch} channel(s)")
+            specs.append(InputSpec(shape, pixel=pixel, mean=tuple(args.means[i]), norm=tuple(args.norms[i]),
+                                   file_type="image"))
         else:
             if not 1 <= len(shape) <= 4 or any(d <= 0 for d in shape):
                 raise DeployerError(f"shape={list(shape)}: npy inputs need 1-4 positive dims in ncnn "
                                     "[w,h,c] order")
             check_input_shape(shape, f"shape={list(shape)}")
-            specs.append(InputSpec(shape, file_type=1))
+            specs.append(InputSpec(shape, file_type="npy"))
     return specs
 
 

@@ -37,7 +37,7 @@ from deployer.check.metrics import WILSON_Z, summary_dict
 from deployer.check.net import NcnnNet
 from deployer.check.samples import input_names, list_inputs, load_samples
 from deployer.errors import DeployerError
-from deployer.profile import InputSpec, Profile
+from deployer.profile import Profile
 
 Progress = Callable[[str, int, int], None]      # (phase, done, total)
 TIE = 1e-4          # scores closer than this are a tie, broken by model size
@@ -192,42 +192,6 @@ def eval_set(profile: Profile, split: Split) -> EvalSet:
 
 
 # ------------------------------------------------------------------------------------------------
-# calibration inputs
-
-
-def calibration_inputs(split: Split, specs: list[InputSpec], work: Path) -> tuple[list, Any]:
-    """The calibration engine's view of the split: per-input preprocessing specs and file lists.
-
-    Inputs that ncnn2table-style preprocessing cannot express (letterbox) and mixed .npy lists are
-    preprocessed here once and handed over as .npy in `work`, so statistics see exactly the
-    tensors the eval inputs are judged with."""
-    from deployer.check.samples import load_array
-    from deployer.quant.calibration import InputSet
-    from deployer.quant.preprocess import PIXEL_TYPES
-    from deployer.quant.preprocess import InputSpec as PreSpec
-
-    pre_specs, files = [], []
-    for i, (spec, paths) in enumerate(zip(specs, split.calibration)):
-        if spec.resize != "letterbox" and not any(p.suffix.lower() == ".npy" for p in paths):
-            shape = (0, 0) if spec.resize == "none" else spec.shape
-            pre_specs.append(PreSpec(shape=shape, mean=tuple(spec.mean), norm=tuple(spec.norm),
-                                     pixel=PIXEL_TYPES[spec.pixel]))
-            files.append([str(p) for p in paths])
-            continue
-        out, npy_shape = [], None
-        for k, p in enumerate(paths):
-            arr = load_array(p, spec)
-            npy_shape = tuple(reversed(arr.shape))
-            target = work / f"in{i}_{k:05d}.npy"
-            np.save(target, arr.astype(np.float32))
-            out.append(str(target))
-        pre_specs.append(PreSpec(shape=npy_shape, file_type=1))
-        files.append(out)
-    origins = [str(p) for p in split.calibration[0]]
-    return pre_specs, InputSet(files, origins)
-
-
-# ------------------------------------------------------------------------------------------------
 # the run
 
 
@@ -309,7 +273,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     del ref_net
     t = phase("reference", t)
 
-    from deployer.quant.calibration import Calibrator
+    from deployer.quant.calibration import Calibrator, InputSet
     from deployer.quant.mixed import Evaluator, search
 
     methods = [profile.quantize.method] if profile.quantize.method != "auto" else list(profile.quantize.candidates)
@@ -317,27 +281,26 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     evaluator = Evaluator(model, held, reference, gates, threads=profile.threads)
     evaluator.task = profile.task
     try:
-        with tempfile.TemporaryDirectory(prefix="deployer-calib-") as work:
-            pre_specs, inputs = calibration_inputs(split, profile.inputs, Path(work))
-            calibrator = Calibrator(calib_model, pre_specs, inputs, threads=profile.threads)
-            calibrator.stats(True, progress, kl=any(m in ("kl", "eq") for m in methods))
-            t = phase("collect", t)
-            per_method: dict[str, dict] = {}
-            tables: dict[str, Any] = {}
-            evals, sizes = {}, {}
-            for i, method in enumerate(methods):
-                m_started = time.monotonic()
-                tables[method] = calibrator.table(method, progress=progress)
-                evals[method] = ev = evaluator.evaluate(tables[method], base_exclude)
-                sizes[method] = evaluator.bin_size(tables[method], base_exclude)
-                rank = ev.rank
-                per_method[method] = {"score": round(rank.value, 6),
-                                      "score_by": dict(zip(rank.basis, (round(v, 6) for v in rank.values))),
-                                      "error": ev.error, "passed": ev.passed if gates else None,
-                                      "bin_bytes": sizes[method], "outputs": _summary_dict(ev.outputs),
-                                      "task": ev.task, "seconds": round(time.monotonic() - m_started, 3)}
-                if progress:
-                    progress("methods", i + 1, len(methods))
+        calibrator = Calibrator(calib_model, profile.inputs, InputSet.from_lists(split.calibration),
+                                threads=profile.threads)
+        calibrator.stats(True, progress, kl=any(m in ("kl", "eq") for m in methods))
+        t = phase("collect", t)
+        per_method: dict[str, dict] = {}
+        tables: dict[str, Any] = {}
+        evals, sizes = {}, {}
+        for i, method in enumerate(methods):
+            m_started = time.monotonic()
+            tables[method] = calibrator.table(method, progress=progress)
+            evals[method] = ev = evaluator.evaluate(tables[method], base_exclude)
+            sizes[method] = evaluator.bin_size(tables[method], base_exclude)
+            rank = ev.rank
+            per_method[method] = {"score": round(rank.value, 6),
+                                  "score_by": dict(zip(rank.basis, (round(v, 6) for v in rank.values))),
+                                  "error": ev.error, "passed": ev.passed if gates else None,
+                                  "bin_bytes": sizes[method], "outputs": _summary_dict(ev.outputs),
+                                  "task": ev.task, "seconds": round(time.monotonic() - m_started, 3)}
+            if progress:
+                progress("methods", i + 1, len(methods))
         warnings += list(dict.fromkeys(calibrator.warnings))
         best = _choose(methods, evals, sizes)
         t = phase("methods", t)

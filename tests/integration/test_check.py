@@ -13,8 +13,8 @@ import pytest
 from deployer.check.crosscheck import crosscheck
 from deployer.check.gates import parse_gates
 from deployer.check.samples import list_inputs, load_samples
+from deployer.inputs.spec import InputSpec
 from deployer.ncnn.model import NcnnModel
-from deployer.profile import InputSpec
 from deployer.quant.int8 import quantize_model
 from deployer.quant.table import read_table
 from tests.fixtures.quantize import MTCNN_INPUT, rnet_quantized  # noqa: F401

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployer.check.samples import list_inputs, load_array
+from deployer.check.samples import list_inputs
 from deployer.errors import DeployerError
-from deployer.profile import InputSpec
+from deployer.inputs.spec import InputSpec
+from deployer.inputs.tensor import load_array
 
 
 def _spec_from_zoo(model, **extra) -> InputSpec:

@@ -132,13 +132,13 @@ def test_two_workers_and_two_passes_give_the_same_table(tmp_path, calib_tiny, ca
     deployer("ncnn2table", calib_tiny.param, calib_tiny.bin, calib_images, b, *IMG_OPTS, "thread=2")
     assert a.read_bytes() == b.read_bytes()
 
+    from deployer.inputs.spec import InputSpec
     from deployer.quant.calibration import Calibrator
     from deployer.quant.ncnn2table import read_lists
-    from deployer.quant.preprocess import InputSpec
     from deployer.quant.weights import load_model
 
     model = load_model(calib_tiny.param, calib_tiny.bin)
-    spec = InputSpec((16, 16, 3), (104.0, 117.0, 123.0), (0.017,) * 3, 2)
+    spec = InputSpec((16, 16, 3), pixel="BGR", mean=(104.0, 117.0, 123.0), norm=(0.017,) * 3, file_type="image")
     inputs = read_lists([calib_images])
     one = Calibrator(model, [spec], inputs, threads=2).stats()
     two = Calibrator(model, [spec], inputs, threads=2, memory_budget=0).stats()
@@ -398,13 +398,13 @@ def test_eq_int8_simulation_equals_ncnn_int8_layer(tmp_path, calib_tiny, calib_i
 def test_unresized_images_of_different_sizes(tmp_path, calib_tiny, calib_images):
     """shape=[0,0] keeps each image's own size (the fully-convolutional+gap model accepts any):
     blob sizes vary per input, so statistics come from two passes; workers agree with one process."""
+    from deployer.inputs.spec import InputSpec
     from deployer.quant.calibration import Calibrator
     from deployer.quant.ncnn2table import read_lists
-    from deployer.quant.preprocess import InputSpec
     from deployer.quant.weights import load_model
 
     model = load_model(calib_tiny.param, calib_tiny.bin)
-    spec = InputSpec((0, 0, 3), (104.0, 117.0, 123.0), (0.017,) * 3, 2)
+    spec = InputSpec((0, 0, 3), pixel="BGR", mean=(104.0, 117.0, 123.0), norm=(0.017,) * 3, file_type="image")
     inputs = read_lists([calib_images])
     one = Calibrator(model, [spec], inputs, threads=1).stats()
     two = Calibrator(model, [spec], inputs, threads=2).stats()

@@ -230,8 +230,9 @@ def test_pnnx_errors_name_the_model(tmp_path, monkeypatch, tiny_onnx):
     assert os.environ["DEPLOYER_PNNX"]
 
 
-def test_letterbox_inputs_calibrate_through_npy(tmp_path, mtcnn_rnet, calib_photos):
-    """Letterbox is beyond ncnn2table's preprocessing: the pipeline hands the collector .npy tensors."""
+def test_letterbox_inputs_calibrate_without_temporary_files(tmp_path, mtcnn_rnet, calib_photos):
+    """Letterbox is beyond ncnn2table's preprocessing: the collector reads the profile's InputSpec and
+    letterboxes each photo itself (deployer.inputs), as check does."""
     inputs = {"shape": [24, 24], "resize": "letterbox", "pad_value": 0, "pixel": "RGB",
               "mean": [127.5] * 3, "norm": [0.0078125] * 3}
     profile = write_profile(tmp_path, mtcnn_rnet, calib_photos.list_file, tmp_path / "out", inputs=inputs,
@@ -239,4 +240,4 @@ def test_letterbox_inputs_calibrate_through_npy(tmp_path, mtcnn_rnet, calib_phot
     result = run_quantize(load_profile(profile))
     assert result.report["gate"]["passed"] is True
     assert result.report["calibration"]["files"] + result.report["heldout"]["count"] == len(calib_photos.files)
-    assert not list(tmp_path.glob("**/*.npy"))      # the .npy hand-off lives in a private temp folder
+    assert not list(tmp_path.glob("**/*.npy"))      # no .npy hand-off

@@ -8,8 +8,8 @@ import pytest
 
 from deployer.check.net import NcnnNet
 from deployer.check.samples import load_samples
+from deployer.inputs.spec import InputSpec
 from deployer.ncnn.model import NcnnModel
-from deployer.profile import InputSpec
 from deployer.quant.arith import round_half_away
 from deployer.quant.int8 import quantize_model
 
@@ -19,15 +19,11 @@ SPEC = InputSpec(shape=(24, 24), pixel="RGB", mean=[127.5] * 3, norm=[1 / 128] *
 @pytest.fixture(scope="module")
 def rnet_refined(tmp_path_factory, mtcnn_rnet, lfw_calibration, lfw_heldout):
     from deployer.quant.calibration import Calibrator, InputSet
-    from deployer.quant.preprocess import PIXEL_TYPES
-    from deployer.quant.preprocess import InputSpec as PreSpec
     from deployer.quant.refine import refine
     from deployer.quant.weights import load_model
 
-    files = [str(p) for p in lfw_calibration.files]
-    pre = PreSpec(shape=(24, 24), mean=tuple(SPEC.mean), norm=tuple(SPEC.norm), pixel=PIXEL_TYPES["RGB"])
-    table = Calibrator(load_model(mtcnn_rnet.param, mtcnn_rnet.bin), [pre], InputSet([files], files),
-                       threads=1).table("kl")
+    table = Calibrator(load_model(mtcnn_rnet.param, mtcnn_rnet.bin), [SPEC],
+                       InputSet.from_lists([lfw_calibration.files]), threads=1).table("kl")
     model = NcnnModel.load(mtcnn_rnet.param, mtcnn_rnet.bin)
     calib = load_samples([lfw_calibration.files], [SPEC], ["in0"])
     refined = refine(model, mtcnn_rnet.param, mtcnn_rnet.bin, table, calib, ["adaround", "biascorr"], threads=1)

@@ -12,8 +12,8 @@ import pytest
 
 from deployer.check.net import NcnnNet
 from deployer.check.samples import load_samples
+from deployer.inputs.spec import InputSpec
 from deployer.ncnn.model import NcnnModel
-from deployer.profile import InputSpec
 from deployer.quant import seqcal
 from deployer.quant.calibration import build_table
 from deployer.quant.collect import Runner
@@ -26,13 +26,10 @@ SPEC = InputSpec(shape=(24, 24), pixel="RGB", mean=[127.5] * 3, norm=[1 / 128] *
 @pytest.fixture(scope="module")
 def rnet_tables(mtcnn_rnet, lfw_calibration):
     from deployer.quant.calibration import Calibrator, InputSet
-    from deployer.quant.preprocess import PIXEL_TYPES
-    from deployer.quant.preprocess import InputSpec as PreSpec
     from deployer.quant.weights import load_model
 
-    files = [str(p) for p in lfw_calibration.files]
-    pre = PreSpec(shape=(24, 24), mean=tuple(SPEC.mean), norm=tuple(SPEC.norm), pixel=PIXEL_TYPES["RGB"])
-    cal = Calibrator(load_model(mtcnn_rnet.param, mtcnn_rnet.bin), [pre], InputSet([files], files), threads=1)
+    cal = Calibrator(load_model(mtcnn_rnet.param, mtcnn_rnet.bin), [SPEC],
+                     InputSet.from_lists([lfw_calibration.files]), threads=1)
     return cal, cal.table("percentile"), cal.table("seq")
 
 
@@ -83,16 +80,12 @@ def test_unfused_int8_model_computes_what_the_fused_one_does(mobilenet_v2, image
     """MobileNetV2 has conv -> conv pairs that ncnn2int8 fuses (requantize); fuse=False keeps every
     int8 conv's output float, and the network's output stays what the fused model computes."""
     from deployer.quant.calibration import Calibrator, InputSet
-    from deployer.quant.preprocess import PIXEL_TYPES
-    from deployer.quant.preprocess import InputSpec as PreSpec
     from deployer.quant.weights import load_model
 
     d = mobilenet_v2.input_spec()
-    spec = InputSpec(shape=tuple(d["shape"]), pixel=d["pixel"], mean=list(d["mean"]), norm=list(d["norm"]))
-    files = [str(p) for p in imagenet_heldout.files[:6]]
-    pre = PreSpec(shape=spec.shape, mean=tuple(spec.mean), norm=tuple(spec.norm), pixel=PIXEL_TYPES[spec.pixel])
-    table = Calibrator(load_model(mobilenet_v2.param, mobilenet_v2.bin), [pre], InputSet([files], files),
-                       threads=1).table("percentile")
+    spec = InputSpec(shape=d["shape"], pixel=d["pixel"], mean=d["mean"], norm=d["norm"])
+    table = Calibrator(load_model(mobilenet_v2.param, mobilenet_v2.bin), [spec],
+                       InputSet.from_lists([imagenet_heldout.files[:6]]), threads=1).table("percentile")
     model = NcnnModel.load(mobilenet_v2.param, mobilenet_v2.bin)
     fused, rep = quantize_model(model, table)
     unfused, rep_u = quantize_model(model, table, fuse=False)

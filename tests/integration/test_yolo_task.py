@@ -62,17 +62,16 @@ def test_preprocessing_mismatch_is_the_failure_mode_deployer_avoids(yolo_quantiz
     """What ncnn users did (Tencent/ncnn#5916): ncnn2table with its ImageNet-style stretch resize and
     mean/norm while the app feeds letterboxed RGB/255. The int8 model is then calibrated for inputs
     it never sees and its boxes fall apart; deployer calibrates with the profile's own letterbox."""
+    from deployer.inputs.spec import InputSpec
     from deployer.ncnn.model import NcnnModel
     from deployer.quant.calibration import Calibrator, InputSet
     from deployer.quant.int8 import quantize_model
-    from deployer.quant.preprocess import PIXEL_TYPES
-    from deployer.quant.preprocess import InputSpec as PreSpec
     from deployer.quant.weights import load_model
 
     prof, result = yolo_quantized
     files = [str(p) for p in calib_photos.files[:24]]
-    naive = PreSpec(shape=(320, 320), mean=(123.675, 116.28, 103.53), norm=(0.017125, 0.017507, 0.017429),
-                    pixel=PIXEL_TYPES["RGB"])
+    naive = InputSpec(shape=(320, 320), pixel="RGB", mean=(123.675, 116.28, 103.53),
+                      norm=(0.017125, 0.017507, 0.017429))
     table = Calibrator(load_model(yolov8n.param, yolov8n.bin), [naive], InputSet([files], files), threads=2).table("kl")
     q, _ = quantize_model(NcnnModel.load(yolov8n.param, yolov8n.bin), table)
     q.save(tmp_path / "naive.param", tmp_path / "naive.bin")
@@ -102,8 +101,8 @@ def test_boxes_from_an_emulated_pi_are_drawn_next_to_fp32(yolo_quantized, yolo_v
     # the board ran the very int8 files on the very tensor the host would: the same head up to ARM's
     # own int8/float kernels (not bit-identical for this model), and the same boxes
     from deployer.check.metrics import cosine
-    from deployer.check.samples import load_array
     from deployer.check.tasks.detection import box_iou, decode_yolov8
+    from deployer.inputs.tensor import load_array
 
     host = NcnnNet(result.paths.param, result.paths.bin, threads=1).run({"in0": load_array(image, prof.inputs[0])},
                                                                        ["out0"])["out0"]

@@ -156,8 +156,8 @@ def test_yolov8n_finds_the_astronauts_face_and_not_the_cats(yolov8n):
 @pytest.mark.parametrize("name", ["mtcnn_rnet", "digits_cnn", "yolov8n", "mobilenet_v2"])
 def test_zoo_input_spec_means_the_same_to_deployer(zoo_model, name):
     """A profile built from ZooModel.input_spec() must give deployer the tensors the zoo checks used."""
-    from deployer.check.samples import load_array
-    from deployer.profile import InputSpec
+    from deployer.inputs.spec import InputSpec
+    from deployer.inputs.tensor import load_array
 
     model = zoo_model(name)
     spec = model.input_spec()

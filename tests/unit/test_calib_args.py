@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import DeployerError
+from deployer.inputs.spec import InputSpec
 from deployer.quant.ncnn2table import input_specs, parse_args, read_list, read_lists
-from deployer.quant.preprocess import PIXEL_TYPES, InputSpec
 
 BASE = ["m.param", "m.bin", "list.txt", "out.table"]
 
@@ -18,7 +18,7 @@ def test_full_command_line():
                            "pixel=BGR", "thread=2", "method=aciq", "type=0"])
     assert a.lists == [Path("list.txt")] and a.table == Path("out.table") and not a.weight_only
     assert a.means == [[104.0, 117.0, 123.0]] and a.norms == [[0.017] * 3]
-    assert a.shapes == [[224, 224, 3]] and a.pixels == [PIXEL_TYPES["BGR"]]
+    assert a.shapes == [[224, 224, 3]] and a.pixels == ["BGR"]
     assert (a.threads, a.method, a.file_type) == (2, "aciq", 0)
 
 
@@ -32,7 +32,7 @@ def test_multi_input_lists_and_bracket_groups():
                     "shape=[16,16,3],[12,12]", "pixel=RGB,GRAY"])
     assert a.lists == [Path("a.txt"), Path("b.txt")]
     assert a.means == [[1, 2, 3], [4]] and a.shapes == [[16, 16, 3], [12, 12]]
-    assert a.pixels == [PIXEL_TYPES["RGB"], PIXEL_TYPES["GRAY"]]
+    assert a.pixels == ["RGB", "GRAY"]
 
 
 def test_weight_only_mode_when_third_arg_is_followed_by_options():
@@ -94,7 +94,7 @@ def test_sanity_checks_name_what_is_missing():
 
 def test_npy_mode_needs_only_shapes():
     specs = input_specs(_args(shape="[16,16,3]", type=1), 1)
-    assert specs == [InputSpec((16, 16, 3), file_type=1)]
+    assert specs == [InputSpec((16, 16, 3), file_type="npy")]
 
 
 def test_list_files(tmp_path):

@@ -179,13 +179,13 @@ def test_vectorised_threshold_equals_literal_loop_on_random_histograms():
 @pytest.mark.slow
 def test_vectorised_threshold_equals_literal_loop_on_real_histograms(calib_tiny, calib_images):
     """Histograms of real activations (tiny model run by the ncnn wheel on images)."""
+    from deployer.inputs.spec import InputSpec
     from deployer.quant.calibration import Calibrator
     from deployer.quant.ncnn2table import read_lists
-    from deployer.quant.preprocess import InputSpec
     from deployer.quant.weights import load_model
 
     model = load_model(calib_tiny.param, calib_tiny.bin)
-    spec = InputSpec((16, 16, 3), (104.0, 117.0, 123.0), (0.017, 0.017, 0.017), 2)
+    spec = InputSpec((16, 16, 3), pixel="BGR", mean=(104.0, 117.0, 123.0), norm=(0.017,) * 3, file_type="image")
     stats = Calibrator(model, [spec], read_lists([calib_images]), threads=1).stats()
     for hist in (stats.histograms[0], stats.histograms[-1]):   # image input and fc input
         assert kl_threshold_bin(hist) == ref_threshold(hist)

@@ -114,8 +114,8 @@ def test_flags_override_and_are_named_in_errors(folder: Path, monkeypatch):
     p = write(folder, GOOD)
     prof = load_profile(p, [Override("inputs.mean", ["1,2,3"], "--mean"), Override("calibration.count", 7, "--count"),
                             Override("out", "elsewhere", "--out")])
-    assert prof.inputs[0].mean == [1.0, 2.0, 3.0]
-    assert prof.inputs[0].norm == [0.0078125] * 3          # untouched profile field
+    assert prof.inputs[0].mean == (1.0, 2.0, 3.0)
+    assert prof.inputs[0].norm == (0.0078125,) * 3         # untouched profile field
     assert prof.calibration.count == 7
     assert prof.out == folder / "elsewhere"
     assert error_of(p, [Override("calibration.count", "x", "--count")]) == "--count: expected an integer, got 'x'"
