@@ -72,15 +72,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+def missing_package(err: ImportError) -> str:
+    """The one line for a package this environment lacks (at start-up, or first needed by a command)."""
+    missing = getattr(err, "name", None) or str(err)
+    return (f"deployer needs the Python package {missing!r}, which is missing or broken ({err}); "
+            "run `make setup` (or pip install -e .) in this environment")
+
+
 def main() -> None:
     """The console script: exit codes 0 ok, 1 gate, 2 bad input, 3 board/link, 4 internal (see cli.common)."""
     try:
         app = build_app()
         from deployer.cli.common import run_app
     except ImportError as err:
-        missing = getattr(err, "name", None) or str(err)
-        sys.stderr.write(f"error: deployer cannot start: the Python package {missing!r} is missing or broken "
-                         f"({err}); run `make setup` (or pip install -e .) in this environment\n")
+        sys.stderr.write(f"error: {missing_package(err)}\n")
         sys.exit(4)
     code = run_app(app)
     try:

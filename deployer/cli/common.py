@@ -128,6 +128,10 @@ def classify(exc: BaseException) -> tuple[int, str, bool]:
         return exc.exit_code, one_line(str(exc)), False
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted", False
+    if isinstance(exc, ImportError) and not (getattr(exc, "name", None) or "deployer").startswith("deployer"):
+        from deployer.cli import missing_package   # the environment's problem, not a bug: no crash log
+
+        return EXIT_INTERNAL, one_line(missing_package(exc)), False
     paramiko = sys.modules.get("paramiko")
     if paramiko is not None and isinstance(exc, getattr(paramiko, "SSHException", ())):
         return EXIT_REMOTE, one_line(f"SSH: {exc or type(exc).__name__}"), False
