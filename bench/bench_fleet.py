@@ -11,7 +11,9 @@ beside it; deployer's byte code is compiled first, as a pip install does), with 
 on a subset. The deploy starts deployer's persistent controller (--persist, like ssh's
 ControlPersist, on by default); the no-op rollout and status after it reuse its open connections,
 and are also measured with --persist 0 (a new SSH login per board, as every peer here does). The
-controller's own peak RSS is reported. `--arm N` also times a rollout to N emulated arm64 boards (qemu-user) against one board.
+controller's own peak RSS is reported. Then `--pairs N` rounds (default 3) alternate a deployer deploy
+(--persist 0) and a parallel-ssh deploy of a new 4 MB release each, and report the per-round ratios and
+their median: one run of each depends on what the shared cores did just before it. `--arm N` also times a rollout to N emulated arm64 boards (qemu-user) against one board.
 Peers: an `xargs -P 50` loop of OpenSSH scp/ssh (bench/fleet_peers/xargs_deploy.sh), parallel-ssh
 (`pip install parallel-ssh`, pool 200), Ansible (`pip install ansible-core`, forks 50, pipelining;
 bench/fleet_peers/ansible_deploy.yml); a peer that is not installed is reported as missing.
@@ -237,6 +239,39 @@ def bench_pssh(results: dict, hosts: list[str], user: str, key: Path, payload: P
             results[f"parallel-ssh: {label} failed boards"] = fails or res.stderr[-300:]
 
 
+def bench_deploy_pairs(results: dict, targets: Path, hosts: list[str], user: str, key: Path, work: Path,
+                       size_mb: float, rounds: int) -> None:
+    """deploy vs parallel-ssh's deploy, alternating, `rounds` times, each round a new release (so
+    both copy 4 MB to every board); deployer with --persist 0 (a new login per board, as pssh).
+    One run of each is at the mercy of what the 2 cores did just before; the per-round ratio and
+    its median are the claim."""
+    try:
+        import pssh  # noqa: F401
+    except ImportError:
+        return
+    lst = work / "pssh_hosts.txt"
+    lst.write_text("\n".join(h.split("@", 1)[1] for h in hosts) + "\n")
+    ratios, ours, theirs = [], [], []
+    for i in range(rounds):
+        rel = make_release(work, size_mb, 100 + i)
+        t, _, doc = deployer_cli("deploy", "tag:sim", "--model", str(rel), "--no-health", "--persist", "0",
+                                 targets=targets, cwd=work)
+        check_all(doc, len(hosts), f"deployer deploy, round {i + 1}", results)
+        payload = rel / "tiny_int8.table"
+        sha = hashlib.sha256(payload.read_bytes()).hexdigest()
+        t2, _, res = run_child([sys.executable, str(PEERS / "pssh_deploy.py"), "deploy", str(lst), user, str(key),
+                                str(payload), sha], cwd=work)
+        if res.stdout.count("FAIL") or res.returncode:
+            results[f"paired deploy round {i + 1}: parallel-ssh failed"] = res.stdout.count("FAIL") or res.stderr[-300:]
+        ours.append(t)
+        theirs.append(t2)
+        ratios.append(t / t2)
+    results[f"paired deploys ({rounds} rounds, alternating): deployer --persist 0 (s)"] = [round(x, 2) for x in ours]
+    results[f"paired deploys ({rounds} rounds, alternating): parallel-ssh (s)"] = [round(x, 2) for x in theirs]
+    results["paired deploys: deployer / parallel-ssh per round"] = [round(x, 3) for x in ratios]
+    results["paired deploys: median ratio deployer / parallel-ssh"] = sorted(ratios)[len(ratios) // 2]
+
+
 def bench_ansible(results: dict, hosts: list[str], user: str, key: Path, known: Path, payload: Path, work: Path) -> None:
     exe = shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook"))
     if not Path(exe).exists():
@@ -320,6 +355,7 @@ def main() -> None:
     ap.add_argument("--health-subset", type=int, default=20)
     ap.add_argument("--arm", type=int, default=16, help="emulated arm64 boards for the 1-vs-N rollout (0: skip)")
     ap.add_argument("--peers", default="xargs,pssh,ansible")
+    ap.add_argument("--pairs", type=int, default=3, help="alternating deployer/parallel-ssh deploys (0: none)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/fleet.json")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -358,6 +394,9 @@ def main() -> None:
             console.print("parallel-ssh peer ...")
             results["load average (1 min) before parallel-ssh"] = os.getloadavg()[0]
             bench_pssh(results, hosts, boards[0].user, key, payload, work)
+            if args.pairs:
+                console.print(f"deployer vs parallel-ssh, {args.pairs} alternating deploys ...")
+                bench_deploy_pairs(results, targets, hosts, boards[0].user, key, work, args.size_mb, args.pairs)
         if "ansible" in peers:
             console.print("ansible peer ...")
             results["load average (1 min) before ansible"] = os.getloadavg()[0]

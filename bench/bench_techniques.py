@@ -13,6 +13,17 @@ with the task's own metric:
 
 Eval inputs never take part in calibration or refinement. Views of one photo are correlated, so
 an interval over views is narrower than the photos alone would justify.
+
+Classifiers also get a mixed-precision row per method (`--mixed-gate`, default top-1 agreement
+>= 0.99, byte budget 10 % of the all-int8 .bin): deployer.quant.mixed.search with that gate and
+budget on the eval inputs (which is what `quantize` decides mixed precision on), the set it keeps
+or, if none passes within the budget, the best-scoring cheap set it tried, plus the smallest passing
+set it found and that set's extra bytes. `extra_bytes` is always against the same method's
+all-int8 .bin.
+
+    python -m bench.bench_techniques --models mobilenet_v2 --methods percentile,seq
+merges its rows into bench/results/quantize_techniques.json (rows with the same model, method and
+techniques are replaced; others kept).
 """
 
 from __future__ import annotations
@@ -30,11 +41,13 @@ from deployer.check.metrics import cosine, wilson_interval
 from deployer.check.net import NcnnNet
 from deployer.check.samples import load_samples
 from deployer.check.tasks import TaskSpec, task_metrics
-from deployer.profile import InputSpec
+from deployer.inputs.spec import InputSpec
 from examples import data, zoo
 
 TECHNIQUE_SETS = ([], ["biascorr"], ["adaround"], ["adaround", "biascorr"])
 TECH_MODELS = ("mobilenet_v2", "yolov8n", "mtcnn_onet", "ppocr_det")
+MIXED_GATE = "top1_agreement>=0.99"
+MIXED_BYTE_SHARE = 0.10          # issue 8's target: at most 10 % more weight bytes than all-int8
 
 
 @dataclass
@@ -142,12 +155,50 @@ def _score(case: TechCase, ref: list[dict], test: list[dict]) -> dict[str, Any]:
     return res
 
 
+def _mixed_row(case: TechCase, method: str, table: Any, fp32: Any, evals: list, ref: list[dict], threads: int,
+               gate: str, folder: Path) -> dict[str, Any]:
+    """Mixed precision on top of `method`'s table: the gate on the eval inputs, a byte budget."""
+    from deployer.check.gates import parse_gates
+    from deployer.quant.mixed import Evaluator, search
+
+    ev = Evaluator(fp32, evals, ref, parse_gates([gate]), threads=threads)
+    try:
+        t0 = time.perf_counter()
+        start = ev.evaluate(table)
+        all_int8 = ev.bin_size(table, frozenset())
+        budget = int(MIXED_BYTE_SHARE * all_int8)
+        res = search(ev, table, frozenset(), start, max_fp32_layers=len(start.int8_layers), max_extra_bytes=budget)
+        keep = res.keep_fp32 if res.passed else (res.best_in_budget or {}).get("keep_fp32", [])
+        chosen = res.evaluation if res.passed else ev.evaluate(table, set(keep))
+        q, _ = ev.build(table, set(keep))
+        param, binf = folder / "mixed.param", folder / "mixed.bin"
+        q.save(param, binf)
+        net = NcnnNet(param, binf, threads=threads)                   # the files themselves, stock ncnn
+        test = [net.run(s, case.model.outputs) for s in evals]
+        del net
+        extra = binf.stat().st_size - all_int8
+        smallest = res.smallest_passing or []
+        return {"method": method, "techniques": f"mixed ({gate}, <= {MIXED_BYTE_SHARE:.0%} bytes)",
+                "refine_seconds": round(time.perf_counter() - t0, 2), "bin_ratio": None,
+                "rounding_improved_layers": 0, "gate_passed": res.passed, "keep_fp32": keep,
+                "extra_bytes": extra, "extra_bytes_share": round(extra / all_int8, 5),
+                "score_check": round(chosen.score, 6), "reason": res.reason,
+                "smallest_passing": smallest,
+                "smallest_passing_extra_share": (round((ev.bin_size(table, set(smallest)) - all_int8) / all_int8, 4)
+                                                 if smallest else None),
+                "candidates_evaluated": res.candidates_evaluated, **_score(case, ref, test)}
+    finally:
+        ev.close()
+
+
 def bench_techniques(name: str, work: Path, threads: int, methods: tuple[str, ...] = ("kl", "mse", "seq"),
-                     log: Any = print) -> dict:
+                     log: Any = print, technique_sets: tuple[list[str], ...] = TECHNIQUE_SETS,
+                     mixed_gate: str | None = MIXED_GATE, mixed_methods: tuple[str, ...] = ("seq",)) -> dict:
+    """Rows per method x technique set; classifiers also a mixed-precision row for `mixed_methods`
+    (one search costs about 90 candidate models on MobileNetV2, ~8 min on 2 loaded cores)."""
     from deployer.ncnn.model import NcnnModel
-    from deployer.quant.calibration import Calibrator
+    from deployer.quant.calibration import Calibrator, InputSet
     from deployer.quant.int8 import quantize_model
-    from deployer.quant.pipeline import Split, calibration_inputs
     from deployer.quant.refine import refine
     from deployer.quant.weights import load_model
 
@@ -163,11 +214,11 @@ def bench_techniques(name: str, work: Path, threads: int, methods: tuple[str, ..
     fp32_bytes = m.bin.stat().st_size
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-tech-", dir=work) as tmp:
-        pre_specs, input_set = calibration_inputs(Split([case.calib], [[]]), [case.spec], Path(tmp))
-        calibrator = Calibrator(load_model(m.param, m.bin), pre_specs, input_set, threads=threads)
+        calibrator = Calibrator(load_model(m.param, m.bin), [case.spec], InputSet.from_lists([case.calib]),
+                                threads=threads)
         for method in methods:
             table = calibrator.table(method)
-            for tech in TECHNIQUE_SETS:
+            for tech in technique_sets:
                 t0 = time.perf_counter()
                 refined = refine(fp32, m.param, m.bin, table, calib, list(tech), threads=threads)
                 refine_s = time.perf_counter() - t0
@@ -178,11 +229,77 @@ def bench_techniques(name: str, work: Path, threads: int, methods: tuple[str, ..
                 test = [net.run(s, m.outputs) for s in evals]
                 del net
                 row = {"method": method, "techniques": "+".join(tech) or "none", "refine_seconds": round(refine_s, 2),
-                       "bin_ratio": round(fp32_bytes / binf.stat().st_size, 3),
+                       "bin_ratio": round(fp32_bytes / binf.stat().st_size, 3), "extra_bytes": 0,
                        "rounding_improved_layers": refined.report.rounding_improved, **_score(case, ref, test)}
                 rows.append(row)
-                log(f"  {name:<12} {method:<4} {row['techniques']:<18} " +
-                    " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                             if k not in ("method", "techniques")))
+                _log_row(log, name, row)
+            if mixed_gate and case.task.type == "classification" and method in mixed_methods:
+                row = _mixed_row(case, method, table, fp32, evals, ref, threads, mixed_gate, Path(tmp))
+                rows.append(row)
+                _log_row(log, name, row)
     return {"model": name, "task": case.task.type, "eval": case.eval_name, "eval_count": len(evals),
             "calibration_count": len(calib), "rows": rows}
+
+
+def _log_row(log: Any, name: str, row: dict) -> None:
+    log(f"  {name:<12} {row['method']:<4} {row['techniques']:<18} " +
+        " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                 if k not in ("method", "techniques", "smallest_passing", "reason")))
+
+
+def merge_rows(report: dict, result: dict) -> dict:
+    """`result` (one model) into a saved report: rows with the same method and techniques replace
+    the saved ones, the model's other rows and the other models stay."""
+    models = report.setdefault("models", [])
+    old = next((m for m in models if m["model"] == result["model"]), None)
+    if old is None:
+        models.append(result)
+        return report
+    def key(row: dict) -> tuple[str, str]:
+        return row["method"], row["techniques"].split(" (")[0]        # mixed rows: one per method, any gate
+
+    new_keys = {key(r) for r in result["rows"]}
+    rows = [r for r in old["rows"] if key(r) not in new_keys] + result["rows"]
+    old.update({k: v for k, v in result.items() if k != "rows"}, rows=rows)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import os
+    import sys
+
+    from bench.bench_quantize import ROOT, host_info
+    from deployer import fsutil
+
+    ap = argparse.ArgumentParser(description="int8 techniques per method (merges into the saved results)")
+    ap.add_argument("--models", default="mobilenet_v2")
+    ap.add_argument("--methods", default="kl,mse,seq")
+    ap.add_argument("--techniques", default="none,biascorr,adaround,adaround+biascorr",
+                    help="technique sets, comma-separated, + within a set")
+    ap.add_argument("--mixed-gate", default=MIXED_GATE, help="gate for the mixed-precision row; 'none' skips it")
+    ap.add_argument("--mixed-methods", default="seq", help="methods that get a mixed-precision row")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quantize_techniques.json")
+    args = ap.parse_args(argv)
+    sets = tuple([] if t == "none" else t.split("+") for t in args.techniques.split(",") if t)
+    report = json.loads(args.out.read_text()) if args.out.exists() else {"models": []}
+    report["host"] = host_info(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-techniques-") as tmp:
+        for name in [m for m in args.models.split(",") if m]:
+            started = time.perf_counter()
+            res = bench_techniques(name, Path(tmp), args.threads, tuple(args.methods.split(",")),
+                                   log=lambda s: print(s, file=sys.stderr, flush=True), technique_sets=sets,
+                                   mixed_gate=None if args.mixed_gate == "none" else args.mixed_gate,
+                                   mixed_methods=tuple(args.mixed_methods.split(",")))
+            res["seconds"] = round(time.perf_counter() - started, 1)
+            for row in res["rows"]:
+                row["measured"] = report["host"]["date"]      # merged reports mix runs: say which
+            merge_rows(report, res)
+            fsutil.write_text(args.out, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -82,6 +82,7 @@ class QuantizeSpec:
     keep_fp32: list[str] = field(default_factory=list)
     mixed: bool = True                         # automatic mixed precision when a gate fails
     max_fp32_layers: int | None = None
+    max_fp32_bytes: str | None = None          # "10%" of the all-int8 .bin, or a byte count (fp32_byte_budget)
     refine: list[str] | None = None            # adaround / biascorr (deployer.quant.refine); None = default
 
 
@@ -117,7 +118,7 @@ _SECTION_KEYS = {
     "inputs": ("name", "shape", "pixel", "mean", "norm", "resize", "pad_value"),
     "calibration": ("images", "count", "holdout", "seed"),
     "eval": ("images", "count", "min_count"),
-    "quantize": ("method", "candidates", "keep_fp32", "mixed", "max_fp32_layers", "refine"),
+    "quantize": ("method", "candidates", "keep_fp32", "mixed", "max_fp32_layers", "max_fp32_bytes", "refine"),
 }
 
 
@@ -139,6 +140,7 @@ FLAG_NAMES = {
     "calibration.seed": "--seed", "eval.images": "--eval", "eval.count": "--eval-count",
     "eval.min_count": "--eval-min-count", "quantize.method": "--method", "quantize.candidates": "--candidates",
     "quantize.keep_fp32": "--keep-fp32", "quantize.mixed": "--mixed", "quantize.max_fp32_layers": "--max-fp32-layers",
+    "quantize.max_fp32_bytes": "--max-fp32-bytes",
     "gate": "--gate", "out": "--out", "name": "--name", "threads": "--threads", "model": "--param",
 }
 
@@ -444,6 +446,8 @@ def _quantize(raw: Any, where: _Where) -> QuantizeSpec:
         spec.mixed = _as_bool(raw["mixed"], where("quantize.mixed"))
     if raw.get("max_fp32_layers") is not None:
         spec.max_fp32_layers = _as_int(raw["max_fp32_layers"], where("quantize.max_fp32_layers"), minimum=0)
+    if raw.get("max_fp32_bytes") is not None:
+        spec.max_fp32_bytes = _byte_budget(raw["max_fp32_bytes"], where("quantize.max_fp32_bytes"))
     if raw.get("refine") is not None:
         from deployer.quant.refine import parse_techniques
 
@@ -570,3 +574,23 @@ def load_profile(path: str | os.PathLike | None, overrides: list[Override] | Non
                    f"gives {len(profile.eval.images)} list(s) but inputs has {len(profile.inputs)} entries",
                    "give one list file or folder per model input, in input order")
     return profile
+
+
+_BUDGET = re.compile(r"(\d+(\.\d+)?)%|\d+", re.ASCII)
+
+
+def _byte_budget(v: Any, where: str) -> str:
+    """`10%` (of the all-int8 .bin) or a whole number of bytes, kept as text (fp32_byte_budget)."""
+    text = str(v).strip()
+    if isinstance(v, bool) or not _BUDGET.fullmatch(text):
+        raise _err(where, f"expected a share like 10% or a byte count, got {v!r}", "e.g. max_fp32_bytes: 10%")
+    return text
+
+
+def fp32_byte_budget(budget: str | None, int8_bin_bytes: int) -> int | None:
+    """The bytes fp32 layers may add to the all-int8 .bin (None: no byte budget)."""
+    if budget is None:
+        return None
+    if budget.endswith("%"):
+        return int(float(budget[:-1]) / 100 * int8_bin_bytes)
+    return int(budget)

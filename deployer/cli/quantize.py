@@ -131,6 +131,8 @@ def quantize(
     keep_fp32: Optional[list[str]] = typer.Option(None, "--keep-fp32", help="layer to keep float (repeat)"),
     mixed: Optional[bool] = typer.Option(None, "--mixed/--no-mixed", help="automatic mixed precision when a gate fails"),
     max_fp32_layers: Optional[int] = typer.Option(None, "--max-fp32-layers", help="budget for automatic mixed precision"),
+    max_fp32_bytes: Optional[str] = typer.Option(None, "--max-fp32-bytes", help="byte budget for it: 10% of the "
+                                                 "all-int8 .bin, or a byte count (cheap layers tried first)"),
     gate: Optional[list[str]] = typer.Option(None, "--gate", help="e.g. 'top1_agreement>=0.99' (repeat)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder"),
     name: Optional[str] = typer.Option(None, "--name", help="output file stem (default: the model's)"),
@@ -152,6 +154,7 @@ def quantize(
         ("quantize.method", method, "--method"),
         ("quantize.candidates", candidates, "--candidates"), ("quantize.keep_fp32", keep_fp32 or None, "--keep-fp32"),
         ("quantize.mixed", mixed, "--mixed"), ("quantize.max_fp32_layers", max_fp32_layers, "--max-fp32-layers"),
+        ("quantize.max_fp32_bytes", max_fp32_bytes, "--max-fp32-bytes"),
         ("gate", gate or None, "--gate"), ("out", str(out) if out else None, "--out"), ("name", name, "--name"),
         ("threads", threads, "--threads"),
     ):

@@ -38,10 +38,6 @@ class RoundingResult:
     improved: bool
 
 
-def _h(v: np.ndarray) -> np.ndarray:
-    return np.clip(1.0 / (1.0 + np.exp(-v)) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
-
-
 def output_error(a: np.ndarray, w: np.ndarray, data: LayerData) -> float:
     """Mean squared output error (summed over output channels) of int8 weights `a` (dequantized)
     on int8 inputs against fp32 weights `w` on fp32 inputs: a Hqq aᵀ - 2 a Hqf wᵀ + w Hff wᵀ."""

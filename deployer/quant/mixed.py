@@ -15,6 +15,13 @@ eval inputs (~25 ms per MobileNetV2 input here). Trying subsets is out of the qu
    most sensitive layers float only helps, so "prefix k passes" is monotone in practice): about
    log2(layers) candidates instead of one per layer.
 4. Prune: drop any chosen layer whose removal still passes (least sensitive first).
+Cheap layers first (`max_extra_bytes`): before 3, the layers are walked in order of benefit per
+byte of .bin they add as fp32 (fp16 storage), prefix by prefix, while the extra bytes fit the byte
+budget; the first passing prefix is pruned (4) and used. On MobileNetV2 the layers that matter
+most differ in cost by 2000x (the first depthwise conv adds 148 bytes, the last 1x1 conv 306 KB),
+so the benefit order alone spends most of a byte budget on a handful of wide layers; and a top-1
+agreement gate is not monotone in the prefix (one near-tie input flips either way), so a short
+linear walk over cheap layers finds sets a bisection over the benefit order steps over.
 If the set found fits the budget (`max_fp32_layers`) it is used. If not, the all-int8 model is kept
 (fp32 layers that do not buy the gate within budget are pure cost) and the report names the
 smallest set that would pass, with its size, so the user can raise the budget knowingly.
@@ -191,6 +198,8 @@ class MixedResult:
     reachable: bool | None = None        # does keeping every int8 layer float meet the gate?
     smallest_passing: list[str] | None = None   # the set found, also when it exceeds the budget
     reason: str = ""
+    extra_bytes: dict[str, int] = field(default_factory=dict)   # layer -> .bin bytes it adds as fp32
+    best_in_budget: dict | None = None   # the best-scoring cheap prefix tried (keep_fp32, score, extra bytes)
 
 
 def default_budget(num_layers: int) -> int:
@@ -211,15 +220,45 @@ def rank_layers(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], 
     return ranked
 
 
+def layer_bytes(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], layers: list[str]) -> dict[str, int]:
+    """.bin bytes each layer adds when kept float (alone), measured by building the candidate."""
+    base = evaluator.bin_size(table, base_exclude)
+    return {name: evaluator.bin_size(table, base_exclude | {name}) - base for name in layers}
+
+
+def by_benefit_per_byte(ranking: list[dict], extra: dict[str, int]) -> list[str]:
+    """Layers that help, most benefit per added byte first (layers that do not help are left out)."""
+    useful = [r for r in ranking if r["benefit"] > 0]
+    return [r["layer"] for r in sorted(useful, key=lambda r: -r["benefit"] / max(extra[r["layer"]], 1))]
+
+
+def _prune(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], chosen: list[str], best: Evaluation,
+           steps: list[dict], progress: Progress | None) -> tuple[list[str], Evaluation]:
+    """Drop every chosen layer whose removal still passes, the last chosen (least useful) first."""
+    todo = list(reversed(chosen[:-1]))
+    for i, name in enumerate(todo):
+        trial = [c for c in chosen if c != name]
+        ev = evaluator.evaluate(table, base_exclude | set(trial))
+        _step(steps, trial, ev, what="prune", dropped=name)
+        if ev.passed:
+            chosen, best = trial, ev
+        if progress:
+            progress("prune", i + 1, len(todo))
+    return chosen, best
+
+
 def _step(steps: list[dict], keep: list[str], ev: Evaluation, **extra: Any) -> None:
     steps.append({"fp32_layers": len(keep), "keep_fp32": list(keep), "error": ev.error,
                   "score": ev.score, "passed": ev.passed, **extra})
 
 
 def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start: Evaluation,
-           *, max_fp32_layers: int | None = None, probe: int = PROBE_INPUTS,
+           *, max_fp32_layers: int | None = None, max_extra_bytes: int | None = None, probe: int = PROBE_INPUTS,
            progress: Progress | None = None) -> MixedResult:
-    """Fewest extra fp32 layers (beyond `base_exclude`) for which every gate holds."""
+    """Fewest extra fp32 layers (beyond `base_exclude`) for which every gate holds.
+
+    `max_extra_bytes`: also a byte budget (bytes the fp32 layers add to the all-int8 .bin); with
+    it, the cheap layers are tried first (module docstring) and a set over it is not used."""
     first = evaluator.count
     if start.passed or not evaluator.gates:
         return MixedResult([], start.passed, start, reason="the all-int8 model meets the gate")
@@ -239,6 +278,30 @@ def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start
     ranking = rank_layers(evaluator, table, base_exclude, layers, probe_base.error, probe_idx, progress)
     order = [r["layer"] for r in ranking]
 
+    extra: dict[str, int] = {}
+    best_cheap: dict | None = None
+    if max_extra_bytes is not None:
+        extra = layer_bytes(evaluator, table, base_exclude, layers)
+        keep: list[str] = []
+        for name in by_benefit_per_byte(ranking, extra):
+            if len(keep) >= budget:
+                break
+            if sum(extra[k] for k in keep) + extra[name] > max_extra_bytes:
+                continue
+            keep.append(name)
+            ev = evaluator.evaluate(table, base_exclude | set(keep))
+            _step(steps, keep, ev, what="cheap prefix", extra_bytes=sum(extra[k] for k in keep))
+            if best_cheap is None or ev.score > best_cheap["score"]:
+                best_cheap = {"keep_fp32": list(keep), "score": ev.score, "error": ev.error,
+                              "extra_bytes": sum(extra[k] for k in keep)}
+            if ev.passed:
+                chosen, best = _prune(evaluator, table, base_exclude, keep, ev, steps, progress)
+                return MixedResult(chosen, True, best, ranking, evaluator.count - first, steps, budget,
+                                   reachable=True, smallest_passing=chosen, extra_bytes=extra,
+                                   best_in_budget=best_cheap,
+                                   reason=f"{len(chosen)} fp32 layer(s), {sum(extra[k] for k in chosen)} extra "
+                                          f"bytes, meet the gate (budget {budget} layers, {max_extra_bytes} bytes)")
+
     # smallest passing prefix of the ranking: prefix 0 (all int8) fails, prefix len(order) passes
     lo, hi, best = 0, len(order), everything
     total = max(1, int(np.ceil(np.log2(max(2, len(order))))))
@@ -254,22 +317,22 @@ def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start
     chosen = order[:hi]
 
     if len(chosen) <= PRUNE_LIMIT:
-        for i, name in enumerate(list(reversed(chosen[:-1]))):
-            trial = [c for c in chosen if c != name]
-            ev = evaluator.evaluate(table, base_exclude | set(trial))
-            _step(steps, trial, ev, what="prune", dropped=name)
-            if ev.passed:
-                chosen, best = trial, ev
-            if progress:
-                progress("prune", i + 1, max(1, hi - 1))
+        chosen, best = _prune(evaluator, table, base_exclude, chosen, best, steps, progress)
 
     found = list(chosen)
+    over_bytes = max_extra_bytes is not None and sum(extra.get(k, 0) for k in found) > max_extra_bytes
+    if over_bytes:
+        return MixedResult([], False, start, ranking, evaluator.count - first, steps, budget, reachable=True,
+                           smallest_passing=found, extra_bytes=extra, best_in_budget=best_cheap,
+                           reason=f"the smallest fp32 set found that meets the gate has {len(found)} layers and adds "
+                                  f"{sum(extra.get(k, 0) for k in found)} bytes, over the budget of "
+                                  f"{max_extra_bytes} bytes; kept the all-int8 model")
     if len(found) <= budget:
         return MixedResult(found, True, best, ranking, evaluator.count - first, steps, budget,
-                           reachable=True, smallest_passing=found,
+                           reachable=True, smallest_passing=found, extra_bytes=extra, best_in_budget=best_cheap,
                            reason=f"{len(found)} fp32 layer(s) meet the gate (budget {budget})")
     return MixedResult([], False, start, ranking, evaluator.count - first, steps, budget, reachable=True,
-                       smallest_passing=found,
+                       smallest_passing=found, extra_bytes=extra, best_in_budget=best_cheap,
                        reason=f"the smallest fp32 set found that meets the gate has {len(found)} layers, over the "
                               f"budget of {budget}; kept the all-int8 model (raise quantize.max_fp32_layers to "
                               f"{len(found)} to use it)")

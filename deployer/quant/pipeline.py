@@ -316,15 +316,22 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         mixed_info: dict[str, Any] = {"ran": False}
         auto_keep: list[str] = []
         if gates and not chosen_eval.passed and profile.quantize.mixed:
+            from deployer.profile import fp32_byte_budget
+
+            byte_budget = fp32_byte_budget(profile.quantize.max_fp32_bytes, sizes[best])
             result = search(evaluator, tables[best], base_exclude, chosen_eval,
-                            max_fp32_layers=profile.quantize.max_fp32_layers, progress=progress)
+                            max_fp32_layers=profile.quantize.max_fp32_layers, max_extra_bytes=byte_budget,
+                            progress=progress)
             auto_keep = result.keep_fp32
             chosen_eval = result.evaluation
             mixed_info = {"ran": True, "passed": result.passed, "keep_fp32": auto_keep,
                           "reachable": result.reachable, "reason": result.reason,
                           "smallest_passing": result.smallest_passing,
                           "candidates_evaluated": result.candidates_evaluated,
-                          "budget": result.budget,
+                          "budget": result.budget, "byte_budget": byte_budget,
+                          "extra_bytes": sum(result.extra_bytes.get(k, 0) for k in auto_keep)
+                          if result.extra_bytes else None,
+                          "best_in_budget": result.best_in_budget,
                           "sensitivity": result.sensitivity, "steps": result.steps}
             if result.smallest_passing and not result.passed:
                 mixed_info["smallest_passing_bin_bytes"] = evaluator.bin_size(

@@ -68,27 +68,35 @@ def test_unreachable_gate_keeps_all_int8_and_fails(tmp_path, mtcnn_rnet, lfw_cal
     assert "even with every layer float" in report["mixed"]["reason"]
 
 
-def test_over_budget_names_the_smallest_set_that_would_pass(tmp_path, rnet_quantized, mtcnn_rnet, lfw_calibration):
-    """Budget 0: the search still finds the fp32 layers that meet the gate and says what they cost;
-    given that budget, the same search uses them."""
+def _tighter_gate_run(rnet_quantized, mtcnn_rnet, lfw_calibration, tmp_path):
+    """(the all-int8 report, quantize(folder, **quantize_fields) -> report) with a box-cosine gate
+    all-int8 RNet misses and fp32 layers can meet."""
     base = rnet_quantized[1].report
     c0 = _out1_cosine(base)
     if c0 > 0.9999:
         pytest.skip(f"all-int8 RNet already has box cosine {c0}; no room for a tighter gate")
-    target = round(c0 + 0.3 * (1 - c0), 6)
-    common = dict(gate=[f"cosine@out1>={target}"])
-    profile = write_profile(tmp_path / "zero", mtcnn_rnet, lfw_calibration.list_file, tmp_path / "zero" / "out",
-                            quantize={"method": base["method"], "max_fp32_layers": 0}, **common)
-    report = run_quantize(load_profile(profile)).report
+    gate = [f"cosine@out1>={round(c0 + 0.3 * (1 - c0), 6)}"]
+
+    def quantize(folder: str, **fields) -> dict:
+        profile = write_profile(tmp_path / folder, mtcnn_rnet, lfw_calibration.list_file, tmp_path / folder / "out",
+                                quantize={"method": base["method"], **fields}, gate=gate)
+        return run_quantize(load_profile(profile)).report
+
+    return base, quantize
+
+
+def test_over_budget_names_the_smallest_set_that_would_pass(tmp_path, rnet_quantized, mtcnn_rnet, lfw_calibration):
+    """Budget 0: the search still finds the fp32 layers that meet the gate and says what they cost;
+    given that budget, the same search uses them."""
+    base, quantize = _tighter_gate_run(rnet_quantized, mtcnn_rnet, lfw_calibration, tmp_path)
+    report = quantize("zero", max_fp32_layers=0)
     mixed = report["mixed"]
     assert report["gate"]["passed"] is False and mixed["passed"] is False and mixed["reachable"] is True
     found = mixed["smallest_passing"]
     assert found and report["keep_fp32"]["auto"] == [] and report["sizes"]["mixed_cost_bytes"] == 0
     assert mixed["smallest_passing_bin_bytes"] > report["sizes"]["all_int8_bin"]
     assert f"raise quantize.max_fp32_layers to {len(found)}" in mixed["reason"]
-    profile = write_profile(tmp_path / "enough", mtcnn_rnet, lfw_calibration.list_file, tmp_path / "enough" / "out",
-                            quantize={"method": base["method"], "max_fp32_layers": len(found)}, **common)
-    report = run_quantize(load_profile(profile)).report
+    report = quantize("enough", max_fp32_layers=len(found))
     assert report["gate"]["passed"] is True and sorted(report["keep_fp32"]["auto"]) == sorted(found)
     assert report["sizes"]["int8_bin"] == mixed["smallest_passing_bin_bytes"]
 
@@ -99,3 +107,17 @@ def test_gate_on_missing_output_is_an_input_error(tmp_path, mtcnn_rnet, lfw_cali
     with pytest.raises(DeployerError, match=r"gate cosine@logits>=0.9: the model has no output 'logits'"):
         run_quantize(load_profile(profile))
     assert not (tmp_path / "out").exists()
+
+
+def test_byte_budget_from_the_profile_bounds_the_fp32_layers(tmp_path, rnet_quantized, mtcnn_rnet, lfw_calibration):
+    """quantize.max_fp32_bytes reaches the search: a generous share meets the gate with the extra
+    bytes it reports (the real .bin growth), one byte meets nothing and keeps the all-int8 model."""
+    _, quantize = _tighter_gate_run(rnet_quantized, mtcnn_rnet, lfw_calibration, tmp_path)
+    report = quantize("a", max_fp32_layers=3, max_fp32_bytes="50%")
+    mixed, sizes = report["mixed"], report["sizes"]
+    assert report["gate"]["passed"] is True, mixed
+    assert mixed["byte_budget"] == int(0.5 * sizes["all_int8_bin"])
+    assert 0 < mixed["extra_bytes"] == sizes["int8_bin"] - sizes["all_int8_bin"] <= mixed["byte_budget"]
+    report = quantize("b", max_fp32_bytes=1)
+    assert report["gate"]["passed"] is False and report["keep_fp32"]["auto"] == []
+    assert report["mixed"]["byte_budget"] == 1 and "over the budget of 1 bytes" in report["mixed"]["reason"]

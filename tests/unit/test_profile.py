@@ -169,3 +169,18 @@ def test_eval_section_is_parsed_and_checked(folder: Path, monkeypatch):
     flagged = load_profile(write(folder, GOOD), [Override("eval.images", ["eval"], "--eval")])
     assert flagged.eval.images == [folder / "eval"]
     assert error_of(write(folder, GOOD), [Override("eval.count", 0, "--eval-count")]).startswith("--eval-count: must be >= 1")
+
+
+def test_fp32_byte_budget_is_a_share_or_a_byte_count(folder: Path):
+    from deployer.profile import fp32_byte_budget
+
+    p = write(folder, GOOD.replace("keep_fp32: [conv1]", "keep_fp32: [conv1]\n  max_fp32_bytes: 10%"))
+    budget = load_profile(p).quantize.max_fp32_bytes
+    assert budget == "10%" and fp32_byte_budget(budget, 3_614_776) == 361_477
+    p = write(folder, GOOD.replace("keep_fp32: [conv1]", "keep_fp32: [conv1]\n  max_fp32_bytes: 4096"))
+    assert fp32_byte_budget(load_profile(p).quantize.max_fp32_bytes, 10**9) == 4096
+    assert fp32_byte_budget(None, 10**9) is None
+    p = write(folder, GOOD.replace("keep_fp32: [conv1]", "keep_fp32: [conv1]\n  max_fp32_bytes: lots"))
+    assert error_of(p) == (f"{p}: quantize.max_fp32_bytes: expected a share like 10% or a byte count, got 'lots' "
+                           "(e.g. max_fp32_bytes: 10%)")
+    assert "--max-fp32-bytes" in error_of(p, [Override("quantize.max_fp32_bytes", "-5", "--max-fp32-bytes")])

@@ -1,0 +1,88 @@
+"""Mixed precision with a byte budget (deployer.quant.mixed.search `max_extra_bytes`) on a real model
+(MTCNN RNet) in the stock ncnn wheel: the cheap layers are tried first, the set used fits the
+budget, the byte costs are the real .bin growth, and a budget nothing fits keeps the all-int8 model."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployer.check.gates import parse_gates
+from deployer.check.net import NcnnNet
+from deployer.check.samples import load_samples
+from deployer.inputs.spec import InputSpec
+from deployer.ncnn.model import NcnnModel
+from deployer.quant.mixed import Evaluator, by_benefit_per_byte, search
+
+SPEC = InputSpec(shape=(24, 24), pixel="RGB", mean=[127.5] * 3, norm=[1 / 128] * 3)
+
+
+def test_benefit_per_byte_orders_cheap_helpers_first_and_drops_useless_layers():
+    ranking = [{"layer": "wide", "benefit": 0.010}, {"layer": "narrow", "benefit": 0.004},
+               {"layer": "useless", "benefit": 0.0}, {"layer": "harmful", "benefit": -0.001}]
+    extra = {"wide": 100_000, "narrow": 200, "useless": 10, "harmful": 10}
+    assert by_benefit_per_byte(ranking, extra) == ["narrow", "wide"]
+
+
+@pytest.fixture(scope="module")
+def rnet_eval(mtcnn_rnet, lfw_calibration, lfw_heldout):
+    from deployer.quant.calibration import Calibrator, InputSet
+    from deployer.quant.weights import load_model
+
+    cal = Calibrator(load_model(mtcnn_rnet.param, mtcnn_rnet.bin), [SPEC],
+                     InputSet.from_lists([lfw_calibration.files]), threads=1)
+    table = cal.table("maxabs")
+    held = load_samples([lfw_heldout.files[:60]], [SPEC], ["in0"])
+    ref_net = NcnnNet(mtcnn_rnet.param, mtcnn_rnet.bin, threads=1)
+    reference = [ref_net.run(s, ref_net.output_names) for s in held]
+    del ref_net
+    return NcnnModel.load(mtcnn_rnet.param, mtcnn_rnet.bin), held, reference, table
+
+
+def _evaluator(rnet_eval, gate: str) -> tuple[Evaluator, object]:
+    model, held, reference, table = rnet_eval
+    return Evaluator(model, held, reference, parse_gates([gate]), threads=1), table
+
+
+def test_byte_budget_uses_a_cheap_set_and_reports_real_costs(rnet_eval):
+    ev, table = _evaluator(rnet_eval, "cosine>=0")
+    start = ev.evaluate(table)
+    c0 = start.outputs["out1"].cosine
+    if c0 > 0.9999:
+        pytest.skip(f"all-int8 RNet already has box cosine {c0}; no room for a tighter gate")
+    ev.gates = parse_gates([f"cosine@out1>={round(c0 + 0.3 * (1 - c0), 6)}"])
+    start = ev.evaluate(table)
+    assert not start.passed
+    all_int8 = ev.bin_size(table, frozenset())
+    budget = all_int8 // 2
+    try:
+        res = search(ev, table, frozenset(), start, max_fp32_layers=len(start.int8_layers), max_extra_bytes=budget)
+        assert res.passed, res.reason
+        # every layer's cost is what keeping it float adds to the .bin, and the set used fits the budget
+        assert set(res.extra_bytes) == set(start.int8_layers)
+        assert all(v > 0 for v in res.extra_bytes.values())
+        grown = ev.bin_size(table, set(res.keep_fp32)) - all_int8
+        assert grown == sum(res.extra_bytes[n] for n in res.keep_fp32)
+        assert 0 < grown <= budget
+        assert res.evaluation.passed and res.evaluation.exclude == frozenset(res.keep_fp32)
+        # found by the walk over cheap layers (and pruned), not by the bisection over the benefit order
+        assert any(s["what"] == "cheap prefix" and s["passed"] for s in res.steps)
+        assert not any(s["what"] == "prefix" for s in res.steps)
+    finally:
+        ev.close()
+
+
+def test_byte_budget_nothing_fits_keeps_all_int8(rnet_eval):
+    ev, table = _evaluator(rnet_eval, "cosine>=0")
+    c0 = ev.evaluate(table).outputs["out1"].cosine
+    if c0 > 0.9999:
+        pytest.skip(f"all-int8 RNet already has box cosine {c0}; no room for a tighter gate")
+    ev.gates = parse_gates([f"cosine@out1>={round(c0 + 0.3 * (1 - c0), 6)}"])
+    start = ev.evaluate(table)
+    try:
+        res = search(ev, table, frozenset(), start, max_fp32_layers=len(start.int8_layers), max_extra_bytes=1)
+        assert not res.passed and res.keep_fp32 == [] and res.evaluation is start
+        assert res.smallest_passing            # the set that would pass is still named, with its cost
+        assert "over the budget of 1 bytes" in res.reason
+        assert res.best_in_budget is None      # every layer costs more than one byte
+    finally:
+        ev.close()
