@@ -37,7 +37,7 @@ from deployer.check.metrics import WILSON_Z, summary_dict
 from deployer.check.net import NcnnNet
 from deployer.check.samples import input_names, list_inputs, load_samples
 from deployer.errors import DeployerError
-from deployer.profile import Profile
+from deployer.profile import Profile, fp32_byte_budget
 
 Progress = Callable[[str, int, int], None]      # (phase, done, total)
 TIE = 1e-4          # scores closer than this are a tie, broken by model size
@@ -316,8 +316,6 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         mixed_info: dict[str, Any] = {"ran": False}
         auto_keep: list[str] = []
         if gates and not chosen_eval.passed and profile.quantize.mixed:
-            from deployer.profile import fp32_byte_budget
-
             byte_budget = fp32_byte_budget(profile.quantize.max_fp32_bytes, sizes[best])
             result = search(evaluator, tables[best], base_exclude, chosen_eval,
                             max_fp32_layers=profile.quantize.max_fp32_layers, max_extra_bytes=byte_budget,
