@@ -1,4 +1,5 @@
-"""Board facts without Python on the board: run probe.sh (POSIX sh), parse its sections on the host.
+"""Board facts without Python on the board: probe.sh (POSIX sh; deployer.remote.probe runs it when
+the board lacks its python), its sections parsed on the host.
 
 The result is the same raw dict the Python probe script prints, so deployer.remote.probe turns it
 into BoardFacts with the same code; `python` and the Python-only fields are None, which is how the
@@ -10,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deployer.errors import RemoteError
 
 SCRIPT = Path(__file__).with_name("probe.sh")
+HEADER = "==deployer-probe 1"       # probe.sh's first line
 _ELF_MACHINES = {183: "aarch64", 40: "arm", 62: "x86_64", 3: "i386"}
 
 
@@ -44,7 +45,7 @@ def _int(text: str | None) -> int | None:
 
 def parse(text: str) -> dict[str, Any]:
     """probe.sh output -> the raw facts dict of deployer/remote/board/probe.py."""
-    if not text.startswith("==deployer-probe 1") or "==deployer:end" not in text:
+    if not text.startswith(HEADER) or "==deployer:end" not in text:
         raise ValueError("not a complete probe.sh output")
     s = sections(text)
     f = lambda path: s.get(f"file {path}")  # noqa: E731
@@ -115,13 +116,3 @@ def parse(text: str) -> dict[str, Any]:
     raw["models"] = models
     raw["ncnn"] = None
     return raw
-
-
-def probe_raw(conn: Any, root: str, *, timeout: float = 120.0) -> dict[str, Any]:
-    """Run probe.sh on the board and return the raw facts dict."""
-    res = conn.run(["sh", "-c", script(), "sh", root], timeout=timeout)
-    try:
-        return parse(res.stdout)
-    except ValueError:
-        tail = ((res.stderr or "").strip().splitlines() or ["no stderr"])[-1]
-        raise RemoteError(f"{conn.board.where}: sh probe failed (rc {res.rc}): {tail}") from None

@@ -115,17 +115,24 @@ class BoardFacts:
 
 
 def probe(conn: Connection, *, timeout: float = 120.0) -> BoardFacts:
-    """Gather BoardFacts with one remote python command."""
+    """Gather BoardFacts with one remote command: the Python probe where the board has its python,
+    else (Buildroot/Yocto images, `sim up --image minimal`) the POSIX sh probe, chosen on the board
+    by dispatch.sh, so a board without Python costs no second round trip. Such a board takes the
+    native runtime (deployer.native)."""
+    from deployer.native import shprobe
+
     board = conn.board
     t0 = time.monotonic()
-    root = BoardLayout.for_board(board).root
-    res = conn.run([board.python, "-c", board_scripts.script("probe.py"), layout_arg(root)], timeout=timeout)
-    if res.rc == 127 or "not found" in res.stderr and res.rc != 0 and not res.stdout:
-        # no Python (Buildroot/Yocto images, `sim up --image minimal`): the same facts from POSIX sh;
-        # such a board takes the native runtime (deployer.native)
-        from deployer.native.shprobe import probe_raw
-
-        return facts_from_raw(board.name, probe_raw(conn, layout_arg(root), timeout=timeout), time.monotonic() - t0)
+    root = layout_arg(BoardLayout.for_board(board).root)
+    res = conn.run(["sh", "-c", board_scripts.script("dispatch.sh") + shprobe.script(), "sh",
+                    board_scripts.script("probe.py"), board.python, root], timeout=timeout)
+    if res.stdout.startswith(shprobe.HEADER):
+        try:
+            raw = shprobe.parse(res.stdout)
+        except ValueError:
+            tail = (res.stderr.strip().splitlines() or ["no stderr"])[-1]
+            raise RemoteError(f"{board.where}: sh probe failed (rc {res.rc}): {tail}") from None
+        return facts_from_raw(board.name, raw, time.monotonic() - t0)
     if res.rc != 0:
         tail = (res.stderr.strip().splitlines() or ["no stderr"])[-1]
         raise RemoteError(f"{board.where}: probe script failed (rc {res.rc}): {tail}")

@@ -60,10 +60,15 @@ def test_probe_on_loopback_reports_this_hosts_facts(sshd, tmp_path: Path) -> Non
 @pytest.mark.sshd
 def test_probe_without_the_named_python_falls_back_to_sh(sshd) -> None:
     """A board whose python is missing (Buildroot, `sim up --image minimal`) is still probed, from POSIX sh,
-    and says it has no Python, so the native runtime is chosen for it."""
+    and says it has no Python, so the native runtime is chosen for it - in one SSH exec, as with Python."""
     board = dataclasses.replace(sshd.board("loop"), python="/usr/bin/python9")
     with connect(board) as c:
+        opened = []
+        real_open = c.transport.open_session
+        c.transport.open_session = lambda *a, **k: opened.append(1) or real_open(*a, **k)
         facts = probe(c)
+        c.transport.open_session = real_open
+    assert len(opened) == 1
     with connect(sshd.board("loop")) as c:
         with_python = probe(c)
     assert not facts.python and with_python.python

@@ -14,7 +14,7 @@ Python 3.5-compatible (old Jetson/Pi OS images); sh scripts are POSIX sh (dash, 
 | unpack.py | unpack an ncnn wheel into a runtime folder, atomically | deployer.remote.runtime |
 | probe.py | board facts as JSON | deployer.remote.probe |
 | kill.sh | TERM then KILL a remote process group | deployer.ssh.connect |
-| dispatch.sh | prologue: run the python version if the board has that python, else the sh code after it | deployer.ssh.transfer |
+| dispatch.sh | prologue: run the python version if the board has that python, else the sh code after it | deployer.ssh.transfer, deployer.remote.probe |
 """
 
 from __future__ import annotations
