@@ -677,6 +677,12 @@ class RemoteStream:
                     yield line.rstrip(b"\r").decode(errors="replace")
             if buf:
                 yield buf.rstrip(b"\r").decode(errors="replace")
+        except GeneratorExit:
+            # closed: by close(), which kills the process itself, or by the garbage collector, which
+            # may run this at any allocation - even inside paramiko's open_channel, holding the
+            # transport's lock, where kill()'s own open_channel would wait forever (it did, in CI).
+            # A stream dropped without close() ends with its channel when the connection closes.
+            raise
         except BaseException:
             self._proc.kill()
             raise

@@ -291,6 +291,28 @@ def test_dropped_connection_mid_stream_raises_even_without_check(sshd, loop) -> 
             s.send(b"more input\n")               # a dead link is not "the process has exited"
 
 
+def test_a_dropped_stream_is_collected_without_opening_a_channel(loop) -> None:
+    """A stream abandoned mid-iteration is finalized by the garbage collector, which can run inside
+    paramiko's open_channel (holding the transport lock): the finalizer must not open a channel to
+    kill the process (that deadlocked a CI run); close() still kills it."""
+    import gc
+
+    with connect(loop) as c:
+        s = c.stream(["sh", "-c", "echo ready; exec sleep 3113"], check=False)
+        assert next(iter(s)) == "ready"
+        opened = []
+        real_open = c.transport.open_session
+        c.transport.open_session = lambda *a, **k: opened.append(1) or real_open(*a, **k)
+        del s
+        gc.collect()
+        assert opened == [], "the finalizer opened a channel"
+        c.transport.open_session = real_open
+        s = c.stream(["sh", "-c", "echo ready; exec sleep 3114"], check=False)
+        assert next(iter(s)) == "ready"
+        s.close()                                   # an explicit close kills the remote process
+        assert c.run(["sh", "-c", "pgrep -f 'sleep 311[4]' || true"]).stdout.strip() == ""
+
+
 def test_process_killed_by_a_signal_is_an_error_not_an_exit(loop) -> None:
     """sshd reports a signal death of the session's shell as exit-signal, which paramiko drops: no
     exit status at all. (The test user's login shell is dash, which does not exec the command, so
