@@ -89,6 +89,9 @@ def evaluate_gate(gate: Gate, outputs: dict[str, OutputSummary], task: dict | No
     else:
         candidates = outputs
     observed = {name: s.value(gate.metric) for name, s in candidates.items() if s.value(gate.metric) is not None}
+    if not observed and gate.metric == "top1_agreement_clear" and any(s.top1_near_ties for s in candidates.values()):
+        raise DeployerError(f"gate {gate.text}: fp32 decides none of the eval inputs clearly (all are near-ties)",
+                            hint="use more or other eval inputs, or gate on top1_agreement")
     if not observed:
         raise DeployerError(
             f"gate {gate.text}: no output has metric {gate.metric!r} (top-k needs a classifier-like output)",

@@ -11,6 +11,13 @@ live here and nowhere else:
 - max_abs: the largest |fp32 - int8| over all inputs and elements.
 - top1_agreement: fraction of inputs where int8's argmax equals fp32's argmax.
 - top5_agreement: fraction of inputs where fp32's argmax is among int8's 5 largest values.
+- top1_agreement_clear: the same rate over the inputs fp32 itself decides clearly (its best class
+  leads the second by at least NEAR_TIE_MARGIN in softmax probability); `top1_near_ties` counts the
+  others. On a near-tie any change of the output, even fp16 storage of one layer, can swap the two
+  classes: MobileNetV2's 120-view eval set has 4 inputs whose two best classes differ by less than
+  0.01, and quantizing only the final classifier (output cosine 0.99997) already flips one of them.
+  The plain rate stays the headline and the default gate; this one says how many of its misses are
+  coin flips, and can be gated on (`top1_agreement_clear>=0.97`) when that is the question.
 Top-k metrics exist only for classifier-like outputs (one non-trivial dimension, >= 2 values;
 top-5 needs >= 5). Agreement rates come with their 95 % Wilson score interval
 (`top1_agreement_ci`): 10 of 11 agreeing inputs says "somewhere between 0.62 and 0.98", and a
@@ -25,7 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 HIGHER_IS_BETTER = {"cosine": True, "psnr": True, "max_abs": False, "top1_agreement": True, "top5_agreement": True,
-                    "min_cosine": True}
+                    "min_cosine": True, "top1_agreement_clear": True}
+NEAR_TIE_MARGIN = 0.05    # softmax probability by which fp32's best class must lead its second to count as clear
 METRIC_NAMES = tuple(HIGHER_IS_BETTER)
 
 
@@ -99,6 +107,22 @@ def top1_agrees(ref: np.ndarray, test: np.ndarray) -> bool:
     return int(np.argmax(r)) == int(np.argmax(t))
 
 
+def top1_margin(ref: np.ndarray) -> float:
+    """How clearly fp32 picks its class: best minus second-best softmax probability. An output that
+    already is a probability vector (non-negative, sums to 1) is taken as it is, logits go through
+    softmax, so the margin means the same for both."""
+    r = _flat(ref)
+    if r.size < 2:
+        return 1.0
+    if np.all(r >= 0) and abs(float(np.sum(r)) - 1.0) < 1e-3:
+        p = r
+    else:
+        e = np.exp(r - np.max(r))
+        p = e / np.sum(e)
+    second, first = np.partition(p, -2)[-2:]
+    return float(first - second)
+
+
 def topk_contains(ref: np.ndarray, test: np.ndarray, k: int) -> bool:
     """fp32's top-1 class is among int8's k best (ties broken by index, like argsort)."""
     r, t = _check_same_size(ref, test)
@@ -121,6 +145,9 @@ class OutputSummary:
     top5_agreement: float | None = None
     top1_agreement_ci: tuple[float, float] | None = None    # 95 % Wilson interval
     top5_agreement_ci: tuple[float, float] | None = None
+    top1_agreement_clear: float | None = None                # over inputs fp32 decides clearly (None: none does)
+    top1_agreement_clear_ci: tuple[float, float] | None = None
+    top1_near_ties: int | None = None                        # inputs whose fp32 margin < NEAR_TIE_MARGIN
     per_input_cosine: list[float] = field(default_factory=list)
     per_input_top1: list[bool] = field(default_factory=list)    # int8 argmax == fp32 argmax, per input
 
@@ -137,7 +164,7 @@ def summary_dict(s: OutputSummary) -> dict:
     d = asdict(s)
     d.pop("per_input_cosine", None)
     d.pop("per_input_top1", None)
-    for key in ("top1_agreement_ci", "top5_agreement_ci"):
+    for key in ("top1_agreement_ci", "top5_agreement_ci", "top1_agreement_clear_ci"):
         if d.get(key) is not None:
             d[key] = [round(v, 4) for v in d[key]]
     return d
@@ -173,6 +200,11 @@ def summarize(name: str, refs: list[np.ndarray], tests: list[np.ndarray]) -> Out
         summary.per_input_top1 = agrees
         summary.top1_agreement = float(np.mean(agrees))
         summary.top1_agreement_ci = wilson_interval(sum(agrees), len(agrees))
+        clear = [a for a, r in zip(agrees, refs) if top1_margin(r) >= NEAR_TIE_MARGIN]
+        summary.top1_near_ties = len(agrees) - len(clear)
+        if clear:
+            summary.top1_agreement_clear = float(np.mean(clear))
+            summary.top1_agreement_clear_ci = wilson_interval(sum(clear), len(clear))
         if int(np.prod(np.shape(refs[0]))) >= 5:
             in5 = [topk_contains(r, t, 5) for r, t in zip(refs, tests)]
             summary.top5_agreement = float(np.mean(in5))

@@ -67,15 +67,22 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def _outputs_table(outputs: dict[str, dict], title: str) -> Table:
     t = Table(title=title, title_justify="left")
-    for col in ("output", "cosine", "min cos", "PSNR dB", "max |err|", "top-1 agree [95% CI]", "top-5 agree"):
+    for col in ("output", "cosine", "min cos", "PSNR dB", "max |err|", "top-1 agree [95% CI]",
+                "clear inputs only [95% CI]", "top-5 agree"):
         t.add_column(col, justify="right" if col != "output" else "left")
     for name, s in outputs.items():
         top1 = _fmt(s.get("top1_agreement"), 3)
         if s.get("top1_agreement_ci"):
             lo, hi = s["top1_agreement_ci"]
             top1 += f" [{lo:.2f}, {hi:.2f}]"
+        clear = _fmt(s.get("top1_agreement_clear"), 3)
+        if s.get("top1_agreement_clear_ci"):
+            lo, hi = s["top1_agreement_clear_ci"]
+            clear += f" [{lo:.2f}, {hi:.2f}]"
+        if s.get("top1_near_ties"):
+            clear += f", {s['top1_near_ties']} near-ties out"
         t.add_row(name, _fmt(s["cosine"]), _fmt(s["min_cosine"]), _fmt(s["psnr"], 2), _fmt(s["max_abs"]),
-                  top1, _fmt(s.get("top5_agreement"), 3))
+                  top1, clear, _fmt(s.get("top5_agreement"), 3))
     return t
 
 

@@ -124,6 +124,10 @@ def test_run_check_defaults_to_the_eval_set_quantize_decided_on(rnet_quantized, 
     assert out0["top1_agreement"] == pytest.approx(report["heldout"]["outputs"]["out0"]["top1_agreement"])
     lo, hi = out0["top1_agreement_ci"]
     assert lo <= out0["top1_agreement"] <= hi
+    # RNet's softmax decides most crops clearly: the clear rate is over those, near-ties counted apart
+    assert 0 <= out0["top1_near_ties"] < checked.count
+    lo, hi = out0["top1_agreement_clear_ci"]
+    assert lo <= out0["top1_agreement_clear"] <= hi
     assert any("eval.min_count=50" in n for n in checked.notes)         # a dozen held-out crops: too few
     # explicit images replace the eval set; 150 of them are enough
     many = run_check(prof, images=[lfw_heldout.list_file], per_layer=False)

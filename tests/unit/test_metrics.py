@@ -161,3 +161,49 @@ def test_summary_reports_agreement_interval_and_per_input_hits():
     d = summary_dict(s)
     assert "per_input_top1" not in d and "per_input_cosine" not in d
     assert d["top1_agreement_ci"] == [round(v, 4) for v in wilson_interval(7, 8)]
+
+
+def test_top1_margin_reads_logits_through_softmax_and_probabilities_as_they_are():
+    from deployer.check.metrics import top1_margin
+
+    assert top1_margin(np.array([0.0, 0.0, -5.0])) == pytest.approx(0.0, abs=1e-12)   # a tie
+    e = np.exp([2.0, 0.0, 0.0])
+    assert top1_margin(np.array([2.0, 0.0, 0.0])) == pytest.approx((e[0] - e[1]) / e.sum())
+    assert top1_margin(np.array([0.7, 0.2, 0.1])) == pytest.approx(0.5)                 # already probabilities
+    assert top1_margin(np.array([3.0, 1.0, 0.5, 0.0])) == top1_margin(np.array([103.0, 101.0, 100.5, 100.0]))
+
+
+def test_near_ties_are_counted_and_left_out_of_the_clear_rate():
+    """Two inputs fp32 cannot decide (logits 0.01 apart) flip; the clear rate is over the other
+    eight, one of which flips for real: 7/8 clear, 7/10 plain, 2 near-ties; the gate reads it."""
+    from deployer.check.metrics import NEAR_TIE_MARGIN, top1_margin, wilson_interval
+
+    refs, tests = [], []
+    for i in range(10):
+        r = np.zeros(5)
+        r[i % 5] = 0.01 if i < 2 else 3.0
+        r[(i + 1) % 5] = 0.0
+        if i < 2:
+            r[(i + 1) % 5] = 0.005
+        t = r.copy()
+        if i < 2:
+            t[(i + 1) % 5] = 0.02                 # the near-tie swaps
+        if i == 5:
+            t[(i + 1) % 5] = 4.0                  # a clear input flips
+        refs.append(r)
+        tests.append(t)
+    assert [top1_margin(r) < NEAR_TIE_MARGIN for r in refs] == [True, True] + [False] * 8
+    s = summarize("out0", refs, tests)
+    assert s.top1_agreement == 0.7 and s.top1_near_ties == 2
+    assert s.top1_agreement_clear == 7 / 8 and s.top1_agreement_clear_ci == wilson_interval(7, 8)
+    (res,) = evaluate_gates([parse_gate("top1_agreement_clear>=0.85")], {"out0": s})
+    assert res.passed and res.observed == {"out0": 7 / 8}
+    (res,) = evaluate_gates([parse_gate("top1_agreement_clear>=0.9")], {"out0": s})
+    assert not res.passed
+
+
+def test_no_clear_input_gives_no_clear_rate():
+    s = summarize("out0", [np.array([1.0, 1.0, 0.0])], [np.array([1.0, 1.1, 0.0])])
+    assert s.top1_near_ties == 1 and s.top1_agreement_clear is None and s.top1_agreement_clear_ci is None
+    with pytest.raises(DeployerError, match="near-ties"):
+        evaluate_gates([parse_gate("top1_agreement_clear>=0.9")], {"out0": s})
