@@ -61,6 +61,11 @@ def _is_npy(path: Path, spec: InputSpec) -> bool:
     return spec.file_type == "npy" or (spec.file_type == "auto" and path.suffix.lower() == ".npy")
 
 
+def _without_batch(arr: np.ndarray, ndim: int) -> np.ndarray:
+    """Drop a leading batch dimension of 1 from an `ndim`-D tensor (numpy exports often keep it)."""
+    return arr[0] if arr.ndim == ndim + 1 and arr.shape[0] == 1 else arr
+
+
 def _exact_npy(path: Path, spec: InputSpec) -> np.ndarray:
     """ncnn2table's type=1: float32 whose shape, reversed, equals `shape` ([w,h,c] vs numpy's (c,h,w)).
 
@@ -71,8 +76,7 @@ def _exact_npy(path: Path, spec: InputSpec) -> np.ndarray:
         raise DeployerError(f"{path}: dtype is {arr.dtype}, ncnn2table reads float32 .npy only; "
                             "save it with .astype(np.float32)")
     want = tuple(reversed(spec.shape))
-    if arr.ndim == len(want) + 1 and arr.shape[0] == 1:
-        arr = arr[0]
+    arr = _without_batch(arr, len(want))
     if arr.shape != want:
         raise DeployerError(f"{path}: array shape {arr.shape} does not match shape={list(spec.shape)} "
                             f"(ncnn [w,h,c] order, i.e. numpy {want})")
@@ -83,9 +87,7 @@ def _exact_npy(path: Path, spec: InputSpec) -> np.ndarray:
 
 def _ready_npy(path: Path) -> np.ndarray:
     """A ready CHW tensor (a leading batch of 1 dropped), any numeric dtype, as float32."""
-    arr = read_npy(path)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
+    arr = _without_batch(read_npy(path), 3)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 

@@ -43,28 +43,22 @@ def load_inputs(images: Sequence[Path], shape: Sequence[int], *, mean: Sequence[
 
 
 def expand_images(images: Sequence[Path]) -> list[Path]:
-    """Files, folders (their images, sorted) or list files (one path per line, relative to the list)."""
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".npy", ".ppm", ".pgm", ".webp"}
+    """Image or .npy files as they are; folders and list files read as calibration and check read
+    them (deployer.check.samples.list_inputs), so parity accepts the same inputs they do."""
+    from deployer.check.samples import INPUT_SUFFIXES, list_inputs
+
     out: list[Path] = []
     for item in images:
         p = Path(item)
-        if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in exts)
-        elif p.suffix.lower() == ".txt" and p.is_file():
-            for line in p.read_text().splitlines():
-                line = line.strip().split()[0] if line.strip() else ""
-                if line:
-                    f = Path(line) if Path(line).is_absolute() else p.parent / line
-                    out.append(f)
-        elif p.is_file():
-            out.append(p)
-        else:
+        if not p.exists():
             raise DeployerError(f"--images {p}: no such file or folder")
-    for f in out:
-        if not f.is_file():
-            raise DeployerError(f"--images: {f} (listed) does not exist")
-    if not out:
-        raise DeployerError(f"--images {', '.join(map(str, images))}: no images found (jpg/png/bmp/npy)")
+        if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES:
+            out.append(p)
+            continue
+        try:
+            out += list_inputs(p)
+        except DeployerError as err:
+            raise DeployerError(f"--images {err.message}", hint=err.hint) from None
     return out
 
 

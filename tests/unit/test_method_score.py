@@ -31,9 +31,21 @@ def test_dense_scores_on_mask_iou_and_an_empty_pair_agrees():
 
 def test_classification_and_undefined_task_metrics_keep_cosine_plus_agreement():
     assert score(_outputs(0.98, 0.9)).values == pytest.approx((1.88,))
-    assert score(_outputs(0.98, 0.9), {"top1_agreement": 0.9, "top1_agreement_low": 0.8}).basis == ("cosine+top1",)
+    assert score(_outputs(0.98, 0.9), {"top1_agreement": 0.9, "top1_agreement_low": 0.8}).basis == ("cosine+top1_clear",)
     # fp32 finds no box at all: mAP is undefined, the raw-output score decides
-    assert score(_outputs(0.98), {"map50": None, "map50_95": None}).basis == ("cosine+top1",)
+    assert score(_outputs(0.98), {"map50": None, "map50_95": None}).basis == ("cosine+top1_clear",)
+
+
+def test_classification_scores_agreement_on_clearly_decided_inputs():
+    """A method that only loses near-ties is not worse than one that flips clear inputs."""
+    ties_lost = OutputSummary("out0", 10, 0.99, 0.9, 30.0, 0.1, top1_agreement=0.8, top1_agreement_clear=1.0,
+                              top1_near_ties=2)
+    clear_lost = OutputSummary("out0", 10, 0.99, 0.9, 30.0, 0.1, top1_agreement=0.9, top1_agreement_clear=0.875,
+                               top1_near_ties=2)
+    assert score({"out0": ties_lost}).values == pytest.approx((1.99,))
+    assert score({"out0": ties_lost}).value > score({"out0": clear_lost}).value
+    # no clear input at all: the plain rate
+    assert score(_outputs(0.98, 0.5)).values == pytest.approx((1.48,))
 
 
 def test_choice_follows_the_task_metric_not_cosine():
