@@ -86,3 +86,27 @@ def test_byte_budget_nothing_fits_keeps_all_int8(rnet_eval):
         assert res.best_in_budget is None      # every layer costs more than one byte
     finally:
         ev.close()
+
+
+def test_gate_out_of_budget_writes_the_best_set_within_it(rnet_eval):
+    """The gate needs more fp32 layers than the byte budget pays for: the search fails, and the
+    model it hands back is the best set it tried within the budget, not the all-int8 one."""
+    ev, table = _evaluator(rnet_eval, "cosine>=0")
+    c0 = ev.evaluate(table).outputs["out1"].cosine
+    ev.gates = parse_gates([f"cosine@out1>={round(c0 + 0.999 * (1 - c0), 8)}"])
+    start = ev.evaluate(table)
+    try:
+        from deployer.quant.mixed import layer_bytes
+
+        costs = layer_bytes(ev, table, frozenset(), start.int8_layers)
+        budget = 2 * min(costs.values())                 # one or two of the cheapest layers
+        res = search(ev, table, frozenset(), start, max_fp32_layers=len(start.int8_layers), max_extra_bytes=budget)
+        assert not res.passed and res.smallest_passing
+        best = res.best_in_budget
+        assert best is not None and best["score"] > start.score     # keeping a layer float helps here
+        assert res.keep_fp32 == best["keep_fp32"] and res.evaluation.exclude == frozenset(best["keep_fp32"])
+        assert res.evaluation.score == best["score"] > start.score
+        assert sum(costs[n] for n in res.keep_fp32) <= budget
+        assert "kept the best set within the budget" in res.reason
+    finally:
+        ev.close()
