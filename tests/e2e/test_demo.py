@@ -69,6 +69,12 @@ def test_demo_runs_every_step_for_real(demo_env, tmp_path: Path) -> None:
     report = json.loads(int8.with_suffix(".json").read_text())
     assert report["ok"] is True and report["gate"]["passed"] is True
     assert report["sizes"]["fp32_bin"] / report["sizes"]["int8_bin"] >= 3.5
+    # the method was chosen on agreement over the inputs fp32 decides clearly; near-ties are counted apart
+    out0 = report["heldout"]["outputs"]["out0"]
+    assert report["methods"][report["method"]]["score_by"].keys() == {"cosine+top1_clear"}
+    assert 0 <= out0["top1_near_ties"] < report["eval"]["count"]
+    lo, hi = out0["top1_agreement_clear_ci"]
+    assert lo <= out0["top1_agreement_clear"] <= hi
 
     # the int8 files load in stock ncnn and classify an input
     net = ncnn.Net()
