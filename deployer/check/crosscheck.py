@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from deployer.check.gates import Gate, GateResult, evaluate_gates
-from deployer.check.metrics import OutputSummary, cosine, l2, summarize, summary_dict
+from deployer.check.metrics import OutputSummary, cosine, l2, summarize, summary_dict, top1_disagreements
 from deployer.check.net import NcnnNet, prepare
 from deployer.check.samples import Sample
 from deployer.errors import DeployerError
@@ -61,6 +61,7 @@ class CheckResult:
     notes: list[str] = field(default_factory=list)
     source: str = ""            # where the inputs came from ("--images", "eval.images", ...)
     task: dict | None = None     # task metrics when the profile declares a task (deployer.check.tasks)
+    disagreements: dict[str, list[dict]] = field(default_factory=dict)   # output -> metrics.top1_disagreements
 
     @property
     def passed(self) -> bool:
@@ -82,6 +83,7 @@ class CheckResult:
             "gates": [asdict(g) for g in self.gates],
             "passed": self.passed,
             "seconds": round(self.seconds, 3),
+            "top1_disagreements": self.disagreements,
             "notes": self.notes,
         }
 
@@ -181,6 +183,9 @@ def crosscheck(
         count=len(samples),
         outputs=compare_outputs(refs, tests),
     )
+    for name, summary in result.outputs.items():
+        if summary.top1_agreement is not None:
+            result.disagreements[name] = top1_disagreements([r[name] for r in refs], [t[name] for t in tests])
     for q in layers:
         vals = np.asarray(acc[q.name])
         result.layers.append(LayerError(q.name, q.type, q.blob, q.top_scale is not None,

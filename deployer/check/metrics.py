@@ -123,6 +123,19 @@ def top1_margin(ref: np.ndarray) -> float:
     return float(first - second)
 
 
+def top1_disagreements(refs: list[np.ndarray], tests: list[np.ndarray]) -> list[dict]:
+    """Every input whose int8 argmax differs from fp32's: {index, fp32_class, int8_class, fp32_margin,
+    near_tie}, clear flips first (largest fp32 margin first): the inputs worth looking at."""
+    rows = []
+    for i, (r, t) in enumerate(zip(refs, tests)):
+        a, b = int(np.argmax(_flat(r))), int(np.argmax(_flat(t)))
+        if a != b:
+            m = top1_margin(r)
+            rows.append({"index": i, "fp32_class": a, "int8_class": b, "fp32_margin": round(m, 4),
+                         "near_tie": m < NEAR_TIE_MARGIN})
+    return sorted(rows, key=lambda d: -d["fp32_margin"])
+
+
 def topk_contains(ref: np.ndarray, test: np.ndarray, k: int) -> bool:
     """fp32's top-1 class is among int8's k best (ties broken by index, like argsort)."""
     r, t = _check_same_size(ref, test)

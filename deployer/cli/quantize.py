@@ -293,6 +293,23 @@ def _render_check(data: dict) -> None:
         console.print(t)
     console.print(_outputs_table(data["outputs"], f"outputs on {data['inputs']} inputs (fp32 vs int8)"))
     _task_line(data.get("task"))
+    _disagreement_lines(data.get("top1_disagreements") or {})
     _gates_lines(data["gates"])
     for n in data["notes"]:
         note(n)
+
+
+def _disagreement_lines(by_output: dict[str, list[dict]], shown: int = 8) -> None:
+    """The inputs whose top-1 class changed, clear flips first: what to look at, and which are coin flips."""
+    for name, rows in by_output.items():
+        if not rows:
+            continue
+        ties = sum(r["near_tie"] for r in rows)
+        console.print(f"top-1 changed on {len(rows)} input(s) of {name} ({ties} near-tie(s) in fp32):")
+        for r in rows[:shown]:
+            where = Path(r["input"]).name if r.get("input") else f"input {r['index']}"
+            tag = ", near-tie" if r["near_tie"] else ""
+            console.print(f"  {where}: class {r['fp32_class']} -> {r['int8_class']} "
+                          f"(fp32 margin {r['fp32_margin']:.3f}{tag})", markup=False)
+        if len(rows) > shown:
+            console.print(f"  ... {len(rows) - shown} more in --json")

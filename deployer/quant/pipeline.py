@@ -428,6 +428,9 @@ def run_check(profile: Profile, *, images: list[Path] | None = None,
                      "agreement intervals, not the point values")
     result.notes = notes + result.notes
     result.source = source
+    for rows in result.disagreements.values():       # name the file behind each disagreeing input
+        for row in rows:
+            row["input"] = str(files[0][row["index"]])
     return result
 
 

@@ -128,6 +128,10 @@ def test_run_check_defaults_to_the_eval_set_quantize_decided_on(rnet_quantized, 
     assert 0 <= out0["top1_near_ties"] < checked.count
     lo, hi = out0["top1_agreement_clear_ci"]
     assert lo <= out0["top1_agreement_clear"] <= hi
+    # every input whose class changed is listed once, named by its file
+    rows = checked.to_dict()["top1_disagreements"]["out0"]
+    assert len(rows) == checked.outputs["out0"].per_input_top1.count(False)
+    assert all(not checked.outputs["out0"].per_input_top1[r["index"]] and Path(r["input"]).is_file() for r in rows)
     assert any("eval.min_count=50" in n for n in checked.notes)         # a dozen held-out crops: too few
     # explicit images replace the eval set; 150 of them are enough
     many = run_check(prof, images=[lfw_heldout.list_file], per_layer=False)

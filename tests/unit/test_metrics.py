@@ -207,3 +207,16 @@ def test_no_clear_input_gives_no_clear_rate():
     assert s.top1_near_ties == 1 and s.top1_agreement_clear is None and s.top1_agreement_clear_ci is None
     with pytest.raises(DeployerError, match="near-ties"):
         evaluate_gates([parse_gate("top1_agreement_clear>=0.9")], {"out0": s})
+
+
+def test_disagreements_list_clear_flips_first_with_their_margins():
+    from deployer.check.metrics import top1_disagreements, top1_margin
+
+    refs = [np.array([3.0, 0.0, 0.0]), np.array([0.01, 0.0, -1.0]), np.array([0.0, 2.0, 0.0]), np.array([1.0, 0.0, 0.5])]
+    tests = [np.array([3.0, 0.0, 0.0]), np.array([0.0, 0.02, -1.0]), np.array([0.0, 1.0, 3.0]), np.array([0.4, 0.0, 0.5])]
+    rows = top1_disagreements(refs, tests)
+    assert [r["index"] for r in rows] == [2, 3, 1]                      # by fp32 margin, largest first
+    assert rows[0] == {"index": 2, "fp32_class": 1, "int8_class": 2, "fp32_margin": round(top1_margin(refs[2]), 4),
+                       "near_tie": False}
+    assert rows[-1]["near_tie"] and rows[-1]["int8_class"] == 1
+    assert top1_disagreements(refs[:1], tests[:1]) == []
