@@ -184,11 +184,13 @@ def random_crops(photos: dict[str, np.ndarray], count: int, seed: int = 0,
 def calibration_photos(out_dir: str | Path, count: int = 44, seed: int = 0) -> DataSet:
     """Write `count` deterministic crops of the bundled photos + list.txt (ncnn2table's imagelist)."""
     folder = Path(out_dir)
-    stamp = f"calibration count={count} seed={seed}"
+    photos = available_photos()
+    # the photo set is part of the stamp: crops made before a wheel was installed are not these crops
+    stamp = f"calibration count={count} seed={seed} photos={'+'.join(photos)}"
     if (cached := _cached(folder, count, stamp)) is not None:
         return cached
     files = []
-    for stem, pixels in random_crops(available_photos(), count, seed):
+    for stem, pixels in random_crops(photos, count, seed):
         path = folder / f"{stem}.png"
         _write_image(path, pixels)
         files.append(path)
