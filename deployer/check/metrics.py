@@ -15,7 +15,7 @@ live here and nowhere else:
   leads the second by at least NEAR_TIE_MARGIN in softmax probability); `top1_near_ties` counts the
   others. On a near-tie any change of the output, even fp16 storage of one layer, can swap the two
   classes: MobileNetV2's 120-view eval set has 4 inputs whose two best classes differ by less than
-  0.01, and quantizing only the final classifier (output cosine 0.99997) already flips one of them.
+  0.01, and quantizing only the final classifier (output cosine 0.9999) already flips one of them.
   The plain rate stays the headline and the default gate; this one says how many of its misses are
   coin flips, and can be gated on (`top1_agreement_clear>=0.97`) when that is the question.
 Top-k metrics exist only for classifier-like outputs (one non-trivial dimension, >= 2 values;
