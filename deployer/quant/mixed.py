@@ -256,6 +256,14 @@ def _prune(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], chose
     return chosen, best
 
 
+def _in_budget(best: tuple[list[str], Evaluation] | None, extra: dict[str, int]) -> dict | None:
+    """The report's view of the best cheap prefix: its layers, score, error and the bytes they add."""
+    if best is None:
+        return None
+    keep, ev = best
+    return {"keep_fp32": list(keep), "score": ev.score, "error": ev.error, "extra_bytes": sum(extra[k] for k in keep)}
+
+
 def _step(steps: list[dict], keep: list[str], ev: Evaluation, **extra: Any) -> None:
     steps.append({"fp32_layers": len(keep), "keep_fp32": list(keep), "error": ev.error,
                   "score": ev.score, "passed": ev.passed, **extra})
@@ -288,8 +296,7 @@ def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start
     order = [r["layer"] for r in ranking]
 
     extra: dict[str, int] = {}
-    best_cheap: dict | None = None
-    best_cheap_ev: Evaluation | None = None
+    best_cheap: tuple[list[str], Evaluation] | None = None      # the best-scoring cheap prefix tried
     if max_extra_bytes is not None:
         extra = layer_bytes(evaluator, table, base_exclude, layers)
         keep: list[str] = []
@@ -301,15 +308,13 @@ def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start
             keep.append(name)
             ev = evaluator.evaluate(table, base_exclude | set(keep))
             _step(steps, keep, ev, what="cheap prefix", extra_bytes=sum(extra[k] for k in keep))
-            if best_cheap is None or ev.score > best_cheap["score"]:
-                best_cheap = {"keep_fp32": list(keep), "score": ev.score, "error": ev.error,
-                              "extra_bytes": sum(extra[k] for k in keep)}
-                best_cheap_ev = ev
+            if best_cheap is None or ev.score > best_cheap[1].score:
+                best_cheap = (list(keep), ev)
             if ev.passed:
                 chosen, best = _prune(evaluator, table, base_exclude, keep, ev, steps, progress)
                 return MixedResult(chosen, True, best, ranking, evaluator.count - first, steps, budget,
                                    reachable=True, smallest_passing=chosen, extra_bytes=extra,
-                                   best_in_budget=best_cheap,
+                                   best_in_budget=_in_budget(best_cheap, extra),
                                    reason=f"{len(chosen)} fp32 layer(s), {sum(extra[k] for k in chosen)} extra "
                                           f"bytes, meet the gate (budget {budget} layers, {max_extra_bytes} bytes)")
 
@@ -334,7 +339,8 @@ def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start
     over_bytes = max_extra_bytes is not None and sum(extra.get(k, 0) for k in found) > max_extra_bytes
     if not over_bytes and len(found) <= budget:
         return MixedResult(found, True, best, ranking, evaluator.count - first, steps, budget,
-                           reachable=True, smallest_passing=found, extra_bytes=extra, best_in_budget=best_cheap,
+                           reachable=True, smallest_passing=found, extra_bytes=extra,
+                           best_in_budget=_in_budget(best_cheap, extra),
                            reason=f"{len(found)} fp32 layer(s) meet the gate (budget {budget})")
     if over_bytes:
         why = (f"the smallest fp32 set found that meets the gate has {len(found)} layers and adds "
@@ -344,15 +350,16 @@ def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start
                f"{budget} (raise quantize.max_fp32_layers to {len(found)} to use it)")
     # the gate fails either way: write the best set tried within the budget when it beats all-int8,
     # so the files on disk are the most accurate ones the budget allows, not the least
-    if best_cheap is not None and best_cheap_ev is not None and best_cheap_ev.score > start.score:
-        keep = list(best_cheap["keep_fp32"])
-        return MixedResult(keep, False, best_cheap_ev, ranking, evaluator.count - first, steps, budget,
-                           reachable=True, smallest_passing=found, extra_bytes=extra, best_in_budget=best_cheap,
+    in_budget = _in_budget(best_cheap, extra)
+    if best_cheap is not None and in_budget is not None and best_cheap[1].score > start.score:
+        keep, ev = best_cheap
+        return MixedResult(list(keep), False, ev, ranking, evaluator.count - first, steps, budget,
+                           reachable=True, smallest_passing=found, extra_bytes=extra, best_in_budget=in_budget,
                            reason=f"{why}; kept the best set within the budget instead: {len(keep)} fp32 layer(s), "
-                                  f"{best_cheap['extra_bytes']} extra bytes, score {best_cheap_ev.score:.4f} "
+                                  f"{in_budget['extra_bytes']} extra bytes, score {ev.score:.4f} "
                                   f"vs {start.score:.4f} all-int8")
     return MixedResult([], False, start, ranking, evaluator.count - first, steps, budget, reachable=True,
-                       smallest_passing=found, extra_bytes=extra, best_in_budget=best_cheap,
+                       smallest_passing=found, extra_bytes=extra, best_in_budget=in_budget,
                        reason=f"{why}; kept the all-int8 model")
 
 

@@ -126,16 +126,18 @@ def probe(conn: Connection, *, timeout: float = 120.0) -> BoardFacts:
     root = layout_arg(BoardLayout.for_board(board).root)
     res = conn.run(["sh", "-c", board_scripts.script("dispatch.sh") + shprobe.script(), "sh",
                     board_scripts.script("probe.py"), board.python, root], timeout=timeout)
+    def failed(what: str) -> RemoteError:
+        tail = (res.stderr.strip().splitlines() or ["no stderr"])[-1]
+        return RemoteError(f"{board.where}: {what} failed (rc {res.rc}): {tail}")
+
     if res.stdout.startswith(shprobe.HEADER):
         try:
             raw = shprobe.parse(res.stdout)
         except ValueError:
-            tail = (res.stderr.strip().splitlines() or ["no stderr"])[-1]
-            raise RemoteError(f"{board.where}: sh probe failed (rc {res.rc}): {tail}") from None
+            raise failed("sh probe") from None
         return facts_from_raw(board.name, raw, time.monotonic() - t0)
     if res.rc != 0:
-        tail = (res.stderr.strip().splitlines() or ["no stderr"])[-1]
-        raise RemoteError(f"{board.where}: probe script failed (rc {res.rc}): {tail}")
+        raise failed("probe script")
     try:
         raw = json.loads(res.stdout)
     except ValueError:
