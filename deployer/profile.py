@@ -84,6 +84,7 @@ class QuantizeSpec:
     max_fp32_layers: int | None = None
     max_fp32_bytes: str | None = None          # "10%" of the all-int8 .bin, or a byte count (fp32_byte_budget)
     refine: list[str] | None = None            # adaround / biascorr (deployer.quant.refine); None = default
+    layer_times: Path | None = None            # a board's `run --layers --fp32-param` result (speedcost)
 
 
 @dataclass
@@ -118,7 +119,8 @@ _SECTION_KEYS = {
     "inputs": ("name", "shape", "pixel", "mean", "norm", "resize", "pad_value"),
     "calibration": ("images", "count", "holdout", "seed"),
     "eval": ("images", "count", "min_count"),
-    "quantize": ("method", "candidates", "keep_fp32", "mixed", "max_fp32_layers", "max_fp32_bytes", "refine"),
+    "quantize": ("method", "candidates", "keep_fp32", "mixed", "max_fp32_layers", "max_fp32_bytes", "refine",
+                 "layer_times"),
 }
 
 
@@ -140,7 +142,7 @@ FLAG_NAMES = {
     "calibration.seed": "--seed", "eval.images": "--eval", "eval.count": "--eval-count",
     "eval.min_count": "--eval-min-count", "quantize.method": "--method", "quantize.candidates": "--candidates",
     "quantize.keep_fp32": "--keep-fp32", "quantize.mixed": "--mixed", "quantize.max_fp32_layers": "--max-fp32-layers",
-    "quantize.max_fp32_bytes": "--max-fp32-bytes",
+    "quantize.max_fp32_bytes": "--max-fp32-bytes", "quantize.layer_times": "--layer-times",
     "gate": "--gate", "out": "--out", "name": "--name", "threads": "--threads", "model": "--param",
 }
 
@@ -452,6 +454,8 @@ def _quantize(raw: Any, where: _Where) -> QuantizeSpec:
         from deployer.quant.refine import parse_techniques
 
         spec.refine = parse_techniques(raw["refine"], where("quantize.refine"))
+    if raw.get("layer_times") is not None:
+        spec.layer_times = _as_path(raw["layer_times"], where, "quantize.layer_times", kind="run result file")
     return spec
 
 

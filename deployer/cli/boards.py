@@ -296,15 +296,8 @@ def register(app: typer.Typer) -> None:
         try:
             with view.live:
                 found = run_boards(boards, opts, accept_new=accept_new, inventory=inventory, on_event=view,
-                                   results_dir=results)
-                if fp32_param is not None:  # the same layers timed on the fp32 model, joined by layer name
-                    from dataclasses import replace
-
-                    from deployer.native.layers import attach_fp32
-
-                    fp32 = run_boards(boards, replace(opts, param=fp32_param, bin=fp32_bin), accept_new=accept_new,
-                                      inventory=inventory, on_event=view, results_dir=None)
-                    attach_fp32(found, fp32)
+                                   results_dir=results,
+                                   fp32_model=(fp32_param, fp32_bin) if fp32_param and fp32_bin else None)
         finally:
             if not console.is_terminal and not view.plain:
                 console.line()  # rich leaves the last frame unterminated off a tty

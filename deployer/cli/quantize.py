@@ -140,6 +140,8 @@ def quantize(
     max_fp32_layers: Optional[int] = typer.Option(None, "--max-fp32-layers", help="budget for automatic mixed precision"),
     max_fp32_bytes: Optional[str] = typer.Option(None, "--max-fp32-bytes", help="byte budget for it: 10% of the "
                                                  "all-int8 .bin, or a byte count (cheap layers tried first)"),
+    layer_times: Optional[Path] = typer.Option(None, "--layer-times", help="a board's `deployer run --layers "
+                                               "--fp32-param` result: the fp32 layers' time cost measured there"),
     gate: Optional[list[str]] = typer.Option(None, "--gate", help="e.g. 'top1_agreement>=0.99' (repeat)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder"),
     name: Optional[str] = typer.Option(None, "--name", help="output file stem (default: the model's)"),
@@ -162,6 +164,7 @@ def quantize(
         ("quantize.candidates", candidates, "--candidates"), ("quantize.keep_fp32", keep_fp32 or None, "--keep-fp32"),
         ("quantize.mixed", mixed, "--mixed"), ("quantize.max_fp32_layers", max_fp32_layers, "--max-fp32-layers"),
         ("quantize.max_fp32_bytes", max_fp32_bytes, "--max-fp32-bytes"),
+        ("quantize.layer_times", str(layer_times) if layer_times else None, "--layer-times"),
         ("gate", gate or None, "--gate"), ("out", str(out) if out else None, "--out"), ("name", name, "--name"),
         ("threads", threads, "--threads"),
     ):
@@ -203,12 +206,15 @@ def _render_quantize(report: dict) -> None:
     if mixed.get("ran"):
         if mixed["passed"]:
             say(f"mixed precision: kept {len(keep['auto'])} layer(s) fp32 ({', '.join(keep['auto']) or 'none'}), "
-                f"costing {report['sizes']['mixed_cost_bytes']:,} bytes; {report['speed']['note']}: "
-                f"x{report['speed']['est_time_vs_all_int8']:.2f}")
+                f"costing {report['sizes']['mixed_cost_bytes']:,} bytes")
         else:
             say(f"mixed precision ({mixed['candidates_evaluated']} candidates): {mixed.get('reason', 'gate out of reach')}")
+            if mixed.get("smallest_passing_speed"):
+                say(f"time cost of that smallest passing set: {_speed_text(mixed['smallest_passing_speed'])}")
     if keep["profile"]:
         say(f"kept fp32 by the profile: {', '.join(keep['profile'])}")
+    if keep["profile"] or keep["auto"]:
+        say(f"time cost of the float layers: {_speed_text(report['speed'])}")
     _task_line(report.get("task"))
     _gates_lines(report["gate"]["results"])
     sizes = report["sizes"]
@@ -219,6 +225,14 @@ def _render_quantize(report: dict) -> None:
         warn(w)
     files = report["files"]
     say(f"wrote {files['param']}, {Path(files['bin']).name}, {Path(files['table']).name}, {Path(files['report']).name}")
+
+
+def _speed_text(speed: dict) -> str:
+    ratio = speed.get("est_time_vs_all_int8")
+    if speed.get("source") == "board":
+        return (f"measured per layer on {speed['board']}: {speed['extra_ms']:+.3f} ms over all-int8's "
+                f"{speed['all_int8_ms']:.3f} ms" + (f" (x{ratio:.3f})" if ratio else ""))
+    return f"{speed['note']}: x{ratio:.2f}"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -63,13 +63,3 @@ def compare(int8: dict[str, Any], fp32: dict[str, Any]) -> dict[str, Any]:
     total_a, total_b = int8.get("sum_median_ms") or 0.0, fp32.get("sum_median_ms") or 0.0
     return {"layers": rows, "only_fp32": only_fp32, "types": types, "int8_sum_ms": total_a, "fp32_sum_ms": total_b,
             "speedup": total_b / total_a if total_a > 0 else None}
-
-
-def attach_fp32(results: list[Any], fp32_results: list[Any]) -> None:
-    """Add `vs_fp32` (compare) to each board's int8 layers report from the same board's fp32 run."""
-    by_board = {getattr(r, "board", None): r for r in fp32_results if getattr(r, "layers", None)}
-    for r in results:
-        other = by_board.get(getattr(r, "board", None))
-        if getattr(r, "layers", None) and other is not None:
-            r.layers["vs_fp32"] = compare(r.layers, other.layers)
-            r.layers["fp32_model"] = other.model

@@ -38,15 +38,12 @@ from deployer.check.net import NcnnNet
 from deployer.check.samples import input_names, list_inputs, load_samples
 from deployer.errors import DeployerError
 from deployer.profile import Profile, fp32_byte_budget
+from deployer.quant import speedcost
 
 Progress = Callable[[str, int, int], None]      # (phase, done, total)
 TIE = 1e-4          # scores closer than this are a tie, broken by model size
 CORRELATION_CAVEAT = ("intervals treat eval inputs as independent; views or crops of one photo are not, "
                       "so with N photos the true uncertainty lies between that of N and of all inputs")
-# One int8 conv is assumed this many times faster than the same conv in float, to turn the MACs
-# moved to fp32 into a time estimate. ncnn's ARM int8 gain varies from none (depthwise-heavy nets,
-# fp16-capable cores) to ~2x (SDOT/i8mm cores): 2x is the upper end, so the estimate is a ceiling.
-INT8_SPEEDUP = 2.0
 
 
 @dataclass
@@ -212,21 +209,6 @@ def choice_rule(rank: Any) -> str:
     return (", then ".join(rank.basis) + f" (within {TIE:g} is a tie), then the smaller .bin")
 
 
-def _speed_cost(param: Path, bin_: Path, graph: Any, sample: Any, int8_layers: list[str],
-                fp32_layers: list[str], threads: int) -> dict[str, Any]:
-    from deployer.quant.mixed import layer_macs
-
-    macs = layer_macs(param, bin_, graph, sample, int8_layers + fp32_layers, threads=threads)
-    total = sum(macs.values()) or 1
-    moved = sum(macs.get(n, 0) for n in fp32_layers)
-    share = moved / total
-    return {"conv_macs": total, "fp32_macs": moved, "fp32_mac_share": round(share, 4),
-            "int8_speedup_assumed": INT8_SPEEDUP,
-            "est_time_vs_all_int8": round(1 + share * (INT8_SPEEDUP - 1), 4),
-            "note": "an estimate from MACs, at most this much slower if int8 convs run "
-                    f"{INT8_SPEEDUP:g}x faster than float on the board; measure with `deployer run --compare`"}
-
-
 def run_quantize(profile: Profile, progress: Progress | None = None) -> QuantizeResult:
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -258,6 +240,10 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         close = difflib.get_close_matches(unknown[0], sorted(layer_names), n=1)
         raise DeployerError(f"{profile.where('quantize.keep_fp32')}: the model has no layer {unknown[0]!r}",
                             hint=f"did you mean '{close[0]}'?" if close else "see the layer names in the .param")
+    layer_times = None
+    if profile.quantize.layer_times is not None:   # before any work: times of another model fail here
+        layer_times = speedcost.load_layer_times(profile.quantize.layer_times)
+        speedcost.check_same_model(layer_times, {lay.name: lay.type for lay in model.graph.layers})
     names = input_names(profile.inputs, model.graph.input_names, profile.where("inputs"))
 
     split = split_calibration(profile)
@@ -348,8 +334,19 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     from deployer.quant.table import format_table
 
     fp32_layers = [d.name for d in int8_report.layers if d.precision != "int8"]
-    speed = _speed_cost(param, bin_, model.graph, held[0], list(int8_report.quantized),
-                        [n for n in fp32_layers if n in layer_names], profile.threads)
+    if layer_times is not None:
+        def time_cost(fp32: list[str]) -> dict[str, Any]:
+            return speedcost.measured_cost(layer_times, [n for n in fp32 if n in layer_names])
+    else:
+        from deployer.quant.mixed import layer_macs
+
+        macs = layer_macs(param, bin_, model.graph, held[0], sorted(layer_names), threads=profile.threads)
+
+        def time_cost(fp32: list[str]) -> dict[str, Any]:
+            return speedcost.mac_estimate(macs, [n for n in fp32 if n in layer_names])
+    speed = time_cost(fp32_layers)
+    if mixed_info.get("smallest_passing") and not mixed_info["passed"]:
+        mixed_info["smallest_passing_speed"] = time_cost(sorted(base_exclude | set(mixed_info["smallest_passing"])))
     gate_results = chosen_eval.gates
     passed = all(g.passed for g in gate_results) if gates else None
     eval_info = {"count": len(held), "source": evalset.source, "min_count": profile.eval.min_count,

@@ -19,7 +19,7 @@ import datetime as _dt
 import json
 import re
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -534,13 +534,22 @@ class BoardFailure:
 
 def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False, inventory: Any = None,
                on_event: EventSink | None = None, results_dir: Path | None = Path("results"),
-               progress: Callable[..., Any] | None = None) -> list[RunResult | BoardFailure]:
+               progress: Callable[..., Any] | None = None,
+               fp32_model: tuple[Path, Path] | None = None) -> list[RunResult | BoardFailure]:
     """Boards one after another: parallel runs on one network would disturb each other's timing.
 
     With one board its error is raised; with several, a board that fails is recorded as a
     BoardFailure and the others still run (one flaky board must not void a fleet benchmark).
-    Ctrl-C always stops everything."""
+    Ctrl-C always stops everything.
+
+    `fp32_model` (.param, .bin) with `opts.layers`: the same board then times the fp32 original
+    per layer too, and the saved result carries both joined by layer name (`layers.vs_fp32`):
+    what `deployer quantize --layer-times` reads to price keeping layers float."""
     _check_local(opts)
+    for path, flag in zip(fp32_model or (), ("--fp32-param", "--fp32-bin")):
+        if not Path(path).is_file():
+            raise DeployerError(f"{flag} {path}: no such file")
+        check_name(Path(path).name, f"{flag} file name")
     for board in boards:          # before any work: a bad name must not cost a whole benchmark
         results_folder(board.name)
     results: list[RunResult | BoardFailure] = []
@@ -549,6 +558,13 @@ def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False,
             conn, session = open_session(board, accept_new=accept_new, inventory=inventory, on_event=on_event)
             with conn:
                 result = session.run(opts, progress)
+                if fp32_model is not None and result.layers:
+                    from deployer.native.layers import compare
+
+                    fp32 = session.run(replace(opts, param=fp32_model[0], bin=fp32_model[1]), progress)
+                    if fp32.layers:
+                        result.layers["vs_fp32"] = compare(result.layers, fp32.layers)
+                        result.layers["fp32_model"] = fp32.model
         except DeployerError as err:
             if len(boards) == 1:
                 raise

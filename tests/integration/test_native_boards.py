@@ -235,3 +235,55 @@ def test_ctrl_c_on_the_host_stops_the_native_runner_on_the_board(sim_boards, nat
         conn.run(["kill", started.stdout.strip()])
     assert procs == []
     assert len(seen) == 1
+
+
+def test_quantize_prices_float_layers_with_the_boards_layer_times(sim_boards, native_builds, int8_models, mtcnn_rnet,
+                                                                  lfw_calibration, tmp_path) -> None:
+    """`run --layers --fp32-param` saves both per-layer timings in its results file; `quantize
+    --layer-times` reads that file and prices the layers it keeps float with the board's numbers."""
+    import json
+    from types import SimpleNamespace
+
+    from deployer.profile import load_profile
+    from deployer.quant.pipeline import run_quantize
+    from tests.fixtures.quantize import write_profile
+
+    m = int8_models["onet"]
+    cli = [sys.executable, "-m", "deployer.cli"]
+    proc = subprocess.run([*cli, "run", sim_boards.pi4, "--param", str(m.param), "--bin", str(m.bin), "--shape", m.shape,
+                           "-n", "2", "--warmup", "0", "--threads", "1", "--layers", "--fp32-param", str(m.fp32_param),
+                           "--fp32-bin", str(m.fp32_bin), "--targets", str(sim_boards.targets),
+                           "--results", str(tmp_path / "results"), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    saved_file = Path(printed["saved_to"])
+    saved = json.loads(saved_file.read_text())
+    assert saved["layers"]["vs_fp32"] == printed["layers"]["vs_fp32"]   # the file has the fp32 side too
+    vs = saved["layers"]["vs_fp32"]["layers"]
+
+    heads = ["linear_5", "linear_6", "linear_7"]        # ONet's three heads: the run extracts one output
+    untimed = [n for n in heads if n not in vs]
+    assert len(untimed) == 2, sorted(vs)
+    keep = ["conv_0", "linear_4", *untimed]
+    profile = write_profile(tmp_path / "q", SimpleNamespace(param=m.fp32_param, bin=m.fp32_bin),
+                            lfw_calibration.list_file, tmp_path / "q" / "out",
+                            inputs={"shape": [48, 48], "pixel": "RGB", "mean": [127.5] * 3, "norm": [0.0078125] * 3},
+                            quantize={"method": "maxabs", "mixed": False, "keep_fp32": keep,
+                                      "layer_times": str(saved_file)}, gate=[])
+    speed = run_quantize(load_profile(profile)).report["speed"]
+    assert speed["source"] == "board" and speed["board"] == sim_boards.pi4
+    all_int8 = sum(v["int8_ms"] for v in vs.values())
+    extra = sum(vs[n]["fp32_ms"] - vs[n]["int8_ms"] for n in ("conv_0", "linear_4"))
+    assert set(speed["fp32_layers"]) == {"conv_0", "linear_4"} and sorted(speed["untimed"]) == sorted(untimed)
+    assert speed["all_int8_ms"] == pytest.approx(all_int8, abs=1e-3)
+    assert speed["extra_ms"] == pytest.approx(extra, abs=1e-3)
+    assert speed["est_time_vs_all_int8"] == pytest.approx((all_int8 + extra) / all_int8, abs=1e-3)
+    # the same file given for another model: one line before any calibration work, exit 2
+    proc = subprocess.run([*cli, "quantize", "--param", str(mtcnn_rnet.param), "--bin", str(mtcnn_rnet.bin), "--calib",
+                           str(lfw_calibration.list_file), "--shape", "24,24", "--mean", "127.5,127.5,127.5", "--norm",
+                           "0.0078125,0.0078125,0.0078125", "--layer-times", str(saved_file), "--out",
+                           str(tmp_path / "rnet")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "timed on another model?" in proc.stderr, proc.stderr
+    assert str(saved_file) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "rnet").exists()

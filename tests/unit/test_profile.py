@@ -184,3 +184,13 @@ def test_fp32_byte_budget_is_a_share_or_a_byte_count(folder: Path):
     assert error_of(p) == (f"{p}: quantize.max_fp32_bytes: expected a share like 10% or a byte count, got 'lots' "
                            "(e.g. max_fp32_bytes: 10%)")
     assert "--max-fp32-bytes" in error_of(p, [Override("quantize.max_fp32_bytes", "-5", "--max-fp32-bytes")])
+
+
+def test_layer_times_is_a_path_from_the_profiles_folder_or_a_flag(folder: Path):
+    (folder / "times.json").write_text("{}")
+    p = write(folder, GOOD.replace("keep_fp32: [conv1]", "keep_fp32: [conv1]\n  layer_times: times.json"))
+    assert load_profile(p).quantize.layer_times == folder / "times.json"
+    p = write(folder, GOOD.replace("keep_fp32: [conv1]", "keep_fp32: [conv1]\n  layer_times: gone.json"))
+    assert error_of(p).startswith(f"{p}: quantize.layer_times: run result file not found: {folder / 'gone.json'}")
+    assert error_of(write(folder, GOOD), [Override("quantize.layer_times", "nope.json", "--layer-times")]).startswith(
+        "--layer-times: run result file not found")
