@@ -561,6 +561,8 @@ def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False,
                 if fp32_model is not None and result.layers:
                     from deployer.native.layers import compare
 
+                    if on_event is not None:   # its own line in the live view, not folded into the int8 run's
+                        session.on_event = lambda event: on_event({**event, "board": f"{board.name} (fp32)"})
                     fp32 = session.run(replace(opts, param=fp32_model[0], bin=fp32_model[1]), progress)
                     if fp32.layers:
                         result.layers["vs_fp32"] = compare(result.layers, fp32.layers)
