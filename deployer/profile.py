@@ -85,6 +85,7 @@ class QuantizeSpec:
     max_fp32_bytes: str | None = None          # "10%" of the all-int8 .bin, or a byte count (fp32_byte_budget)
     refine: list[str] | None = None            # adaround / biascorr (deployer.quant.refine); None = default
     layer_times: Path | None = None            # a board's `run --layers --fp32-param` result (speedcost)
+    max_slowdown: float | None = None          # share of all-int8's board time float layers may add (needs layer_times)
 
 
 @dataclass
@@ -120,7 +121,7 @@ _SECTION_KEYS = {
     "calibration": ("images", "count", "holdout", "seed"),
     "eval": ("images", "count", "min_count"),
     "quantize": ("method", "candidates", "keep_fp32", "mixed", "max_fp32_layers", "max_fp32_bytes", "refine",
-                 "layer_times"),
+                 "layer_times", "max_slowdown"),
 }
 
 
@@ -143,6 +144,7 @@ FLAG_NAMES = {
     "eval.min_count": "--eval-min-count", "quantize.method": "--method", "quantize.candidates": "--candidates",
     "quantize.keep_fp32": "--keep-fp32", "quantize.mixed": "--mixed", "quantize.max_fp32_layers": "--max-fp32-layers",
     "quantize.max_fp32_bytes": "--max-fp32-bytes", "quantize.layer_times": "--layer-times",
+    "quantize.max_slowdown": "--max-slowdown",
     "gate": "--gate", "out": "--out", "name": "--name", "threads": "--threads", "model": "--param",
 }
 
@@ -456,6 +458,11 @@ def _quantize(raw: Any, where: _Where) -> QuantizeSpec:
         spec.refine = parse_techniques(raw["refine"], where("quantize.refine"))
     if raw.get("layer_times") is not None:
         spec.layer_times = _as_path(raw["layer_times"], where, "quantize.layer_times", kind="run result file")
+    if raw.get("max_slowdown") is not None:
+        spec.max_slowdown = _share(raw["max_slowdown"], where("quantize.max_slowdown"), "e.g. max_slowdown: 5%")
+        if spec.layer_times is None:
+            raise _err(where("quantize.max_slowdown"), "needs the board's per-layer times to measure a slowdown",
+                       "give quantize.layer_times (--layer-times) from `deployer run BOARD --layers --fp32-param ...`")
     return spec
 
 
@@ -589,6 +596,15 @@ def _byte_budget(v: Any, where: str) -> str:
     if isinstance(v, bool) or not _BUDGET.fullmatch(text):
         raise _err(where, f"expected a share like 10% or a byte count, got {v!r}", "e.g. max_fp32_bytes: 10%")
     return text
+
+
+def _share(v: Any, where: str, example: str) -> float:
+    """`5%` -> 0.05."""
+    text = str(v).strip()
+    m = re.fullmatch(r"(\d+(\.\d+)?)%", text, re.ASCII)
+    if isinstance(v, bool) or m is None:
+        raise _err(where, f"expected a share like 5%, got {v!r}", example)
+    return float(m.group(1)) / 100
 
 
 def fp32_byte_budget(budget: str | None, int8_bin_bytes: int) -> int | None:

@@ -142,6 +142,8 @@ def quantize(
                                                  "all-int8 .bin, or a byte count (cheap layers tried first)"),
     layer_times: Optional[Path] = typer.Option(None, "--layer-times", help="a board's `deployer run --layers "
                                                "--fp32-param` result: the fp32 layers' time cost measured there"),
+    max_slowdown: Optional[str] = typer.Option(None, "--max-slowdown", help="time budget for mixed precision: "
+                                               "e.g. 5% of the all-int8 model's time on that board (needs --layer-times)"),
     gate: Optional[list[str]] = typer.Option(None, "--gate", help="e.g. 'top1_agreement>=0.99' (repeat)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder"),
     name: Optional[str] = typer.Option(None, "--name", help="output file stem (default: the model's)"),
@@ -165,6 +167,7 @@ def quantize(
         ("quantize.mixed", mixed, "--mixed"), ("quantize.max_fp32_layers", max_fp32_layers, "--max-fp32-layers"),
         ("quantize.max_fp32_bytes", max_fp32_bytes, "--max-fp32-bytes"),
         ("quantize.layer_times", str(layer_times) if layer_times else None, "--layer-times"),
+        ("quantize.max_slowdown", max_slowdown, "--max-slowdown"),
         ("gate", gate or None, "--gate"), ("out", str(out) if out else None, "--out"), ("name", name, "--name"),
         ("threads", threads, "--threads"),
     ):
@@ -230,8 +233,10 @@ def _render_quantize(report: dict) -> None:
 def _speed_text(speed: dict) -> str:
     ratio = speed.get("est_time_vs_all_int8")
     if speed.get("source") == "board":
+        untimed = speed.get("untimed") or []
         return (f"measured per layer on {speed['board']}: {speed['extra_ms']:+.3f} ms over all-int8's "
-                f"{speed['all_int8_ms']:.3f} ms" + (f" (x{ratio:.3f})" if ratio else ""))
+                f"{speed['all_int8_ms']:.3f} ms" + (f" (x{ratio:.3f})" if ratio else "")
+                + (f", plus {len(untimed)} layer(s) the board run did not time: {', '.join(untimed)}" if untimed else ""))
     return f"{speed['note']}: x{ratio:.2f}"
 
 

@@ -15,9 +15,10 @@ eval inputs (~25 ms per MobileNetV2 input here). Trying subsets is out of the qu
    most sensitive layers float only helps, so "prefix k passes" is monotone in practice): about
    log2(layers) candidates instead of one per layer.
 4. Prune: drop any chosen layer whose removal still passes (least sensitive first).
-Cheap layers first (`max_extra_bytes`): before 3, the layers are walked in order of benefit per
-byte of .bin they add as fp32 (fp16 storage), prefix by prefix, while the extra bytes fit the byte
-budget; the first passing prefix is pruned (4) and used. On MobileNetV2 the layers that matter
+Cheap layers first (`max_extra_bytes`, `time_budget`): before 3, the layers are walked in order of
+benefit per share of the tightest budget they take (.bin bytes they add as fp32 with fp16 storage;
+board milliseconds from deployer.quant.speedcost), prefix by prefix, while the set fits every budget;
+the first passing prefix is pruned (4) and used. On MobileNetV2 the layers that matter
 most differ in cost by 2000x (the first depthwise conv adds 148 bytes, the last 1x1 conv 306 KB),
 so the benefit order alone spends most of a byte budget on a handful of wide layers; and a top-1
 agreement gate is not monotone in the prefix (one near-tie input flips either way), so a short
@@ -235,10 +236,43 @@ def layer_bytes(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], 
     return {name: evaluator.bin_size(table, base_exclude | {name}) - base for name in layers}
 
 
-def by_benefit_per_byte(ranking: list[dict], extra: dict[str, int]) -> list[str]:
-    """Layers that help, most benefit per added byte first (layers that do not help are left out)."""
+@dataclass(frozen=True)
+class Budget:
+    """A cap on what the float layers may add: .bin bytes, or board milliseconds (deployer.quant.speedcost).
+    `cost` is what each layer adds when kept float alone; a layer without a cost cannot be priced and
+    is not used under this budget. A cost may be negative (a layer whose int8 kernel is slower)."""
+
+    unit: str                       # "bytes" | "ms"
+    cost: dict[str, float]
+    limit: float
+
+    def of(self, keep: Sequence[str]) -> float:
+        return float(sum(self.cost.get(k, float("inf")) for k in keep))
+
+    def fits(self, keep: Sequence[str]) -> bool:
+        return self.of(keep) <= self.limit
+
+    def share(self, layer: str) -> float:
+        """The part of the budget one layer takes (what the cheap-first order divides benefit by)."""
+        c = self.cost.get(layer, float("inf"))
+        return max(c / self.limit, 1e-9) if self.limit > 0 else (float("inf") if c > 0 else 1e-9)
+
+    def text(self, keep: Sequence[str]) -> str:
+        used = sum(self.cost[k] for k in keep if k in self.cost)
+        unpriced = [k for k in keep if k not in self.cost]
+        text = f"{used:+.3f} ms" if self.unit == "ms" else f"{int(used)} extra bytes"
+        if unpriced:
+            text += f" plus {len(unpriced)} layer(s) with no {self.unit} cost ({', '.join(unpriced)})"
+        return text
+
+
+def by_benefit_per_cost(ranking: list[dict], budgets: Sequence[Budget]) -> list[str]:
+    """Layers that help, most benefit per share of the tightest budget first (layers that do not help,
+    or that no budget can price, are left out)."""
     useful = [r for r in ranking if r["benefit"] > 0]
-    return [r["layer"] for r in sorted(useful, key=lambda r: -r["benefit"] / max(extra[r["layer"]], 1))]
+    share = {r["layer"]: max(b.share(r["layer"]) for b in budgets) for r in useful}
+    return [r["layer"] for r in sorted(useful, key=lambda r: -r["benefit"] / share[r["layer"]])
+            if share[r["layer"]] != float("inf")]
 
 
 def _prune(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], chosen: list[str], best: Evaluation,
@@ -256,12 +290,17 @@ def _prune(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], chose
     return chosen, best
 
 
-def _in_budget(best: tuple[list[str], Evaluation] | None, extra: dict[str, int]) -> dict | None:
-    """The report's view of the best cheap prefix: its layers, score, error and the bytes they add."""
+def _in_budget(best: tuple[list[str], Evaluation] | None, budgets: Sequence[Budget]) -> dict | None:
+    """The report's view of the best cheap prefix: its layers, score, error and what they add."""
     if best is None:
         return None
     keep, ev = best
-    return {"keep_fp32": list(keep), "score": ev.score, "error": ev.error, "extra_bytes": sum(extra[k] for k in keep)}
+    return {"keep_fp32": list(keep), "score": ev.score, "error": ev.error,
+            **{f"extra_{b.unit}": round(b.of(keep), 4) for b in budgets}}
+
+
+def _cost_text(budgets: Sequence[Budget], keep: Sequence[str]) -> str:
+    return "".join(f", {b.text(keep)}" for b in budgets)
 
 
 def _step(steps: list[dict], keep: list[str], ev: Evaluation, **extra: Any) -> None:
@@ -270,12 +309,14 @@ def _step(steps: list[dict], keep: list[str], ev: Evaluation, **extra: Any) -> N
 
 
 def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start: Evaluation,
-           *, max_fp32_layers: int | None = None, max_extra_bytes: int | None = None, probe: int = PROBE_INPUTS,
+           *, max_fp32_layers: int | None = None, max_extra_bytes: int | None = None,
+           time_budget: tuple[dict[str, float], float] | None = None, probe: int = PROBE_INPUTS,
            progress: Progress | None = None) -> MixedResult:
     """Fewest extra fp32 layers (beyond `base_exclude`) for which every gate holds.
 
-    `max_extra_bytes`: also a byte budget (bytes the fp32 layers add to the all-int8 .bin); with
-    it, the cheap layers are tried first (module docstring) and a set over it is not used."""
+    `max_extra_bytes`: a byte budget (bytes the fp32 layers add to the all-int8 .bin); `time_budget`:
+    (board ms each layer adds as float, the most the set may add). With either, the cheap layers
+    are tried first (module docstring) and a set over a budget is not used."""
     first = evaluator.count
     if start.passed or not evaluator.gates:
         return MixedResult([], start.passed, start, reason="the all-int8 model meets the gate")
@@ -296,27 +337,33 @@ def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start
     order = [r["layer"] for r in ranking]
 
     extra: dict[str, int] = {}
-    best_cheap: tuple[list[str], Evaluation] | None = None      # the best-scoring cheap prefix tried
+    budgets: list[Budget] = []
     if max_extra_bytes is not None:
         extra = layer_bytes(evaluator, table, base_exclude, layers)
+        budgets.append(Budget("bytes", {k: float(v) for k, v in extra.items()}, float(max_extra_bytes)))
+    if time_budget is not None:
+        budgets.append(Budget("ms", dict(time_budget[0]), float(time_budget[1])))
+    limits = ", ".join(f"{b.limit:g} {b.unit}" for b in budgets)
+    best_cheap: tuple[list[str], Evaluation] | None = None      # the best-scoring cheap prefix tried
+    if budgets:
         keep: list[str] = []
-        for name in by_benefit_per_byte(ranking, extra):
+        for name in by_benefit_per_cost(ranking, budgets):
             if len(keep) >= budget:
                 break
-            if sum(extra[k] for k in keep) + extra[name] > max_extra_bytes:
+            if not all(b.fits(keep + [name]) for b in budgets):
                 continue
             keep.append(name)
             ev = evaluator.evaluate(table, base_exclude | set(keep))
-            _step(steps, keep, ev, what="cheap prefix", extra_bytes=sum(extra[k] for k in keep))
+            _step(steps, keep, ev, what="cheap prefix", **{f"extra_{b.unit}": round(b.of(keep), 4) for b in budgets})
             if best_cheap is None or ev.score > best_cheap[1].score:
                 best_cheap = (list(keep), ev)
             if ev.passed:
                 chosen, best = _prune(evaluator, table, base_exclude, keep, ev, steps, progress)
                 return MixedResult(chosen, True, best, ranking, evaluator.count - first, steps, budget,
                                    reachable=True, smallest_passing=chosen, extra_bytes=extra,
-                                   best_in_budget=_in_budget(best_cheap, extra),
-                                   reason=f"{len(chosen)} fp32 layer(s), {sum(extra[k] for k in chosen)} extra "
-                                          f"bytes, meet the gate (budget {budget} layers, {max_extra_bytes} bytes)")
+                                   best_in_budget=_in_budget(best_cheap, budgets),
+                                   reason=f"{len(chosen)} fp32 layer(s){_cost_text(budgets, chosen)} meet the gate "
+                                          f"(budget {budget} layers, {limits})")
 
     # smallest passing prefix of the ranking: prefix 0 (all int8) fails, prefix len(order) passes
     lo, hi, best = 0, len(order), everything
@@ -336,28 +383,29 @@ def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start
         chosen, best = _prune(evaluator, table, base_exclude, chosen, best, steps, progress)
 
     found = list(chosen)
-    over_bytes = max_extra_bytes is not None and sum(extra.get(k, 0) for k in found) > max_extra_bytes
-    if not over_bytes and len(found) <= budget:
+    over = [b for b in budgets if not b.fits(found)]
+    if not over and len(found) <= budget:
         return MixedResult(found, True, best, ranking, evaluator.count - first, steps, budget,
                            reachable=True, smallest_passing=found, extra_bytes=extra,
-                           best_in_budget=_in_budget(best_cheap, extra),
-                           reason=f"{len(found)} fp32 layer(s) meet the gate (budget {budget})")
-    if over_bytes:
+                           best_in_budget=_in_budget(best_cheap, budgets),
+                           reason=f"{len(found)} fp32 layer(s){_cost_text(budgets, found)} meet the gate "
+                                  f"(budget {budget}{''.join(f', {b.limit:g} {b.unit}' for b in budgets)})")
+    if over:
         why = (f"the smallest fp32 set found that meets the gate has {len(found)} layers and adds "
-               f"{sum(extra.get(k, 0) for k in found)} bytes, over the budget of {max_extra_bytes} bytes")
+               + " and ".join(f"{b.text(found).lstrip('+')}" for b in over)
+               + ", over the budget of " + " and ".join(f"{b.limit:g} {b.unit}" for b in over))
     else:
         why = (f"the smallest fp32 set found that meets the gate has {len(found)} layers, over the budget of "
                f"{budget} (raise quantize.max_fp32_layers to {len(found)} to use it)")
     # the gate fails either way: write the best set tried within the budget when it beats all-int8,
     # so the files on disk are the most accurate ones the budget allows, not the least
-    in_budget = _in_budget(best_cheap, extra)
+    in_budget = _in_budget(best_cheap, budgets)
     if best_cheap is not None and in_budget is not None and best_cheap[1].score > start.score:
         keep, ev = best_cheap
         return MixedResult(list(keep), False, ev, ranking, evaluator.count - first, steps, budget,
                            reachable=True, smallest_passing=found, extra_bytes=extra, best_in_budget=in_budget,
-                           reason=f"{why}; kept the best set within the budget instead: {len(keep)} fp32 layer(s), "
-                                  f"{in_budget['extra_bytes']} extra bytes, score {ev.score:.4f} "
-                                  f"vs {start.score:.4f} all-int8")
+                           reason=f"{why}; kept the best set within the budget instead: {len(keep)} fp32 layer(s)"
+                                  f"{_cost_text(budgets, keep)}, score {ev.score:.4f} vs {start.score:.4f} all-int8")
     return MixedResult([], False, start, ranking, evaluator.count - first, steps, budget, reachable=True,
                        smallest_passing=found, extra_bytes=extra, best_in_budget=in_budget,
                        reason=f"{why}; kept the all-int8 model")

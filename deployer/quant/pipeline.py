@@ -303,9 +303,12 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         auto_keep: list[str] = []
         if gates and not chosen_eval.passed and profile.quantize.mixed:
             byte_budget = fp32_byte_budget(profile.quantize.max_fp32_bytes, sizes[best])
+            time_budget = None
+            if layer_times is not None and profile.quantize.max_slowdown is not None:
+                time_budget = speedcost.time_budget(layer_times, profile.quantize.max_slowdown)
             result = search(evaluator, tables[best], base_exclude, chosen_eval,
                             max_fp32_layers=profile.quantize.max_fp32_layers, max_extra_bytes=byte_budget,
-                            progress=progress)
+                            time_budget=time_budget, progress=progress)
             auto_keep = result.keep_fp32
             chosen_eval = result.evaluation
             mixed_info = {"ran": True, "passed": result.passed, "keep_fp32": auto_keep,
@@ -313,6 +316,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
                           "smallest_passing": result.smallest_passing,
                           "candidates_evaluated": result.candidates_evaluated,
                           "budget": result.budget, "byte_budget": byte_budget,
+                          "time_budget_ms": round(time_budget[1], 4) if time_budget else None,
                           "extra_bytes": sum(result.extra_bytes.get(k, 0) for k in auto_keep)
                           if result.extra_bytes else None,
                           "best_in_budget": result.best_in_budget,

@@ -116,6 +116,13 @@ def measured_cost(times: LayerTimes, fp32_layers: Sequence[str]) -> dict[str, An
             "note": note}
 
 
+def time_budget(times: LayerTimes, max_slowdown: float) -> tuple[dict[str, float], float]:
+    """(ms each timed layer adds when kept float, the most a set may add) for mixed precision's
+    `max_slowdown`: a share of the all-int8 model's summed per-layer time on that board."""
+    cost = {n: times.fp32_ms[n] - times.int8_ms[n] for n in times.int8_ms if n in times.fp32_ms}
+    return cost, max_slowdown * sum(times.int8_ms.values())
+
+
 def mac_estimate(macs: dict[str, int], fp32_layers: Sequence[str]) -> dict[str, Any]:
     """The ceiling from MACs when no board times were given (see INT8_SPEEDUP)."""
     total = sum(macs.values()) or 1

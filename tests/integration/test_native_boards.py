@@ -279,6 +279,20 @@ def test_quantize_prices_float_layers_with_the_boards_layer_times(sim_boards, na
     assert speed["all_int8_ms"] == pytest.approx(all_int8, abs=1e-3)
     assert speed["extra_ms"] == pytest.approx(extra, abs=1e-3)
     assert speed["est_time_vs_all_int8"] == pytest.approx((all_int8 + extra) / all_int8, abs=1e-3)
+    # a time budget for mixed precision: no set tried or written adds more than 2 % of all-int8's board time
+    profile = write_profile(tmp_path / "t", SimpleNamespace(param=m.fp32_param, bin=m.fp32_bin),
+                            lfw_calibration.list_file, tmp_path / "t" / "out",
+                            inputs={"shape": [48, 48], "pixel": "RGB", "mean": [127.5] * 3, "norm": [0.0078125] * 3},
+                            quantize={"method": "maxabs", "layer_times": str(saved_file), "max_slowdown": "2%"},
+                            gate=["cosine@out1>=0.999"])
+    report = run_quantize(load_profile(profile)).report
+    mixed, limit = report["mixed"], 0.02 * all_int8
+    assert mixed["ran"] and mixed["time_budget_ms"] == pytest.approx(limit, abs=1e-3)
+    walked = [s for s in mixed["steps"] if s["what"] == "cheap prefix"]
+    assert walked and all(s["extra_ms"] <= limit + 1e-6 for s in walked)
+    assert all(n in vs for s in walked for n in s["keep_fp32"])        # untimed layers are never priced at 0
+    assert report["speed"]["extra_ms"] <= limit + 1e-3 and not report["speed"]["untimed"]
+
     # the same file given for another model: one line before any calibration work, exit 2
     proc = subprocess.run([*cli, "quantize", "--param", str(mtcnn_rnet.param), "--bin", str(mtcnn_rnet.bin), "--calib",
                            str(lfw_calibration.list_file), "--shape", "24,24", "--mean", "127.5,127.5,127.5", "--norm",

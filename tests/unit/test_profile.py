@@ -194,3 +194,16 @@ def test_layer_times_is_a_path_from_the_profiles_folder_or_a_flag(folder: Path):
     assert error_of(p).startswith(f"{p}: quantize.layer_times: run result file not found: {folder / 'gone.json'}")
     assert error_of(write(folder, GOOD), [Override("quantize.layer_times", "nope.json", "--layer-times")]).startswith(
         "--layer-times: run result file not found")
+
+
+def test_max_slowdown_is_a_share_and_needs_board_times(folder: Path):
+    (folder / "times.json").write_text("{}")
+    base = "keep_fp32: [conv1]\n  layer_times: times.json"
+    p = write(folder, GOOD.replace("keep_fp32: [conv1]", base + "\n  max_slowdown: 5%"))
+    assert load_profile(p).quantize.max_slowdown == pytest.approx(0.05)
+    p = write(folder, GOOD.replace("keep_fp32: [conv1]", base + "\n  max_slowdown: fast"))
+    assert error_of(p) == f"{p}: quantize.max_slowdown: expected a share like 5%, got 'fast' (e.g. max_slowdown: 5%)"
+    p = write(folder, GOOD.replace("keep_fp32: [conv1]", "keep_fp32: [conv1]\n  max_slowdown: 5%"))
+    assert error_of(p).startswith(f"{p}: quantize.max_slowdown: needs the board's per-layer times")
+    assert error_of(write(folder, GOOD), [Override("quantize.max_slowdown", "5%", "--max-slowdown")]).startswith(
+        "--max-slowdown: needs the board's per-layer times")
