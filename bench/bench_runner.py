@@ -1,7 +1,7 @@
 """Does the runner add cost? Its median vs a plain ncnn loop's, same model, same options, interleaved.
 
 Both sides are fresh subprocesses of the same Python with the same ncnn options (1 thread, fp16 off,
-int8 on); both time exactly create_extractor + input + extract per iteration. Rounds alternate which
+int8 on); both time exactly create_extractor + input + extract (every output) per iteration. Rounds alternate which
 side goes first so drift (clocks, heat, other load) hits both equally. Headline: the paired ratio
 (median over rounds of runner median / plain median); the ratio of the minimum latencies is printed
 too because it is the figure least disturbed by other processes. The load average is recorded: on a
@@ -49,9 +49,10 @@ n = 1
 for d in shape: n *= d
 buf = array.array("f", make_input_values(n, "random", 0))
 mat = ncnn.Mat(memoryview(buf).cast("B").cast("f", list(reversed(shape)))).clone()
-inp, outp = net.input_names()[0], net.output_names()[-1]
-def infer():
-    ex = net.create_extractor(); ex.input(inp, mat); return ex.extract(outp)[1]
+inp, outs = net.input_names()[0], list(net.output_names())
+def infer():  # every output, as the runner (and benchncnn) time one inference
+    ex = net.create_extractor(); ex.input(inp, mat)
+    return [ex.extract(b)[1] for b in outs][-1]
 for _ in range(warmup): infer()
 samples = []
 for _ in range(iters):

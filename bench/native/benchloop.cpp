@@ -4,7 +4,7 @@
 // re-states what benchncnn does for one model: load the .param, fill weights with zeros (or load the
 // real .bin), benchncnn's options (lightmode, int8, fp16 storage/packed/arithmetic, packing, winograd,
 // sgemm) with its pool allocators (blob: size_compare_ratio 0, workspace: 0.5), warm up, then time
-// create_extractor + input + extract with ncnn::get_current_time. It is linked against the very same
+// create_extractor + input + extract of every output with ncnn::get_current_time. It is linked against the very same
 // libncnn.a as the native runner (deployer.native.build.link_program).
 //
 // usage: benchloop PARAM BIN|- W,H,C LOOPS THREADS WARMUP FP16(0|1)
@@ -99,13 +99,16 @@ int main(int argc, char** argv)
     ncnn::Mat in(w, h, c);
     in.fill(0.01f);
     const char* input = net.input_names()[0];
-    const char* output = net.output_names()[0];
-    ncnn::Mat out;
+    const std::vector<const char*>& outputs = net.output_names();   // benchncnn extracts every output
     for (int i = 0; i < warmup; i++)
     {
         ncnn::Extractor ex = net.create_extractor();
         ex.input(input, in);
-        ex.extract(output, out);
+        for (size_t j = 0; j < outputs.size(); j++)
+        {
+            ncnn::Mat out;
+            ex.extract(outputs[j], out);
+        }
     }
     std::vector<double> samples;
     for (int i = 0; i < loops; i++)
@@ -114,7 +117,11 @@ int main(int argc, char** argv)
         {
             ncnn::Extractor ex = net.create_extractor();
             ex.input(input, in);
-            ex.extract(output, out);
+            for (size_t j = 0; j < outputs.size(); j++)
+            {
+                ncnn::Mat out;
+                ex.extract(outputs[j], out);
+            }
         }
         samples.push_back(ncnn::get_current_time() - start);
     }

@@ -479,8 +479,8 @@ class Session:
             options=options, samples_ms=samples, stats=asdict(stats) if stats else None,
             partial=bool(final.get("partial")), runtime=runtime, model=model, output=output,
             end_state=final.get("end_state") or {})
-        for key in ("load_ms", "input_blob", "output_blob", "shape", "wall_s", "peak_rss_kb", "first_inference_ms",
-                    "startup_ms"):
+        for key in ("load_ms", "input_blob", "output_blob", "extracted", "shape", "wall_s", "peak_rss_kb",
+                    "first_inference_ms", "startup_ms"):
             if key in final:
                 result.options[key] = final[key]
         if layers_line is not None:

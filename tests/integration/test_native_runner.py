@@ -116,6 +116,41 @@ def test_layers_flavour_reports_every_layer_by_param_name(native_builds, tiny_mo
     assert abs(sum(t["median_ms"] for t in rep["types"].values()) - rep["sum_median_ms"]) < 1e-9
 
 
+@pytest.mark.parametrize("runtime", ["python", "native"])
+def test_an_inference_extracts_every_output_unless_one_is_named(native_builds, mtcnn_onet, runtime: str) -> None:
+    """MTCNN ONet has three heads (out0 face prob, out1 box, out2 landmarks). One timed inference
+    extracts all three, as ncnn's benchncnn does, so the per-layer run times every layer; the
+    returned tensor stays the last output; --output-blob times the path to that one blob only."""
+    import sys
+
+    graph = [ln.split() for ln in mtcnn_onet.param.read_text().splitlines()[2:] if ln.strip()]
+    computed = [r[1] for r in graph if r[0] != "Input"]
+    common = ["--param", str(mtcnn_onet.param), "--bin", str(mtcnn_onet.bin), "--shape", "48,48,3", "--iterations",
+              "2", "--warmup", "0", "--threads", "1", "--fp16", "0", "--seed", "4", "--return-output"]
+
+    def run(*extra: str) -> list[dict]:
+        if runtime == "python":
+            proc = subprocess.run([sys.executable, "-u", py_runner.__file__, *common, *extra], capture_output=True,
+                                  text=True, timeout=120)
+        else:
+            proc = run_native(native_builds["aarch64"].layers, "aarch64", [*common, "--layers", *extra])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return _lines(proc.stdout)
+
+    lines = run()
+    stats = lines[-1]
+    assert stats["extracted"] == ["out0", "out1", "out2"] and stats["output_blob"] == "out2"
+    out = next(ln for ln in lines if ln["type"] == "output")
+    assert out["blob"] == "out2" and out["shape"] == [10]
+    one = run("--output-blob", "out1")
+    assert one[-1]["extracted"] == ["out1"] and next(ln for ln in one if ln["type"] == "output")["shape"] == [4]
+    if runtime == "native":
+        timed = [e["name"] for e in next(ln for ln in lines if ln["type"] == "layers")["layers"]]
+        assert sorted(timed) == sorted(computed)           # every head's layers ran and were timed
+        only = {e["name"] for e in next(ln for ln in one if ln["type"] == "layers")["layers"]}
+        assert only < set(computed) and "linear_6" in only and "linear_5" not in only and "linear_7" not in only
+
+
 def test_layers_flag_needs_the_benchmark_flavour(native_builds, tiny_models) -> None:
     proc = run_native(native_builds["aarch64"].runner, "aarch64",
                       ["--param", str(tiny_models.int8_param), "--bin", str(tiny_models.int8_bin), "--layers"])
