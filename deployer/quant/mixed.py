@@ -276,15 +276,18 @@ def by_benefit_per_cost(ranking: list[dict], budgets: Sequence[Budget]) -> list[
 
 
 def _prune(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], chosen: list[str], best: Evaluation,
-           steps: list[dict], progress: Progress | None) -> tuple[list[str], Evaluation]:
-    """Drop every chosen layer whose removal still passes, the last chosen (least useful) first."""
+           steps: list[dict], progress: Progress | None,
+           budgets: Sequence[Budget] = ()) -> tuple[list[str], Evaluation]:
+    """Drop every chosen layer whose removal still passes, the last chosen (least useful) first.
+    A drop that would break a budget is not tried (a layer with a negative time cost pays for others)."""
     todo = list(reversed(chosen[:-1]))
     for i, name in enumerate(todo):
         trial = [c for c in chosen if c != name]
-        ev = evaluator.evaluate(table, base_exclude | set(trial))
-        _step(steps, trial, ev, what="prune", dropped=name)
-        if ev.passed:
-            chosen, best = trial, ev
+        if all(b.fits(trial) for b in budgets):
+            ev = evaluator.evaluate(table, base_exclude | set(trial))
+            _step(steps, trial, ev, what="prune", dropped=name, **_costs(budgets, trial))
+            if ev.passed:
+                chosen, best = trial, ev
         if progress:
             progress("prune", i + 1, len(todo))
     return chosen, best
@@ -295,8 +298,12 @@ def _in_budget(best: tuple[list[str], Evaluation] | None, budgets: Sequence[Budg
     if best is None:
         return None
     keep, ev = best
-    return {"keep_fp32": list(keep), "score": ev.score, "error": ev.error,
-            **{f"extra_{b.unit}": round(b.of(keep), 4) for b in budgets}}
+    return {"keep_fp32": list(keep), "score": ev.score, "error": ev.error, **_costs(budgets, keep)}
+
+
+def _costs(budgets: Sequence[Budget], keep: Sequence[str]) -> dict[str, float]:
+    """{"extra_bytes": ..., "extra_ms": ...}: what a set adds, per budget."""
+    return {f"extra_{b.unit}": round(b.of(keep), 4) for b in budgets}
 
 
 def _cost_text(budgets: Sequence[Budget], keep: Sequence[str]) -> str:
@@ -354,11 +361,11 @@ def search(evaluator: Evaluator, table: Any, base_exclude: frozenset[str], start
                 continue
             keep.append(name)
             ev = evaluator.evaluate(table, base_exclude | set(keep))
-            _step(steps, keep, ev, what="cheap prefix", **{f"extra_{b.unit}": round(b.of(keep), 4) for b in budgets})
+            _step(steps, keep, ev, what="cheap prefix", **_costs(budgets, keep))
             if best_cheap is None or ev.score > best_cheap[1].score:
                 best_cheap = (list(keep), ev)
             if ev.passed:
-                chosen, best = _prune(evaluator, table, base_exclude, keep, ev, steps, progress)
+                chosen, best = _prune(evaluator, table, base_exclude, keep, ev, steps, progress, budgets)
                 return MixedResult(chosen, True, best, ranking, evaluator.count - first, steps, budget,
                                    reachable=True, smallest_passing=chosen, extra_bytes=extra,
                                    best_in_budget=_in_budget(best_cheap, budgets),

@@ -532,6 +532,11 @@ class BoardFailure:
         return {"ok": False, "board": self.board, "error": str(self.error), "exit_code": self.error.exit_code}
 
 
+def _relabelled(sink: EventSink, board: str) -> EventSink:
+    """The same sink, every event attributed to `board` (a second run on one board gets its own line)."""
+    return lambda event: sink({**event, "board": board})
+
+
 def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False, inventory: Any = None,
                on_event: EventSink | None = None, results_dir: Path | None = Path("results"),
                progress: Callable[..., Any] | None = None,
@@ -562,7 +567,7 @@ def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False,
                     from deployer.native.layers import compare
 
                     if on_event is not None:   # its own line in the live view, not folded into the int8 run's
-                        session.on_event = lambda event: on_event({**event, "board": f"{board.name} (fp32)"})
+                        session.on_event = _relabelled(on_event, f"{board.name} (fp32)")
                     fp32 = session.run(replace(opts, param=fp32_model[0], bin=fp32_model[1]), progress)
                     if fp32.layers:
                         result.layers["vs_fp32"] = compare(result.layers, fp32.layers)

@@ -128,9 +128,10 @@ def test_time_budget_caps_the_set_like_the_byte_budget(rnet_eval):
             assert "over the budget of 1.5 ms" in res.reason and res.smallest_passing
         # one layer that is faster in float makes room for a second one within the same 1.5 ms
         fast = walked[0]["keep_fp32"][0]
-        res2 = search(ev, table, frozenset(), start, max_fp32_layers=len(layers),
-                      time_budget=({**cost, fast: -1.0}, 1.5))
+        cost2 = {**cost, fast: -1.0}
+        res2 = search(ev, table, frozenset(), start, max_fp32_layers=len(layers), time_budget=(cost2, 1.5))
         assert max(s["fp32_layers"] for s in res2.steps if s["what"] == "cheap prefix") >= 2
         assert all(s["extra_ms"] <= 1.5 for s in res2.steps if s["what"] == "cheap prefix")
+        assert sum(cost2[k] for k in res2.keep_fp32) <= 1.5    # what is used fits, whichever way it was found
     finally:
         ev.close()
