@@ -303,7 +303,7 @@ def _in_budget(best: tuple[list[str], Evaluation] | None, budgets: Sequence[Budg
 
 def _costs(budgets: Sequence[Budget], keep: Sequence[str]) -> dict[str, float]:
     """{"extra_bytes": ..., "extra_ms": ...}: what a set adds, per budget."""
-    return {f"extra_{b.unit}": round(b.of(keep), 4) for b in budgets}
+    return {f"extra_{b.unit}": int(b.of(keep)) if b.unit == "bytes" else round(b.of(keep), 4) for b in budgets}
 
 
 def _cost_text(budgets: Sequence[Budget], keep: Sequence[str]) -> str:
