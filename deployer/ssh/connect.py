@@ -61,6 +61,17 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 _WRAP = f'g=; read -r _ _ _ _ g _ < /proc/$$/stat 2>/dev/null; echo "{_PID_MARK} $$ $g" >&2; exec "$@"'
 
 
+class ClosedWithoutStatus(RemoteError):
+    """The board's sshd closed a command's channel without an exit status or signal. What the command
+    printed up to then arrived intact; whether it finished is for its own protocol to say (a reader
+    may attach what it had read as `lines`, `stderr`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lines: list[Any] = []
+        self.stderr = ""
+
+
 @dataclass
 class Result:
     rc: int
@@ -551,8 +562,8 @@ class _Proc:
                 sig = getattr(chan, "exit_signal", None)
                 if sig:
                     raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` was killed by SIG{sig} on the board")
-                raise RemoteError(f"{self.conn.board.where}: `{_short(self.argv)}` ended without an exit status "
-                                  "(its sshd session closed the channel)")
+                raise ClosedWithoutStatus(f"{self.conn.board.where}: `{_short(self.argv)}` ended without an exit "
+                                          "status (its sshd session closed the channel)")
             now = time.monotonic()
             if self.deadline is not None and now > self.deadline:
                 self.kill()
