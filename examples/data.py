@@ -107,29 +107,40 @@ def _cached(folder: Path, count: int, stamp: str) -> DataSet | None:
 
 # ---------------------------------------------------------------- calibration photos
 
-def _skimage(name: str) -> Callable[[], np.ndarray]:
+@dataclass(frozen=True)
+class _Photo:
+    """One bundled photo: whether its wheel is installed (cheap: no decoding) and how to read it."""
+
+    present: Callable[[], bool]
+    load: Callable[[], np.ndarray]
+
+
+def _installed(package: str, *parts: str) -> Callable[[], bool]:
+    def present() -> bool:
+        try:
+            return package_dir(package).joinpath(*parts).is_file() if parts else True
+        except MissingWheel:
+            return False
+    return present
+
+
+def _skimage(name: str) -> _Photo:
     def load() -> np.ndarray:
         import skimage.data
 
         img = getattr(skimage.data, name)()
         return img[0] if isinstance(img, tuple) else img   # stereo_motorcycle -> (left, right, disp)
-    return load
+    return _Photo(_installed("skimage"), load)
 
 
-def _sklearn(name: str) -> Callable[[], np.ndarray]:
+def _bundled_file(package: str, *parts: str) -> _Photo:
     def load() -> np.ndarray:
-        return np.asarray(Image.open(package_dir("sklearn") / "datasets" / "images" / name).convert("RGB"))
-    return load
-
-
-def _matplotlib(name: str) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        return np.asarray(Image.open(package_dir("matplotlib") / "mpl-data" / "sample_data" / name).convert("RGB"))
-    return load
+        return np.asarray(Image.open(package_dir(package).joinpath(*parts)).convert("RGB"))
+    return _Photo(_installed(package, *parts), load)
 
 
 # Unlabelled colour photos, none of them in the held-out sets (foolbox ImageNet, lfw_subset).
-CALIBRATION_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
+CALIBRATION_PHOTOS: dict[str, _Photo] = {
     "astronaut": _skimage("astronaut"),
     "chelsea": _skimage("chelsea"),
     "coffee": _skimage("coffee"),
@@ -138,21 +149,21 @@ CALIBRATION_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
     "immunohistochemistry": _skimage("immunohistochemistry"),
     "motorcycle": _skimage("stereo_motorcycle"),
     "retina": _skimage("retina"),
-    "china": _sklearn("china.jpg"),
-    "flower": _sklearn("flower.jpg"),
-    "grace_hopper": _matplotlib("grace_hopper.jpg"),
+    "china": _bundled_file("sklearn", "datasets", "images", "china.jpg"),
+    "flower": _bundled_file("sklearn", "datasets", "images", "flower.jpg"),
+    "grace_hopper": _bundled_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"),
 }
 
 
+def available_photo_names() -> list[str]:
+    """The calibration photos whose wheel is installed (matplotlib is optional), without reading them."""
+    return [name for name, photo in CALIBRATION_PHOTOS.items() if photo.present()]
+
+
 def available_photos() -> dict[str, np.ndarray]:
-    """Every calibration photo whose wheel is installed (matplotlib is optional), as HxWx3 uint8."""
-    photos = {}
-    for name, load in CALIBRATION_PHOTOS.items():
-        try:
-            photos[name] = np.ascontiguousarray(load()[..., :3]).astype(np.uint8)
-        except (MissingWheel, ModuleNotFoundError, FileNotFoundError):
-            continue
-    return photos
+    """Every calibration photo whose wheel is installed, as HxWx3 uint8."""
+    return {name: np.ascontiguousarray(CALIBRATION_PHOTOS[name].load()[..., :3]).astype(np.uint8)
+            for name in available_photo_names()}
 
 
 def random_crops(photos: dict[str, np.ndarray], count: int, seed: int = 0,
@@ -184,13 +195,12 @@ def random_crops(photos: dict[str, np.ndarray], count: int, seed: int = 0,
 def calibration_photos(out_dir: str | Path, count: int = 44, seed: int = 0) -> DataSet:
     """Write `count` deterministic crops of the bundled photos + list.txt (ncnn2table's imagelist)."""
     folder = Path(out_dir)
-    photos = available_photos()
     # the photo set is part of the stamp: crops made before a wheel was installed are not these crops
-    stamp = f"calibration count={count} seed={seed} photos={'+'.join(photos)}"
+    stamp = f"calibration count={count} seed={seed} photos={'+'.join(available_photo_names())}"
     if (cached := _cached(folder, count, stamp)) is not None:
         return cached
     files = []
-    for stem, pixels in random_crops(photos, count, seed):
+    for stem, pixels in random_crops(available_photos(), count, seed):
         path = folder / f"{stem}.png"
         _write_image(path, pixels)
         files.append(path)

@@ -140,12 +140,17 @@ def _board_default(board: Any, key: str) -> Any:
     return opts.get(key) if isinstance(opts, dict) else getattr(opts, key, None)
 
 
-def _check_local(opts: RunOptions) -> list[Path]:
-    files = [opts.param, opts.bin] + ([opts.input_file] if opts.input_file else [])
-    for path, flag in zip(files, ("--param", "--bin", "--input-file")):
+def _check_files(files: Iterable[tuple[Any, str]]) -> None:
+    """Each (path, flag): an existing file whose name is safe to use on a board."""
+    for path, flag in files:
         if not Path(path).is_file():
             raise DeployerError(f"{flag} {path}: no such file")
         check_name(Path(path).name, f"{flag} file name")
+
+
+def _check_local(opts: RunOptions) -> list[Path]:
+    files = [opts.param, opts.bin] + ([opts.input_file] if opts.input_file else [])
+    _check_files(zip(files, ("--param", "--bin", "--input-file")))
     if opts.iterations < 1:
         raise DeployerError("--iterations must be at least 1")
     if opts.duration is not None and not 0 < opts.duration < math.inf:      # NaN fails both
@@ -551,10 +556,7 @@ def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False,
     per layer too, and the saved result carries both joined by layer name (`layers.vs_fp32`):
     what `deployer quantize --layer-times` reads to price keeping layers float."""
     _check_local(opts)
-    for path, flag in zip(fp32_model or (), ("--fp32-param", "--fp32-bin")):
-        if not Path(path).is_file():
-            raise DeployerError(f"{flag} {path}: no such file")
-        check_name(Path(path).name, f"{flag} file name")
+    _check_files(zip(fp32_model or (), ("--fp32-param", "--fp32-bin")))
     for board in boards:          # before any work: a bad name must not cost a whole benchmark
         results_folder(board.name)
     results: list[RunResult | BoardFailure] = []
