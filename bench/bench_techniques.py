@@ -3,7 +3,8 @@
 For each model: calibrate once (deployer's Calibrator; tables for kl, ncnn's default, mse, and seq:
 percentile's scales re-chosen per layer for the int8 network's output error, deployer.quant.seqcal),
 then for every technique set (none, biascorr,
-adaround, adaround+biascorr) refine the weights on the calibration inputs, write the int8 files,
+adaround, adaround+biascorr, shift) refine the weights on the calibration inputs (shift: the
+activation shift of deployer.quant.zeroshift on top of whatever weights), write the int8 files,
 load them in the stock ncnn wheel and score them against the true-fp32 model on the eval inputs,
 with the task's own metric:
 
@@ -44,7 +45,7 @@ from deployer.check.tasks import TaskSpec, task_metrics
 from deployer.inputs.spec import InputSpec
 from examples import data, zoo
 
-TECHNIQUE_SETS = ([], ["biascorr"], ["adaround"], ["adaround", "biascorr"])
+TECHNIQUE_SETS = ([], ["biascorr"], ["adaround"], ["adaround", "biascorr"], ["shift"])
 TECH_MODELS = ("mobilenet_v2", "yolov8n", "mtcnn_onet", "ppocr_det")
 MIXED_GATE = "top1_agreement>=0.99"
 MIXED_BYTE_SHARE = 0.10          # issue 8's target: at most 10 % more weight bytes than all-int8
@@ -197,9 +198,8 @@ def bench_techniques(name: str, work: Path, threads: int, methods: tuple[str, ..
     """Rows per method x technique set; classifiers also a mixed-precision row for `mixed_methods`
     (one search costs about 90 candidate models on MobileNetV2, ~8 min on 2 loaded cores)."""
     from deployer.ncnn.model import NcnnModel
+    from deployer.quant import zeroshift
     from deployer.quant.calibration import Calibrator, InputSet
-    from deployer.quant.int8 import quantize_model
-    from deployer.quant.refine import refine
     from deployer.quant.weights import load_model
 
     case = make_tech_case(name, work)
@@ -211,7 +211,6 @@ def bench_techniques(name: str, work: Path, threads: int, methods: tuple[str, ..
     ref = [ref_net.run(s, m.outputs) for s in evals]
     del ref_net
     fp32 = NcnnModel.load(m.param, m.bin)
-    fp32_bytes = m.bin.stat().st_size
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-tech-", dir=work) as tmp:
         calibrator = Calibrator(load_model(m.param, m.bin), [case.spec], InputSet.from_lists([case.calib]),
@@ -219,26 +218,47 @@ def bench_techniques(name: str, work: Path, threads: int, methods: tuple[str, ..
         for method in methods:
             table = calibrator.table(method)
             for tech in technique_sets:
-                t0 = time.perf_counter()
-                refined = refine(fp32, m.param, m.bin, table, calib, list(tech), threads=threads)
-                refine_s = time.perf_counter() - t0
-                q, _ = quantize_model(refined.apply(), table)
-                param, binf = Path(tmp) / "q.param", Path(tmp) / "q.bin"
-                q.save(param, binf)
-                net = NcnnNet(param, binf, threads=threads)          # stock ncnn wheel loads it
-                test = [net.run(s, m.outputs) for s in evals]
-                del net
-                row = {"method": method, "techniques": "+".join(tech) or "none", "refine_seconds": round(refine_s, 2),
-                       "bin_ratio": round(fp32_bytes / binf.stat().st_size, 3), "extra_bytes": 0,
-                       "rounding_improved_layers": refined.report.rounding_improved, **_score(case, ref, test)}
-                rows.append(row)
-                _log_row(log, name, row)
+                fractions = zeroshift.FRACTIONS if "shift" in tech else (None,)
+                for fraction in fractions:
+                    row = _technique_row(fp32, m, method, table, calib, evals, ref, case, tech, fraction, threads,
+                                         Path(tmp))
+                    rows.append(row)
+                    _log_row(log, name, row)
             if mixed_gate and case.task.type == "classification" and method in mixed_methods:
                 row = _mixed_row(case, method, table, fp32, evals, ref, threads, mixed_gate, Path(tmp))
                 rows.append(row)
                 _log_row(log, name, row)
     return {"model": name, "task": case.task.type, "eval": case.eval_name, "eval_count": len(evals),
             "calibration_count": len(calib), "rows": rows}
+
+
+def _technique_row(fp32: Any, m: Any, method: str, table: Any, calib: list, evals: list, ref: list[dict], case: TechCase,
+                   tech: list[str], fraction: float | None, threads: int, tmp: Path) -> dict[str, Any]:
+    """One technique set on one method's table: refine, shift (at `fraction`), write, run in stock ncnn."""
+    from deployer.quant import zeroshift
+    from deployer.quant.int8 import quantize_model
+    from deployer.quant.refine import refine
+
+    t0 = time.perf_counter()
+    refined = refine(fp32, m.param, m.bin, table, calib, [t for t in tech if t != "shift"], threads=threads)
+    model, used_table, pad_codes, shifted = refined.apply(), table, {}, {}
+    if fraction is not None:
+        model, used_table, pad_codes, shifted = zeroshift.apply(model, table, zeroshift.pairs(fp32), frozenset(),
+                                                                fraction)
+    refine_s = time.perf_counter() - t0
+    q, _ = quantize_model(model, used_table, pad_codes=pad_codes)
+    param, binf = tmp / "q.param", tmp / "q.bin"
+    q.save(param, binf)
+    net = NcnnNet(param, binf, threads=threads)          # stock ncnn wheel loads it
+    test = [net.run(s, m.outputs) for s in evals]
+    del net
+    label = "+".join(tech) or "none"
+    if fraction is not None:
+        label = label.replace("shift", f"shift({fraction:g})")
+    return {"method": method, "techniques": label, "refine_seconds": round(refine_s, 2),
+            "bin_ratio": round(m.bin.stat().st_size / binf.stat().st_size, 3), "extra_bytes": 0,
+            "rounding_improved_layers": refined.report.rounding_improved, "shifted_pairs": len(shifted),
+            **_score(case, ref, test)}
 
 
 def _log_row(log: Any, name: str, row: dict) -> None:
@@ -276,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="int8 techniques per method (merges into the saved results)")
     ap.add_argument("--models", default="mobilenet_v2")
     ap.add_argument("--methods", default="kl,mse,seq")
-    ap.add_argument("--techniques", default="none,biascorr,adaround,adaround+biascorr",
+    ap.add_argument("--techniques", default="none,biascorr,adaround,adaround+biascorr,shift",
                     help="technique sets, comma-separated, + within a set")
     ap.add_argument("--mixed-gate", default=MIXED_GATE, help="gate for the mixed-precision row; 'none' skips it")
     ap.add_argument("--mixed-methods", default="seq", help="methods that get a mixed-precision row")

@@ -83,7 +83,7 @@ class QuantizeSpec:
     mixed: bool = True                         # automatic mixed precision when a gate fails
     max_fp32_layers: int | None = None
     max_fp32_bytes: str | None = None          # "10%" of the all-int8 .bin, or a byte count (fp32_byte_budget)
-    refine: list[str] | None = None            # adaround / biascorr (deployer.quant.refine); None = default
+    refine: list[str] | None = None            # adaround / biascorr / shift (deployer.quant.refine); None = default
     layer_times: Path | None = None            # a board's `run --layers --fp32-param` result (speedcost)
     max_slowdown: float | None = None          # share of all-int8's board time float layers may add (needs layer_times)
 

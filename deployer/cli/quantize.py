@@ -144,6 +144,8 @@ def quantize(
                                                "--fp32-param` result: the fp32 layers' time cost measured there"),
     max_slowdown: Optional[str] = typer.Option(None, "--max-slowdown", help="time budget for mixed precision: "
                                                "e.g. 5% of the all-int8 model's time on that board (needs --layer-times)"),
+    refine: Optional[str] = typer.Option(None, "--refine", help="accuracy techniques after calibration, comma "
+                                         "separated: adaround, biascorr, shift (or none); kept only if they help"),
     gate: Optional[list[str]] = typer.Option(None, "--gate", help="e.g. 'top1_agreement>=0.99' (repeat)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder"),
     name: Optional[str] = typer.Option(None, "--name", help="output file stem (default: the model's)"),
@@ -167,7 +169,7 @@ def quantize(
         ("quantize.mixed", mixed, "--mixed"), ("quantize.max_fp32_layers", max_fp32_layers, "--max-fp32-layers"),
         ("quantize.max_fp32_bytes", max_fp32_bytes, "--max-fp32-bytes"),
         ("quantize.layer_times", str(layer_times) if layer_times else None, "--layer-times"),
-        ("quantize.max_slowdown", max_slowdown, "--max-slowdown"),
+        ("quantize.max_slowdown", max_slowdown, "--max-slowdown"), ("quantize.refine", refine, "--refine"),
         ("gate", gate or None, "--gate"), ("out", str(out) if out else None, "--out"), ("name", name, "--name"),
         ("threads", threads, "--threads"),
     ):
@@ -204,6 +206,7 @@ def _render_quantize(report: dict) -> None:
                   _fmt(top1[0] if top1 else None, 3), gate, _fmt(row["seconds"], 2))
     console.print(t)
     console.print(_outputs_table(report["heldout"]["outputs"], f"final int8 model on {report['heldout']['count']} eval inputs"))
+    _refine_line(report.get("refine") or {})
     keep = report["keep_fp32"]
     mixed = report["mixed"]
     if mixed.get("ran"):
@@ -228,6 +231,23 @@ def _render_quantize(report: dict) -> None:
         warn(w)
     files = report["files"]
     say(f"wrote {files['param']}, {Path(files['bin']).name}, {Path(files['table']).name}, {Path(files['report']).name}")
+
+
+def _refine_line(info: dict) -> None:
+    """What `quantize.refine` did: kept or not (on the eval score), and the shift's chosen offset."""
+    if not info.get("techniques"):
+        return
+    names = "+".join(info["techniques"])
+    if not info.get("ran"):
+        say(f"refine {names}: not run ({info.get('reason', 'nothing to do')})")
+        return
+    verdict = "[green]kept[/]" if info["kept"] else "not kept (the eval score did not improve)"
+    text = (f"refine {names}: {verdict}; score {info['score_before']:.4f} -> {info['score_after']:.4f}, "
+            f"output error {info['error_before']:.5f} -> {info['error_after']:.5f}")
+    shift = info.get("shift") or {}
+    if shift.get("fraction") is not None:
+        text += f"; shift: {shift['pairs']} conv pairs, best offset {shift['fraction']:g} x threshold"
+    say(text)
 
 
 def _speed_text(speed: dict) -> str:

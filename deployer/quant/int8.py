@@ -162,6 +162,7 @@ def quantize_model(
     exclude: set[str] | frozenset[str] = frozenset(),
     float_storage: FloatStorage = "fp16",
     fuse: bool = True,
+    pad_codes: dict[str, float] | None = None,
 ) -> tuple[NcnnModel, Int8Report]:
     """Return an int8 copy of `model` (an fp32 NcnnModel) and the report of what was done.
 
@@ -172,6 +173,10 @@ def quantize_model(
     `float_storage="fp16"` stores every tagged weight that is not int8 as fp16, exactly like
     ncnn2int8; `"fp32"` keeps them fp32 so layers the pipeline deliberately left float are
     really fp32 on the board.
+
+    `pad_codes` ({layer: code}): the `pad_value` (id 18) an int8 layer gets. ncnn pads an int8
+    input after quantizing it and casts `pad_value` straight to a code, so a float pad value
+    (deployer.quant.zeroshift's -c) must become its code for the layers that end up int8.
     """
     if float_storage not in ("fp16", "fp32"):
         raise DeployerError(f"float_storage must be 'fp16' or 'fp32', not {float_storage!r}")
@@ -198,6 +203,9 @@ def quantize_model(
         elif layer.type in DYNAMIC_TYPES:
             report.layers.append(_quantize_dynamic(out, layer, exclude))
 
+    for name, code in (pad_codes or {}).items():
+        if name in int8_layers:
+            graph.layer(name).params[18] = float(code)
     if fuse:
         _fuse_requantize(graph, int8_layers, out, report)
     _set_float_storage(out, float_storage)

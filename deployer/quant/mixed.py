@@ -151,17 +151,32 @@ class Evaluator:
         self.outputs = list(reference[0]) if reference else []
         self.task: Any = None        # deployer.check.tasks.TaskSpec: task metrics (mAP, mask IoU) for the gates
         self.prepare: Any = None     # exclude -> fp32 model to convert (deployer.quant.refine.Refinement.apply)
+        self.shift_pairs: list[Any] = []   # deployer.quant.zeroshift pairs applied to every candidate
+        self.shift_fraction = 0.5          # and their offset, as a share of each consumer's threshold
         self._tmp = tempfile.TemporaryDirectory(prefix="deployer-eval-")
         self.count = 0
 
     def close(self) -> None:
         self._tmp.cleanup()
 
+    def candidate(self, table: Any, exclude: frozenset[str] | set[str]) -> tuple[Any, Any, dict[str, float]]:
+        """The fp32 model, table and int8 pad codes one candidate is converted from: refined
+        weights (`prepare`), then the activation shift (`shift_pairs`), when the pipeline kept them."""
+        model = self.prepare(frozenset(exclude)) if self.prepare is not None else self.model
+        if not self.shift_pairs:
+            return model, table, {}
+        from deployer.quant import zeroshift
+
+        model, table, pad_codes, _ = zeroshift.apply(model, table, self.shift_pairs, frozenset(exclude),
+                                                     self.shift_fraction)
+        return model, table, pad_codes
+
     def build(self, table: Any, exclude: frozenset[str] | set[str]) -> tuple[Any, Any]:
         from deployer.quant.int8 import quantize_model
 
-        model = self.prepare(frozenset(exclude)) if self.prepare is not None else self.model
-        return quantize_model(model, table, exclude=frozenset(exclude), float_storage=self.float_storage)
+        model, table, pad_codes = self.candidate(table, exclude)
+        return quantize_model(model, table, exclude=frozenset(exclude), float_storage=self.float_storage,
+                              pad_codes=pad_codes)
 
     def bin_size(self, table: Any, exclude: frozenset[str] | set[str]) -> int:
         """Bytes of the .bin this candidate would write."""

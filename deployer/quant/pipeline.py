@@ -294,7 +294,8 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         from deployer.quant.refine import DEFAULT_TECHNIQUES, refine_step
 
         techniques = profile.quantize.refine if profile.quantize.refine is not None else DEFAULT_TECHNIQUES
-        calib_samples = load_samples(split.calibration, profile.inputs, names) if techniques else []
+        needs_samples = any(t != "shift" for t in techniques)      # the shift needs only the table
+        calib_samples = load_samples(split.calibration, profile.inputs, names) if needs_samples else []
         refine_info, chosen_eval = refine_step(evaluator, model, param, bin_, tables[best], calib_samples,
                                                techniques, base_exclude, evals[best], threads=profile.threads,
                                                progress=progress)
@@ -326,9 +327,9 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
                     tables[best], base_exclude | set(result.smallest_passing))
         t = phase("mixed", t)
 
-        table = tables[best]
-        all_int8_model, _ = evaluator.build(table, base_exclude)
-        final_model, int8_report = evaluator.build(table, base_exclude | set(auto_keep))
+        all_int8_model, _ = evaluator.build(tables[best], base_exclude)
+        final_model, int8_report = evaluator.build(tables[best], base_exclude | set(auto_keep))
+        table = evaluator.candidate(tables[best], base_exclude | set(auto_keep))[1]   # shifted scales, if any
     finally:
         evaluator.close()
 

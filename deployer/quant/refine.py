@@ -1,8 +1,10 @@
 """Accuracy beyond calibration: per-layer weight refinements applied after the table is chosen.
 
 `quantize` picks activation scales (the method) first; then, with those scales fixed, it can
-(1) learn each layer's weight rounding on calibration data (deployer.quant.adaround) and
-(2) correct each layer's bias for the mean error int8 leaves in its output (deployer.quant.biascorr).
+(1) learn each layer's weight rounding on calibration data (deployer.quant.adaround),
+(2) correct each layer's bias for the mean error int8 leaves in its output (deployer.quant.biascorr),
+(3) shift ReLU/ReLU6 outputs so their int8 codes use both signs (`shift`, deployer.quant.zeroshift:
+it changes the consumers' input scales too, and goes on top of whatever weights (1)-(2) leave).
 Both are written back into a copy of the *fp32* model — rounded weights as exactly `code / scale`,
 corrections into the float bias — so the ordinary int8 conversion (deployer.quant.int8) turns it
 into the intended int8 codes and the files are stock ncnn files.
@@ -56,7 +58,7 @@ from deployer.quant.biascorr import bias_shift
 from deployer.quant.layerdata import QUANTIZED_TYPES, LayerData, collect_layer_data
 
 Progress = Callable[[str, int, int], None]
-TECHNIQUES = ("adaround", "biascorr")
+TECHNIQUES = ("adaround", "biascorr", "shift")
 
 
 @dataclass
@@ -86,7 +88,8 @@ def _weights(model: Any, name: str) -> dict[str, Weight]:
     return {w.name: w for w in model.weights.get(name, [])}
 
 
-def _set_bias(model: Any, layer: Any, bias: np.ndarray) -> None:
+def set_bias(model: Any, layer: Any, bias: np.ndarray) -> None:
+    """Replace (or add, setting bias_term) `layer`'s float bias in `model.weights[layer.name]`, in place."""
     ws = model.weights.setdefault(layer.name, [])
     for i, w in enumerate(ws):
         if w.name == "bias":
@@ -123,7 +126,7 @@ class Refinement:
                       if w.name == "weight" else w for w in ws]
             out.weights[name] = ws
             if name in self.biases:
-                _set_bias(out, layer, self.biases[name])
+                set_bias(out, layer, self.biases[name])
         return out
 
 
@@ -238,21 +241,45 @@ def refine_step(evaluator: Any, model: Any, param: Any, bin_: Any, table: Any, s
                 progress: Progress | None = None) -> tuple[dict, Any]:
     """Refine the chosen table's weights and keep the result only if the eval score improves.
 
-    Returns (report entry, the Evaluation to continue with). When kept, `evaluator.prepare` makes
-    every later candidate (mixed precision, the final model) start from the refined weights.
+    With `shift`, each of zeroshift.FRACTIONS is one candidate (on top of the refined weights) and
+    the best-scoring one is compared with the start. Returns (report entry, the Evaluation to
+    continue with). When kept, `evaluator.prepare` / `evaluator.shift_pairs` make every later
+    candidate (mixed precision, the final model) start from the refined weights and the shift.
     """
     if not techniques:
         return {"ran": False, "techniques": []}, start
+    from deployer.quant import zeroshift
+
     t0 = time.monotonic()
-    refinement = refine(model, param, bin_, table, samples, techniques, exclude=base_exclude, threads=threads,
-                        progress=progress)
-    evaluator.prepare = refinement.apply
-    ev = evaluator.evaluate(table, base_exclude)
+    weight_techniques = [t for t in techniques if t != "shift"]
+    pairs = zeroshift.pairs(model) if "shift" in techniques else []
+    if not weight_techniques and not pairs:
+        return {"ran": False, "techniques": list(techniques), "shift": {"pairs": 0},
+                "reason": "shift: no ReLU/ReLU6 conv output is read by a single depthwise or 1x1 conv"}, start
+    refinement = refine(model, param, bin_, table, samples, weight_techniques, exclude=base_exclude,
+                        threads=threads, progress=progress)
+    evaluator.prepare = refinement.apply if weight_techniques else None
+    evaluator.shift_pairs = pairs
+    tried: dict[float, Any] = {}
+    for fraction in (zeroshift.FRACTIONS if pairs else (None,)):
+        evaluator.shift_fraction = fraction or 0.5
+        tried[fraction] = evaluator.evaluate(table, base_exclude)
+    fraction, ev = max(tried.items(), key=lambda kv: (kv[1].score, -kv[1].error))
     kept = ev.score > start.score or (ev.score == start.score and ev.error < start.error)
-    if not kept:
+    if kept:
+        evaluator.shift_fraction = fraction or 0.5
+    else:
         evaluator.prepare = None
-    info = {"ran": True, "techniques": list(techniques), "kept": kept,
+        evaluator.shift_pairs = []
+    info = {"ran": True, "kept": kept,
             "score_before": round(float(start.score), 6), "score_after": round(float(ev.score), 6),
             "error_before": start.error, "error_after": ev.error, "calibration_inputs": len(samples),
-            "seconds": round(time.monotonic() - t0, 3), **refinement.report.to_dict()}
+            "seconds": round(time.monotonic() - t0, 3), **refinement.report.to_dict(),
+            "techniques": list(techniques)}
+    if "shift" in techniques:
+        offsets = zeroshift.apply(model, table, pairs, base_exclude, fraction or 0.5)[3] if pairs else {}
+        info["shift"] = {"pairs": len(offsets), "fraction": fraction,
+                         "tried": {str(f): {"score": round(float(e.score), 6), "error": e.error}
+                                   for f, e in tried.items() if f is not None},
+                         "offsets": {k: round(v, 6) for k, v in offsets.items()}}
     return info, (ev if kept else start)

@@ -80,3 +80,20 @@ def test_mobilenet_v2_defaults_agree_with_fp32(tmp_path, mobilenet_v2, calib_pho
     assert data["outputs"]["out0"]["top1_agreement"] >= 0.95
     assert data["outputs"]["out0"]["cosine"] >= 0.98
     assert any(layer["requantized"] for layer in data["layers"])
+
+
+def test_refine_flag_says_what_it_did_and_rejects_unknown_names(tmp_path, mtcnn_rnet, lfw_calibration):
+    common = ["quantize", "--param", mtcnn_rnet.param, "--bin", mtcnn_rnet.bin, "--calib", lfw_calibration.list_file,
+              "--mean", "127.5,127.5,127.5", "--norm", "0.0078125,0.0078125,0.0078125", "--shape", "24,24",
+              "--pixel", "RGB", "--method", "maxabs"]
+    # RNet's activations are PReLU layers: nothing to shift, said in one line, no evaluation spent on it
+    proc = run(*common, "--refine", "shift", "--out", tmp_path / "a")
+    assert proc.returncode == 0, proc.stderr
+    assert "refine shift: not run (shift: no ReLU/ReLU6 conv output is read by a single depthwise or 1x1 conv)" \
+        in proc.stderr
+    report = json.loads((tmp_path / "a" / "model_int8.json").read_text())
+    assert report["refine"]["ran"] is False and report["refine"]["shift"] == {"pairs": 0}
+    proc = run(*common, "--refine", "shift,gptq", "--out", tmp_path / "b")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--refine: unknown technique 'gptq'" in proc.stderr and "adaround, biascorr, shift" in proc.stderr
+    assert not (tmp_path / "b").exists()

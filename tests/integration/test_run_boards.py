@@ -163,8 +163,6 @@ def test_depthwise_int8_model_is_bit_identical_on_arm64(sim_boards, mobilenet_v2
     import subprocess
     import sys
 
-    from deployer.remote.session import compare_outputs, host_reference
-
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(str(f) for f in calib_photos.files[:4]) + "\n")
     table, param, bin_ = tmp_path / "m.table", tmp_path / "m-int8.param", tmp_path / "m-int8.bin"
@@ -174,7 +172,14 @@ def test_depthwise_int8_model_is_bit_identical_on_arm64(sim_boards, mobilenet_v2
                     "pixel=RGB", "thread=1", "method=kl"], check=True, capture_output=True)
     subprocess.run([*cli, "ncnn2int8", str(mobilenet_v2.param), str(mobilenet_v2.bin), str(param), str(bin_),
                     str(table)], check=True, capture_output=True)
-    inv, board = _board(sim_boards, "pi4")
+    _assert_bit_identical(sim_boards, "pi4", param, bin_)
+
+
+def _assert_bit_identical(sim_boards, attr: str, param: Path, bin_: Path) -> None:
+    """One 64x64 inference on the board; its output must equal the host reference bit for bit."""
+    from deployer.remote.session import compare_outputs, host_reference
+
+    inv, board = _board(sim_boards, attr)
     opts = RunOptions(param=param, bin=bin_, shape="64,64,3", iterations=1, warmup=0, threads=1, fp16=False,
                       return_output=True, seed=5)
     conn, session = open_session(board, inventory=inv)
@@ -182,3 +187,27 @@ def test_depthwise_int8_model_is_bit_identical_on_arm64(sim_boards, mobilenet_v2
         result = session.run(opts)
     diff = compare_outputs(result.output, host_reference(result, opts))
     assert diff["identical"], diff
+
+
+@pytest.mark.parametrize("attr", ["pi4", "armhf"])
+def test_shifted_int8_model_is_bit_identical_on_arm(sim_boards, mobilenet_v2, calib_photos, tmp_path, attr) -> None:
+    """MobileNetV2 with the activation shift (deployer.quant.zeroshift): shifted Clip bounds and
+    int8 pad codes (-127) in the depthwise convs. The board's ncnn must pad with the code exactly
+    as the host does: its output equals the host reference bit for bit."""
+    from deployer.inputs.spec import InputSpec
+    from deployer.ncnn.model import NcnnModel
+    from deployer.quant import zeroshift
+    from deployer.quant.calibration import Calibrator, InputSet
+    from deployer.quant.int8 import quantize_model
+    from deployer.quant.weights import load_model
+
+    spec = InputSpec(shape=(64, 64), pixel="RGB", mean=[123.675, 116.28, 103.53], norm=[0.017125, 0.017507, 0.017429])
+    table = Calibrator(load_model(mobilenet_v2.param, mobilenet_v2.bin), [spec],
+                       InputSet.from_lists([calib_photos.files[:4]]), threads=1).table("maxabs")
+    model = NcnnModel.load(mobilenet_v2.param, mobilenet_v2.bin)
+    shifted, table_s, pad_codes, _ = zeroshift.apply(model, table, zeroshift.pairs(model), frozenset())
+    q, _ = quantize_model(shifted, table_s, pad_codes=pad_codes)
+    param, bin_ = tmp_path / "shifted-int8.param", tmp_path / "shifted-int8.bin"
+    q.save(param, bin_)
+    assert sum(1 for lay in q.graph.layers if lay.get(18, 0.0) == -127.0) == 17
+    _assert_bit_identical(sim_boards, attr, param, bin_)
