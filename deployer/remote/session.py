@@ -28,6 +28,7 @@ from deployer.errors import DeployerError, RemoteError
 from deployer.remote import runtime as rt
 from deployer.remote.layout import BoardLayout, arg, check_name
 from deployer.remote.stats import latency_stats
+from deployer.ssh.connect import ClosedWithoutStatus
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
 EventSink = Callable[[dict[str, Any]], None]
@@ -401,9 +402,15 @@ class Session:
 
     def _guard(self, stream: Any) -> Iterator[str]:
         """The runner's lines; a broken link becomes one RemoteError naming the board, and a runner
-        that dies without its stats line is explained from its exit code and stderr."""
+        that dies without its stats line is explained from its exit code and stderr. A channel sshd
+        closed without an exit status (link still up) ends the lines with a `closed` marker: the
+        run is whole if its stats line had arrived (the runner protocol's last line), as in the
+        fleet health check (deployer.fleet.health)."""
+        closed = None
         try:
             yield from stream
+        except ClosedWithoutStatus as err:
+            closed = err.message
         except (DeployerError, KeyboardInterrupt, GeneratorExit):
             raise
         except (OSError, EOFError, socket.timeout) as err:
@@ -418,7 +425,9 @@ class Session:
         if not getattr(self.conn, "alive", True):
             raise RemoteError(f"{self.name}: connection lost during the run (no exit status from the board)",
                               hint="check the board's network/power; partial timings were not saved")
-        if rc not in (0, None):
+        if closed is not None:
+            yield json.dumps({"type": "closed", "detail": closed})
+        elif rc not in (0, None):
             tail = [ln for ln in (getattr(stream, "stderr", "") or "").splitlines() if ln.strip()]
             yield json.dumps({"type": "exit", "rc": rc, "stderr": tail[-1].strip() if tail else ""})
 
@@ -468,6 +477,10 @@ class Session:
                 elif kind == "exit":
                     if final is None and line.get("stderr"):
                         noise.append(f"exit code {line['rc']}: {line['stderr']}")
+                    continue
+                elif kind == "closed":
+                    if final is None:
+                        noise.append(line["detail"])
                     continue
                 _emit(self.on_event, self.name, line)
         finally:
