@@ -3,7 +3,9 @@
 The per-layer view is what makes a bad int8 model fixable: it shows at which conv the error enters
 (and which layers to keep fp32). A requantized conv (int8_scale_term > 100) hands its consumer raw
 int8 codes, and extract() returns those codes as floats; they are divided by the layer's
-`top_blob_int8_scales` (= its consumer's input scale) to be comparable with fp32.
+`top_blob_int8_scales` (= its consumer's input scale) to be comparable with fp32. A layer whose
+output the int8 model carries shifted (deployer.quant.zeroshift) gets its offset added back, read
+from the two .param files (deployer.ncnn.activation.shift_offsets).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class QuantizedLayer:
     type: str
     blob: str                   # the layer's output blob
     top_scale: float | None     # set when the output is requantized int8 (8 > 100)
+    offset: float = 0.0         # the int8 model carries this output shifted by -offset (deployer.quant.zeroshift)
 
 
 @dataclass
@@ -151,6 +154,13 @@ def crosscheck(
         raise DeployerError("no inputs to compare on", hint="give held-out images with --images or a profile")
     started = time.monotonic()
     layers = quantized_layers(*int8) if per_layer else []
+    if layers:
+        from deployer.ncnn.activation import shift_offsets
+        from deployer.ncnn.param import read_param
+
+        offsets = shift_offsets(read_param(Path(fp32[0])), read_param(Path(int8[0])))
+        for q in layers:
+            q.offset = offsets.get(q.name, 0.0)
     net32 = NcnnNet(*fp32, threads=threads, intermediates=per_layer)
     net8 = NcnnNet(*int8, threads=threads, intermediates=per_layer)
     outs = outputs or net32.output_names
@@ -172,7 +182,7 @@ def crosscheck(
         refs.append({o: r[o] for o in outs})
         tests.append({o: t[o] for o in outs})
         for q in layers:
-            got = t[q.blob] / q.top_scale if q.top_scale else t[q.blob]
+            got = (t[q.blob] / q.top_scale if q.top_scale else t[q.blob]) + q.offset
             acc[q.name].append(_layer_metrics(r[q.blob], got))
         if progress:
             progress(i + 1, len(samples))

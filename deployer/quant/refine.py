@@ -5,7 +5,7 @@
 (2) correct each layer's bias for the mean error int8 leaves in its output (deployer.quant.biascorr),
 (3) shift ReLU/ReLU6 outputs so their int8 codes use both signs (`shift`, deployer.quant.zeroshift:
 it changes the consumers' input scales too, and goes on top of whatever weights (1)-(2) leave).
-Both are written back into a copy of the *fp32* model — rounded weights as exactly `code / scale`,
+(1) and (2) are written back into a copy of the *fp32* model — rounded weights as exactly `code / scale`,
 corrections into the float bias — so the ordinary int8 conversion (deployer.quant.int8) turns it
 into the intended int8 codes and the files are stock ncnn files.
 

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from deployer.ncnn.activation import FLT32_MAX, relu_bounds
 from deployer.quant.int8 import as_scale_table, quantize_rows
 from deployer.quant.refine import set_bias
 from deployer.quant.table import CalibrationTable
@@ -56,7 +57,6 @@ from deployer.quant.table import CalibrationTable
 # with 3/4 of the step; 1.0 keeps the step and doubles the range. `quantize` tries each (below).
 FRACTIONS = (0.5, 0.75, 1.0)
 _CONSUMERS = ("Convolution", "ConvolutionDepthWise")
-_FLT_MAX = float(np.finfo(np.float32).max)     # Clip's "no upper bound" for a plain ReLU
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,6 @@ class Pair:
     producer: str
     consumer: str
     padded: bool
-
-
-def _lower_bound(layer: Any) -> tuple[float, float] | None:
-    """(0, upper) when the layer's fused activation is ReLU or Clip(0, upper), else None."""
-    act = int(layer.get(9, 0))
-    if act == 1:
-        return 0.0, _FLT_MAX
-    if act == 3:
-        lo, hi = (float(v) for v in layer.get(10, [0.0, 0.0]))
-        return (lo, hi) if lo == 0.0 and hi > 0.0 else None
-    return None
 
 
 def _pads(layer: Any) -> bool:
@@ -97,7 +86,7 @@ def pairs(model: Any) -> list[Pair]:
     graph = model.graph
     found = []
     for producer in graph.layers:
-        if producer.type not in _CONSUMERS or int(producer.get(19, 0)) or _lower_bound(producer) is None:
+        if producer.type not in _CONSUMERS or int(producer.get(19, 0)) or relu_bounds(producer) is None:
             continue
         readers = graph.consumers(producer.tops[0])
         if len(readers) == 1 and _shiftable_consumer(readers[0]):
@@ -141,12 +130,12 @@ def apply(model: Any, table: CalibrationTable, found: list[Pair], exclude: froze
         producer, consumer = out.graph.layer(pair.producer), out.graph.layer(pair.consumer)
         for name in (producer.name, consumer.name):        # set_bias edits the list: never the caller's
             out.weights[name] = list(out.weights.get(name, []))
-        lo, hi = _lower_bound(producer) or (0.0, _FLT_MAX)
+        lo, hi = relu_bounds(producer) or (0.0, FLT32_MAX)
         pw = _layer_weights(out, producer.name)
         bias = np.asarray(pw["bias"].data, np.float32) if "bias" in pw else np.zeros(int(producer.get(0, 0)), np.float32)
         set_bias(out, producer, bias - c)
         producer.params[9] = 3
-        producer.params[10] = [float(np.float32(lo) - c), float(np.float32(hi) - c) if hi < _FLT_MAX else _FLT_MAX]
+        producer.params[10] = [float(np.float32(lo) - c), float(np.float32(hi) - c) if hi < FLT32_MAX else FLT32_MAX]
         cw = _layer_weights(out, consumer.name)
         rows = int(consumer.get(0, 0))
         wq = _int8_weights(np.asarray(cw["weight"].data, np.float32), scales.weight[wkey], rows)
@@ -158,3 +147,4 @@ def apply(model: Any, table: CalibrationTable, found: list[Pair], exclude: froze
         new_table.set_activation(consumer.name, [float(scale)])
         offsets[consumer.name] = float(c)
     return out, new_table, pad_codes, offsets
+
