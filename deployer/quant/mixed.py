@@ -133,6 +133,16 @@ def spread(n: int, k: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
 
 
+@dataclass
+class Candidate:
+    """What one int8 candidate is converted from (Evaluator.candidate)."""
+
+    model: Any                                   # fp32 NcnnModel
+    table: Any                                   # the calibration table (shifted scales, if any)
+    pad_codes: dict[str, float] = field(default_factory=dict)    # int8 pad codes (deployer.quant.zeroshift)
+    offsets: dict[str, float] = field(default_factory=dict)      # consumer -> shift c
+
+
 class Evaluator:
     """Builds int8 candidates from one fp32 model + table and scores them on the eval inputs.
 
@@ -159,24 +169,24 @@ class Evaluator:
     def close(self) -> None:
         self._tmp.cleanup()
 
-    def candidate(self, table: Any, exclude: frozenset[str] | set[str]) -> tuple[Any, Any, dict[str, float]]:
+    def candidate(self, table: Any, exclude: frozenset[str] | set[str]) -> Candidate:
         """The fp32 model, table and int8 pad codes one candidate is converted from: refined
         weights (`prepare`), then the activation shift (`shift_pairs`), when the pipeline kept them."""
         model = self.prepare(frozenset(exclude)) if self.prepare is not None else self.model
         if not self.shift_pairs:
-            return model, table, {}
+            return Candidate(model, table)
         from deployer.quant import zeroshift
 
-        model, table, pad_codes, _ = zeroshift.apply(model, table, self.shift_pairs, frozenset(exclude),
-                                                     self.shift_fraction)
-        return model, table, pad_codes
+        model, table, pad_codes, offsets = zeroshift.apply(model, table, self.shift_pairs, frozenset(exclude),
+                                                           self.shift_fraction)
+        return Candidate(model, table, pad_codes, offsets)
 
     def build(self, table: Any, exclude: frozenset[str] | set[str]) -> tuple[Any, Any]:
         from deployer.quant.int8 import quantize_model
 
-        model, table, pad_codes = self.candidate(table, exclude)
-        return quantize_model(model, table, exclude=frozenset(exclude), float_storage=self.float_storage,
-                              pad_codes=pad_codes)
+        c = self.candidate(table, exclude)
+        return quantize_model(c.model, c.table, exclude=frozenset(exclude), float_storage=self.float_storage,
+                              pad_codes=c.pad_codes)
 
     def bin_size(self, table: Any, exclude: frozenset[str] | set[str]) -> int:
         """Bytes of the .bin this candidate would write."""

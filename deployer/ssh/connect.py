@@ -64,7 +64,9 @@ _WRAP = f'g=; read -r _ _ _ _ g _ < /proc/$$/stat 2>/dev/null; echo "{_PID_MARK}
 class ClosedWithoutStatus(RemoteError):
     """The board's sshd closed a command's channel without an exit status or signal. What the command
     printed up to then arrived intact; whether it finished is for its own protocol to say (a reader
-    may attach what it had read as `lines`, `stderr`)."""
+    may attach what it had read as `lines`, `stderr`). The two cases seen in CI under load (a
+    rollout's health check, a jump-host test) fit a race in _Proc.read, since fixed: the status was
+    read before the close it precedes. Kept for an sshd that really closes without one."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -547,15 +549,23 @@ class _Proc:
                     continue
             if got:
                 continue
+            # Observe in the order the messages arrive (data, then EOF / exit-status, then close):
+            # paramiko's transport thread can deliver all of them between two reads, so a status
+            # read *before* seeing the close may be stale (that race was the "ended without an exit
+            # status" seen under load), and buffers checked before EOF may still be filling.
+            closed = chan.closed or not self.conn.transport.is_active()
+            eof = chan.eof_received
             # a real exit status arrived (paramiko also sets the event on close, leaving exit_status -1)
             exited = chan.status_event.is_set() and chan.exit_status != -1
             drained = not chan.recv_ready() and not chan.recv_stderr_ready()
-            if exited and drained and chan.eof_received:
+            if exited and drained and eof:
                 break
-            if chan.closed or not self.conn.transport.is_active():
+            if closed:
+                if not drained:
+                    continue                  # what arrived before the close is read first
                 # Closed without EOF: sshd sends exit-status before it has flushed all output, so a
                 # link that dies now has lost some of it - that is a dropped connection, not an exit.
-                if exited and drained and not self.conn.lost(0.2):
+                if exited and not self.conn.lost(0.2):
                     break
                 if self.conn.lost():
                     raise self.conn.dropped(f"running `{_short(self.argv)}`")
