@@ -91,11 +91,16 @@ class CheckResult:
         }
 
 
-def quantized_layers(int8_param: str | os.PathLike, int8_bin: str | os.PathLike) -> list[QuantizedLayer]:
-    """Every conv/dw/fc that runs int8, with the requantize scale read from the int8 .bin."""
+def quantized_layers(int8_param: str | os.PathLike, int8_bin: str | os.PathLike,
+                     fp32_param: str | os.PathLike | None = None) -> list[QuantizedLayer]:
+    """Every conv/dw/fc that runs int8, with the requantize scale read from the int8 .bin and, given
+    the fp32 .param, the activation shift its output carries (deployer.ncnn.activation)."""
+    from deployer.ncnn.activation import shift_offsets
     from deployer.ncnn.model import NcnnModel
+    from deployer.ncnn.param import read_param
 
     model = NcnnModel.load(int8_param, int8_bin)
+    offsets = shift_offsets(read_param(Path(fp32_param)), model.graph) if fp32_param is not None else {}
     found = []
     for layer in model.graph.layers:
         if layer.type not in QUANTIZABLE or not layer.tops:
@@ -109,7 +114,7 @@ def quantized_layers(int8_param: str | os.PathLike, int8_bin: str | os.PathLike)
             if "top_scales" not in weights:
                 raise DeployerError(f"{int8_bin}: layer {layer.name} has 8={term} but no top_blob_int8_scales")
             top_scale = float(np.asarray(weights["top_scales"].data).ravel()[0])
-        found.append(QuantizedLayer(layer.name, layer.type, layer.tops[0], top_scale))
+        found.append(QuantizedLayer(layer.name, layer.type, layer.tops[0], top_scale, offsets.get(layer.name, 0.0)))
     return found
 
 
@@ -153,14 +158,7 @@ def crosscheck(
     if not samples:
         raise DeployerError("no inputs to compare on", hint="give held-out images with --images or a profile")
     started = time.monotonic()
-    layers = quantized_layers(*int8) if per_layer else []
-    if layers:
-        from deployer.ncnn.activation import shift_offsets
-        from deployer.ncnn.param import read_param
-
-        offsets = shift_offsets(read_param(Path(fp32[0])), read_param(Path(int8[0])))
-        for q in layers:
-            q.offset = offsets.get(q.name, 0.0)
+    layers = quantized_layers(*int8, fp32_param=fp32[0]) if per_layer else []
     net32 = NcnnNet(*fp32, threads=threads, intermediates=per_layer)
     net8 = NcnnNet(*int8, threads=threads, intermediates=per_layer)
     outs = outputs or net32.output_names

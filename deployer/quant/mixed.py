@@ -182,9 +182,12 @@ class Evaluator:
         return Candidate(model, table, pad_codes, offsets)
 
     def build(self, table: Any, exclude: frozenset[str] | set[str]) -> tuple[Any, Any]:
+        return self.convert(self.candidate(table, exclude), exclude)
+
+    def convert(self, c: Candidate, exclude: frozenset[str] | set[str]) -> tuple[Any, Any]:
+        """The int8 model (and ncnn2int8's report) of a candidate."""
         from deployer.quant.int8 import quantize_model
 
-        c = self.candidate(table, exclude)
         return quantize_model(c.model, c.table, exclude=frozenset(exclude), float_storage=self.float_storage,
                               pad_codes=c.pad_codes)
 

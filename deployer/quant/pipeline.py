@@ -328,8 +328,8 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         t = phase("mixed", t)
 
         all_int8_model, _ = evaluator.build(tables[best], base_exclude)
-        final_model, int8_report = evaluator.build(tables[best], base_exclude | set(auto_keep))
         final = evaluator.candidate(tables[best], base_exclude | set(auto_keep))
+        final_model, int8_report = evaluator.convert(final, base_exclude | set(auto_keep))
         table = final.table                              # with the shifted scales, if the shift was kept
         if refine_info.get("shift") and refine_info.get("kept"):   # the offsets the written files carry
             refine_info["shift"]["offsets"] = {k: round(v, 6) for k, v in final.offsets.items()}
