@@ -73,6 +73,7 @@ class EvalSpec:
     images: list[Path] = field(default_factory=list)   # one list file or folder per input; [] = held-out share
     count: int | None = None                   # use at most this many
     min_count: int = MIN_EVAL_COUNT            # fewer inputs than this: a warning that decisions are noisy
+    group: str | None = None                   # regex on file names: inputs it maps to one key are views of one photo
 
 
 @dataclass
@@ -119,7 +120,7 @@ _SECTION_KEYS = {
     "model": ("param", "bin", "source", "inputshape"),
     "inputs": ("name", "shape", "pixel", "mean", "norm", "resize", "pad_value"),
     "calibration": ("images", "count", "holdout", "seed"),
-    "eval": ("images", "count", "min_count"),
+    "eval": ("images", "count", "min_count", "group"),
     "quantize": ("method", "candidates", "keep_fp32", "mixed", "max_fp32_layers", "max_fp32_bytes", "refine",
                  "layer_times", "max_slowdown"),
 }
@@ -141,7 +142,7 @@ FLAG_NAMES = {
     "inputs.norm": "--norm", "inputs.resize": "--resize", "inputs.pad_value": "--pad-value",
     "calibration.images": "--calib", "calibration.count": "--count", "calibration.holdout": "--holdout",
     "calibration.seed": "--seed", "eval.images": "--eval", "eval.count": "--eval-count",
-    "eval.min_count": "--eval-min-count", "quantize.method": "--method", "quantize.candidates": "--candidates",
+    "eval.min_count": "--eval-min-count", "eval.group": "--eval-group", "quantize.method": "--method", "quantize.candidates": "--candidates",
     "quantize.keep_fp32": "--keep-fp32", "quantize.mixed": "--mixed", "quantize.max_fp32_layers": "--max-fp32-layers",
     "quantize.max_fp32_bytes": "--max-fp32-bytes", "quantize.layer_times": "--layer-times",
     "quantize.max_slowdown": "--max-slowdown",
@@ -419,6 +420,13 @@ def _eval(raw: Any, where: _Where) -> EvalSpec:
         spec.count = _as_int(raw["count"], where("eval.count"), minimum=1)
     if raw.get("min_count") is not None:
         spec.min_count = _as_int(raw["min_count"], where("eval.min_count"), minimum=1)
+    if raw.get("group") is not None:
+        spec.group = _as_str(raw["group"], where("eval.group"))
+        try:
+            re.compile(spec.group)
+        except re.error as err:
+            raise _err(where("eval.group"), f"not a regular expression: {err}",
+                       "e.g. '^(photo\\d+)_' (the first capture group names the photo a view belongs to)") from None
     return spec
 
 

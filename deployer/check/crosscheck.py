@@ -128,9 +128,11 @@ def run_outputs(net: NcnnNet, samples: list[Sample], outputs: list[str],
     return results
 
 
-def compare_outputs(refs: list[Outputs], tests: list[Outputs]) -> dict[str, OutputSummary]:
+def compare_outputs(refs: list[Outputs], tests: list[Outputs],
+                    groups: list[str] | None = None) -> dict[str, OutputSummary]:
+    """Per-output summaries; `groups` (a key per input) makes agreement intervals count groups."""
     names = list(refs[0]) if refs else []
-    return {n: summarize(n, [r[n] for r in refs], [t[n] for t in tests]) for n in names}
+    return {n: summarize(n, [r[n] for r in refs], [t[n] for t in tests], groups) for n in names}
 
 
 def _layer_metrics(ref: np.ndarray, test: np.ndarray) -> tuple[float, float, float]:
@@ -153,6 +155,7 @@ def crosscheck(
     threads: int = 2,
     progress: Progress | None = None,
     task: object = None,
+    groups: list[str] | None = None,
 ) -> CheckResult:
     """Run both models on every sample and compare; gates are evaluated on the output summaries."""
     if not samples:
@@ -189,7 +192,7 @@ def crosscheck(
         fp32={"param": str(fp32[0]), "bin": str(fp32[1])},
         int8={"param": str(int8[0]), "bin": str(int8[1])},
         count=len(samples),
-        outputs=compare_outputs(refs, tests),
+        outputs=compare_outputs(refs, tests, groups),
     )
     for name, summary in result.outputs.items():
         if summary.top1_agreement is not None:
@@ -202,7 +205,7 @@ def crosscheck(
     if task is not None:            # deployer.check.tasks.TaskSpec: mAP / mask IoU / agreement + interval
         from deployer.check.tasks import task_metrics
 
-        result.task = task_metrics(task, refs, tests)  # type: ignore[arg-type]
+        result.task = task_metrics(task, refs, tests, groups=groups)  # type: ignore[arg-type]
     if gates:
         result.gates = evaluate_gates(gates, result.outputs, result.task)
     if per_layer and not layers:

@@ -21,13 +21,17 @@ live here and nowhere else:
 Top-k metrics exist only for classifier-like outputs (one non-trivial dimension, >= 2 values;
 top-5 needs >= 5). Agreement rates come with their 95 % Wilson score interval
 (`top1_agreement_ci`): 10 of 11 agreeing inputs says "somewhere between 0.62 and 0.98", and a
-report that hides this invites decisions taken on noise.
+report that hides this invites decisions taken on noise. When the inputs come in groups (the
+profile's `eval.group`: six views of one photo), the interval counts the groups' evidence, not the
+views' (grouped_interval): 6 misses spread over 4 of 20 photos are less certain than 6 of 120
+independent photos.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -89,7 +93,43 @@ def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float,
     [0, 1] and does not collapse to a point at 0/n or n/n, which is where small eval sets live."""
     if n <= 0:
         return (0.0, 1.0)
-    p = successes / n
+    return _wilson(successes / n, n, z)
+
+
+def grouped_interval(outcomes: Sequence[bool], groups: Sequence[str] | None = None,
+                     z: float = WILSON_Z) -> tuple[float, float]:
+    """95 % interval for a rate whose inputs come in groups (views or crops of one photo).
+
+    Views of one photo tend to agree or miss together, so counting them as independent draws claims
+    more certainty than the photos give. The between-group spread of the outcomes gives the design
+    effect (cluster-robust variance over binomial variance); the Wilson interval is then taken at
+    the effective size n / deff. It is never narrower than the plain Wilson interval (deff >= 1),
+    equals it when every input is its own group, and approaches Wilson over the groups when each
+    group is all-agree or all-miss. With no miss at all there is no spread to measure: each group
+    then counts once (the conservative end)."""
+    n = len(outcomes)
+    hits = sum(bool(o) for o in outcomes)
+    if groups is None or n == 0:
+        return wilson_interval(hits, n, z)
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group keys for {n} outcomes")
+    per: dict[str, list[int]] = {}
+    for g, o in zip(groups, outcomes):
+        per.setdefault(g, []).append(int(bool(o)))
+    k = len(per)
+    if k == n:
+        return wilson_interval(hits, n, z)
+    p = hits / n
+    if 0 < p < 1 and k > 1:
+        spread = sum((sum(v) - p * len(v)) ** 2 for v in per.values())
+        cluster_var = k / (k - 1) * spread / (n * n)
+        deff = max(1.0, cluster_var / (p * (1 - p) / n))
+    else:
+        deff = n / k
+    return _wilson(p, max(1.0, n / deff), z)
+
+
+def _wilson(p: float, n: float, z: float) -> tuple[float, float]:
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
@@ -161,6 +201,7 @@ class OutputSummary:
     top1_agreement_clear: float | None = None                # over inputs fp32 decides clearly (None: none does)
     top1_agreement_clear_ci: tuple[float, float] | None = None
     top1_near_ties: int | None = None                        # inputs whose fp32 margin < NEAR_TIE_MARGIN
+    groups: int | None = None                                # distinct eval groups the intervals count (None: ungrouped)
     per_input_cosine: list[float] = field(default_factory=list)
     per_input_top1: list[bool] = field(default_factory=list)    # int8 argmax == fp32 argmax, per input
 
@@ -183,8 +224,11 @@ def summary_dict(s: OutputSummary) -> dict:
     return d
 
 
-def summarize(name: str, refs: list[np.ndarray], tests: list[np.ndarray]) -> OutputSummary:
-    """Aggregate one output's per-input comparisons into the gate metrics."""
+def summarize(name: str, refs: list[np.ndarray], tests: list[np.ndarray],
+              groups: Sequence[str] | None = None) -> OutputSummary:
+    """Aggregate one output's per-input comparisons into the gate metrics. `groups` (one key per
+    input, e.g. the photo a view was cut from) makes the agreement intervals count groups
+    (grouped_interval); the rates themselves are per input either way."""
     if not refs or len(refs) != len(tests):
         raise ValueError(f"output {name}: need the same non-zero number of fp32 and int8 results")
     cos = [cosine(r, t) for r, t in zip(refs, tests)]
@@ -212,14 +256,18 @@ def summarize(name: str, refs: list[np.ndarray], tests: list[np.ndarray]) -> Out
         agrees = [top1_agrees(r, t) for r, t in zip(refs, tests)]
         summary.per_input_top1 = agrees
         summary.top1_agreement = float(np.mean(agrees))
-        summary.top1_agreement_ci = wilson_interval(sum(agrees), len(agrees))
-        clear = [a for a, r in zip(agrees, refs) if top1_margin(r) >= NEAR_TIE_MARGIN]
+        summary.top1_agreement_ci = grouped_interval(agrees, groups)
+        if groups is not None:
+            summary.groups = len(set(groups))
+        decided = [top1_margin(r) >= NEAR_TIE_MARGIN for r in refs]
+        clear = [a for a, d in zip(agrees, decided) if d]
         summary.top1_near_ties = len(agrees) - len(clear)
         if clear:
             summary.top1_agreement_clear = float(np.mean(clear))
-            summary.top1_agreement_clear_ci = wilson_interval(sum(clear), len(clear))
+            summary.top1_agreement_clear_ci = grouped_interval(
+                clear, None if groups is None else [g for g, d in zip(groups, decided) if d])
         if int(np.prod(np.shape(refs[0]))) >= 5:
             in5 = [topk_contains(r, t, 5) for r, t in zip(refs, tests)]
             summary.top5_agreement = float(np.mean(in5))
-            summary.top5_agreement_ci = wilson_interval(sum(in5), len(in5))
+            summary.top5_agreement_ci = grouped_interval(in5, groups)
     return summary

@@ -8,6 +8,7 @@ module only finds the files, pairs them across inputs and names the Input blobs 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -65,6 +66,25 @@ def list_inputs(path: str | os.PathLike) -> list[Path]:
     if not files:
         raise DeployerError(f"{path}: list file names no files", hint="one image path per line")
     return files
+
+
+def group_keys(files: list[Path], pattern: str | None) -> list[str] | None:
+    """One group key per input file for grouped agreement intervals (profile `eval.group`): the
+    regular expression's first capture group (else its whole match) searched in the file's name,
+    e.g. `^(imagenet_\\d+)_` puts imagenet_07_flip.png and imagenet_07_full.png in one group. A
+    file the pattern does not match is a group of its own, so a partial match never merges
+    unrelated inputs. None when there is no pattern."""
+    if not pattern:
+        return None
+    rx = re.compile(pattern)
+    keys = []
+    for f in files:
+        m = rx.search(Path(f).name)
+        if m is None:
+            keys.append(f"={Path(f).name}")
+        else:
+            keys.append(m.group(1) if rx.groups and m.group(1) is not None else m.group(0))
+    return keys
 
 
 def input_names(specs: list[InputSpec], model_inputs: list[str], where: str) -> list[str]:

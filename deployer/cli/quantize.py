@@ -66,6 +66,9 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def _outputs_table(outputs: dict[str, dict], title: str) -> Table:
+    groups = next((s["groups"] for s in outputs.values() if s.get("groups")), None)
+    if groups:      # eval.group: the intervals count photos, not views
+        title += f" (intervals over {groups} groups of eval.group)"
     t = Table(title=title, title_justify="left")
     for col in ("output", "cosine", "min cos", "PSNR dB", "max |err|", "top-1 agree [95% CI]",
                 "clear inputs only [95% CI]", "top-5 agree"):
@@ -127,6 +130,8 @@ def quantize(
     eval_count: Optional[int] = typer.Option(None, "--eval-count", help="use at most N evaluation files"),
     eval_min_count: Optional[int] = typer.Option(None, "--eval-min-count",
                                                  help="warn when fewer evaluation inputs than this"),
+    eval_group: Optional[str] = typer.Option(None, "--eval-group", help="regex on eval file names whose first "
+                                             "group names the photo a view belongs to (grouped intervals)"),
     mean: Optional[str] = typer.Option(None, "--mean", help="e.g. 104,117,123 (groups per input: [..],[..])"),
     norm: Optional[str] = typer.Option(None, "--norm", help="e.g. 0.017,0.017,0.017"),
     shape: Optional[str] = typer.Option(None, "--shape", help="network input W,H"),
@@ -164,6 +169,7 @@ def quantize(
         ("calibration.seed", seed, "--seed"),
         ("eval.images", [str(p) for p in eval_images] if eval_images else None, "--eval"),
         ("eval.count", eval_count, "--eval-count"), ("eval.min_count", eval_min_count, "--eval-min-count"),
+        ("eval.group", eval_group, "--eval-group"),
         ("quantize.method", method, "--method"),
         ("quantize.candidates", candidates, "--candidates"), ("quantize.keep_fp32", keep_fp32 or None, "--keep-fp32"),
         ("quantize.mixed", mixed, "--mixed"), ("quantize.max_fp32_layers", max_fp32_layers, "--max-fp32-layers"),
@@ -280,6 +286,8 @@ def check(
     resize: Optional[str] = typer.Option(None, "--resize", help="resize | letterbox | none"),
     pad_value: Optional[str] = typer.Option(None, "--pad-value", help="letterbox fill (pixel value)"),
     gate: Optional[list[str]] = typer.Option(None, "--gate", help="e.g. 'top1_agreement>=0.99' (repeat); replaces the profile's"),
+    eval_group: Optional[str] = typer.Option(None, "--eval-group", help="regex on input file names whose first group "
+                                             "names the photo a view belongs to (grouped intervals)"),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="per-layer error of every int8 layer"),
     threads: Optional[int] = typer.Option(None, "--threads", help="ncnn threads"),
     json_output: bool = typer.Option(False, "--json", help="print the JSON result on stdout"),
@@ -294,6 +302,8 @@ def check(
         overrides.append(Override("calibration.images", [str(p) for p in images], "--images"))
     if gate:
         overrides.append(Override("gate", gate, "--gate"))
+    if eval_group is not None:
+        overrides.append(Override("eval.group", eval_group, "--eval-group"))
     if threads is not None:
         overrides.append(Override("threads", threads, "--threads"))
     if profile is None and not images:

@@ -151,8 +151,9 @@ class Evaluator:
     """
 
     def __init__(self, model: Any, samples: list[Sample], reference: list[Outputs], gates: list[Gate],
-                 *, threads: int = 2, float_storage: str = "fp16") -> None:
+                 *, threads: int = 2, float_storage: str = "fp16", groups: list[str] | None = None) -> None:
         self.model = model
+        self.groups = groups         # eval.group key per sample: agreement intervals count groups
         self.samples = samples
         self.reference = reference
         self.gates = gates
@@ -212,12 +213,13 @@ class Evaluator:
         tests = [net.run(self.samples[i], self.outputs) for i in idx]
         del net
         self.count += 1
-        summaries = compare_outputs([self.reference[i] for i in idx], tests)
+        groups = None if self.groups is None else [self.groups[i] for i in idx]
+        summaries = compare_outputs([self.reference[i] for i in idx], tests, groups)
         task = None
         if self.task is not None and subset is None:
             from deployer.check.tasks import task_metrics
 
-            task = task_metrics(self.task, self.reference, tests)
+            task = task_metrics(self.task, self.reference, tests, groups=self.groups)
         gates = evaluate_gates(self.gates, summaries, task) if subset is None else []
         ev = Evaluation(frozenset(exclude), summaries, gates, list(report.quantized))
         ev.task = task

@@ -35,7 +35,7 @@ from deployer.check.crosscheck import run_outputs
 from deployer.check.gates import parse_gates
 from deployer.check.metrics import WILSON_Z, summary_dict
 from deployer.check.net import NcnnNet
-from deployer.check.samples import input_names, list_inputs, load_samples
+from deployer.check.samples import group_keys, input_names, list_inputs, load_samples
 from deployer.errors import DeployerError
 from deployer.profile import Profile, fp32_byte_budget
 from deployer.quant import speedcost
@@ -43,7 +43,17 @@ from deployer.quant import speedcost
 Progress = Callable[[str, int, int], None]      # (phase, done, total)
 TIE = 1e-4          # scores closer than this are a tie, broken by model size
 CORRELATION_CAVEAT = ("intervals treat eval inputs as independent; views or crops of one photo are not, "
-                      "so with N photos the true uncertainty lies between that of N and of all inputs")
+                      "so with N photos the true uncertainty lies between that of N and of all inputs "
+                      "(eval.group names which inputs belong together)")
+
+
+def interval_basis(groups: list[str] | None) -> dict[str, Any]:
+    """What the agreement intervals count, for reports: inputs (with the caveat) or eval.group's groups."""
+    if groups is None:
+        return {"groups": None, "caveat": CORRELATION_CAVEAT}
+    return {"groups": len(set(groups)),
+            "caveat": f"intervals count the {len(set(groups))} groups of eval.group (views of one photo "
+                      f"agree or miss together), not the {len(groups)} inputs, as independent"}
 
 
 @dataclass
@@ -71,6 +81,7 @@ class EvalSet:
     files: list[list[Path]]            # per model input
     source: str                        # "eval.images" | "calibration holdout" | "calibration (no holdout)"
     warnings: list[str]
+    groups: list[str] | None = None    # eval.group's key per input (grouped agreement intervals)
 
     @property
     def count(self) -> int:
@@ -185,7 +196,7 @@ def eval_set(profile: Profile, split: Split) -> EvalSet:
         half = 0.5 * WILSON_Z / (n ** 0.5) if n else 1.0
         warnings.append(f"decisions rest on {n} eval inputs (fewer than eval.min_count={spec.min_count}): an "
                         f"agreement rate near 0.5 is uncertain by about +-{half:.2f}; name more inputs in eval.images")
-    return EvalSet(files, source, warnings)
+    return EvalSet(files, source, warnings, group_keys(files[0], spec.group) if files else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,7 +275,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
 
     methods = [profile.quantize.method] if profile.quantize.method != "auto" else list(profile.quantize.candidates)
     base_exclude = frozenset(profile.quantize.keep_fp32)
-    evaluator = Evaluator(model, held, reference, gates, threads=profile.threads)
+    evaluator = Evaluator(model, held, reference, gates, threads=profile.threads, groups=evalset.groups)
     evaluator.task = profile.task
     try:
         calibrator = Calibrator(calib_model, profile.inputs, InputSet.from_lists(split.calibration),
@@ -358,7 +369,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     gate_results = chosen_eval.gates
     passed = all(g.passed for g in gate_results) if gates else None
     eval_info = {"count": len(held), "source": evalset.source, "min_count": profile.eval.min_count,
-                 "enough": len(held) >= profile.eval.min_count, "caveat": CORRELATION_CAVEAT}
+                 "enough": len(held) >= profile.eval.min_count, **interval_basis(evalset.groups)}
     report: dict[str, Any] = {
         "ok": passed if gates else True,
         "model": {"param": str(param), "bin": str(bin_), **import_info},
@@ -420,12 +431,13 @@ def run_check(profile: Profile, *, images: list[Path] | None = None,
         notes += evalset.warnings
     if count is not None:
         files = [f[:count] for f in files]
+    groups = group_keys(files[0], profile.eval.group) if files else None
     names = input_names(profile.inputs, read_param(fp32_param).input_names, profile.where("inputs"))
     gates = parse_gates(profile.gate, profile.where("gate"))
     samples = load_samples(files, profile.inputs, names,
                            progress=(lambda d, t: progress("preprocess", d, t)) if progress else None)
     result = crosscheck((fp32_param, fp32_bin), int8, samples, gates=gates, per_layer=per_layer,
-                        threads=profile.threads, task=profile.task,
+                        threads=profile.threads, task=profile.task, groups=groups,
                         progress=(lambda d, t: progress("compare", d, t)) if progress else None)
     n = len(samples)
     if n < profile.eval.min_count and not any("eval.min_count" in w for w in notes):

@@ -73,6 +73,7 @@ def test_demo_runs_every_step_for_real(demo_env, tmp_path: Path) -> None:
     out0 = report["heldout"]["outputs"]["out0"]
     assert report["methods"][report["method"]]["score_by"].keys() == {"cosine+top1_clear"}
     assert 0 <= out0["top1_near_ties"] < report["eval"]["count"]
+    assert report["eval"]["groups"] == out0["groups"] == 20        # intervals over the photos, not the views
     lo, hi = out0["top1_agreement_clear_ci"]
     assert lo <= out0["top1_agreement_clear"] <= hi
 

@@ -68,6 +68,8 @@ def test_mobilenet_v2_defaults_agree_with_fp32(tmp_path, mobilenet_v2, calib_pho
     report = json.loads(proc.stdout)
     assert report["ok"] is True and report["gate"]["passed"] is True
     assert report["sizes"]["fp32_bin"] / report["sizes"]["int8_bin"] >= 3.5
+    # the profile's eval.group: the 120 views' intervals count their 20 photos
+    assert report["eval"]["groups"] == 20 and report["heldout"]["outputs"]["out0"]["groups"] == 20
 
     check = run("check", "--param", mobilenet_v2.param, "--bin", mobilenet_v2.bin,
                 "--int8-param", report["files"]["param"], "--int8-bin", report["files"]["bin"],

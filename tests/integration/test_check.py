@@ -137,3 +137,17 @@ def test_run_check_defaults_to_the_eval_set_quantize_decided_on(rnet_quantized, 
     many = run_check(prof, images=[lfw_heldout.list_file], per_layer=False)
     assert many.count == 150 and many.source == "--images" and not any("min_count" in n for n in many.notes)
     assert many.passed == all(g.passed for g in many.gates)
+    # eval.group: the same inputs, intervals counting groups of them (here ten faces a group)
+    from deployer.check.metrics import grouped_interval
+    from deployer.check.samples import group_keys
+    from deployer.profile import Override
+
+    pattern = r"^(lfw_\d\d)\d_"
+    grouped = run_check(load_profile(profile_path, [Override("eval.group", pattern, "--eval-group")]),
+                        images=[lfw_heldout.list_file], per_layer=False)
+    keys = group_keys(list_inputs(lfw_heldout.list_file), pattern)
+    s, plain = grouped.outputs["out0"], many.outputs["out0"]
+    assert s.groups == len(set(keys)) >= 15 and plain.groups is None
+    assert s.top1_agreement == plain.top1_agreement and s.per_input_top1 == plain.per_input_top1
+    assert s.top1_agreement_ci == grouped_interval(s.per_input_top1, keys)
+    assert s.top1_agreement_ci[0] <= plain.top1_agreement_ci[0]

@@ -220,3 +220,78 @@ def test_disagreements_list_clear_flips_first_with_their_margins():
                        "near_tie": False}
     assert rows[-1]["near_tie"] and rows[-1]["int8_class"] == 1
     assert top1_disagreements(refs[:1], tests[:1]) == []
+
+
+def _outcomes(misses_per_group: list[int], size: int) -> tuple[list[bool], list[str]]:
+    outcomes, groups = [], []
+    for g, miss in enumerate(misses_per_group):
+        outcomes += [False] * miss + [True] * (size - miss)
+        groups += [f"photo{g}"] * size
+    return outcomes, groups
+
+
+def test_grouped_interval_is_wilson_when_groups_are_single_inputs_or_absent():
+    from deployer.check.metrics import grouped_interval, wilson_interval
+
+    outcomes = [True] * 114 + [False] * 6
+    assert grouped_interval(outcomes, None) == wilson_interval(114, 120)
+    assert grouped_interval(outcomes, [str(i) for i in range(120)]) == wilson_interval(114, 120)
+
+
+def test_grouped_interval_counts_photos_when_views_move_together():
+    from deployer.check.metrics import grouped_interval, wilson_interval
+
+    # 20 photos x 6 views; one photo's six views all miss: the evidence is one photo in 20
+    outcomes, groups = _outcomes([6] + [0] * 19, 6)
+    lo, hi = grouped_interval(outcomes, groups)
+    plain = wilson_interval(114, 120)
+    assert lo < plain[0] - 0.03 and hi >= plain[1]
+    # between Wilson on the 20 photos and on 19 (the design effect is 6 * 20 / 19)
+    assert wilson_interval(19, 20)[0] - 0.01 < lo < wilson_interval(19, 20)[0] + 0.03
+    # the same six misses, one per photo, are as informative as independent views: plain Wilson
+    spread, sgroups = _outcomes([1] * 6 + [0] * 14, 6)
+    assert grouped_interval(spread, sgroups) == pytest.approx(plain)
+    # no miss at all: nothing to measure the spread with, so each photo counts once
+    allhit, agroups = _outcomes([0] * 20, 6)
+    assert grouped_interval(allhit, agroups) == pytest.approx(wilson_interval(20, 20))
+
+
+def test_grouped_interval_is_never_narrower_than_wilson_and_holds_the_rate():
+    from deployer.check.metrics import grouped_interval, wilson_interval
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        k, size = int(rng.integers(2, 30)), int(rng.integers(1, 8))
+        outcomes, groups = _outcomes(list(rng.integers(0, size + 1, k) * (rng.random(k) < 0.3)), size)
+        lo, hi = grouped_interval(outcomes, groups)
+        plo, phi = wilson_interval(sum(outcomes), len(outcomes))
+        rate = sum(outcomes) / len(outcomes)
+        assert lo <= plo + 1e-12 and hi >= phi - 1e-12 and lo - 1e-9 <= rate <= hi + 1e-9
+    with pytest.raises(ValueError):
+        grouped_interval([True, False], ["a"])
+
+
+def test_summary_with_groups_counts_them_for_every_rate():
+    from deployer.check.metrics import grouped_interval, summary_dict
+
+    rng = np.random.default_rng(1)
+    refs = [rng.normal(size=10) * 5 for _ in range(12)]
+    tests = [r.copy() for r in refs]
+    for i in (0, 1, 2):                              # photo A's three views flip together
+        tests[i][np.argmax(refs[i])] = -50.0
+    groups = ["A"] * 3 + ["B"] * 3 + ["C"] * 3 + ["D"] * 3
+    s = summarize("out0", refs, tests, groups)
+    assert s.groups == 4 and s.top1_agreement == 0.75
+    assert s.top1_agreement_ci == grouped_interval(s.per_input_top1, groups)
+    assert s.top1_agreement_ci[0] < summarize("out0", refs, tests).top1_agreement_ci[0]
+    assert summary_dict(s)["groups"] == 4 and summarize("out0", refs, tests).groups is None
+
+
+def test_group_keys_take_the_first_capture_group_and_leave_strangers_alone(tmp_path: Path):
+    from deployer.check.samples import group_keys
+
+    files = [tmp_path / n for n in ("imagenet_07_3_full.png", "imagenet_07_3_flip.png", "imagenet_12_9_full.png",
+                                    "cat.png")]
+    assert group_keys(files, r"^(imagenet_\d+)_") == ["imagenet_07", "imagenet_07", "imagenet_12", "=cat.png"]
+    assert group_keys(files, r"imagenet_\d+") == ["imagenet_07", "imagenet_07", "imagenet_12", "=cat.png"]
+    assert group_keys(files, None) is None

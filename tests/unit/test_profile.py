@@ -171,6 +171,18 @@ def test_eval_section_is_parsed_and_checked(folder: Path, monkeypatch):
     assert error_of(write(folder, GOOD), [Override("eval.count", 0, "--eval-count")]).startswith("--eval-count: must be >= 1")
 
 
+def test_eval_group_is_a_checked_regular_expression(folder: Path):
+    prof = load_profile(write(folder, GOOD + "eval:\n  group: '^(photo\\d+)_'\n"))
+    assert prof.eval.group == r"^(photo\d+)_"
+    assert load_profile(write(folder, GOOD)).eval.group is None
+    p = write(folder, GOOD + "eval:\n  group: '(photo'\n")
+    msg = error_of(p)
+    assert msg.startswith(f"{p}: eval.group: not a regular expression: missing ), unterminated subpattern")
+    assert "\n" not in msg.strip()
+    flagged = load_profile(write(folder, GOOD), [Override("eval.group", "^(a)", "--eval-group")])
+    assert flagged.eval.group == "^(a)"
+
+
 def test_fp32_byte_budget_is_a_share_or_a_byte_count(folder: Path):
     from deployer.profile import fp32_byte_budget
 

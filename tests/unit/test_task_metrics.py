@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from deployer.check.tasks import parse_task, task_metrics
-from deployer.check.tasks.classification import classification, wilson_interval
+from deployer.check.metrics import wilson_interval
+from deployer.check.tasks.classification import classification
 from deployer.check.tasks.dense import mask_iou
 from deployer.check.tasks.detection import Detections, box_iou, decode_yolov8, mean_average_precision
 from deployer.errors import DeployerError

@@ -77,8 +77,9 @@ def parse_task(raw: Any, where: str = "task") -> TaskSpec:
 
 
 def task_metrics(spec: TaskSpec, references: list[dict[str, np.ndarray]], tests: list[dict[str, np.ndarray]],
-                 labels: list[int] | None = None) -> dict[str, Any]:
-    """{metric: value, ..., "detail": {...}} for the spec's task over paired fp32/int8 outputs."""
+                 labels: list[int] | None = None, groups: list[str] | None = None) -> dict[str, Any]:
+    """{metric: value, ..., "detail": {...}} for the spec's task over paired fp32/int8 outputs
+    (`groups`: eval.group's key per input, for the agreement interval)."""
     if not references:
         return {}
     blob = spec.output or next(iter(references[0]))
@@ -101,6 +102,6 @@ def task_metrics(spec: TaskSpec, references: list[dict[str, np.ndarray]], tests:
         return {"mask_iou": res.mask_iou, "mask_iou_min": res.mask_iou_min, "detail": res.to_dict()}
     from deployer.check.tasks.classification import classification
 
-    res = classification(refs, outs, labels)
+    res = classification(refs, outs, labels, groups)
     return {"top1_agreement": res.top1_agreement, "top1_agreement_low": res.top1_interval[0],
             "top5_agreement": res.top5_agreement, "detail": res.to_dict()}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deployer.check.metrics import top1_agrees, topk_contains, wilson_interval
+from deployer.check.metrics import grouped_interval, top1_agrees, topk_contains
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ClassificationResult:
 
 
 def classification(references: list[np.ndarray], tests: list[np.ndarray],
-                   labels: list[int] | None = None) -> ClassificationResult:
+                   labels: list[int] | None = None, groups: list[str] | None = None) -> ClassificationResult:
     refs = [np.asarray(r).reshape(-1) for r in references]
     outs = [np.asarray(t).reshape(-1) for t in tests]
     agree = [int(top1_agrees(r, t)) for r, t in zip(refs, outs)]
@@ -36,7 +36,7 @@ def classification(references: list[np.ndarray], tests: list[np.ndarray],
     top5 = None
     if refs and refs[0].size >= 5:
         top5 = float(np.mean([topk_contains(r, t, 5) for r, t in zip(refs, outs)]))
-    res = ClassificationResult(n, float(np.mean(agree)) if n else float("nan"), wilson_interval(sum(agree), n), top5)
+    res = ClassificationResult(n, float(np.mean(agree)) if n else float("nan"), grouped_interval(agree, groups), top5)
     if labels is not None:
         y = np.asarray(labels)
         res.accuracy_fp32 = float(np.mean([r.argmax() for r in refs] == y))
