@@ -62,6 +62,7 @@ def test_int8_file_runs_in_ncnn_and_equals_the_simulation(int8_tiny_models, tmp_
     param, binp, _ = convert(tmp_path, model, table)
     q = NcnnModel.load(param, binp)
     fp32 = NcnnModel.load(model.param, model.bin)
+    packed_off, int8_off = [], []
     for x in random_inputs(model.input_shape, 4, seed=11):
         feed = {model.input_name: x}
         got = ncnn_run(param, binp, feed, [model.output_name], packing=False)[model.output_name]
@@ -72,9 +73,17 @@ def test_int8_file_runs_in_ncnn_and_equals_the_simulation(int8_tiny_models, tmp_
         # it really ran int8: clearly off fp32, but close
         err = relative_error(got, ref)
         assert 1e-4 < err < 0.1
-        # with ncnn's default packed kernels (x86 packed depthwise uses an approximate reciprocal)
+        # with ncnn's default packed kernels: a valid int8 result too, close to the reference kernels.
+        # Not bit-equal: x86 packed depthwise dequantizes with an approximate reciprocal, and packed
+        # fp32 layers (the branch model's Deconvolution) sum in another order, so a value upstream
+        # of an int8 layer can land on the other side of a rounding boundary and flip a code. On a
+        # 5-value output one flip moves one input by as much as int8 itself (AVX-512 hosts, input 0:
+        # 0.0048 vs 0.0081), so the bound is on the inputs together.
         packed = ncnn_run(param, binp, feed, [model.output_name])[model.output_name]
-        assert relative_error(packed, got) < 0.5 * err
+        assert relative_error(packed, ref) < 0.1
+        packed_off.append(relative_error(packed, got))
+        int8_off.append(err)
+    assert sum(packed_off) < 0.5 * sum(int8_off)
 
 
 def test_requantized_blob_codes_match_the_simulation(int8_tiny_models, tmp_path):
