@@ -66,7 +66,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def _outputs_table(outputs: dict[str, dict], title: str) -> Table:
-    groups = next((s["groups"] for s in outputs.values() if s.get("groups")), None)
+    groups = next((s["groups"] for s in outputs.values() if s.get("groups") and s["groups"] < s["count"]), None)
     if groups:      # eval.group: the intervals count photos, not views
         title += f" (intervals over {groups} groups of eval.group)"
     t = Table(title=title, title_justify="left")
