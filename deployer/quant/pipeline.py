@@ -51,8 +51,9 @@ def interval_basis(groups: list[str] | None) -> dict[str, Any]:
     """What the agreement intervals count, for reports: inputs (with the caveat) or eval.group's groups."""
     if groups is None:
         return {"groups": None, "caveat": CORRELATION_CAVEAT}
-    return {"groups": len(set(groups)),
-            "caveat": f"intervals count the {len(set(groups))} groups of eval.group (views of one photo "
+    k = len(set(groups))
+    return {"groups": k,
+            "caveat": f"intervals count the {k} groups of eval.group (views of one photo "
                       f"agree or miss together), not the {len(groups)} inputs, as independent"}
 
 
@@ -81,7 +82,6 @@ class EvalSet:
     files: list[list[Path]]            # per model input
     source: str                        # "eval.images" | "calibration holdout" | "calibration (no holdout)"
     warnings: list[str]
-    groups: list[str] | None = None    # eval.group's key per input (grouped agreement intervals)
 
     @property
     def count(self) -> int:
@@ -196,7 +196,7 @@ def eval_set(profile: Profile, split: Split) -> EvalSet:
         half = 0.5 * WILSON_Z / (n ** 0.5) if n else 1.0
         warnings.append(f"decisions rest on {n} eval inputs (fewer than eval.min_count={spec.min_count}): an "
                         f"agreement rate near 0.5 is uncertain by about +-{half:.2f}; name more inputs in eval.images")
-    return EvalSet(files, source, warnings, group_keys(files[0], spec.group) if files else None)
+    return EvalSet(files, source, warnings)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,7 +275,8 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
 
     methods = [profile.quantize.method] if profile.quantize.method != "auto" else list(profile.quantize.candidates)
     base_exclude = frozenset(profile.quantize.keep_fp32)
-    evaluator = Evaluator(model, held, reference, gates, threads=profile.threads, groups=evalset.groups)
+    groups = group_keys(evalset.files[0], profile.eval.group)
+    evaluator = Evaluator(model, held, reference, gates, threads=profile.threads, groups=groups)
     evaluator.task = profile.task
     try:
         calibrator = Calibrator(calib_model, profile.inputs, InputSet.from_lists(split.calibration),
@@ -369,7 +370,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     gate_results = chosen_eval.gates
     passed = all(g.passed for g in gate_results) if gates else None
     eval_info = {"count": len(held), "source": evalset.source, "min_count": profile.eval.min_count,
-                 "enough": len(held) >= profile.eval.min_count, **interval_basis(evalset.groups)}
+                 "enough": len(held) >= profile.eval.min_count, **interval_basis(groups)}
     report: dict[str, Any] = {
         "ok": passed if gates else True,
         "model": {"param": str(param), "bin": str(bin_), **import_info},
@@ -431,7 +432,7 @@ def run_check(profile: Profile, *, images: list[Path] | None = None,
         notes += evalset.warnings
     if count is not None:
         files = [f[:count] for f in files]
-    groups = group_keys(files[0], profile.eval.group) if files else None
+    groups = group_keys(files[0], profile.eval.group)
     names = input_names(profile.inputs, read_param(fp32_param).input_names, profile.where("inputs"))
     gates = parse_gates(profile.gate, profile.where("gate"))
     samples = load_samples(files, profile.inputs, names,
