@@ -204,6 +204,7 @@ class OutputSummary:
     groups: int | None = None                                # distinct eval groups the intervals count (None: ungrouped)
     per_input_cosine: list[float] = field(default_factory=list)
     per_input_top1: list[bool] = field(default_factory=list)    # int8 argmax == fp32 argmax, per input
+    per_input_clear: list[bool] = field(default_factory=list)   # fp32 decides clearly (no near-tie), per input
 
     def value(self, metric: str) -> float | None:
         if metric == "psnr" and self.psnr is None:
@@ -218,6 +219,7 @@ def summary_dict(s: OutputSummary) -> dict:
     d = asdict(s)
     d.pop("per_input_cosine", None)
     d.pop("per_input_top1", None)
+    d.pop("per_input_clear", None)
     for key in ("top1_agreement_ci", "top5_agreement_ci", "top1_agreement_clear_ci"):
         if d.get(key) is not None:
             d[key] = [round(v, 4) for v in d[key]]
@@ -260,6 +262,7 @@ def summarize(name: str, refs: list[np.ndarray], tests: list[np.ndarray],
         if groups is not None:
             summary.groups = len(set(groups))
         decided = [top1_margin(r) >= NEAR_TIE_MARGIN for r in refs]
+        summary.per_input_clear = decided
         clear = [a for a, d in zip(agrees, decided) if d]
         summary.top1_near_ties = len(agrees) - len(clear)
         if clear:

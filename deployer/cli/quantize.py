@@ -211,6 +211,7 @@ def _render_quantize(report: dict) -> None:
         t.add_row(f"[{style}]{m}[/]" if style else m, _fmt(row.get("score")), _fmt(cos),
                   _fmt(top1[0] if top1 else None, 3), gate, _fmt(row["seconds"], 2))
     console.print(t)
+    _stability_line(report.get("method_stability"))
     console.print(_outputs_table(report["heldout"]["outputs"], f"final int8 model on {report['heldout']['count']} eval inputs"))
     _refine_line(report.get("refine") or {})
     keep = report["keep_fp32"]
@@ -237,6 +238,24 @@ def _render_quantize(report: dict) -> None:
         warn(w)
     files = report["files"]
     say(f"wrote {files['param']}, {Path(files['bin']).name}, {Path(files['table']).name}, {Path(files['report']).name}")
+
+
+def _stability_line(st: dict | None) -> None:
+    """How settled the method choice is: bootstrap share and leave-one-out (deployer.quant.choice)."""
+    if not st:
+        return
+    rivals = "".join(f", {m} {share:.0%}" for m, share in st["wins"].items() if m != st["chosen"])
+    loo = st["leave_one_out"]
+    if not loo["of"]:
+        held = ""
+    elif not loo["flips"]:
+        held = "; holds with any one of them left out"
+    else:
+        shown = ", ".join(f"{f['left_out']} -> {f['to']}" for f in loo["flips"][:3])
+        more = f" and {len(loo['flips']) - 3} more" if len(loo["flips"]) > 3 else ""
+        held = f"; flips without {shown}{more}"
+    say(f"choice: {st['chosen']} wins {st['share']:.0%} of {st['resamples']} resamples of the {st['units']} "
+        f"{st['unit']}{rivals}{held}")
 
 
 def _refine_line(info: dict) -> None:

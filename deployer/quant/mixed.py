@@ -44,6 +44,7 @@ from deployer.check.crosscheck import Outputs, Sample, compare_outputs
 from deployer.check.gates import Gate, GateResult, evaluate_gates
 from deployer.check.metrics import OutputSummary
 from deployer.check.net import NcnnNet
+from deployer.quant.choice import Score, score
 
 Progress = Callable[[str, int, int], None]     # (phase, done, total)
 PROBE_INPUTS = 24                               # eval inputs used to rank layers by sensitivity
@@ -55,49 +56,6 @@ def output_error(summaries: dict[str, OutputSummary]) -> float:
     return float(np.mean([1.0 - s.cosine for s in summaries.values()]))
 
 
-@dataclass(frozen=True)
-class Score:
-    """What choices between candidates are made on, compared value by value (the first decides,
-    the next only breaks near-ties), highest best.
-
-    - detection: (mAP@0.5, mAP@0.5:0.95) of int8 boxes against fp32 boxes: cosine over a
-      detector's raw head says little about the boxes (YOLOv8n, 72 views: kl and mse differ by
-      0.0004 in cosine but by 0.14 in mAP@0.5);
-    - dense: (mean mask IoU,) of the thresholded maps;
-    - otherwise (classification, or a task metric that is undefined because fp32 finds no box):
-      (mean cosine + mean top-1 agreement of the outputs that have one,), the agreement over the
-      inputs fp32 decides clearly (metrics.top1_agreement_clear; the plain rate when it decides
-      none): a near-tie swaps on any change of the output, so it says nothing about the method.
-      MobileNetV2, 120 views, 7 near-ties, calibrated on 10 of the 11 demo photos: plain agreement
-      put kl (0.933) above seq (0.925), the clear inputs put seq (0.965) above kl (0.938); with all
-      11 photos seq leads either way (0.950 / 0.982) and its lead on the score grows 0.022 -> 0.032.
-    All are means over every eval input: unlike "passes the gate", one image moves them by about
-    1/n, so near-equal candidates stay near-equal instead of flipping. Mixed precision ranks layers
-    by `output_error` on a probe subset instead (a task metric on a few dozen inputs is too coarse
-    to order dozens of layers) and decides on the gate, which can name the task metrics."""
-
-    basis: tuple[str, ...]            # names of the values, e.g. ("map50", "map50_95")
-    values: tuple[float, ...]
-
-    @property
-    def value(self) -> float:
-        return self.values[0]
-
-
-def score(summaries: dict[str, OutputSummary], task: dict | None = None) -> Score:
-    """The Score of one candidate from its raw-output summaries and task metrics (deployer.check.tasks)."""
-    task = task or {}
-    if task.get("map50") is not None:
-        return Score(("map50", "map50_95"), (float(task["map50"]), float(task["map50_95"] or 0.0)))
-    if "mask_iou" in task:
-        # None: neither fp32 nor int8 marks a pixel on any input, i.e. they agree everywhere
-        return Score(("mask_iou",), (1.0 if task["mask_iou"] is None else float(task["mask_iou"]),))
-    cos = float(np.mean([s.cosine for s in summaries.values()]))
-    top1 = [s.top1_agreement_clear if s.top1_agreement_clear is not None else s.top1_agreement
-            for s in summaries.values() if s.top1_agreement is not None]
-    return Score(("cosine+top1_clear",), (cos + (float(np.mean(top1)) if top1 else 0.0),))
-
-
 @dataclass
 class Evaluation:
     exclude: frozenset[str]
@@ -105,6 +63,7 @@ class Evaluation:
     gates: list[GateResult]
     int8_layers: list[str]
     task: dict | None = None          # task metrics (deployer.check.tasks) when the profile declares one
+    parts: Any = None                 # their per-input pieces (deployer.check.tasks.TaskParts), for resampling
 
     @property
     def error(self) -> float:
@@ -215,15 +174,13 @@ class Evaluator:
         self.count += 1
         groups = None if self.groups is None else [self.groups[i] for i in idx]
         summaries = compare_outputs([self.reference[i] for i in idx], tests, groups)
-        task = None
+        task = parts = None
         if self.task is not None and subset is None:
-            from deployer.check.tasks import task_metrics
+            from deployer.check.tasks import evaluate_task
 
-            task = task_metrics(self.task, self.reference, tests, groups=self.groups)
+            task, parts = evaluate_task(self.task, self.reference, tests, groups=self.groups)
         gates = evaluate_gates(self.gates, summaries, task) if subset is None else []
-        ev = Evaluation(frozenset(exclude), summaries, gates, list(report.quantized))
-        ev.task = task
-        return ev
+        return Evaluation(frozenset(exclude), summaries, gates, list(report.quantized), task, parts)
 
 
 @dataclass

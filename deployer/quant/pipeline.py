@@ -3,10 +3,11 @@
 The default is the best we can do, not ncnn2table's default: activation statistics are collected
 once (one fp32 pass, deployer.quant.calibration, the engine `ncnn2table` uses too), every
 candidate method turns them into a table, each table's int8 model is run on the eval inputs
-against fp32, and the best score wins (deployer.quant.mixed.score: the profile's task metric,
+against fp32, and the best score wins (deployer.quant.choice.score: the profile's task metric,
 mAP@0.5 then mAP@0.5:0.95 for a detector, mask IoU for a dense map, else mean cosine + top-1
 agreement; over every eval input, ties to the smaller model: a score one image cannot flip,
-unlike "passes the gate"). Each method's task metrics are in the report. If the gate still
+unlike "passes the gate"; the report says how often the choice survives resampling the eval
+photos, deployer.quant.choice). Each method's task metrics are in the report. If the gate still
 fails, automatic mixed precision (deployer.quant.mixed) keeps the fewest layers fp32 that make it
 hold, or reports why none can.
 
@@ -39,9 +40,9 @@ from deployer.check.samples import group_keys, input_names, list_inputs, load_sa
 from deployer.errors import DeployerError
 from deployer.profile import Profile, fp32_byte_budget
 from deployer.quant import speedcost
+from deployer.quant.choice import choice_rule, choice_stability, choose
 
 Progress = Callable[[str, int, int], None]      # (phase, done, total)
-TIE = 1e-4          # scores closer than this are a tie, broken by model size
 CORRELATION_CAVEAT = ("intervals treat eval inputs as independent; views or crops of one photo are not, "
                       "so with N photos the true uncertainty lies between that of N and of all inputs "
                       "(eval.group names which inputs belong together)")
@@ -203,23 +204,6 @@ def eval_set(profile: Profile, split: Split) -> EvalSet:
 # the run
 
 
-def _choose(methods: list[str], evals: dict, sizes: dict[str, int]) -> str:
-    """Highest Score (deployer.quant.mixed.score: the task metric when the profile has one), value
-    by value: candidates within TIE of the best on the first value stay in, the next value decides
-    among them the same way; what is still tied goes to the smaller .bin, then to list order."""
-    tied = list(methods)
-    width = min(len(evals[m].rank.values) for m in methods)
-    for k in range(width):
-        top = max(evals[m].rank.values[k] for m in tied)
-        tied = [m for m in tied if evals[m].rank.values[k] >= top - TIE]
-    return min(tied, key=lambda m: (sizes[m], methods.index(m)))
-
-
-def choice_rule(rank: Any) -> str:
-    """How `_choose` decided, in words, for the report."""
-    return (", then ".join(rank.basis) + f" (within {TIE:g} is a tie), then the smaller .bin")
-
-
 def run_quantize(profile: Profile, progress: Progress | None = None) -> QuantizeResult:
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -300,7 +284,10 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
             if progress:
                 progress("methods", i + 1, len(methods))
         warnings += list(dict.fromkeys(calibrator.warnings))
-        best = _choose(methods, evals, sizes)
+        best = choose(methods, {m: evals[m].rank.values for m in methods}, sizes)
+        stability = choice_stability(methods, evals, sizes, groups)
+        if stability is not None and stability.warning():
+            warnings.append(stability.warning())
         t = phase("methods", t)
 
         from deployer.quant.refine import DEFAULT_TECHNIQUES, refine_step
@@ -377,6 +364,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         "files": {"param": str(paths.param), "bin": str(paths.bin), "table": str(paths.table), "report": str(paths.report)},
         "method": best,
         "method_choice": choice_rule(evals[best].rank),
+        "method_stability": stability.to_dict() if stability is not None else None,
         "methods": per_method,
         "keep_fp32": {"profile": sorted(base_exclude), "auto": auto_keep},
         "int8_layers": int8_report.quantized,

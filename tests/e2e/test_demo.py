@@ -76,6 +76,10 @@ def test_demo_runs_every_step_for_real(demo_env, tmp_path: Path) -> None:
     assert report["eval"]["groups"] == out0["groups"] == 20        # intervals over the photos, not the views
     lo, hi = out0["top1_agreement_clear_ci"]
     assert lo <= out0["top1_agreement_clear"] <= hi
+    # how settled the method choice is, resampled over the 20 photos, is in the report and the log
+    st = report["method_stability"]
+    assert st["chosen"] == report["method"] and st["units"] == 20 and st["unit"] == "photos (eval.group)"
+    assert f"choice: {report['method']} wins " in res.stderr
 
     # the int8 files load in stock ncnn and classify an input
     net = ncnn.Net()

@@ -43,7 +43,7 @@ def test_outputs_are_int8_and_load_in_stock_ncnn(rnet_quantized, mtcnn_rnet, lfw
 def test_best_method_has_the_best_score_ties_to_the_smaller_model(rnet_quantized):
     """The choice is made on mean cosine + top-1 agreement over every eval input, not on "passes
     the gate" (which one image flips); scores within 1e-4 are a tie, won by the smaller .bin."""
-    from deployer.quant.pipeline import TIE
+    from deployer.quant.choice import TIE
 
     report = rnet_quantized[1].report
     rows = report["methods"]
@@ -56,6 +56,11 @@ def test_best_method_has_the_best_score_ties_to_the_smaller_model(rnet_quantized
     tied = [m for m, r in rows.items() if r["score"] >= top - TIE]
     assert report["method"] in tied
     assert rows[report["method"]]["bin_bytes"] == min(rows[m]["bin_bytes"] for m in tied)
+    # how settled that choice is: leave-one-out over the eval inputs (no eval.group) and a bootstrap
+    st = report["method_stability"]
+    assert st["chosen"] == report["method"] and st["unit"] == "inputs" and st["units"] == report["eval"]["count"]
+    assert st["leave_one_out"]["of"] == st["units"] and sum(st["wins"].values()) == pytest.approx(1.0)
+    assert st["settled"] == (st["share"] >= 0.5)
     # every agreement rate carries its 95 % interval
     out0 = report["heldout"]["outputs"]["out0"]
     lo, hi = out0["top1_agreement_ci"]

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from deployer.profile import Override, load_profile
-from deployer.quant.pipeline import TIE, run_quantize
+from deployer.quant.choice import TIE
+from deployer.quant.pipeline import run_quantize
 from tests.fixtures.models import ROOT
 
 # 20 s of CPU, 40-70 s wall on the shared 2-core machine: slow tier (the choice rule itself is
@@ -52,3 +53,7 @@ def test_detector_method_is_chosen_by_map_and_reported(tmp_path, yolov8n, calib_
     cosine = {m: row["outputs"]["out0"]["cosine"] for m, row in rows.items()}
     assert max(cosine, key=cosine.get) == "percentile", cosine
     assert rows["percentile"]["task"]["map50"] < mse["map50"] - TIE
+    # the stability of that choice is resampled on the same mAP (boxes matched once per image)
+    st = report["method_stability"]
+    assert st["chosen"] == "mse" and st["resamples"] == 200 and st["leave_one_out"]["of"] == len(views.files)
+    assert sum(st["wins"].values()) == pytest.approx(1.0) and st["settled"] == (st["share"] >= 0.5)

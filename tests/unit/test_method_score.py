@@ -1,13 +1,13 @@
 """The score methods are chosen on: the task's metric when the profile has one, value by value,
-near-ties to the smaller file (deployer.quant.mixed.score, deployer.quant.pipeline._choose)."""
+near-ties to the smaller file (deployer.quant.choice.score and choose)."""
 
 from __future__ import annotations
 
 import pytest
 
 from deployer.check.metrics import OutputSummary
-from deployer.quant.mixed import Evaluation, score
-from deployer.quant.pipeline import TIE, _choose
+from deployer.quant.choice import TIE, choose, score
+from deployer.quant.mixed import Evaluation
 
 
 def _outputs(cos: float, top1: float | None = None) -> dict[str, OutputSummary]:
@@ -16,6 +16,10 @@ def _outputs(cos: float, top1: float | None = None) -> dict[str, OutputSummary]:
 
 def _eval(cos: float, task: dict | None = None, top1: float | None = None) -> Evaluation:
     return Evaluation(frozenset(), _outputs(cos, top1), [], [], task)
+
+
+def _choose(methods: list[str], evals: dict[str, Evaluation], sizes: dict[str, int]) -> str:
+    return choose(methods, {m: evals[m].rank.values for m in methods}, sizes)
 
 
 def test_detection_scores_on_map_then_map50_95():

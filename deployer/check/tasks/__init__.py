@@ -76,32 +76,69 @@ def parse_task(raw: Any, where: str = "task") -> TaskSpec:
     return spec
 
 
+@dataclass
+class TaskParts:
+    """The per-input pieces a detection or dense metric is summed from, kept so the metric can be
+    recomputed on any multiset of eval inputs without running the model again (deployer.quant.choice
+    asks whether the method choice survives resampling the eval set). Classification needs none:
+    its score is a mean of per-input values the output summaries already hold."""
+
+    type: str
+    matches: list[Any] = field(default_factory=list)              # detection: ImageMatch per input
+    counts: np.ndarray | None = None                              # dense: inter, union, ref, test px
+
+    def values(self, weights: np.ndarray) -> tuple[float, ...] | None:
+        """The task's score values (as deployer.quant.choice.score orders them) with input i counted
+        weights[i] times; None when the metric is undefined (no fp32 box among those inputs)."""
+        w = np.asarray(weights, np.int64)
+        if self.type == "detection":
+            from deployer.check.tasks.detection import map_from_matches
+
+            res = map_from_matches([m for m, k in zip(self.matches, w) for _ in range(int(k))])
+            return None if res.map50 is None else (res.map50, res.map or 0.0)
+        if self.counts is None:
+            return None
+        inter, union = float(w @ self.counts[:, 0]), float(w @ self.counts[:, 1])
+        return (inter / union if union else 1.0,)
+
+
 def task_metrics(spec: TaskSpec, references: list[dict[str, np.ndarray]], tests: list[dict[str, np.ndarray]],
                  labels: list[int] | None = None, groups: list[str] | None = None) -> dict[str, Any]:
     """{metric: value, ..., "detail": {...}} for the spec's task over paired fp32/int8 outputs
     (`groups`: eval.group's key per input, for the agreement interval)."""
+    return evaluate_task(spec, references, tests, labels, groups)[0]
+
+
+def evaluate_task(spec: TaskSpec, references: list[dict[str, np.ndarray]], tests: list[dict[str, np.ndarray]],
+                  labels: list[int] | None = None,
+                  groups: list[str] | None = None) -> tuple[dict[str, Any], TaskParts | None]:
+    """task_metrics and the per-input TaskParts they were summed from (None for classification)."""
     if not references:
-        return {}
+        return {}, None
     blob = spec.output or next(iter(references[0]))
     if blob not in references[0]:
         raise DeployerError(f"task.output: the model has no output {blob!r}", hint=f"outputs: {', '.join(references[0])}")
     refs = [r[blob] for r in references]
     outs = [t[blob] for t in tests]
     if spec.type == "detection":
-        from deployer.check.tasks.detection import decode_yolov8, mean_average_precision
+        from deployer.check.tasks.detection import decode_yolov8, map_from_matches, match_image
 
         ref_det = [decode_yolov8(r, spec.num_classes, conf=spec.conf, iou=spec.iou) for r in refs]
         # the test side keeps low-confidence boxes so the precision/recall curve is complete
         test_det = [decode_yolov8(t, spec.num_classes, conf=min(spec.conf, 0.001), iou=spec.iou) for t in outs]
-        res = mean_average_precision(ref_det, test_det)
-        return {"map50": res.map50, "map50_95": res.map, "detail": res.to_dict(spec.class_names or None)}
+        matches = [match_image(r, t) for r, t in zip(ref_det, test_det)]
+        res = map_from_matches(matches)
+        return ({"map50": res.map50, "map50_95": res.map, "detail": res.to_dict(spec.class_names or None)},
+                TaskParts("detection", matches=matches))
     if spec.type == "dense":
-        from deployer.check.tasks.dense import mask_iou
+        from deployer.check.tasks.dense import mask_counts, mask_result
 
-        res = mask_iou(refs, outs, spec.threshold)
-        return {"mask_iou": res.mask_iou, "mask_iou_min": res.mask_iou_min, "detail": res.to_dict()}
+        counts = mask_counts(refs, outs, spec.threshold)
+        res = mask_result(counts, spec.threshold)
+        return ({"mask_iou": res.mask_iou, "mask_iou_min": res.mask_iou_min, "detail": res.to_dict()},
+                TaskParts("dense", counts=counts))
     from deployer.check.tasks.classification import classification
 
     res = classification(refs, outs, labels, groups)
-    return {"top1_agreement": res.top1_agreement, "top1_agreement_low": res.top1_interval[0],
-            "top5_agreement": res.top5_agreement, "detail": res.to_dict()}
+    return ({"top1_agreement": res.top1_agreement, "top1_agreement_low": res.top1_interval[0],
+             "top5_agreement": res.top5_agreement, "detail": res.to_dict()}, None)

@@ -28,17 +28,25 @@ class MaskResult:
         return dict(self.__dict__)
 
 
-def mask_iou(references: list[np.ndarray], tests: list[np.ndarray], threshold: float = 0.3) -> MaskResult:
-    inter = union = ref_px = test_px = 0
-    per = []
+def mask_counts(references: list[np.ndarray], tests: list[np.ndarray], threshold: float = 0.3) -> np.ndarray:
+    """Per input: intersection, union, reference and test pixels of the thresholded masks (N x 4).
+    The IoU of any multiset of inputs follows from these (deployer.quant.choice resamples them)."""
+    rows = []
     for r, t in zip(references, tests):
         a, b = np.asarray(r) > threshold, np.asarray(t) > threshold
         if a.shape != b.shape:
             raise ValueError(f"dense outputs differ in shape: {a.shape} vs {b.shape}")
-        i, u = int(np.sum(a & b)), int(np.sum(a | b))
-        inter, union = inter + i, union + u
-        ref_px, test_px = ref_px + int(a.sum()), test_px + int(b.sum())
-        if u:
-            per.append(i / u)
-    return MaskResult(inter / union if union else None, min(per) if per else None, threshold,
-                      len(references), ref_px, test_px)
+        rows.append((int(np.sum(a & b)), int(np.sum(a | b)), int(a.sum()), int(b.sum())))
+    return np.asarray(rows, np.int64).reshape(-1, 4)
+
+
+def mask_result(counts: np.ndarray, threshold: float) -> MaskResult:
+    """The IoU summary of per-input mask counts (mask_counts)."""
+    inter, union = int(counts[:, 0].sum()), int(counts[:, 1].sum())
+    per = [i / u for i, u in counts[:, :2] if u]
+    return MaskResult(inter / union if union else None, float(min(per)) if per else None, threshold,
+                      len(counts), int(counts[:, 2].sum()), int(counts[:, 3].sum()))
+
+
+def mask_iou(references: list[np.ndarray], tests: list[np.ndarray], threshold: float = 0.3) -> MaskResult:
+    return mask_result(mask_counts(references, tests, threshold), threshold)

@@ -120,49 +120,77 @@ class MapResult:
                 "reference_boxes": self.reference_boxes, "test_boxes": self.test_boxes, "per_class": per}
 
 
-def mean_average_precision(references: list[Detections], tests: list[Detections]) -> MapResult:
-    """mAP of `tests` against `references` as ground truth (one Detections per image each)."""
-    if len(references) != len(tests):
-        raise ValueError("need one reference and one test detection set per image")
-    classes = sorted({int(c) for d in references for c in d.classes})
-    result = MapResult(None, None, images=len(references), reference_boxes=sum(len(d) for d in references),
-                       test_boxes=sum(len(d) for d in tests))
+@dataclass
+class ImageMatch:
+    """One image's int8 boxes matched against its fp32 boxes, per class: how many reference boxes
+    and, per test box (highest score first), its score and whether it hit at each IoU threshold.
+    Matching never looks across images, so the mAP of any multiset of images follows from these
+    without matching again (deployer.quant.choice resamples the eval set this way)."""
+
+    gt: dict[int, int]                                          # class -> reference boxes in this image
+    scores: dict[int, np.ndarray]                               # class -> test box scores
+    hits: dict[int, np.ndarray]                                 # class -> test boxes x IoU thresholds
+    test_boxes: int = 0
+
+
+def match_image(ref: Detections, test: Detections) -> ImageMatch:
+    """Greedy COCO matching of one image's test boxes (highest score first) to its reference boxes."""
+    match = ImageMatch({}, {}, {}, len(test))
+    for c in sorted({int(c) for c in ref.classes} | {int(c) for c in test.classes}):
+        gt = ref.boxes[ref.classes == c]
+        match.gt[c] = len(gt)
+        mask = test.classes == c
+        boxes, scores = test.boxes[mask], test.scores[mask]
+        order = np.argsort(-scores, kind="stable")
+        ious = box_iou(boxes[order], gt) if len(gt) else np.zeros((len(order), 0))
+        taken = np.zeros((IOU_THRESHOLDS.size, len(gt)), bool)
+        hits = np.zeros((len(order), IOU_THRESHOLDS.size), bool)
+        if len(gt):
+            for k in range(len(order)):
+                for t, thr in enumerate(IOU_THRESHOLDS):
+                    cand = np.where(~taken[t] & (ious[k] >= thr), ious[k], -1.0)
+                    j = int(np.argmax(cand))
+                    if cand[j] >= 0:
+                        taken[t, j] = True
+                        hits[k, t] = True
+        match.scores[c] = scores[order].astype(np.float64)
+        match.hits[c] = hits
+    return match
+
+
+def map_from_matches(matches: list[ImageMatch]) -> MapResult:
+    """mAP over these images' matches (an image may appear more than once)."""
+    gt: dict[int, int] = {}
+    for m in matches:
+        for c, n in m.gt.items():
+            gt[c] = gt.get(c, 0) + n
+    classes = sorted(c for c, n in gt.items() if n)
+    result = MapResult(None, None, images=len(matches), reference_boxes=sum(gt.values()),
+                       test_boxes=sum(m.test_boxes for m in matches))
     if not classes:
         return result
     ap_table = np.zeros((len(classes), IOU_THRESHOLDS.size))
     for ci, c in enumerate(classes):
-        n_gt = 0
-        records: list[tuple[float, np.ndarray]] = []       # (score, matched per threshold)
-        for ref, test in zip(references, tests):
-            gt = ref.boxes[ref.classes == c]
-            n_gt += len(gt)
-            mask = test.classes == c
-            boxes, scores = test.boxes[mask], test.scores[mask]
-            order = np.argsort(-scores, kind="stable")
-            ious = box_iou(boxes[order], gt) if len(gt) else np.zeros((len(order), 0))
-            taken = np.zeros((IOU_THRESHOLDS.size, len(gt)), bool)
-            for k, i in enumerate(order):
-                hit = np.zeros(IOU_THRESHOLDS.size, bool)
-                if len(gt):
-                    for t, thr in enumerate(IOU_THRESHOLDS):
-                        cand = np.where(~taken[t] & (ious[k] >= thr), ious[k], -1.0)
-                        j = int(np.argmax(cand))
-                        if cand[j] >= 0:
-                            taken[t, j] = True
-                            hit[t] = True
-                records.append((float(scores[i]), hit))
-        if not records:
+        scores = [m.scores[c] for m in matches if c in m.scores]
+        if not scores or not sum(len(x) for x in scores):
             continue
-        records.sort(key=lambda r: -r[0])
-        hits = np.stack([h for _, h in records])                  # detections x thresholds
+        order = np.argsort(-np.concatenate(scores), kind="stable")   # ties in image order, like a stable sort
+        hits = np.concatenate([m.hits[c] for m in matches if c in m.hits])[order]   # detections x thresholds
         tp = np.cumsum(hits, 0)
         fp = np.cumsum(~hits, 0)
         for t in range(IOU_THRESHOLDS.size):
-            recall = tp[:, t] / max(n_gt, 1)
+            recall = tp[:, t] / gt[c]
             precision = tp[:, t] / np.maximum(tp[:, t] + fp[:, t], 1)
             ap_table[ci, t] = _ap(recall, precision)
         result.per_class[c] = {"ap50": float(ap_table[ci, 0]), "ap": float(ap_table[ci].mean()),
-                               "reference_boxes": n_gt}
+                               "reference_boxes": gt[c]}
     result.map50 = float(ap_table[:, 0].mean())
     result.map = float(ap_table.mean())
     return result
+
+
+def mean_average_precision(references: list[Detections], tests: list[Detections]) -> MapResult:
+    """mAP of `tests` against `references` as ground truth (one Detections per image each)."""
+    if len(references) != len(tests):
+        raise ValueError("need one reference and one test detection set per image")
+    return map_from_matches([match_image(r, t) for r, t in zip(references, tests)])
