@@ -83,10 +83,11 @@ def main() -> None:
     """The console script: exit codes 0 ok, 1 gate, 2 bad input, 3 board/link, 4 internal (see cli.common)."""
     try:
         app = build_app()
-        from deployer.cli.common import run_app
+        from deployer.cli.common import install_signal_handlers, run_app
     except ImportError as err:
         sys.stderr.write(f"error: {missing_package(err)}\n")
         sys.exit(4)
+    install_signal_handlers()      # SIGTERM/SIGHUP clean up like Ctrl-C (no staged files left behind)
     code = run_app(app)
     try:
         sys.stdout.flush()

@@ -3,7 +3,8 @@
 Exit codes (the same for every command):
     0 ok, 1 a gate failed, 2 bad input (DeployerError, usage errors, a host file that cannot be
     read or written), 3 a board or its link failed (RemoteError, a dropped connection),
-    4 an internal error (a bug: one line on stderr, the traceback in a log file), 130 Ctrl-C.
+    4 an internal error (a bug: one line on stderr, the traceback in a log file), 130 Ctrl-C,
+    143 / 129 SIGTERM / SIGHUP (cleaned up as for Ctrl-C: `Terminated`).
 
 No traceback ever reaches stderr: `handle_errors` wraps each command (so --json failures are JSON
 too) and `run_app` wraps the whole program (usage errors, anything raised outside a command).
@@ -122,10 +123,46 @@ def write_crash_log(exc: BaseException) -> Path | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (kill, timeout(1), a CI job cancelled, the terminal closed), raised in the
+    main thread by `install_signal_handlers`.
+
+    A KeyboardInterrupt so that it takes Ctrl-C's path through every `finally` and
+    `except KeyboardInterrupt`: staged outputs are removed, board sessions and locks let go. Python's
+    default for SIGTERM is to die on the spot, which left `.NAME.tmp-*` staging files of ncnn2int8,
+    quantize and the other writers on the host."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum        # what the shell reports for a process the signal killed
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP -> Terminated in the main thread; left alone where the parent ignores them
+    (`nohup deployer ...` must survive its terminal closing)."""
+    import signal
+
+    def _raise(signum: int, _frame: Any) -> None:
+        raise Terminated(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _raise)
+
+
 def classify(exc: BaseException) -> tuple[int, str, bool]:
     """(exit code, one-line message, internal?) for any exception a command let out."""
     if isinstance(exc, DeployerError):
         return exc.exit_code, one_line(str(exc)), False
+    if isinstance(exc, Terminated):
+        import signal
+
+        return exc.exit_code, f"terminated by {signal.Signals(exc.signum).name}", False
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted", False
     if isinstance(exc, ImportError) and not (getattr(exc, "name", None) or "deployer").startswith("deployer"):

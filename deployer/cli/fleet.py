@@ -8,6 +8,7 @@ view on stderr while boards work, and prints the report (a table, or one JSON do
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from pathlib import Path
 from typing import Any, List, Optional
@@ -58,7 +59,7 @@ def _call(executor: str, persist: Optional[float]) -> Any:
             persist = float(env)
         except ValueError:
             raise DeployerError(f"DEPLOYER_PERSIST={env!r}: give seconds (0 turns the controller off)") from None
-    if persist < 0:
+    if not 0 <= persist < math.inf:     # NaN fails too; inf would leave a controller running for ever
         raise DeployerError("--persist must be 0 (off) or a number of seconds")
     spec = parse_executor(executor)
     return spec, functools.partial(controller.call, persist=persist if spec.local else 0)
@@ -70,13 +71,19 @@ def _options(*, no_health: bool = False, min_cosine: float = 0.99, max_latency: 
     from deployer.errors import DeployerError
     from deployer.fleet.health import HealthPolicy
     from deployer.fleet.ops import DeployOptions
+    from deployer.remote.lock import MAX_LOCK_WAIT_S
 
     if keep < 0:
         raise DeployerError("--keep must be 0 or more")
     if not 0 < min_cosine <= 1:
         raise DeployerError("--min-cosine must be in (0, 1]")
-    if deadline <= 0 or lock_wait < 0:
-        raise DeployerError("--deadline must be positive and --lock-wait 0 or more (seconds)")
+    # `not a < x < b` rather than `x <= a`: NaN passes every plain comparison, and a NaN or
+    # infinite deadline never fires (a stuck board would hang the command), a NaN latency budget
+    # never fails; a NaN lock wait became 0 and inf crashed (int(inf)) on the way to the board.
+    if not (0 < deadline < math.inf and 0 <= lock_wait <= MAX_LOCK_WAIT_S):
+        raise DeployerError(f"--deadline must be positive and --lock-wait 0 to {MAX_LOCK_WAIT_S} (seconds)")
+    if max_latency is not None and not 0 < max_latency < math.inf:
+        raise DeployerError("--max-latency must be a positive number of milliseconds")
     if runtime not in (None, "native", "python", "auto"):
         raise DeployerError(f"--runtime {runtime!r}: use native, python or auto")
     return DeployOptions(HealthPolicy(enabled=not no_health, min_cosine=min_cosine, max_latency_ms=max_latency),

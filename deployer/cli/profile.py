@@ -6,6 +6,7 @@ calls, draws progress on stderr and prints one JSON document with --json.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -50,12 +51,23 @@ def _render_sweep(s: dict[str, Any]) -> None:
 
 
 def _parse_floats(text: str | None, flag: str) -> list[float]:
+    """--mean/--norm: finite float32 numbers, as the profile's fields are (deployer.profile); a NaN
+    norm made every parity input NaN and the gate was judged on garbage."""
     if not text:
         return []
     try:
-        return [float(v) for v in text.strip("[]").split(",") if v.strip()]
+        values = [float(v) for v in text.strip("[]").split(",") if v.strip()]
     except ValueError:
         raise DeployerError(f"{flag} {text!r}: numbers separated by commas, e.g. 123.675,116.28,103.53") from None
+    if not all(math.isfinite(v) and abs(v) <= 3.4028234663852886e38 for v in values):
+        raise DeployerError(f"{flag} {text!r}: expected finite 32-bit floats")
+    return values
+
+
+def _check_percent(value: float | None, flag: str) -> None:
+    """A percentage >= 0; NaN fails too (a NaN --fail-on-regression never failed the gate)."""
+    if value is not None and not 0 <= value < math.inf:
+        raise DeployerError(f"{flag} must be a percentage >= 0, got {value:g}")
 
 
 def register(app: typer.Typer) -> None:
@@ -91,6 +103,8 @@ def register(app: typer.Typer) -> None:
         from deployer.remote.runner import input_shape_from_param, parse_shape
         from deployer.remote.session import open_session
 
+        _check_percent(min_effect, "--min-effect")
+        mean_values, norm_values = _parse_floats(mean, "--mean"), _parse_floats(norm, "--norm")
         inputs = None
         if images:
             if shape:
@@ -102,8 +116,7 @@ def register(app: typer.Typer) -> None:
                 dims = input_shape_from_param(str(fp32_param or param), input_blob) or []
             if len(dims) < 2:
                 raise DeployerError("--images needs the input size: pass --shape W,H,C")
-            inputs = parity.load_inputs(images, dims[:2], mean=_parse_floats(mean, "--mean"),
-                                        norm=_parse_floats(norm, "--norm"), pixel=pixel)
+            inputs = parity.load_inputs(images, dims[:2], mean=mean_values, norm=norm_values, pixel=pixel)
         plan = plan_sweep(param, bin, fp32_param=fp32_param, fp32_bin=fp32_bin, shape=shape, sweeps=list(sweep),
                           rounds=rounds, chunk_s=duration, gates=list(gate) or None, inputs=inputs,
                           input_blob=input_blob, output_blob=output_blob)
@@ -168,8 +181,8 @@ def register(app: typer.Typer) -> None:
 
         if not 0 < alpha < 1:
             raise DeployerError("--alpha must be between 0 and 1")
-        if min_effect < 0 or (fail_on_regression is not None and fail_on_regression < 0):
-            raise DeployerError("--min-effect and --fail-on-regression are percentages >= 0")
+        _check_percent(min_effect, "--min-effect")
+        _check_percent(fail_on_regression, "--fail-on-regression")
         res = compare_runs(results, id_a, id_b, min_effect_pct=min_effect, alpha=alpha,
                            fail_on_regression_pct=fail_on_regression)
         if json_output:

@@ -79,11 +79,19 @@ def failure_budget(text: str, n: int) -> int:
         raise DeployerError(f"--max-failures {text!r}: give a count (3) or a share of the group (5%)") from None
 
 
+MAX_BAKE_S = 7 * 86400    # a bake is waited out by this process; past ~292 years time.sleep overflows
+
+
 def parse_duration(text: str) -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
     if not m:
         raise DeployerError(f"--bake {text!r}: give a duration like 30s, 2m or 0")
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    # checked here, not when the first wave is done: an absurd bake would otherwise switch wave 1
+    # and then die in time.sleep (OverflowError, exit 4) or wait for ever
+    if not seconds <= MAX_BAKE_S:
+        raise DeployerError(f"--bake {text!r}: at most {MAX_BAKE_S // 86400} days ({MAX_BAKE_S} s)")
+    return seconds
 
 
 @dataclass
@@ -131,6 +139,16 @@ def load_state(state_dir: Path, group: str) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("boards"), dict):
             raise ValueError("not a rollout state")
+        # resume, rollback --rollout and status read every entry with .get() and use `release` and
+        # `previous` as release ids: a hand-edited file must fail here, naming it, not deep inside them
+        for name, entry in data["boards"].items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"board {name!r}: expected an object, got {type(entry).__name__}")
+            for key in ("release", "previous"):
+                if entry.get(key) is not None and not isinstance(entry[key], str):
+                    raise ValueError(f"board {name!r}: {key} must be a release id, got {entry[key]!r}")
+        if data.get("release") is not None and not isinstance(data["release"], str):
+            raise ValueError(f"release must be a release id, got {data['release']!r}")
         return data
     except (OSError, ValueError) as err:
         raise DeployerError(f"{path}: unreadable rollout state ({err}); delete it to start afresh") from None

@@ -38,6 +38,12 @@ def load_inputs(images: Sequence[Path], shape: Sequence[int], *, mean: Sequence[
     if pixel.upper() not in PIXEL_TYPES:
         raise DeployerError(f"--pixel {pixel!r}: use one of {', '.join(PIXEL_TYPES)}")
     spec = InputSpec(shape=tuple(shape), pixel=pixel.upper(), mean=tuple(mean), norm=tuple(norm))
+    for flag, values in (("--mean", spec.mean), ("--norm", spec.norm)):
+        # as the profile's inputs.mean/norm: one value per channel (two values for RGB were taken
+        # without a word and the third channel went unnormalised)
+        if values and spec.channels is not None and len(values) != spec.channels:
+            raise DeployerError(f"{flag} has {len(values)} values but --pixel {spec.pixel} has {spec.channels} "
+                                "channels; give one value per channel")
     files = expand_images(images)
     return Inputs([p.name for p in files], [load_array(path, spec) for path in files], True)
 

@@ -130,9 +130,38 @@ def update_sweep(sweep_id: int, summary: dict[str, Any], results_dir: Path | str
         con.execute("UPDATE sweeps SET data = ? WHERE id = ?", (json.dumps(summary, default=str), sweep_id))
 
 
-def _row(r: tuple) -> RunRow:
+# The parts of a run's record that history, compare and report index into (`.get`, iteration).
+_RUN_SHAPES: dict[str, type] = {"analysis": dict, "model_files": dict, "options": dict, "context": dict,
+                                "layers": dict, "flags": list, "samples_ms": list}
+
+
+def _record_data(text: Any, what: str, results_dir: Path | str, shapes: dict[str, type] | None = None) -> dict[str, Any]:
+    """A row's `data` column as the dict it was stored as. The file is the user's (copied between
+    machines, edited, restored from a half-synced backup): a row that is not a JSON object, or whose
+    top-level parts (`shapes`) have the wrong type, is bad input naming the row, not a crash in
+    whatever reads it next."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError) as err:
+        data, why = None, f"not JSON ({err})"
+    else:
+        why = f"a JSON {type(data).__name__}, not an object"
+        if isinstance(data, dict):
+            wrong = [f"{key} is a {type(data[key]).__name__}, not a {kind.__name__}"
+                     for key, kind in (shapes or {}).items()
+                     if data.get(key) is not None and not isinstance(data[key], kind)]
+            if wrong:
+                data, why = None, "an object whose " + ", ".join(wrong)
+    if not isinstance(data, dict):
+        raise DeployerError(f"{db_path(results_dir)}: {what} is damaged: its data is {why}",
+                            hint=f"delete that row (sqlite3 {db_path(results_dir)}) or move the file away")
+    return data
+
+
+def _row(r: tuple, results_dir: Path | str) -> RunRow:
     return RunRow(id=r[0], started_at=r[1], board=r[2], model_sha256=r[3], param_sha256=r[4], kind=r[5],
-                  sweep_id=r[6], label=r[7], median_ms=r[8], flag_count=r[9], data=json.loads(r[10]))
+                  sweep_id=r[6], label=r[7], median_ms=r[8], flag_count=r[9],
+                  data=_record_data(r[10], f"run {r[0]}", results_dir, _RUN_SHAPES))
 
 
 _COLS = "id, started_at, board, model_sha256, param_sha256, kind, sweep_id, label, median_ms, flags, data"
@@ -159,7 +188,7 @@ def list_runs(results_dir: Path | str, *, board: str | None = None, model: str |
     if not db_path(results_dir).is_file():
         return []
     with closing(_connect(results_dir, create=False)) as con:
-        rows = [_row(r) for r in con.execute(sql, args)]
+        rows = [_row(r, results_dir) for r in con.execute(sql, args)]
     return rows[-limit:] if limit else rows
 
 
@@ -169,7 +198,7 @@ def get_run(results_dir: Path | str, run_id: int) -> RunRow:
     if r is None:
         raise DeployerError(f"run {run_id}: not in {db_path(results_dir)}",
                             hint="`deployer history` lists the stored runs and their ids")
-    return _row(r)
+    return _row(r, results_dir)
 
 
 def get_sweep(results_dir: Path | str, sweep_id: int) -> dict[str, Any]:
@@ -177,7 +206,7 @@ def get_sweep(results_dir: Path | str, sweep_id: int) -> dict[str, Any]:
         r = con.execute("SELECT id, data FROM sweeps WHERE id = ?", (int(sweep_id),)).fetchone()
     if r is None:
         raise DeployerError(f"sweep {sweep_id}: not in {db_path(results_dir)}")
-    data = json.loads(r[1])
+    data = _record_data(r[1], f"sweep {r[0]}", results_dir)
     data["sweep_id"] = r[0]
     return data
 
@@ -186,6 +215,6 @@ def iter_sweeps(results_dir: Path | str) -> Iterator[dict[str, Any]]:
     with closing(_connect(results_dir, create=False)) as con:
         rows = list(con.execute("SELECT id, data FROM sweeps ORDER BY id"))
     for sid, data in rows:
-        d = json.loads(data)
+        d = _record_data(data, f"sweep {sid}", results_dir)
         d["sweep_id"] = sid
         yield d

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from deployer.errors import DeployerError
+from deployer.profile import MAX_THREADS
 from deployer.profiling import hook, parity
 from deployer.profiling import stats as st
 
@@ -58,8 +59,8 @@ def parse_sweeps(texts: list[str]) -> dict[str, list[Any]]:
                 parsed = [int(v) for v in items]
             except ValueError:
                 raise DeployerError(f"--sweep {text!r}: {name} values must be integers") from None
-            if name == "threads" and any(v < 1 for v in parsed):
-                raise DeployerError(f"--sweep {text!r}: threads must be >= 1")
+            if name == "threads" and any(not 1 <= v <= MAX_THREADS for v in parsed):
+                raise DeployerError(f"--sweep {text!r}: threads must be 1 to {MAX_THREADS}")
             if name == "powersave" and any(v not in (0, 1, 2) for v in parsed):
                 raise DeployerError(f"--sweep {text!r}: powersave must be 0, 1 or 2")
         if len(set(parsed)) != len(parsed):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -317,8 +318,23 @@ class Ncnn2TableResult:
     warnings: list[str]
 
 
+def _refuse_overwriting_an_input(table: Path, named: list[tuple[str | Path, str]]) -> None:
+    """The output table must not be a file this run reads: given the model's .param/.bin, the list or
+    a calibration image as the table path by mistake, the table was written over it (exit 0) and the
+    user's model or data was gone. `deployer ncnn2int8` refuses the same way."""
+    if os.path.isdir(table):      # found out only at the final rename, after the whole calibration
+        raise DeployerError(f"{table}: the output table is a folder", hint="give a file path")
+    out = os.path.realpath(table)
+    for path, what in named:
+        if os.path.realpath(path) == out:
+            raise DeployerError(f"{table}: the output table would overwrite {what}, an input of this run",
+                                hint="choose a different output path")
+
+
 def run(args: Ncnn2TableArgs, progress: ProgressFn | None = None) -> Ncnn2TableResult:
     """Everything `deployer ncnn2table` does except writing the file."""
+    _refuse_overwriting_an_input(args.table, [(args.param, "the .param"), (args.bin, "the .bin"),
+                                              *((lst, "a list file") for lst in args.lists)])
     model = load_model(args.param, args.bin)
     if args.weight_only:
         _refuse_overwriting_a_list(args.table)
@@ -327,6 +343,7 @@ def run(args: Ncnn2TableArgs, progress: ProgressFn | None = None) -> Ncnn2TableR
         return Ncnn2TableResult(build_table(model, None), [], args.method, 0, True, [*args.warnings, msg])
     specs = input_specs(args, len(model.input_names))
     inputs = read_lists(args.lists)
+    _refuse_overwriting_an_input(args.table, [(f, f"calibration input {f}") for files in inputs.files for f in files])
     early = list(args.warnings)
     if args.file_type == 0:
         early += _unreadable_by_ncnn_warning(inputs)

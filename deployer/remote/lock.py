@@ -127,6 +127,11 @@ def lock_argv(conn: Any, layout: BoardLayout, purpose: str, wait: float, lease: 
     return ["sh", "-c", board_scripts.script("lock.sh"), "sh", board_scripts.script("lock.py"), python, *args]
 
 
+# The board's flock(1) refuses a timer it cannot arm ("cannot set up timer": inf, 1e300), which
+# read as "busy" at once; a week is longer than anyone waits for a deploy.
+MAX_LOCK_WAIT_S = 7 * 86400
+
+
 def default_lease(board: Any) -> float:
     """Seconds of heartbeat silence after which the board frees the lock: twice the board's
     stall_timeout, at least 60 s (heartbeats share the TCP stream with uploads, so on a slow link
@@ -144,8 +149,8 @@ def board_lock(conn: Any, layout: BoardLayout | None = None, *, purpose: str = "
     `lease` s: the board releases the lock after this much heartbeat silence (default: twice the
     board's stall_timeout, at least 60 s: heartbeats share the TCP stream with uploads, so on a slow
     link they can arrive tens of seconds late). `on_wait(holder)` is called once if we have to wait."""
-    if wait < 0:
-        raise DeployerError("lock wait must be 0 or more seconds")
+    if not 0 <= wait <= MAX_LOCK_WAIT_S:
+        raise DeployerError(f"lock wait must be 0 to {MAX_LOCK_WAIT_S} seconds")
     layout = layout or BoardLayout.for_board(conn.board)
     board = conn.board
     if lease is None:

@@ -27,6 +27,7 @@ from deployer import fsutil
 from deployer.errors import DeployerError, RemoteError
 from deployer.remote import runtime as rt
 from deployer.remote.layout import BoardLayout, arg, check_name
+from deployer.remote.lock import MAX_LOCK_WAIT_S
 from deployer.remote.stats import latency_stats
 from deployer.ssh.connect import ClosedWithoutStatus
 
@@ -149,6 +150,9 @@ def _check_files(files: Iterable[tuple[Any, str]]) -> None:
         check_name(Path(path).name, f"{flag} file name")
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _check_local(opts: RunOptions) -> list[Path]:
     files = [opts.param, opts.bin] + ([opts.input_file] if opts.input_file else [])
     _check_files(zip(files, ("--param", "--bin", "--input-file")))
@@ -158,12 +162,25 @@ def _check_local(opts: RunOptions) -> list[Path]:
         raise DeployerError("--duration must be a positive number of seconds")
     if not 0 < opts.idle_timeout < math.inf:
         raise DeployerError("--idle-timeout must be a positive number of seconds")
-    if not opts.lock_wait >= 0:
-        raise DeployerError("--lock-wait must be 0 or more seconds")
+    if not 0 <= opts.lock_wait <= MAX_LOCK_WAIT_S:     # NaN fails too; inf is a timer flock cannot set
+        raise DeployerError(f"--lock-wait must be 0 to {MAX_LOCK_WAIT_S} seconds")
     if opts.warmup < 0:
         raise DeployerError("--warmup must be 0 or more")
-    if opts.threads is not None and opts.threads < 1:
-        raise DeployerError("--threads must be at least 1")
+    from deployer.profile import MAX_THREADS
+
+    if opts.threads is not None and not 1 <= opts.threads <= MAX_THREADS:
+        raise DeployerError(f"--threads must be 1 to {MAX_THREADS}")
+    if not 0 <= opts.seed < 2**63:      # the native runner reads a long long (docs/validation.md: seeds >= 0)
+        raise DeployerError(f"--seed must be 0 to {2**63 - 1}")
+    if opts.fill != "random":
+        # checked here, not by the runner after the upload: a NaN, Inf or float32-overflowing
+        # constant (1e39) made a run on garbage input that looked like any other run
+        try:
+            value = float(opts.fill)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
+            raise DeployerError(f"--fill {opts.fill!r}: use 'random' or a finite number (float32 range)")
     if opts.powersave is not None and opts.powersave not in (0, 1, 2):
         raise DeployerError("--powersave must be 0 (all cores), 1 (little) or 2 (big)")
     if opts.shape is not None:

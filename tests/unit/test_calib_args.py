@@ -140,3 +140,23 @@ def test_mean_norm_longer_than_ncnn_reads_are_parsed_fully_with_a_warning():
     assert parse_args(BASE + ["norm=[0.01712475383166367]"]).warnings == []
     b = parse_args(BASE + ["mean=123.67500000000000001,1"])
     assert len(b.warnings) == 1 and b.warnings[0].startswith("mean=: '123.67500000000000001'")
+
+
+@pytest.mark.parametrize("victim", ["param", "bin", "list", "image", "folder"])
+def test_output_table_never_overwrites_an_input(tmp_path, victim):
+    """`ncnn2table m.param m.bin list.txt m.param ...` wrote the table over the model (exit 0): the
+    user's .param, .bin, list or a calibration image was gone. Refused before any work; nothing changes."""
+    from deployer.quant.ncnn2table import run
+    from tests.fixtures.calib import tiny_model, write_images
+
+    model = tiny_model(tmp_path)
+    listing = write_images(tmp_path / "imgs", 2)
+    image = Path(listing.read_text().split()[0])
+    out = {"param": model.param, "bin": model.bin, "list": listing, "image": image,
+           "folder": tmp_path / "imgs"}[victim]
+    before = {p: p.read_bytes() for p in (model.param, model.bin, listing, image)}
+    args = parse_args([str(model.param), str(model.bin), str(listing), str(out), "shape=[16,16]", "mean=[0,0,0]",
+                       "norm=[1,1,1]", "pixel=BGR", "method=maxabs"])
+    with pytest.raises(DeployerError, match="is a folder" if victim == "folder" else "would overwrite"):
+        run(args)
+    assert {p: p.read_bytes() for p in before} == before

@@ -128,6 +128,51 @@ def test_os_errors_and_ctrl_c_map_to_their_codes(exc, code, line, monkeypatch, t
     assert not (tmp_path / "cache" / "logs").exists()  # not an internal error: no crash log
 
 
+_TERM_DURING_VERIFY = """
+import os, signal, sys, time
+import deployer.ncnn.verify as verify
+def verify_int8(*args, **kwargs):   # the int8 files are staged: SIGTERM now, as kill/timeout(1)/CI would
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+verify.verify_int8 = verify_int8
+sys.argv = ["deployer", *sys.argv[1:]]
+from deployer.cli import main
+main()
+"""
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path: Path) -> None:
+    """SIGTERM used to kill the process on the spot: ncnn2int8 left its 3.6 MB `.o.bin.tmp-*` and
+    `.o.param.tmp-*` staging files behind (measured on MobileNetV2). Now it is Ctrl-C's path: staged
+    files removed, one line, exit 128 + 15."""
+    from deployer.quant.ncnn2table import parse_args, run
+    from deployer.quant.table import write_table
+    from tests.fixtures.calib import tiny_model, write_images
+
+    model = tiny_model(tmp_path)
+    table = tmp_path / "t.table"
+    res = run(parse_args([str(model.param), str(model.bin), str(write_images(tmp_path / "imgs", 2)), str(table),
+                          "shape=[16,16]", "mean=[0,0,0]", "norm=[1,1,1]", "pixel=BGR", "method=maxabs"]))
+    write_table(table, res.table)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _TERM_DURING_VERIFY, "ncnn2int8", str(model.param), str(model.bin),
+                           str(out / "o.param"), str(out / "o.bin"), str(table)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "error: terminated by SIGTERM" and "Traceback" not in proc.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_ignored_hangup_stays_ignored() -> None:
+    """`nohup deployer ...`: a SIGHUP the parent ignores must not start ending the command."""
+    code = ("import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+            "from deployer.cli.common import install_signal_handlers; install_signal_handlers()\n"
+            "assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN\n"
+            "assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_multi_line_messages_become_one_line(monkeypatch, tmp_path: Path, capsys) -> None:
     from deployer.errors import RemoteError
 

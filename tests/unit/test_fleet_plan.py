@@ -66,3 +66,54 @@ def test_executor_specs():
     for bad in ("dask://", "dask://host", "ray://x:1", "threads"):
         with pytest.raises(DeployerError, match="--executor"):
             parse_executor(bad)
+
+
+def test_absurd_bake_is_refused_before_any_wave():
+    """`--bake 99999999999s` used to pass the plan, switch wave 1, then die in time.sleep (OverflowError, exit 4)."""
+    from deployer.fleet.rollout import MAX_BAKE_S
+
+    assert parse_duration(f"{MAX_BAKE_S}s") == MAX_BAKE_S and parse_duration("168h") == MAX_BAKE_S
+    for bad in ("99999999999s", "9" * 400, "169h"):
+        with pytest.raises(DeployerError, match="--bake .*at most 7 days"):
+            parse_duration(bad)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    # NaN passed every `x < 0` check: a NaN deadline never fired, a NaN lock wait became 0, a NaN
+    # latency budget never failed; inf lock waits crashed on int(inf); a negative budget failed every board
+    ({"deadline": float("nan")}, "--deadline"), ({"deadline": float("inf")}, "--deadline"),
+    ({"lock_wait": float("nan")}, "--lock-wait"), ({"lock_wait": float("inf")}, "--lock-wait"),
+    ({"lock_wait": 1e300}, "--lock-wait"), ({"max_latency": -1.0}, "--max-latency"),
+    ({"max_latency": 0.0}, "--max-latency"), ({"max_latency": float("nan")}, "--max-latency"),
+])
+def test_fleet_options_refuse_nan_and_absurd_numbers(kw, needle):
+    from deployer.cli.fleet import _options
+
+    with pytest.raises(DeployerError, match=needle):
+        _options(**kw)
+    assert _options(deadline=30.0, lock_wait=0.0, max_latency=50.0).health.max_latency_ms == 50.0
+
+
+@pytest.mark.parametrize("persist", [float("nan"), float("inf"), -1.0])
+def test_persist_must_be_finite(persist):
+    """--persist inf left a controller process running for ever; NaN slipped through as 'off'."""
+    from deployer.cli.fleet import _call
+
+    with pytest.raises(DeployerError, match="--persist"):
+        _call("local", persist)
+
+
+@pytest.mark.parametrize("state, needle", [
+    ({"release": "r", "boards": {"b1": "notadict"}}, "board 'b1': expected an object"),
+    ({"release": "r", "boards": {"b1": {"switched": True, "previous": 5}}}, "previous must be a release id"),
+    ({"release": ["r"], "boards": {}}, "release must be a release id"),
+])
+def test_damaged_rollout_state_is_one_line(tmp_path, state, needle):
+    """A hand-edited rollouts/<group>.json crashed --resume and rollback --rollout (AttributeError, exit 4)."""
+    import json
+
+    from deployer.fleet.rollout import load_state, state_path
+
+    state_path(tmp_path, "g").write_text(json.dumps(state))
+    with pytest.raises(DeployerError, match=f"unreadable rollout state .*{needle}"):
+        load_state(tmp_path, "g")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -171,6 +172,30 @@ def test_history_and_compare(tmp_path: Path) -> None:
         store.list_runs(tmp_path / "bad")
 
 
+@pytest.mark.parametrize("data, says", [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "a JSON list, not an object"),
+    ('{"analysis": 5, "flags": "ab", "model_files": []}', "analysis is a int, not a dict"),
+])
+def test_damaged_history_row_is_one_line_not_a_crash(tmp_path: Path, data: str, says: str) -> None:
+    """A hand-edited or half-restored row used to crash history/compare/report (JSONDecodeError,
+    AttributeError: exit 4); it is bad input naming the row."""
+    import sqlite3
+    from contextlib import closing
+
+    from deployer.profiling.compare import compare_runs
+    from deployer.profiling.report import write_report
+
+    rid = store.record_run(_record([10.0] * 20), tmp_path)
+    with closing(sqlite3.connect(str(tmp_path / store.DB_NAME))) as con, con:
+        con.execute("UPDATE runs SET data = ? WHERE id = ?", (data, rid))
+    for call in (lambda: store.list_runs(tmp_path), lambda: compare_runs(tmp_path, rid, rid),
+                 lambda: write_report(tmp_path, tmp_path / "r.html", [rid], [])):
+        with pytest.raises(DeployerError, match=f"run {rid} is damaged: its data is .*{says}"):
+            call()
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_report_is_self_contained(tmp_path: Path) -> None:
     from deployer.profiling.report import write_report
 
@@ -198,12 +223,39 @@ def test_sweep_axes_are_validated(tmp_path: Path) -> None:
 
     assert parse_sweeps(["threads=1,2,4", "precision=fp32,int8", "powersave=0,2"]) == {
         "threads": [1, 2, 4], "precision": ["fp32", "int8"], "powersave": [0, 2]}
-    for bad, msg in ((["thread=1"], "unknown axis"), (["threads=0"], ">= 1"), (["precision=bf16"], "unknown bf16"),
+    for bad, msg in ((["thread=1"], "unknown axis"), (["threads=0"], "1 to 256"), (["threads=999"], "1 to 256"), (["precision=bf16"], "unknown bf16"),
                      (["threads=1", "threads=2"], "twice"), (["powersave=3"], "0, 1 or 2"), (["threads"], "AXIS=")):
         with pytest.raises(DeployerError, match=msg):
             parse_sweeps(bad)
     order = [c["t"] for _, c in interleaved([{"t": 1}, {"t": 2}, {"t": 3}], 3)]
     assert order == [1, 2, 3, 3, 2, 1, 1, 2, 3]
+
+
+@pytest.mark.parametrize("args, needle", [
+    # each was accepted: a NaN --fail-on-regression never failed the gate, NaN --min-effect judged
+    # nothing "same", a NaN --norm fed NaN inputs to the parity check, 2 means for RGB were taken
+    (["compare", "1", "2", "--fail-on-regression", "nan"], "--fail-on-regression must be a percentage"),
+    (["compare", "1", "2", "--min-effect", "nan"], "--min-effect must be a percentage"),
+    (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--min-effect", "nan"], "--min-effect must be"),
+    (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--norm", "nan,1,1"], "--norm 'nan,1,1': expected finite"),
+    (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--mean", "1e39,0,0"], "--mean .*expected finite"),
+    (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--mean", "a,b,c"], "--mean 'a,b,c': numbers"),
+    (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--images", "x.png", "--shape", "8,8,3",
+      "--mean", "1,2"], "--mean has 2 values but --pixel RGB has 3 channels"),
+])
+def test_profile_and_compare_numbers_are_checked_first(tmp_path: Path, monkeypatch, capsys, args: list[str],
+                                                        needle: str) -> None:
+    import re
+
+    from deployer.cli import build_app
+    from deployer.cli.common import run_app
+    monkeypatch.chdir(tmp_path)
+    store.record_run(_record([10.0] * 20), tmp_path / "results")
+    store.record_run(_record([10.0] * 20), tmp_path / "results")
+    assert run_app(build_app(), [*args, "--json"]) == 2
+    err = capsys.readouterr()
+    assert re.search(needle, json.loads(err.out)["error"]), err.out
+    assert err.err.count("\n") == 1 and "Traceback" not in err.err
 
 
 def test_sweep_plan_picks_models_per_precision(tmp_path: Path) -> None:

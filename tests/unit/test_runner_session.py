@@ -61,6 +61,27 @@ def test_local_checks(tmp_path: Path) -> None:
             _check_local(_opts(tmp_path, **kw))
 
 
+@pytest.mark.parametrize("kw, needle", [
+    # found by running the CLI: each of these ran on the board (garbage input, 999 threads) or failed
+    # there after the upload ("cannot set up timer" read as a busy board, a runner UsageError)
+    ({"fill": "nan"}, "--fill"), ({"fill": "inf"}, "--fill"), ({"fill": "1e39"}, "--fill"), ({"fill": "abc"}, "--fill"),
+    ({"threads": 999}, "--threads must be 1 to 256"), ({"seed": -1}, "--seed"), ({"seed": 2**64}, "--seed"),
+    ({"lock_wait": float("inf")}, "--lock-wait"), ({"lock_wait": float("nan")}, "--lock-wait"),
+])
+def test_local_checks_refuse_absurd_numbers_before_the_board(tmp_path: Path, kw: dict, needle: str) -> None:
+    with pytest.raises(DeployerError, match=needle):
+        _check_local(_opts(tmp_path, **kw))
+
+
+def test_local_checks_keep_sane_numbers(tmp_path: Path) -> None:
+    from deployer.remote.session import _FLOAT32_MAX
+
+    for kw in ({"fill": "0.5"}, {"fill": "-3e38"}, {"fill": str(_FLOAT32_MAX)}, {"threads": 256}, {"seed": 0},
+               {"lock_wait": 0.0}, {"lock_wait": 3600.0}):
+        with pytest.raises(DeployerError, match="magic"):     # every number passed: the model file is next
+            _check_local(_opts(tmp_path, **kw))
+
+
 class _FakeConn:
     """Only for _collect, which parses lines: no transport involved."""
 
