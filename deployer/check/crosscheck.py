@@ -203,9 +203,10 @@ def crosscheck(
                                         cosine=float(vals[:, 0].mean()), rel_error=float(vals[:, 1].mean()),
                                         max_abs=float(vals[:, 2].max())))
     if task is not None:            # deployer.check.tasks.TaskSpec: mAP / mask IoU / agreement + interval
-        from deployer.check.tasks import task_metrics
+        from deployer.check.tasks import evaluate_task, with_intervals
 
-        result.task = task_metrics(task, refs, tests, groups=groups)  # type: ignore[arg-type]
+        metrics, parts = evaluate_task(task, refs, tests, groups=groups)  # type: ignore[arg-type]
+        result.task = with_intervals(metrics, parts, groups)
     if gates:
         result.gates = evaluate_gates(gates, result.outputs, result.task)
     if per_layer and not layers:

@@ -92,9 +92,13 @@ def _outputs_table(outputs: dict[str, dict], title: str) -> Table:
 def _task_line(task: dict | None) -> None:
     """The profile's task metrics (deployer.check.tasks): mAP for detectors, mask IoU for dense maps."""
     if task:
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in task.items() if k != "detail" and v is not None)
+        intervals = task.get("intervals") or {}
+        shown = ", ".join(f"{k}={_fmt(v)}" + (" [{}, {}]".format(*map(_fmt, intervals[k])) if k in intervals else "")
+                          for k, v in task.items() if k not in ("detail", "intervals") and v is not None)
         detail = task.get("detail", {})
         extra = f" ({detail['reference_boxes']} fp32 boxes)" if "reference_boxes" in detail else ""
+        if intervals:
+            extra += f"; 95% intervals over {intervals['over']} {intervals['unit']}"
         console.print(f"task: {shown}{extra}")
 
 

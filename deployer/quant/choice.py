@@ -24,11 +24,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from deployer.check import resample
 from deployer.check.metrics import OutputSummary
 
 TIE = 1e-4                 # scores closer than this are a tie, broken by model size
-RESAMPLES = 1000           # bootstrap draws (classification/dense: vectorised, milliseconds)
-DETECTION_RESAMPLES = 200  # mAP is recomputed per draw (~2 ms per 72 images): fewer draws
+DETECTION_RESAMPLES = 200  # mAP is recomputed per draw and per method (milliseconds each): fewer draws
 SETTLED_SHARE = 0.5        # below this bootstrap share the choice gets a warning
 
 
@@ -166,31 +166,25 @@ class ChoiceStability:
 
 def choice_stability(methods: list[str], evals: dict[str, Any], sizes: dict[str, int],
                      groups: list[str] | None = None, *, resamples: int | None = None,
-                     seed: int = 0) -> ChoiceStability | None:
+                     seed: int = resample.SEED) -> ChoiceStability | None:
     """Leave-one-out and bootstrap stability of choose() over `evals` (method -> Evaluation with
     per-input summaries; `groups`: eval.group's key per input). None with fewer than two methods."""
     if len(methods) < 2:
         return None
     first = evals[methods[0]]
     n = len(next(iter(first.outputs.values())).per_input_cosine)
-    keys = groups if groups is not None else [str(i) for i in range(n)]
-    if len(keys) != n or n == 0:
+    if n == 0 or (groups is not None and len(groups) != n):
         return None
-    names, unit_of = np.unique(np.asarray(keys), return_inverse=True)
-    k = len(names)
+    u = resample.units(groups, n)
     detection = _task_basis(first.task) == ("map50", "map50_95")
-    draws = resamples if resamples is not None else (DETECTION_RESAMPLES if detection else RESAMPLES)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, k, size=(draws, k))
-    unit_counts = np.stack([np.bincount(row, minlength=k) for row in picks]) if draws else np.zeros((0, k), int)
-    loo = np.ones((k, k), np.int64) - np.eye(k, dtype=np.int64) if k > 1 else np.zeros((0, k), np.int64)
-    weights = np.vstack([loo, unit_counts])[:, unit_of]             # rows x inputs
+    draws = resamples if resamples is not None else (DETECTION_RESAMPLES if detection else resample.DRAWS)
+    loo = resample.leave_one_out_weights(u)
+    weights = np.vstack([loo, resample.bootstrap_weights(u, draws, seed)])       # rows x inputs
     values = {m: score_values(evals[m].outputs, evals[m].task, evals[m].parts, weights) for m in methods}
     chosen = choose(methods, {m: evals[m].rank.values for m in methods}, sizes)
     winners = [choose(methods, {m: values[m][r] for m in methods}, sizes) for r in range(len(weights))]
-    flips = [{"left_out": str(names[g]), "to": winners[g]} for g in range(len(loo)) if winners[g] != chosen]
+    flips = [{"left_out": u.names[g], "to": winners[g]} for g in range(len(loo)) if winners[g] != chosen]
     boot = winners[len(loo):]
     wins = {m: round(boot.count(m) / len(boot), 4) for m in methods if boot.count(m)} if boot else {}
     wins = dict(sorted(wins.items(), key=lambda kv: -kv[1]))
-    unit = "photos (eval.group)" if groups is not None and k < n else "inputs"
-    return ChoiceStability(chosen, unit, k, draws, wins, len(loo) - len(flips), flips)
+    return ChoiceStability(chosen, u.describe(), u.count, draws, wins, len(loo) - len(flips), flips)

@@ -37,6 +37,7 @@ from deployer.check.gates import parse_gates
 from deployer.check.metrics import WILSON_Z, summary_dict
 from deployer.check.net import NcnnNet
 from deployer.check.samples import group_keys, input_names, list_inputs, load_samples
+from deployer.check.tasks import with_intervals
 from deployer.errors import DeployerError
 from deployer.profile import Profile, fp32_byte_budget
 from deployer.quant import speedcost
@@ -371,7 +372,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         "fp32_layers": fp32_layers,
         "mixed": mixed_info,
         "refine": refine_info,
-        "task": chosen_eval.task,
+        "task": with_intervals(chosen_eval.task, chosen_eval.parts, groups),
         "eval": eval_info,
         "heldout": {"count": len(held), "outputs": _summary_dict(chosen_eval.outputs)},
         "gate": {"passed": passed, "results": [g.__dict__ for g in gate_results], "decided_on": len(held)},

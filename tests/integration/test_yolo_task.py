@@ -55,6 +55,12 @@ def test_detection_task_metrics_gate_the_int8_detector(yolo_quantized):
     assert gate["observed"] == {"task": task["map50"]}
     assert gate["passed"] == (task["map50"] >= threshold)
     assert task["detail"]["per_class"]          # per-class AP, by class name
+    # with their uncertainty: bootstrap intervals over the 9 photos (the profile's eval.group), not the 36 views
+    iv = task["intervals"]
+    assert iv["over"] == 9 and iv["unit"] == "photos (eval.group)" and iv["draws"] >= 900
+    for name in ("map50", "map50_95"):
+        lo, hi = iv[name]
+        assert 0 <= lo <= task[name] <= hi <= 1 and hi - lo > 0, (name, task[name], iv[name])
 
 
 def test_preprocessing_mismatch_is_the_failure_mode_deployer_avoids(yolo_quantized, yolov8n, calib_photos,
