@@ -55,5 +55,7 @@ def test_detector_method_is_chosen_by_map_and_reported(tmp_path, yolov8n, calib_
     assert rows["percentile"]["task"]["map50"] < mse["map50"] - TIE
     # the stability of that choice is resampled on the same mAP (boxes matched once per image)
     st = report["method_stability"]
-    assert st["chosen"] == "mse" and st["resamples"] == 200 and st["leave_one_out"]["of"] == len(views.files)
+    photos = {f.name.rsplit("_", 1)[0] for f in views.files}       # the profile's eval.group: 2 views per photo
+    assert st["chosen"] == "mse" and st["resamples"] == 200 and st["unit"] == "photos (eval.group)"
+    assert st["units"] == st["leave_one_out"]["of"] == len(photos) == len(views.files) // 2
     assert sum(st["wins"].values()) == pytest.approx(1.0) and st["settled"] == (st["share"] >= 0.5)
