@@ -33,7 +33,7 @@ from deployer import fsutil
 from deployer.errors import DeployerError
 from deployer.inputs.spec import PIXEL_CHANNELS, PIXEL_FORMATS, RESIZE_MODES, InputSpec
 
-_ASCII_INT = re.compile(r"[+-]?\d+", re.ASCII)
+ASCII_INT = re.compile(r"[+-]?\d+", re.ASCII)
 _ASCII_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.ASCII | re.IGNORECASE)
 PROFILE_MAX_BYTES = 1 << 20     # a profile is a few hundred bytes; anything near this is the wrong file
 MAX_THREADS = 256
@@ -199,7 +199,7 @@ def _as_int(v: Any, where: str, minimum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, str)):
         raise _err(where, f"expected an integer, got {v!r}")
     try:
-        if isinstance(v, str) and not _ASCII_INT.fullmatch(v.strip()):   # int() takes "1_0" and "٣"
+        if isinstance(v, str) and not ASCII_INT.fullmatch(v.strip()):   # int() takes "1_0" and "٣"
             raise ValueError(v)
         n = int(v)
     except ValueError:

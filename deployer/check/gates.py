@@ -22,6 +22,21 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
 }
 _GATE_RE = re.compile(r"^\s*([A-Za-z0-9_]+)(?:@(\S+?))?\s*(>=|<=|==|>|<)\s*([-+0-9.eE]+|inf)\s*$")
+# The values each bounded metric takes (metrics.py, tasks/): a gate outside them can never hold or
+# never fail, so it is a typo (cosine>=2, top1_agreement>=99 for 0.99), not a gate. psnr is
+# unbounded (negative when the error outgrows the peak, +inf when exact).
+_RANGES: dict[str, tuple[float, float]] = {
+    "cosine": (-1.0, 1.0), "min_cosine": (-1.0, 1.0), "max_abs": (0.0, math.inf),
+    **{m: (0.0, 1.0) for m in ("top1_agreement", "top5_agreement", "top1_agreement_clear", "top1_agreement_low",
+                               "map50", "map50_95", "mask_iou", "mask_iou_min")},
+}
+
+
+def _pointless(op: str, t: float, lo: float, hi: float) -> str | None:
+    """Why `value OP t` is decided for every value in [lo, hi]; None for a real gate."""
+    never = {">=": t > hi, ">": t >= hi, "<=": t < lo, "<": t <= lo, "==": not lo <= t <= hi}[op]
+    always = {">=": t <= lo, ">": t < lo, "<=": t >= hi, "<": t > hi, "==": False}[op]
+    return "can never hold" if never else "can never fail" if always else None
 
 
 @dataclass(frozen=True)
@@ -64,7 +79,17 @@ def parse_gate(text: str, where: str = "--gate") -> Gate:
         close = difflib.get_close_matches(metric, known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known metrics: {', '.join(known)}"
         raise DeployerError(f"{where}: unknown gate metric {metric!r} in {text!r}", hint=hint)
-    return Gate(metric=metric, op=op, threshold=float(number), output=output)
+    try:
+        threshold = float(number)
+    except ValueError:      # the pattern admits '.', 'e', '1-2': one line, not a traceback
+        raise DeployerError(f"{where}: {number!r} in {text!r} is not a number",
+                            hint="write METRIC[@OUTPUT]OP NUMBER, e.g. 'top1_agreement>=0.99'") from None
+    if metric in _RANGES:
+        lo, hi = _RANGES[metric]
+        why = _pointless(op, threshold, lo, hi)
+        if why:
+            raise DeployerError(f"{where}: gate {text!r} {why}: {metric} is between {lo:g} and {hi:g}")
+    return Gate(metric=metric, op=op, threshold=threshold, output=output)
 
 
 def parse_gates(texts: list[str], where: str = "--gate") -> list[Gate]:

@@ -52,15 +52,17 @@ def _call(executor: str, persist: Optional[float]) -> Any:
     from deployer.fleet import controller
     from deployer.fleet.executor import parse_executor
 
+    source = "--persist"
     if persist is None:
         # a CI job must not leave a process behind it: there the default is off
         env = os.environ.get("DEPLOYER_PERSIST", "0" if os.environ.get("CI") else "60")
+        source = f"DEPLOYER_PERSIST={env!r}"     # a bad value is named where the user set it
         try:
             persist = float(env)
         except ValueError:
-            raise DeployerError(f"DEPLOYER_PERSIST={env!r}: give seconds (0 turns the controller off)") from None
+            raise DeployerError(f"{source}: give seconds (0 turns the controller off)") from None
     if not 0 <= persist < math.inf:     # NaN fails too; inf would leave a controller running for ever
-        raise DeployerError("--persist must be 0 (off) or a number of seconds")
+        raise DeployerError(f"{source} must be 0 (off) or a number of seconds")
     spec = parse_executor(executor)
     return spec, functools.partial(controller.call, persist=persist if spec.local else 0)
 

@@ -105,6 +105,13 @@ def register(app: typer.Typer) -> None:
 
         _check_percent(min_effect, "--min-effect")
         mean_values, norm_values = _parse_floats(mean, "--mean"), _parse_floats(norm, "--norm")
+        # Refused, not warned: whoever passes --mean/--norm expects the accuracy gate to judge their
+        # preprocessed inputs, but without --images it judges random ones, so the recommendation
+        # would rest on a check they did not ask for (and a warning scrolls away above minutes of runs).
+        unused = [flag for flag, value in (("--mean", mean), ("--norm", norm)) if value is not None]
+        if unused and not images:
+            raise DeployerError(f"{' and '.join(unused)} only apply with --images (the real inputs of the "
+                                "accuracy check)", hint="add --images FILES, or drop " + " and ".join(unused))
         inputs = None
         if images:
             if shape:

@@ -29,6 +29,7 @@ from deployer.errors import DeployerError
 from deployer.fleet.fanout import CANCEL, fan_out
 from deployer.fleet.ops import BoardResult, DeployOptions, deploy_board, list_board
 from deployer.fleet.release import LocalRelease
+from deployer.limits import MAX_WAIT_S
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 SAVE_EVERY = 0.5          # s between writes of the rollout state for results that switched nothing
@@ -79,7 +80,7 @@ def failure_budget(text: str, n: int) -> int:
         raise DeployerError(f"--max-failures {text!r}: give a count (3) or a share of the group (5%)") from None
 
 
-MAX_BAKE_S = 7 * 86400    # a bake is waited out by this process; past ~292 years time.sleep overflows
+MAX_BAKE_S = MAX_WAIT_S    # a bake is waited out by this process; past ~292 years time.sleep overflows
 
 
 def parse_duration(text: str) -> float:

@@ -81,20 +81,68 @@ def _option_summary(options: dict[str, Any]) -> dict[str, Any]:
     return {k: options.get(k) for k in ("threads", "powersave", "int8", "fp16") if k in options}
 
 
+_RUN_COLUMNS = ("id", "started_at", "board", "model_sha256", "param_sha256", "kind", "sweep_id", "label",
+                "median_ms", "flags", "data")
+# What the readers query; a read-only open checks these exist instead of creating them.
+_READ_COLUMNS = {"runs": set(_RUN_COLUMNS), "sweeps": {"id", "data"}}
+
+
+def _check_not_folder(path: Path) -> None:
+    """A folder (or a FIFO, a device) at the database's path is bad input naming it; sqlite would
+    say 'unable to open database file', and an existence check would take it for 'no history'."""
+    if path.exists() and not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise DeployerError(f"{path}: is {what}, not a run history database",
+                            hint="move it away, or pass --results FOLDER where the runs were saved")
+
+
 def _connect(results_dir: Path | str, create: bool) -> sqlite3.Connection:
+    """Writers (`create=True`) make the folder and schema. Readers (history, compare, report) open
+    the user's file read-only: they must never change it, not even by adding a missing table."""
     path = db_path(results_dir)
-    if not create and not path.is_file():
-        raise DeployerError(f"{path}: no run history yet",
-                            hint="every `deployer run` / `deployer profile` stores its runs there; "
-                                 "pass --results FOLDER if they were saved elsewhere")
-    if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if not create:
+        con = _open_read(path)
+        if con is None:
+            raise DeployerError(f"{path}: no run history yet",
+                                hint="every `deployer run` / `deployer profile` stores its runs there; "
+                                     "pass --results FOLDER if they were saved elsewhere")
+        return con
+    _check_not_folder(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = sqlite3.connect(str(path), timeout=30.0)
         con.executescript(_SCHEMA)
         con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         con.commit()
     except sqlite3.DatabaseError as err:
+        raise DeployerError(f"{path}: not a deployer history database ({err})",
+                            hint="move it away; a new one is created on the next run") from None
+    return con
+
+
+def _open_read(path: Path) -> sqlite3.Connection | None:
+    """`path` opened read-only (sqlite `mode=ro`) after checking, by reading only, that it has the
+    tables and columns the readers query; None when there is no history yet: no file, or a database
+    without any table (a writer has just created the file and not yet its schema)."""
+    _check_not_folder(path)
+    if not path.exists():
+        return None
+    con = None
+    try:
+        con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30.0)
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            con.close()
+            return None
+        for table, needed in _READ_COLUMNS.items():
+            have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+            missing = sorted(needed - have)
+            if missing:
+                raise sqlite3.DatabaseError(f"no table {table}" if not have
+                                            else f"table {table} has no column {', '.join(missing)}")
+    except sqlite3.DatabaseError as err:
+        if con is not None:
+            con.close()
         raise DeployerError(f"{path}: not a deployer history database ({err})",
                             hint="move it away; a new one is created on the next run") from None
     return con
@@ -164,7 +212,7 @@ def _row(r: tuple, results_dir: Path | str) -> RunRow:
                   data=_record_data(r[10], f"run {r[0]}", results_dir, _RUN_SHAPES))
 
 
-_COLS = "id, started_at, board, model_sha256, param_sha256, kind, sweep_id, label, median_ms, flags, data"
+_COLS = ", ".join(_RUN_COLUMNS)
 
 
 def list_runs(results_dir: Path | str, *, board: str | None = None, model: str | None = None,
@@ -185,9 +233,10 @@ def list_runs(results_dir: Path | str, *, board: str | None = None, model: str |
         where.append("kind = ?")
         args.append(kind)
     sql = f"SELECT {_COLS} FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
-    if not db_path(results_dir).is_file():
+    con = _open_read(db_path(results_dir))
+    if con is None:
         return []
-    with closing(_connect(results_dir, create=False)) as con:
+    with closing(con):
         rows = [_row(r, results_dir) for r in con.execute(sql, args)]
     return rows[-limit:] if limit else rows
 

@@ -26,7 +26,8 @@ from typing import Any, Callable
 import numpy as np
 
 from deployer.errors import DeployerError
-from deployer.profile import MAX_THREADS
+from deployer.limits import MAX_WAIT_S
+from deployer.profile import ASCII_INT, MAX_THREADS
 from deployer.profiling import hook, parity
 from deployer.profiling import stats as st
 
@@ -55,10 +56,10 @@ def parse_sweeps(texts: list[str]) -> dict[str, list[Any]]:
                 raise DeployerError(f"--sweep precision: unknown {', '.join(bad)}; use fp32, fp16, int8")
             parsed: list[Any] = items
         else:
-            try:
-                parsed = [int(v) for v in items]
-            except ValueError:
-                raise DeployerError(f"--sweep {text!r}: {name} values must be integers") from None
+            # int() alone also takes "1_0" (as 10) and non-ASCII digits: plain digits only
+            if not all(ASCII_INT.fullmatch(v) for v in items):
+                raise DeployerError(f"--sweep {text!r}: {name} values must be integers")
+            parsed = [int(v) for v in items]
             if name == "threads" and any(not 1 <= v <= MAX_THREADS for v in parsed):
                 raise DeployerError(f"--sweep {text!r}: threads must be 1 to {MAX_THREADS}")
             if name == "powersave" and any(v not in (0, 1, 2) for v in parsed):
@@ -109,16 +110,17 @@ def plan_sweep(param: Path, bin_: Path, *, fp32_param: Path | None, fp32_bin: Pa
                inputs: parity.Inputs | None = None, input_blob: str | None = None,
                output_blob: str | None = None) -> SweepPlan:
     from deployer.check.gates import parse_gate
+    from deployer.remote.session import check_files
 
-    for path, flag in ((param, "--param"), (bin_, "--bin"), (fp32_param, "--fp32-param"), (fp32_bin, "--fp32-bin")):
-        if path is not None and not Path(path).is_file():
-            raise DeployerError(f"{flag} {path}: no such file")
+    check_files((path, flag) for path, flag in ((param, "--param"), (bin_, "--bin"), (fp32_param, "--fp32-param"),
+                                                 (fp32_bin, "--fp32-bin")) if path is not None)
     if (fp32_param is None) != (fp32_bin is None):
         raise DeployerError("--fp32-param and --fp32-bin go together")
     if rounds < 1:
         raise DeployerError("--rounds must be at least 1")
-    if chunk_s <= 0:
-        raise DeployerError("--duration must be positive (seconds per setting and round)")
+    if not 0 < chunk_s <= MAX_WAIT_S:      # NaN fails too; 1e308 s per setting never ended
+        raise DeployerError(f"--duration must be positive (seconds per setting and round), "
+                            f"at most {MAX_WAIT_S} (7 days)")
     axes = parse_sweeps(sweeps)
     main_is_int8 = is_int8_model(Path(param))
     int8 = ModelPair(Path(param), Path(bin_)) if main_is_int8 else None

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from deployer.errors import DeployerError, RemoteError
+from deployer.limits import MAX_WAIT_S
 from deployer.remote import board as board_scripts
 from deployer.remote.layout import BoardLayout, arg
 
@@ -129,7 +130,7 @@ def lock_argv(conn: Any, layout: BoardLayout, purpose: str, wait: float, lease: 
 
 # The board's flock(1) refuses a timer it cannot arm ("cannot set up timer": inf, 1e300), which
 # read as "busy" at once; a week is longer than anyone waits for a deploy.
-MAX_LOCK_WAIT_S = 7 * 86400
+MAX_LOCK_WAIT_S = MAX_WAIT_S
 
 
 def default_lease(board: Any) -> float:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from deployer import fsutil
 from deployer.errors import DeployerError, RemoteError
+from deployer.limits import MAX_WAIT_S
 from deployer.remote import runtime as rt
 from deployer.remote.layout import BoardLayout, arg, check_name
 from deployer.remote.lock import MAX_LOCK_WAIT_S
@@ -142,26 +143,34 @@ def _board_default(board: Any, key: str) -> Any:
     return opts.get(key) if isinstance(opts, dict) else getattr(opts, key, None)
 
 
-def _check_files(files: Iterable[tuple[Any, str]]) -> None:
+def check_files(files: Iterable[tuple[Any, str]]) -> None:
     """Each (path, flag): an existing file whose name is safe to use on a board."""
     for path, flag in files:
-        if not Path(path).is_file():
-            raise DeployerError(f"{flag} {path}: no such file")
-        check_name(Path(path).name, f"{flag} file name")
+        p = Path(path)
+        if not p.is_file():
+            # /dev/zero, a FIFO or a folder is there but is nothing to upload: "no such file" sent
+            # people looking for a typo
+            raise DeployerError(f"{flag} {path}: " + ("no such file" if not p.exists() else
+                                                      "is a folder, not a regular file" if p.is_dir() else
+                                                      "not a regular file"))
+        check_name(p.name, f"{flag} file name")
 
 
 _FLOAT32_MAX = 3.4028234663852886e38
+MIN_IDLE_TIMEOUT_S = 1.0
 
 
 def _check_local(opts: RunOptions) -> list[Path]:
     files = [opts.param, opts.bin] + ([opts.input_file] if opts.input_file else [])
-    _check_files(zip(files, ("--param", "--bin", "--input-file")))
+    check_files(zip(files, ("--param", "--bin", "--input-file")))
     if opts.iterations < 1:
         raise DeployerError("--iterations must be at least 1")
-    if opts.duration is not None and not 0 < opts.duration < math.inf:      # NaN fails both
-        raise DeployerError("--duration must be a positive number of seconds")
-    if not 0 < opts.idle_timeout < math.inf:
-        raise DeployerError("--idle-timeout must be a positive number of seconds")
+    # NaN fails these too. 1e308 s ran for ever, and an idle timeout under a second (1e-9) killed
+    # healthy runs at once: the host polls every 0.2 s and a runner's lines cross a link
+    if opts.duration is not None and not 0 < opts.duration <= MAX_WAIT_S:
+        raise DeployerError(f"--duration must be a positive number of seconds, at most {MAX_WAIT_S} (7 days)")
+    if not MIN_IDLE_TIMEOUT_S <= opts.idle_timeout <= MAX_WAIT_S:
+        raise DeployerError(f"--idle-timeout must be {MIN_IDLE_TIMEOUT_S:g} to {MAX_WAIT_S} seconds (7 days)")
     if not 0 <= opts.lock_wait <= MAX_LOCK_WAIT_S:     # NaN fails too; inf is a timer flock cannot set
         raise DeployerError(f"--lock-wait must be 0 to {MAX_LOCK_WAIT_S} seconds")
     if opts.warmup < 0:
@@ -586,7 +595,7 @@ def run_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False,
     per layer too, and the saved result carries both joined by layer name (`layers.vs_fp32`):
     what `deployer quantize --layer-times` reads to price keeping layers float."""
     _check_local(opts)
-    _check_files(zip(fp32_model or (), ("--fp32-param", "--fp32-bin")))
+    check_files(zip(fp32_model or (), ("--fp32-param", "--fp32-bin")))
     for board in boards:          # before any work: a bad name must not cost a whole benchmark
         results_folder(board.name)
     results: list[RunResult | BoardFailure] = []

@@ -103,6 +103,18 @@ def test_persist_must_be_finite(persist):
         _call("local", persist)
 
 
+@pytest.mark.parametrize("env", ["nan", "inf", "-1"])
+def test_bad_persist_from_the_environment_names_the_variable(env, monkeypatch):
+    """DEPLOYER_PERSIST=nan was reported as `--persist must be ...`, a flag the user never gave."""
+    from deployer.cli.fleet import _call
+
+    monkeypatch.setenv("DEPLOYER_PERSIST", env)
+    with pytest.raises(DeployerError, match=f"^DEPLOYER_PERSIST='{env}' must be 0"):
+        _call("local", None)
+    with pytest.raises(DeployerError, match="^--persist must be 0"):     # the flag still wins and is named
+        _call("local", float(env))
+
+
 @pytest.mark.parametrize("state, needle", [
     ({"release": "r", "boards": {"b1": "notadict"}}, "board 'b1': expected an object"),
     ({"release": "r", "boards": {"b1": {"switched": True, "previous": 5}}}, "previous must be a release id"),

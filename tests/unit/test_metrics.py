@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -96,6 +97,23 @@ def test_gate_parse_and_evaluate():
                           parse_gate("max_abs<=1")], outs)
     assert [r.passed for r in res] == [True, False, True]
     assert res[1].worst_output == "prob"
+
+
+@pytest.mark.parametrize("text, says", [
+    ("cosine>=2", "can never hold: cosine is between -1 and 1"), ("top1_agreement>=1.5", "can never hold"),
+    ("map50<=-1", "can never hold"), ("max_abs<0", "can never hold"), ("cosine>=1e999", "can never hold"),
+    ("cosine>=-1", "can never fail"), ("top5_agreement<=1", "can never fail"), ("mask_iou==2", "can never hold"),
+    ("cosine>=.", "'.' in 'cosine>=.' is not a number"),
+])
+def test_gate_that_cannot_decide_anything_is_refused(text, says):
+    """cosine>=2 failed every model and top1_agreement<=1 passed every one; '.' was a ValueError traceback."""
+    with pytest.raises(DeployerError, match=f"^p.yaml: gate: .*{re.escape(says)}"):
+        parse_gate(text, "p.yaml: gate")
+
+
+def test_gate_at_the_edge_of_its_range_is_kept():
+    for text in ("top1_agreement>=1", "cosine==1", "max_abs<=0", "mask_iou>0", "cosine>-1", "psnr>=200", "psnr<-5"):
+        assert parse_gate(text).text
 
 
 def test_gate_applies_to_every_output_unless_named():

@@ -172,6 +172,59 @@ def test_history_and_compare(tmp_path: Path) -> None:
         store.list_runs(tmp_path / "bad")
 
 
+def test_history_folder_in_place_of_database_is_bad_input(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`history` used to list nothing (exit 0) when history.sqlite was a folder: it is bad input naming it."""
+    from deployer.cli import build_app
+    from deployer.cli.common import run_app
+
+    (tmp_path / store.DB_NAME).mkdir()
+    for call in (lambda: store.list_runs(tmp_path), lambda: store.get_run(tmp_path, 1),
+                 lambda: store.record_run(_record([10.0] * 20), tmp_path)):
+        with pytest.raises(DeployerError, match=f"{store.DB_NAME}: is a folder"):
+            call()
+    monkeypatch.chdir(tmp_path)
+    assert run_app(build_app(), ["history", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_history_and_compare_do_not_write_the_database(tmp_path: Path) -> None:
+    """The readers ran CREATE TABLE IF NOT EXISTS / INSERT on the user's file; they open it read-only
+    now and check the schema by reading."""
+    import sqlite3
+    from contextlib import closing
+
+    from deployer.profiling.compare import compare_runs
+
+    rid = store.record_run(_record([10.0] * 20), tmp_path)
+    db = tmp_path / store.DB_NAME
+    with closing(sqlite3.connect(str(db))) as con, con:  # as an older or hand-pruned file: no meta, no index
+        con.executescript("DROP TABLE meta; DROP INDEX runs_board; DROP INDEX runs_model;")
+    before = db.read_bytes()
+    assert [r.id for r in store.list_runs(tmp_path)] == [rid]
+    assert compare_runs(tmp_path, rid, rid)["verdict"] == "same"
+    assert list(store.iter_sweeps(tmp_path)) == []
+    assert db.read_bytes() == before
+    # another program's database: refused by reading, and left as it was
+    other = tmp_path / "other"
+    other.mkdir()
+    with closing(sqlite3.connect(str(other / store.DB_NAME))) as con, con:
+        con.execute("CREATE TABLE runs (id INTEGER, name TEXT)")
+    before = (other / store.DB_NAME).read_bytes()
+    for call in (lambda: store.list_runs(other), lambda: store.get_run(other, 1)):
+        with pytest.raises(DeployerError, match="not a deployer history database .*table runs has no column"):
+            call()
+    assert (other / store.DB_NAME).read_bytes() == before
+    # a file a writer has just created (no tables yet) is no history yet, as no file is
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / store.DB_NAME).write_bytes(b"")
+    assert store.list_runs(empty) == []
+    with pytest.raises(DeployerError, match="no run history yet"):
+        store.get_run(empty, 1)
+    assert (empty / store.DB_NAME).read_bytes() == b""
+
+
 @pytest.mark.parametrize("data, says", [
     ("{not json", "not JSON"),
     ("[1, 2]", "a JSON list, not an object"),
@@ -224,7 +277,10 @@ def test_sweep_axes_are_validated(tmp_path: Path) -> None:
     assert parse_sweeps(["threads=1,2,4", "precision=fp32,int8", "powersave=0,2"]) == {
         "threads": [1, 2, 4], "precision": ["fp32", "int8"], "powersave": [0, 2]}
     for bad, msg in ((["thread=1"], "unknown axis"), (["threads=0"], "1 to 256"), (["threads=999"], "1 to 256"), (["precision=bf16"], "unknown bf16"),
-                     (["threads=1", "threads=2"], "twice"), (["powersave=3"], "0, 1 or 2"), (["threads"], "AXIS=")):
+                     (["threads=1", "threads=2"], "twice"), (["powersave=3"], "0, 1 or 2"), (["threads"], "AXIS="),
+                     # int() reads "1_0" as 10 and takes non-ASCII digits
+                     (["threads=1_0"], "must be integers"), (["powersave=0_1"], "must be integers"),
+                     (["threads=\u0663"], "must be integers")):
         with pytest.raises(DeployerError, match=msg):
             parse_sweeps(bad)
     order = [c["t"] for _, c in interleaved([{"t": 1}, {"t": 2}, {"t": 3}], 3)]
@@ -242,6 +298,10 @@ def test_sweep_axes_are_validated(tmp_path: Path) -> None:
     (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--mean", "a,b,c"], "--mean 'a,b,c': numbers"),
     (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--images", "x.png", "--shape", "8,8,3",
       "--mean", "1,2"], "--mean has 2 values but --pixel RGB has 3 channels"),
+    # were validated, then silently ignored: without --images the parity check uses random inputs
+    (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--mean", "1,2,3"], r"^--mean only apply with --images"),
+    (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--mean", "1,2,3", "--norm", "1,1,1"],
+     r"^--mean and --norm only apply with --images"),
 ])
 def test_profile_and_compare_numbers_are_checked_first(tmp_path: Path, monkeypatch, capsys, args: list[str],
                                                         needle: str) -> None:
@@ -277,6 +337,15 @@ def test_sweep_plan_picks_models_per_precision(tmp_path: Path) -> None:
     with pytest.raises(DeployerError, match="profile gates use cosine or top1_agreement"):
         plan_sweep(m.int8_param, m.int8_bin, fp32_param=None, fp32_bin=None, shape=None, sweeps=[],
                    gates=["psnr>=30"])
+    # 1e308 s per setting never ended and NaN passed; /dev/zero or a folder was "no such file"
+    for chunk_s in (1e308, float("nan"), 0.0):
+        with pytest.raises(DeployerError, match="--duration must be positive .*at most 604800"):
+            plan_sweep(m.int8_param, m.int8_bin, fp32_param=None, fp32_bin=None, shape=None, sweeps=[], chunk_s=chunk_s)
+    assert plan_sweep(m.int8_param, m.int8_bin, fp32_param=None, fp32_bin=None, shape=None, sweeps=[],
+                      chunk_s=7 * 86400).chunk_s == 7 * 86400
+    for path, says in (("/dev/zero", "not a regular file"), (tmp_path, "is a folder, not a regular file")):
+        with pytest.raises(DeployerError, match=f"^--fp32-bin {path}: {says}"):
+            plan_sweep(m.int8_param, m.int8_bin, fp32_param=m.fp32_param, fp32_bin=path, shape=None, sweeps=[])
 
 
 def test_sweep_section_heat_map_and_recommendation() -> None:

@@ -4,6 +4,7 @@ results files."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,13 @@ def test_flags_override_board_defaults_which_override_ncnn(tmp_path: Path) -> No
 def test_local_checks(tmp_path: Path) -> None:
     with pytest.raises(DeployerError, match="--param .*nope.param: no such file"):
         _check_local(RunOptions(param=tmp_path / "nope.param", bin=tmp_path / "m.bin"))
+    # /dev/zero, a folder, a FIFO: there, but not a file to upload (they said "no such file")
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    for path, says in (("/dev/zero", "not a regular file"), (tmp_path, "is a folder, not a regular file"),
+                       (fifo, "not a regular file")):
+        with pytest.raises(DeployerError, match=f"^--input-file {path}: {says}$"):
+            _check_local(_opts(tmp_path, input_file=Path(path)))
     bad = tmp_path / "we ird;name.bin"
     bad.write_text("x")
     opts = _opts(tmp_path)
@@ -67,6 +75,11 @@ def test_local_checks(tmp_path: Path) -> None:
     ({"fill": "nan"}, "--fill"), ({"fill": "inf"}, "--fill"), ({"fill": "1e39"}, "--fill"), ({"fill": "abc"}, "--fill"),
     ({"threads": 999}, "--threads must be 1 to 256"), ({"seed": -1}, "--seed"), ({"seed": 2**64}, "--seed"),
     ({"lock_wait": float("inf")}, "--lock-wait"), ({"lock_wait": float("nan")}, "--lock-wait"),
+    # 1e-9 killed the run after 0 s (exit 3); 1e308 ran for ever
+    ({"idle_timeout": 1e-9}, "--idle-timeout must be 1 to 604800"), ({"idle_timeout": 0.5}, "--idle-timeout"),
+    ({"idle_timeout": float("nan")}, "--idle-timeout"), ({"idle_timeout": 1e308}, "--idle-timeout"),
+    ({"duration": 1e308}, "--duration .*at most 604800"), ({"duration": 7 * 86400 + 1}, "--duration"),
+    ({"duration": float("nan")}, "--duration"), ({"duration": 0.0}, "--duration"),
 ])
 def test_local_checks_refuse_absurd_numbers_before_the_board(tmp_path: Path, kw: dict, needle: str) -> None:
     with pytest.raises(DeployerError, match=needle):
@@ -77,7 +90,8 @@ def test_local_checks_keep_sane_numbers(tmp_path: Path) -> None:
     from deployer.remote.session import _FLOAT32_MAX
 
     for kw in ({"fill": "0.5"}, {"fill": "-3e38"}, {"fill": str(_FLOAT32_MAX)}, {"threads": 256}, {"seed": 0},
-               {"lock_wait": 0.0}, {"lock_wait": 3600.0}):
+               {"lock_wait": 0.0}, {"lock_wait": 3600.0}, {"idle_timeout": 1.0}, {"idle_timeout": 7 * 86400.0},
+               {"duration": 0.01}, {"duration": 7 * 86400.0}):
         with pytest.raises(DeployerError, match="magic"):     # every number passed: the model file is next
             _check_local(_opts(tmp_path, **kw))
 
