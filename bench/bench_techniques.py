@@ -8,12 +8,13 @@ activation shift of deployer.quant.zeroshift on top of whatever weights), write 
 load them in the stock ncnn wheel and score them against the true-fp32 model on the eval inputs,
 with the task's own metric:
 
-- classification: top-1 agreement with its 95 % Wilson interval, top-5 agreement, output cosine;
+- classification: top-1 agreement with its 95 % interval, top-5 agreement, output cosine;
 - detection (YOLOv8n): mAP@0.5 and mAP@0.5:0.95 of int8 boxes against fp32 boxes, cosine;
 - dense (PP-OCR det): IoU of the probability maps thresholded at 0.3, cosine.
 
-Eval inputs never take part in calibration or refinement. Views of one photo are correlated, so
-an interval over views is narrower than the photos alone would justify.
+Eval inputs never take part in calibration or refinement. Views of one photo are correlated: the
+MobileNetV2 intervals are grouped by photo with the demo profile's `eval.group` (what `quantize`
+and `check` report), the others count every input once (one view per LFW face, few text photos).
 
 Classifiers also get a mixed-precision row per method (`--mixed-gate`, default top-1 agreement
 >= 0.99, byte budget 10 % of the all-int8 .bin): deployer.quant.mixed.search with that gate and
@@ -38,9 +39,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from deployer.check.metrics import cosine, wilson_interval
+from deployer.check.metrics import cosine
 from deployer.check.net import NcnnNet
-from deployer.check.samples import load_samples
+from deployer.check.samples import group_keys, load_samples
 from deployer.check.tasks import TaskSpec, task_metrics
 from deployer.inputs.spec import InputSpec
 from examples import data, zoo
@@ -59,6 +60,7 @@ class TechCase:
     eval: list[Path]
     eval_name: str
     task: TaskSpec
+    groups: list[str] | None = None          # eval.group's key per eval input (agreement intervals)
 
 
 def _spec(model: zoo.ZooModel) -> InputSpec:
@@ -109,6 +111,14 @@ def text_views(out_dir: Path, seed: int = 0) -> list[Path]:
     return files
 
 
+def _demo_group_pattern() -> str:
+    """The MobileNetV2 profile's eval.group: one home for which views belong to one photo."""
+    import yaml
+
+    profile = Path(__file__).resolve().parents[1] / "profiles" / "mobilenet_v2.yaml"
+    return yaml.safe_load(profile.read_text())["eval"]["group"]
+
+
 def make_tech_case(name: str, work: Path) -> TechCase:
     model = zoo.build(name)
     root = zoo.cache_root() / "data"
@@ -116,8 +126,9 @@ def make_tech_case(name: str, work: Path) -> TechCase:
     if name == "mobilenet_v2":
         calib = data.calibration_photos(root / "calibration").files
         views = data.imagenet_views(root / "imagenet-views")
+        groups = group_keys(views.files, _demo_group_pattern())
         return TechCase(model, spec, calib, views.files, "foolbox ImageNet views (20 photos x 6)",
-                        TaskSpec("classification"))
+                        TaskSpec("classification"), groups)
     if name == "yolov8n":
         from examples import yolo
 
@@ -142,11 +153,11 @@ def _score(case: TechCase, ref: list[dict], test: list[dict]) -> dict[str, Any]:
     cat = lambda o: np.concatenate([o[b].reshape(-1) for b in case.model.outputs])  # noqa: E731
     cos = [cosine(cat(r), cat(t)) for r, t in zip(ref, test)]
     res: dict[str, Any] = {"cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
-    tm = task_metrics(case.task, [{out: r[out]} for r in ref], [{out: t[out]} for t in test])
+    tm = task_metrics(case.task, [{out: r[out]} for r in ref], [{out: t[out]} for t in test], groups=case.groups)
     if case.task.type == "classification":
-        agree = int(round(tm["top1_agreement"] * len(ref)))
-        lo, hi = wilson_interval(agree, len(ref))
+        lo, hi = tm["detail"]["top1_interval"]
         res.update(top1_agreement=tm["top1_agreement"], top1_ci95=[round(lo, 4), round(hi, 4)],
+                   top1_ci95_over=len(set(case.groups)) if case.groups else len(ref),
                    top5_agreement=tm["top5_agreement"])
     elif case.task.type == "detection":
         res.update(map50=tm["map50"], map50_95=tm["map50_95"], reference_boxes=tm["detail"]["reference_boxes"])
@@ -162,7 +173,7 @@ def _mixed_row(case: TechCase, method: str, table: Any, fp32: Any, evals: list, 
     from deployer.check.gates import parse_gates
     from deployer.quant.mixed import Evaluator, search
 
-    ev = Evaluator(fp32, evals, ref, parse_gates([gate]), threads=threads)
+    ev = Evaluator(fp32, evals, ref, parse_gates([gate]), threads=threads, groups=case.groups)
     try:
         t0 = time.perf_counter()
         start = ev.evaluate(table)
