@@ -28,7 +28,8 @@ _GATE_RE = re.compile(r"^\s*([A-Za-z0-9_]+)(?:@(\S+?))?\s*(>=|<=|==|>|<)\s*([-+0
 _RANGES: dict[str, tuple[float, float]] = {
     "cosine": (-1.0, 1.0), "min_cosine": (-1.0, 1.0), "max_abs": (0.0, math.inf),
     **{m: (0.0, 1.0) for m in ("top1_agreement", "top5_agreement", "top1_agreement_clear", "top1_agreement_low",
-                               "map50", "map50_95", "mask_iou", "mask_iou_min")},
+                               "map50", "map50_95", "mask_iou", "mask_iou_min", "map50_low", "map50_95_low",
+                               "mask_iou_low")},
 }
 
 

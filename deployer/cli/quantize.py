@@ -93,8 +93,9 @@ def _task_line(task: dict | None) -> None:
     """The profile's task metrics (deployer.check.tasks): mAP for detectors, mask IoU for dense maps."""
     if task:
         intervals = task.get("intervals") or {}
+        lows = {f"{k}_low" for k in intervals}              # shown as the interval's lower end
         shown = ", ".join(f"{k}={_fmt(v)}" + (" [{}, {}]".format(*map(_fmt, intervals[k])) if k in intervals else "")
-                          for k, v in task.items() if k not in ("detail", "intervals") and v is not None)
+                          for k, v in task.items() if k not in ("detail", "intervals", *lows) and v is not None)
         detail = task.get("detail", {})
         extra = f" ({detail['reference_boxes']} fp32 boxes)" if "reference_boxes" in detail else ""
         if intervals:

@@ -30,6 +30,8 @@ def test_detector_method_is_chosen_by_map_and_reported(tmp_path, yolov8n, calib_
         Override("quantize.method", "auto", "--method"),
         Override("quantize.candidates", ["kl", "percentile", "mse"], "--candidates"),
         Override("quantize.mixed", False, "--no-mixed"), Override("quantize.refine", "none", "--refine"),
+        # a gate on the evidence: the lower end of mAP@0.5's bootstrap interval over the photos
+        Override("gate", ["map50>=0.5", "map50_low>=0.3"], "--gate"),
         Override("out", str(tmp_path / "out"), "--out")])
     result = run_quantize(prof)
     report = json.loads(result.paths.report.read_text())        # what users read, not the in-memory dict
@@ -59,3 +61,8 @@ def test_detector_method_is_chosen_by_map_and_reported(tmp_path, yolov8n, calib_
     assert st["chosen"] == "mse" and st["resamples"] == 200 and st["unit"] == "photos (eval.group)"
     assert st["units"] == st["leave_one_out"]["of"] == len(photos) == len(views.files) // 2
     assert sum(st["wins"].values()) == pytest.approx(1.0) and st["settled"] == (st["share"] >= 0.5)
+    # map50_low is the lower end of the reported interval, and the gate judged that number
+    low = next(g for g in report["gate"]["results"] if g["gate"] == "map50_low>=0.3")
+    assert low["observed"]["task"] == report["task"]["map50_low"] == pytest.approx(report["task"]["intervals"]["map50"][0],
+                                                                                  abs=1e-4)
+    assert report["task"]["map50_low"] <= report["task"]["map50"] and low["passed"] == (report["task"]["map50_low"] >= 0.3)

@@ -105,3 +105,16 @@ def test_the_cli_prints_task_metrics_with_their_intervals(capsys):
     text = " ".join((cap.out + cap.err).split())
     assert ("task: map50=0.9870 [0.9620, 1.0000], map50_95=0.8840 [0.8500, 0.9100] (63 fp32 boxes); "
             "95% intervals over 9 photos (eval.group)") in text
+
+
+def test_lower_ends_are_gate_metrics():
+    from deployer.check.gates import evaluate_gates, parse_gates
+
+    refs, tests = _maps(24, 0.25, 0)
+    metrics, parts = evaluate_task(TaskSpec("dense", threshold=0.5), refs, tests)
+    task = with_intervals(metrics, parts, [f"p{i // 3}" for i in range(24)])
+    assert task["mask_iou_low"] == pytest.approx(task["intervals"]["mask_iou"][0], abs=1e-4)
+    assert with_intervals(task, parts) is task                 # computed once, not again with other groups
+    passed = [r.passed for r in evaluate_gates(parse_gates([f"mask_iou_low>={task['mask_iou_low'] - 1e-6}",
+                                                            f"mask_iou_low>={task['mask_iou'] - 1e-6}"]), {}, task)]
+    assert passed == [True, False]                           # the point value passes, its lower end does not

@@ -19,7 +19,10 @@ from deployer.errors import DeployerError
 TASK_TYPES = ("classification", "detection", "dense")
 # gate metric name -> the task that produces it
 TASK_METRICS = {"map50": "detection", "map50_95": "detection", "mask_iou": "dense", "mask_iou_min": "dense",
-                "top1_agreement_low": "classification"}
+                "top1_agreement_low": "classification",
+                # lower ends of the bootstrap intervals (with_intervals): gates that ask for evidence
+                "map50_low": "detection", "map50_95_low": "detection", "mask_iou_low": "dense"}
+INTERVAL_GATES = ("map50_low", "map50_95_low", "mask_iou_low")
 
 
 @dataclass
@@ -107,9 +110,10 @@ def with_intervals(metrics: dict[str, Any] | None, parts: TaskParts | None, grou
                    draws: int = resample.DRAWS, seed: int = resample.SEED) -> dict[str, Any] | None:
     """`metrics` plus "intervals": 95 % cluster-bootstrap intervals of a detector's mAP@0.5 and
     mAP@0.5:0.95, or a dense map's mask IoU, over the eval photos (eval.group's groups, else the
-    inputs). Classification already carries its agreement intervals (Wilson, grouped). The
-    metrics are recomputed from per-input pieces, so the draws cost no inference."""
-    if not metrics or parts is None:
+    inputs), and their lower ends as `<metric>_low` for gates (INTERVAL_GATES). Classification
+    already carries its agreement intervals (Wilson, grouped). The metrics are recomputed from
+    per-input pieces, so the draws cost no inference."""
+    if not metrics or parts is None or "intervals" in metrics:
         return metrics
     names = ("map50", "map50_95") if parts.type == "detection" else ("mask_iou",)
     if metrics.get(names[0]) is None:
@@ -120,11 +124,13 @@ def with_intervals(metrics: dict[str, Any] | None, parts: TaskParts | None, grou
     if not rows:
         return metrics
     intervals: dict[str, Any] = {}
+    lows: dict[str, float] = {}
     for k, name in enumerate(names):
         lo, hi = resample.percentile_interval([r[k] for r in rows])
         intervals[name] = [round(lo, 4), round(hi, 4)]
+        lows[f"{name}_low"] = lo
     intervals.update(draws=len(rows), over=u.count, unit=u.describe())
-    return {**metrics, "intervals": intervals}
+    return {**metrics, **lows, "intervals": intervals}
 
 
 def task_metrics(spec: TaskSpec, references: list[dict[str, np.ndarray]], tests: list[dict[str, np.ndarray]],
