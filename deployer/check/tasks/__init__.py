@@ -83,9 +83,9 @@ def parse_task(raw: Any, where: str = "task") -> TaskSpec:
 @dataclass
 class TaskParts:
     """The per-input pieces a detection or dense metric is summed from, kept so the metric can be
-    recomputed on any multiset of eval inputs without running the model again (deployer.quant.choice
-    asks whether the method choice survives resampling the eval set). Classification needs none:
-    its score is a mean of per-input values the output summaries already hold."""
+    recomputed on any multiset of eval inputs without running the model again: bootstrap intervals
+    (with_intervals) and whether the method choice survives resampling (deployer.quant.choice).
+    Classification needs none: its score is a mean of per-input values the output summaries hold."""
 
     type: str
     matches: list[Any] = field(default_factory=list)              # detection: ImageMatch per input
