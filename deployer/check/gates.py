@@ -12,7 +12,7 @@ import math
 import operator
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from deployer.check.metrics import METRIC_NAMES, OutputSummary
 from deployer.check.tasks import TASK_METRICS
@@ -64,6 +64,25 @@ class GateResult:
     passed: bool
     observed: dict[str, float | None]   # output name -> metric value
     worst_output: str | None
+    # 95 % intervals of the observed values, for metrics that carry one (agreement rates, mAP, mask
+    # IoU); `settled`: every interval lies on one side of the threshold, so the verdict is not a coin
+    # flip of which photos were in the eval set. None when the metric has no interval.
+    intervals: dict[str, list[float]] | None = None
+    settled: bool | None = None
+
+
+# output metric -> its interval attribute on OutputSummary
+_INTERVAL_OF = {"top1_agreement": "top1_agreement_ci", "top5_agreement": "top5_agreement_ci",
+                "top1_agreement_clear": "top1_agreement_clear_ci"}
+
+
+def _with_intervals(res: GateResult, gate: Gate, intervals: dict[str, Any]) -> GateResult:
+    """`res` with the observed values' intervals and whether each lies wholly on one side of the threshold."""
+    found = {k: [float(v[0]), float(v[1])] for k, v in intervals.items() if v is not None}
+    if found and gate.op != "==":
+        res.intervals = {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in found.items()}
+        res.settled = all(gate.holds(lo) == gate.holds(hi) for lo, hi in found.values())
+    return res
 
 
 def parse_gate(text: str, where: str = "--gate") -> Gate:
@@ -104,7 +123,8 @@ def evaluate_gate(gate: Gate, outputs: dict[str, OutputSummary], task: dict | No
                                 hint=f"declare `task: {TASK_METRICS[gate.metric]}` in the profile")
         value = task[gate.metric]
         ok = value is not None and gate.holds(value)
-        return GateResult(gate=gate.text, passed=ok, observed={"task": value}, worst_output=None if ok else "task")
+        res = GateResult(gate=gate.text, passed=ok, observed={"task": value}, worst_output=None if ok else "task")
+        return _with_intervals(res, gate, {"task": (task.get("intervals") or {}).get(gate.metric)})
     if gate.output is not None:
         if gate.output not in outputs:
             raise DeployerError(
@@ -125,7 +145,9 @@ def evaluate_gate(gate: Gate, outputs: dict[str, OutputSummary], task: dict | No
         )
     failing = [name for name, v in observed.items() if not gate.holds(v)]
     worst = failing[0] if failing else None
-    return GateResult(gate=gate.text, passed=not failing, observed=observed, worst_output=worst)
+    res = GateResult(gate=gate.text, passed=not failing, observed=observed, worst_output=worst)
+    attr = _INTERVAL_OF.get(gate.metric)
+    return _with_intervals(res, gate, {name: getattr(candidates[name], attr) for name in observed} if attr else {})
 
 
 def evaluate_gates(gates: list[Gate], outputs: dict[str, OutputSummary], task: dict | None = None) -> list[GateResult]:

@@ -107,6 +107,10 @@ def _gates_lines(gates: list[dict]) -> None:
     for g in gates:
         mark = "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]"
         observed = ", ".join(f"{k}={_fmt(v)}" for k, v in g["observed"].items())
+        if g.get("settled") is not None:
+            shown = "; ".join("[{}, {}]".format(*(_fmt(x, 3) for x in iv)) for iv in g["intervals"].values())
+            observed += (f"; 95% interval {shown} on one side of the threshold" if g["settled"] else
+                         f"; not settled: 95% interval {shown} straddles the threshold")
         console.print(f"gate {g['gate']}: {mark} ({observed})")
 
 

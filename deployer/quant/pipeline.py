@@ -33,7 +33,7 @@ import numpy as np
 
 from deployer import fsutil
 from deployer.check.crosscheck import run_outputs
-from deployer.check.gates import parse_gates
+from deployer.check.gates import evaluate_gates, parse_gates
 from deployer.check.metrics import WILSON_Z, summary_dict
 from deployer.check.net import NcnnNet
 from deployer.check.samples import group_keys, input_names, list_inputs, load_samples
@@ -355,7 +355,9 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     speed = time_cost(fp32_layers)
     if mixed_info.get("smallest_passing") and not mixed_info["passed"]:
         mixed_info["smallest_passing_speed"] = time_cost(sorted(base_exclude | set(mixed_info["smallest_passing"])))
-    gate_results = chosen_eval.gates
+    task_report = with_intervals(chosen_eval.task, chosen_eval.parts, groups)
+    # the same verdicts, now with the task metrics' intervals (settled or not) beside them
+    gate_results = evaluate_gates(gates, chosen_eval.outputs, task_report) if gates else chosen_eval.gates
     passed = all(g.passed for g in gate_results) if gates else None
     eval_info = {"count": len(held), "source": evalset.source, "min_count": profile.eval.min_count,
                  "enough": len(held) >= profile.eval.min_count, **interval_basis(groups)}
@@ -372,7 +374,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         "fp32_layers": fp32_layers,
         "mixed": mixed_info,
         "refine": refine_info,
-        "task": with_intervals(chosen_eval.task, chosen_eval.parts, groups),
+        "task": task_report,
         "eval": eval_info,
         "heldout": {"count": len(held), "outputs": _summary_dict(chosen_eval.outputs)},
         "gate": {"passed": passed, "results": [g.__dict__ for g in gate_results], "decided_on": len(held)},

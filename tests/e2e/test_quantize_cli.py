@@ -75,6 +75,11 @@ def test_mobilenet_v2_defaults_agree_with_fp32(tmp_path, mobilenet_v2, calib_pho
     st = report["method_stability"]
     assert st["chosen"] == report["method"] and st["settled"] and st["share"] >= 0.9, st
     assert st["leave_one_out"]["of"] == 20 and st["leave_one_out"]["holds"] >= 19, st
+    # each agreement gate says whether its interval (over the photos) settles it
+    g = next(g for g in report["gate"]["results"] if g["gate"].startswith("top1_agreement>="))
+    lo, hi = report["heldout"]["outputs"]["out0"]["top1_agreement_ci"]
+    threshold = float(g["gate"].split(">=")[1])
+    assert g["intervals"] == {"out0": [lo, hi]} and g["settled"] == (lo >= threshold)
 
     check = run("check", "--param", mobilenet_v2.param, "--bin", mobilenet_v2.bin,
                 "--int8-param", report["files"]["param"], "--int8-bin", report["files"]["bin"],

@@ -54,6 +54,9 @@ def test_detection_task_metrics_gate_the_int8_detector(yolo_quantized):
     threshold = float(gate["gate"].split(">=")[1])
     assert gate["observed"] == {"task": task["map50"]}
     assert gate["passed"] == (task["map50"] >= threshold)
+    # and whether the evidence settles it: the interval wholly on one side of the threshold, or not
+    lo, hi = task["intervals"]["map50"]
+    assert gate["intervals"] == {"task": [lo, hi]} and gate["settled"] == ((lo >= threshold) == (hi >= threshold))
     assert task["detail"]["per_class"]          # per-class AP, by class name
     # with their uncertainty: bootstrap intervals over the 9 photos (the profile's eval.group), not the 36 views
     iv = task["intervals"]

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from deployer.check.gates import evaluate_gates, parse_gate
+from deployer.check.gates import evaluate_gates, parse_gate, parse_gates
 from deployer.check.metrics import (
     cosine,
     is_classifier_like,
@@ -313,3 +313,37 @@ def test_group_keys_take_the_first_capture_group_and_leave_strangers_alone(tmp_p
     assert group_keys(files, r"^(imagenet_\d+)_") == ["imagenet_07", "imagenet_07", "imagenet_12", "=cat.png"]
     assert group_keys(files, r"imagenet_\d+") == ["imagenet_07", "imagenet_07", "imagenet_12", "=cat.png"]
     assert group_keys(files, None) is None
+
+
+def test_a_gate_says_whether_its_interval_settles_it():
+    """0.95 agreement on 20 inputs: '>= 0.9' passes but its 95 % interval straddles 0.9 (not settled);
+    '>= 0.5' is settled. A metric without an interval (cosine) leaves the question open (None)."""
+    refs = [np.eye(10)[i % 10] * 5 for i in range(20)]
+    tests = [r.copy() for r in refs]
+    tests[0] = np.roll(refs[0], 1)                             # one flip in 20
+    s = summarize("out0", refs, tests)
+    outs = {"out0": s}
+    lo, hi = s.top1_agreement_ci
+    close, far, cos = evaluate_gates(parse_gates(["top1_agreement>=0.9", "top1_agreement>=0.5", "cosine>=0.5"]), outs)
+    assert close.passed and close.settled is False and close.intervals == {"out0": [round(lo, 4), round(hi, 4)]}
+    assert far.passed and far.settled is True
+    assert cos.settled is None and cos.intervals is None
+    # a task metric's bootstrap interval settles (or not) a task gate the same way
+    task = {"map50": 0.97, "map50_95": 0.8, "intervals": {"map50": [0.93, 0.99]}}
+    (straddles, clears) = evaluate_gates(parse_gates(["map50>=0.95", "map50>=0.9"]), outs, task)
+    assert straddles.passed and straddles.settled is False and clears.settled is True
+    assert clears.intervals == {"task": [0.93, 0.99]}
+
+
+def test_the_cli_says_when_a_gate_is_not_settled(capsys):
+    from deployer.cli.quantize import _gates_lines
+
+    _gates_lines([{"gate": "top1_agreement>=0.9", "passed": True, "observed": {"out0": 0.95},
+                   "intervals": {"out0": [0.878, 0.981]}, "settled": False},
+                  {"gate": "cosine>=0.985", "passed": True, "observed": {"out0": 0.9916}, "intervals": None,
+                   "settled": None}])
+    cap = capsys.readouterr()
+    text = " ".join((cap.out + cap.err).split())
+    assert ("gate top1_agreement>=0.9: pass (out0=0.9500; not settled: 95% interval [0.878, 0.981] straddles "
+            "the threshold)") in text
+    assert "gate cosine>=0.985: pass (out0=0.9916)" in text
