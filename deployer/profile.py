@@ -604,6 +604,9 @@ def _byte_budget(v: Any, where: str) -> str:
     text = str(v).strip()
     if isinstance(v, bool) or not _BUDGET.fullmatch(text):
         raise _err(where, f"expected a share like 10% or a byte count, got {v!r}", "e.g. max_fp32_bytes: 10%")
+    # a 400-digit share parses as float inf, and fp32_byte_budget's int() of it was an internal error
+    if text.endswith("%") and not math.isfinite(float(text[:-1])):
+        raise _err(where, f"{text[:20]}... is out of range", "e.g. max_fp32_bytes: 10%")
     return text
 
 

@@ -156,6 +156,7 @@ def crosscheck(
     progress: Progress | None = None,
     task: object = None,
     groups: list[str] | None = None,
+    task_where: str = "task",
 ) -> CheckResult:
     """Run both models on every sample and compare; gates are evaluated on the output summaries."""
     if not samples:
@@ -180,6 +181,8 @@ def crosscheck(
     for i, sample in enumerate(samples):
         r = net32.run(sample, [*outs, *blobs])
         t = net8.run(sample, [*outs, *blobs])
+        if i == 0:
+            _check_same_sizes(r, t, [*outs, *blobs], fp32[0], int8[0])
         refs.append({o: r[o] for o in outs})
         tests.append({o: t[o] for o in outs})
         for q in layers:
@@ -203,8 +206,9 @@ def crosscheck(
                                         cosine=float(vals[:, 0].mean()), rel_error=float(vals[:, 1].mean()),
                                         max_abs=float(vals[:, 2].max())))
     if task is not None:            # deployer.check.tasks.TaskSpec: mAP / mask IoU / agreement + interval
-        from deployer.check.tasks import evaluate_task, with_intervals
+        from deployer.check.tasks import check_task_outputs, evaluate_task, with_intervals
 
+        check_task_outputs(task, refs, task_where)  # type: ignore[arg-type]  # errors name the profile's task
         metrics, parts = evaluate_task(task, refs, tests, groups=groups)  # type: ignore[arg-type]
         result.task = with_intervals(metrics, parts, groups)
     if gates:
@@ -213,6 +217,17 @@ def crosscheck(
         result.notes.append("the int8 model has no int8 conv/fc layers")
     result.seconds = time.monotonic() - started
     return result
+
+
+def _check_same_sizes(ref: Outputs, test: Outputs, blobs: list[str], fp32_param: str | os.PathLike,
+                      int8_param: str | os.PathLike) -> None:
+    """int8 keeps every blob's size, so a size that differs means --int8-param is another model that
+    happens to share blob names (MTCNN PNet vs RNet): one line here, not a ValueError from the metrics."""
+    for name in blobs:
+        if np.asarray(ref[name]).size != np.asarray(test[name]).size:
+            raise DeployerError(f"{int8_param}: blob {name!r} has shape {list(np.shape(test[name]))} where "
+                                f"{Path(fp32_param).name} has {list(np.shape(ref[name]))}",
+                                hint=f"is it the int8 version of {Path(fp32_param).name}? quantize that model")
 
 
 def _blob_names(param: str | os.PathLike) -> set[str]:

@@ -7,10 +7,13 @@ module only finds the files, pairs them across inputs and names the Input blobs 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -68,23 +71,57 @@ def list_inputs(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def group_keys(files: list[Path], pattern: str | None) -> list[str] | None:
+GROUP_SECONDS = 5.0     # eval.group on every eval file name; a sane pattern needs milliseconds
+
+
+def group_keys(files: list[Path], pattern: str | None, where: str = "eval.group",
+               require_match: bool = False) -> list[str] | None:
     """One group key per input file for grouped agreement intervals (profile `eval.group`): the
     regular expression's first capture group (else its whole match) searched in the file's name,
     e.g. `^(imagenet_\\d+)_` puts imagenet_07_flip.png and imagenet_07_full.png in one group. A
     file the pattern does not match is a group of its own, so a partial match never merges
-    unrelated inputs. None when there is no pattern."""
+    unrelated inputs. None when there is no pattern.
+
+    `require_match`: a pattern that matches none of the names is a typo, not a grouping (it used to
+    pass silently, the report claiming intervals over "N groups of eval.group"). A pattern that
+    backtracks catastrophically (`(a+)+`) is stopped after GROUP_SECONDS instead of hanging."""
     if not pattern:
         return None
     rx = re.compile(pattern)
     keys = []
-    for f in files:
-        m = rx.search(Path(f).name)
-        if m is None:
-            keys.append(f"={Path(f).name}")
-        else:
-            keys.append(m.group(1) if rx.groups and m.group(1) is not None else m.group(0))
+    with _time_limit(GROUP_SECONDS, f"{where}: '{pattern}' takes over {GROUP_SECONDS:g} s on the eval file names",
+                     "nested repetition like (a+)+ backtracks exponentially; simplify the pattern"):
+        for f in files:
+            m = rx.search(Path(f).name)
+            if m is None:
+                keys.append(f"={Path(f).name}")
+            else:
+                keys.append(m.group(1) if rx.groups and m.group(1) is not None else m.group(0))
+    if require_match and files and all(k.startswith("=") for k in keys):
+        raise DeployerError(f"{where}: '{pattern}' matches none of the {len(files)} eval file names "
+                            f"(e.g. {Path(files[0]).name})",
+                            hint="the first capture group names the photo a view belongs to, e.g. '^(photo\\d+)_'")
     return keys
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, message: str, hint: str) -> Iterator[None]:
+    """Raise DeployerError(message) if the block runs longer than `seconds` (main thread only:
+    SIGALRM; Python's `re` checks for signals while it backtracks, so the match is interrupted)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise DeployerError(message, hint=hint)
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def input_names(specs: list[InputSpec], model_inputs: list[str], where: str) -> list[str]:

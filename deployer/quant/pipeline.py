@@ -122,6 +122,33 @@ def output_paths(profile: Profile, param: Path) -> OutputPaths:
                        folder / f"{stem}_int8.table", folder / f"{stem}_int8.json")
 
 
+def check_output_folder(profile: Profile, paths: OutputPaths, inputs: list[Path | None]) -> None:
+    """Refuse, before any work, an out folder the files cannot go to or that would replace an input.
+
+    The outputs are staged and renamed at the very end (_write_outputs), so an --out naming a file
+    used to fail only after the whole run, as a bare OS message ("File exists"), and an out folder
+    holding the model (`--name` or a model already called *_int8) silently replaced the fp32
+    .param/.bin the run was reading."""
+    where = profile.where("out")
+    node = paths.folder
+    while not node.exists() and node != node.parent:     # mkdir(parents=True) starts at the first that exists
+        node = node.parent
+    if not node.is_dir():
+        raise DeployerError(f"{where}: {node} is a file, not a folder",
+                            hint="give a folder (new or existing) for the int8 files")
+    try:        # os.access says yes to root even on a read-only mount or an immutable folder: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".staging-", dir=node))
+    except OSError as err:
+        raise DeployerError(f"{where}: cannot write into {node} ({err.strerror or err})",
+                            hint="choose a folder you can write to") from None
+    read = {os.path.realpath(p): p for p in inputs if p is not None}
+    for target in paths.all():
+        if os.path.realpath(target) in read:
+            raise DeployerError(f"{where}: writing {target.name} there would replace the input "
+                                f"{read[os.path.realpath(target)]}",
+                                hint="choose another out folder, or another --name")
+
+
 def resolve_model(profile: Profile) -> tuple[Path, Path, dict]:
     """The fp32 ncnn .param/.bin, converting ONNX/TorchScript through pnnx (cached) when needed."""
     spec = profile.model
@@ -218,6 +245,8 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     t = time.monotonic()
     param, bin_, import_info = resolve_model(profile)
     paths = output_paths(profile, param)
+    check_output_folder(profile, paths, [param, bin_, profile.source, profile.quantize.layer_times,
+                                         *profile.calibration.images, *profile.eval.images])
     gates = parse_gates(profile.gate, profile.where("gate"))
     t = phase("import", t)
 
@@ -236,6 +265,17 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         close = difflib.get_close_matches(unknown[0], sorted(layer_names), n=1)
         raise DeployerError(f"{profile.where('quantize.keep_fp32')}: the model has no layer {unknown[0]!r}",
                             hint=f"did you mean '{close[0]}'?" if close else "see the layer names in the .param")
+    # a layer int8 never touches (Input, ReLU, Pooling...) "kept float" was accepted and reported as kept
+    from deployer.quant.int8 import CALIBRATED_TYPES, DYNAMIC_TYPES, WEIGHT_ONLY_TYPES
+
+    int8_types = (*CALIBRATED_TYPES, *WEIGHT_ONLY_TYPES, *DYNAMIC_TYPES)
+    never_int8 = [lay for lay in model.graph.layers
+                  if lay.name in profile.quantize.keep_fp32 and lay.type not in int8_types]
+    if never_int8:
+        raise DeployerError(f"{profile.where('quantize.keep_fp32')}: layer {never_int8[0].name!r} "
+                            f"({never_int8[0].type}) is never int8, so keeping it float changes nothing",
+                            hint=f"name a Convolution/ConvolutionDepthWise/InnerProduct layer, "
+                                 f"e.g. {sorted(layer_names)[0]}")
     layer_times = None
     if profile.quantize.layer_times is not None:   # before any work: times of another model fail here
         layer_times = speedcost.load_layer_times(profile.quantize.layer_times)
@@ -253,6 +293,10 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     outputs = ref_net.output_names
     reference = run_outputs(ref_net, held, outputs)
     del ref_net
+    if profile.task is not None and reference:     # before calibration: a task that cannot fit this model fails now
+        from deployer.check.tasks import check_task_outputs
+
+        check_task_outputs(profile.task, reference, profile.where("task"))
     t = phase("reference", t)
 
     from deployer.quant.calibration import Calibrator, InputSet
@@ -260,7 +304,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
 
     methods = [profile.quantize.method] if profile.quantize.method != "auto" else list(profile.quantize.candidates)
     base_exclude = frozenset(profile.quantize.keep_fp32)
-    groups = group_keys(evalset.files[0], profile.eval.group)
+    groups = group_keys(evalset.files[0], profile.eval.group, profile.where("eval.group"), require_match=True)
     evaluator = Evaluator(model, held, reference, gates, threads=profile.threads, groups=groups)
     evaluator.task = profile.task
     try:
@@ -392,7 +436,7 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
     }
     timings["total"] = round(time.monotonic() - started, 3)
     _write_outputs(paths, param_text, bin_bytes, format_table(table).encode(), report,
-                   verify_shapes={n: tuple(a.shape) for n, a in held[0].items()})
+                   verify_shapes={n: tuple(a.shape) for n, a in held[0].items()}, where=profile.where("out"))
     return QuantizeResult(report, paths)
 
 
@@ -423,13 +467,16 @@ def run_check(profile: Profile, *, images: list[Path] | None = None,
         notes += evalset.warnings
     if count is not None:
         files = [f[:count] for f in files]
-    groups = group_keys(files[0], profile.eval.group)
+    groups = group_keys(files[0], profile.eval.group, profile.where("eval.group"), require_match=not images)
+    if profile.eval.group and groups is not None and all(k.startswith("=") for k in groups):
+        notes.append(f"eval.group '{profile.eval.group}' matches none of the {len(groups)} input names: "
+                     "every input counts as its own photo")
     names = input_names(profile.inputs, read_param(fp32_param).input_names, profile.where("inputs"))
     gates = parse_gates(profile.gate, profile.where("gate"))
     samples = load_samples(files, profile.inputs, names,
                            progress=(lambda d, t: progress("preprocess", d, t)) if progress else None)
     result = crosscheck((fp32_param, fp32_bin), int8, samples, gates=gates, per_layer=per_layer,
-                        threads=profile.threads, task=profile.task, groups=groups,
+                        threads=profile.threads, task=profile.task, groups=groups, task_where=profile.where("task"),
                         progress=(lambda d, t: progress("compare", d, t)) if progress else None)
     n = len(samples)
     if n < profile.eval.min_count and not any("eval.min_count" in w for w in notes):
@@ -463,15 +510,19 @@ def _jsonable(o: Any) -> Any:
 
 
 def _write_outputs(paths: OutputPaths, param_text: bytes, bin_bytes: bytes, table: bytes, report: dict,
-                   verify_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+                   verify_shapes: dict[str, tuple[int, ...]] | None = None, where: str = "--out") -> None:
     """Stage every file, then rename each into place: no partial file ever carries a real name.
 
     The staged int8 model is loaded and run once in stock ncnn (deployer.ncnn.verify, a child
     process) before anything is renamed: a model ncnn refuses is never reported as a success."""
     import json
 
-    paths.folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=paths.folder))
+    try:       # an unwritable (read-only, immutable) folder: say so, not the staging folder's name
+        paths.folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=paths.folder))
+    except OSError as err:
+        raise DeployerError(f"{where}: cannot write into {paths.folder} ({err.strerror or err})",
+                            hint="choose a folder you can write to") from None
     try:
         contents = {paths.param: param_text, paths.bin: bin_bytes, paths.table: table,
                     paths.report: (json.dumps(report, indent=2, default=_jsonable) + "\n").encode()}

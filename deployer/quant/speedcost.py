@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from deployer import fsutil
 from deployer.errors import DeployerError
 
 # One int8 conv is assumed this many times faster than the same conv in float, to turn the MACs
 # moved to fp32 into a time estimate. ncnn's ARM int8 gain varies from none (depthwise-heavy nets,
 # fp16-capable cores) to ~2x (SDOT/i8mm cores): 2x is the upper end, so the estimate is a ceiling.
 INT8_SPEEDUP = 2.0
+RESULT_MAX_BYTES = 64 << 20     # a run result with per-layer times is kilobytes; this is the wrong file
 RUN_HINT = ("time the all-int8 model on the board: deployer run BOARD --param M_int8.param --bin M_int8.bin "
             "--layers --fp32-param M.param --fp32-bin M.bin, then pass results/<board>/<time>.json")
 
@@ -54,11 +56,11 @@ def _err(file: Path, what: str) -> DeployerError:
 def load_layer_times(file: Path) -> LayerTimes:
     """Read a `deployer run --layers --fp32-param` result (the saved results file or its --json
     output, one board). Every way it can be the wrong file is one line naming it."""
+    # fsutil refuses FIFOs, devices and folders without blocking (a FIFO here used to hang quantize)
+    text = fsutil.read_input_text(file, "run result file", limit=RESULT_MAX_BYTES)
     try:
-        doc = json.loads(Path(file).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise DeployerError(f"{file}: cannot read it ({err.strerror or err})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
         raise _err(file, f"not a JSON run result ({err})") from None
     if isinstance(doc, dict) and isinstance(doc.get("boards"), list):
         timed = [b for b in doc["boards"] if isinstance(b, dict) and (b.get("layers") or {}).get("vs_fp32")]

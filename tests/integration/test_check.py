@@ -151,3 +151,17 @@ def test_run_check_defaults_to_the_eval_set_quantize_decided_on(rnet_quantized, 
     assert s.top1_agreement == plain.top1_agreement and s.per_input_top1 == plain.per_input_top1
     assert s.top1_agreement_ci == grouped_interval(s.per_input_top1, keys)
     assert s.top1_agreement_ci[0] <= plain.top1_agreement_ci[0]
+
+
+def test_int8_model_of_another_network_is_one_line(mtcnn_rnet, mtcnn_pnet, lfw_heldout, tmp_path):
+    """PNet shares RNet's blob names (in0, out0, out1) but not their sizes: comparing them was a
+    ValueError from the metrics (exit 4)."""
+    proc = subprocess.run([DEPLOYER, "check", "--param", str(mtcnn_rnet.param), "--bin", str(mtcnn_rnet.bin),
+                           "--int8-param", str(mtcnn_pnet.param), "--int8-bin", str(mtcnn_pnet.bin),
+                           "--images", str(lfw_heldout.list_file), "--shape", "24,24", "--count", "5", "--json"],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="300"))
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "vulkan" not in ln.lower()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {mtcnn_pnet.param}: blob 'out0' has shape [2, 7, 7] where "
+                                                   f"{Path(mtcnn_rnet.param).name} has [2]"), lines
+    assert json.loads(proc.stdout)["ok"] is False

@@ -246,3 +246,62 @@ def test_letterbox_inputs_calibrate_without_temporary_files(tmp_path, mtcnn_rnet
     assert result.report["gate"]["passed"] is True
     assert result.report["calibration"]["files"] + result.report["heldout"]["count"] == len(calib_photos.files)
     assert not list(tmp_path.glob("**/*.npy"))      # no .npy hand-off
+
+
+def test_out_folder_that_would_replace_an_input_is_refused_before_any_work(tmp_path, mtcnn_rnet, lfw_calibration):
+    """An out folder holding a model already named *_int8 (or `--name` making the names meet) used to
+    overwrite the fp32 .param/.bin being read; an --out naming a file failed after the whole run
+    with a bare "File exists"."""
+    import shutil
+
+    models = tmp_path / "models"
+    models.mkdir()
+    param, bin_ = models / "rnet_int8.param", models / "rnet_int8.bin"
+    shutil.copy(mtcnn_rnet.param, param)
+    shutil.copy(mtcnn_rnet.bin, bin_)
+    before = param.read_bytes()
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, models, quantize={"method": "maxabs"})
+    prof = load_profile(profile, [Override("model.param", str(param), "--param"),
+                                  Override("model.bin", str(bin_), "--bin"), Override("name", "rnet", "--name")])
+    with pytest.raises(DeployerError, match=rf"^{profile}: out: writing rnet_int8.param there would replace the "
+                                            rf"input {param} \(choose another out folder, or another --name\)$"):
+        run_quantize(prof)
+    assert param.read_bytes() == before and sorted(p.name for p in models.iterdir()) == ["rnet_int8.bin",
+                                                                                         "rnet_int8.param"]
+    (tmp_path / "a_file").write_text("")
+    prof = load_profile(profile, [Override("out", str(tmp_path / "a_file" / "sub"), "--out")])
+    with pytest.raises(DeployerError, match=rf"^--out: {tmp_path / 'a_file'} is a file, not a folder"):
+        run_quantize(prof, progress=lambda *a: pytest.fail("work started before --out was checked"))
+
+
+def test_keep_fp32_layer_that_is_never_int8_is_refused(tmp_path, mtcnn_rnet, lfw_calibration):
+    """`keep_fp32: [in0]` (the Input layer) was accepted and reported as kept float: it changes nothing."""
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, tmp_path / "out",
+                            quantize={"method": "maxabs", "keep_fp32": ["in0"]})
+    with pytest.raises(DeployerError, match=r"quantize.keep_fp32: layer 'in0' \(Input\) is never int8, so keeping it "
+                                            r"float changes nothing \(name a Convolution/.*, e.g. conv_0\)"):
+        run_quantize(load_profile(profile))
+    assert not (tmp_path / "out").exists()
+
+
+def test_layer_times_fifo_is_refused_without_hanging(tmp_path, mtcnn_rnet, lfw_calibration):
+    """quantize.layer_times naming a FIFO blocked forever in read_text()."""
+    fifo = tmp_path / "times.json"
+    os.mkfifo(fifo)
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, tmp_path / "out",
+                            quantize={"method": "maxabs", "layer_times": str(fifo)})
+    with pytest.raises(DeployerError, match=rf"^{fifo}: is a FIFO, expected a regular run result file$"):
+        run_quantize(load_profile(profile))
+
+
+def test_detection_task_on_a_model_without_a_yolo_head_fails_before_calibration(tmp_path, mtcnn_rnet,
+                                                                                lfw_calibration):
+    """Was an IndexError in decode_yolov8 (exit 4) after statistics had been collected."""
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, tmp_path / "out",
+                            quantize={"method": "maxabs"}, gate=["cosine>=0.9"],
+                            task={"type": "detection", "num_classes": 18})
+    phases = []
+    with pytest.raises(DeployerError, match=r"profile.yaml: task.output: output 'out0' has shape \[2\], not a YOLOv8 "
+                                            r"head of 22 x anchors"):
+        run_quantize(load_profile(profile), progress=lambda phase, *a: phases.append(phase))
+    assert "collect" not in phases and not (tmp_path / "out").exists()

@@ -347,3 +347,20 @@ def test_the_cli_says_when_a_gate_is_not_settled(capsys):
     assert ("gate top1_agreement>=0.9: pass (out0=0.9500; not settled: 95% interval [0.878, 0.981] straddles "
             "the threshold)") in text
     assert "gate cosine>=0.985: pass (out0=0.9916)" in text
+
+
+def test_group_keys_refuse_a_pattern_that_matches_nothing_or_backtracks_forever(tmp_path: Path, monkeypatch):
+    """eval.group matching none of the eval names used to pass as "N groups of eval.group"; a
+    catastrophic pattern used to hang quantize for minutes per file name."""
+    from deployer.check import samples
+    from deployer.check.samples import group_keys
+
+    files = [tmp_path / n for n in ("lfw_001_face.png", "lfw_002_face.png")]
+    with pytest.raises(DeployerError, match=r"^p.yaml: eval.group: '\^zzz\(\\d\+\)' matches none of the 2 eval file "
+                                            r"names \(e.g. lfw_001_face.png\)"):
+        group_keys(files, r"^zzz(\d+)", "p.yaml: eval.group", require_match=True)
+    assert group_keys(files, r"^zzz(\d+)") == ["=lfw_001_face.png", "=lfw_002_face.png"]   # check --images: a note
+    monkeypatch.setattr(samples, "GROUP_SECONDS", 0.2)
+    slow = [tmp_path / ("lfw_000_face_and_a_long_name" + "_x" * 10 + ".png")]
+    with pytest.raises(DeployerError, match=r"eval.group: .* takes over 0.2 s on the eval file names"):
+        group_keys(slow, r"^(([\w.]+)+)+Q")

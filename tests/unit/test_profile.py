@@ -219,3 +219,12 @@ def test_max_slowdown_is_a_share_and_needs_board_times(folder: Path):
     assert error_of(p).startswith(f"{p}: quantize.max_slowdown: needs the board's per-layer times")
     assert error_of(write(folder, GOOD), [Override("quantize.max_slowdown", "5%", "--max-slowdown")]).startswith(
         "--max-slowdown: needs the board's per-layer times")
+
+
+def test_byte_budget_share_too_large_for_a_float_is_one_line(folder: Path):
+    """max_fp32_bytes: 999...9% (400 digits) parsed as inf and crashed fp32_byte_budget (exit 4)."""
+    text = GOOD.replace("  keep_fp32: [conv1]", "  keep_fp32: [conv1]\n  max_fp32_bytes: " + "9" * 400 + "%")
+    msg = error_of(write(folder, text))
+    assert msg.startswith(f"{folder / 'p.yaml'}: quantize.max_fp32_bytes: 99999999999999999999... is out of range")
+    prof = load_profile(write(folder, GOOD.replace("[conv1]", "[conv1]\n  max_fp32_bytes: 200%")))
+    assert prof.quantize.max_fp32_bytes == "200%"

@@ -75,7 +75,7 @@ def test_times_of_another_model_fail_before_any_work(tmp_path):
         check_same_model(times, {"conv_0": "Convolution", "relu_1": "ReLU"})
     with pytest.raises(DeployerError, match="times layer 'relu_1' \\(ReLU\\) but this model has a Clip: .*another model"):
         check_same_model(times, {"conv_0": "Convolution", "relu_1": "Clip", "fc_2": "InnerProduct"})
-    with pytest.raises(DeployerError, match="cannot read it"):
+    with pytest.raises(DeployerError, match="missing.json: run result file not found"):
         load_layer_times(tmp_path / "missing.json")
 
 

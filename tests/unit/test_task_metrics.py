@@ -103,7 +103,15 @@ def test_classification_interval_and_labels():
 
 
 @pytest.mark.parametrize("raw, msg", [({"type": "segmentation"}, "unknown task"), ({"kind": "dense"}, "unknown key"),
-                                      ({"type": "detection", "conf": 2}, "between 0 and 1"), (3, "expected a task")])
+                                      ({"type": "detection", "conf": 2}, "between 0 and 1"), (3, "expected a task"),
+                                      # these passed and ended as an internal error once outputs were decoded
+                                      ({"type": "detection", "num_classes": 0}, r"task.num_classes: must be >= 1"),
+                                      ({"type": "detection", "num_classes": 2.7}, r"task.num_classes: expected an int"),
+                                      ({"type": "detection", "num_classes": True}, r"task.num_classes: expected an int"),
+                                      ({"type": "detection", "class_names": "person"}, r"task.class_names: expected a"),
+                                      ({"type": "detection", "class_names": ["a"], "num_classes": 2}, "but num_classes"),
+                                      ({"type": "dense", "threshold": float("nan")}, r"task.threshold: expected a fin"),
+                                      ({"type": "dense", "output": ["out0"]}, r"task.output: expected a non-empty")])
 def test_parse_task_rejects(raw, msg):
     with pytest.raises(DeployerError, match=msg):
         parse_task(raw, "profiles/x.yaml: task")
@@ -155,3 +163,23 @@ def test_boxes_are_drawn_side_by_side(tmp_path):
     assert (px[22 + 10, 10:40] != 200).any()          # a box edge in the left panel
     assert (px[22:, 80:] == 200).all()                # right panel: no box
     assert letterbox_scale((640, 480), (320, 320)) == 0.5
+
+
+def test_task_that_does_not_fit_the_model_is_one_line_naming_the_field():
+    """A detection task on a model without a YOLOv8 head used to be an IndexError (exit 4); a dense
+    threshold above every fp32 value gave empty masks and a meaningless mask IoU."""
+    from deployer.check.tasks import check_task_outputs
+
+    logits = [{"out0": np.array([0.2, 0.8], np.float32)}]
+    with pytest.raises(DeployerError, match=r"^p.yaml: task.output: output 'out0' has shape \[2\], not a YOLOv8 head"):
+        check_task_outputs(parse_task({"type": "detection", "num_classes": 18}), logits, "p.yaml: task")
+    with pytest.raises(DeployerError, match=r"^task.output: output 'out0' has shape \[2\]"):
+        task_metrics(parse_task({"type": "detection"}), logits, logits)
+    head = [{"out0": _head([(50, 50, 20, 20, 0, 0.9)])}]             # 7 x anchors: 3 classes
+    with pytest.raises(DeployerError, match=r"task.num_classes: output 'out0' has shape \[7, \d+\], not a YOLOv8 "
+                                            r"head of 22 x anchors"):
+        check_task_outputs(parse_task({"type": "detection", "num_classes": 18}), head)
+    assert check_task_outputs(parse_task({"type": "detection", "num_classes": 3}), head) == "out0"
+    with pytest.raises(DeployerError, match=r"task.threshold: fp32's output 'out0' never exceeds 2 on the 1 eval "
+                                            r"inputs \(its largest value is 0.8\)"):
+        check_task_outputs(parse_task({"type": "dense", "threshold": 2}), logits)

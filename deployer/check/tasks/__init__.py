@@ -60,18 +60,26 @@ def parse_task(raw: Any, where: str = "task") -> TaskSpec:
     if kind not in TASK_TYPES:
         raise DeployerError(f"{where}.type: unknown task {kind!r}", hint=f"one of {', '.join(TASK_TYPES)}")
     spec = TaskSpec(type=kind)
-    try:
-        if "output" in raw:
-            spec.output = str(raw["output"])
-        if "num_classes" in raw:
-            spec.num_classes = int(raw["num_classes"])
-        for key in ("conf", "iou", "threshold"):
-            if key in raw:
-                setattr(spec, key, float(raw[key]))
-        if "class_names" in raw:
-            spec.class_names = [str(x) for x in raw["class_names"]]
-    except (TypeError, ValueError) as err:
-        raise DeployerError(f"{where}: bad value ({err})") from None
+    # the profile's converters: int("2.7"), int(True), str(["out0"]) and list("person") used to pass
+    # here and end as an internal error (or a silently wrong class count) once outputs were decoded
+    from deployer.profile import _as_float, _as_int, _as_str
+
+    if raw.get("output") is not None:
+        spec.output = _as_str(raw["output"], f"{where}.output")
+    if raw.get("num_classes") is not None:
+        spec.num_classes = _as_int(raw["num_classes"], f"{where}.num_classes", minimum=1)
+    for key in ("conf", "iou", "threshold"):
+        if raw.get(key) is not None:
+            setattr(spec, key, _as_float(raw[key], f"{where}.{key}"))
+    if raw.get("class_names") is not None:
+        names = raw["class_names"]
+        if not isinstance(names, list) or not names:
+            raise DeployerError(f"{where}.class_names: expected a list of names, got {names!r}",
+                                hint="e.g. class_names: [person, car]")
+        spec.class_names = [_as_str(x, f"{where}.class_names") for x in names]
+        if spec.num_classes is not None and spec.num_classes != len(spec.class_names):
+            raise DeployerError(f"{where}.class_names: names {len(spec.class_names)} classes but num_classes is "
+                                f"{spec.num_classes}")
     if spec.class_names and spec.num_classes is None:
         spec.num_classes = len(spec.class_names)
     for key in ("conf", "iou"):
@@ -133,6 +141,41 @@ def with_intervals(metrics: dict[str, Any] | None, parts: TaskParts | None, grou
     return {**metrics, **lows, "intervals": intervals}
 
 
+def check_task_outputs(spec: TaskSpec, references: list[dict[str, np.ndarray]], where: str = "task", *,
+                       dense_range: bool = True) -> str:
+    """The output blob the task judges, after checking fp32's outputs fit the task; else one line
+    naming the task field (`where`: the profile's location of `task`).
+
+    Called on the fp32 reference outputs before any calibration work, so a detection task on a
+    model without a YOLOv8 head, or a dense threshold no fp32 value reaches, fails at once instead
+    of as an internal error (or a meaningless mask IoU) minutes later. `dense_range=False` skips the
+    threshold check: a subset of the eval inputs (mixed precision's probes, resampling) may hold no
+    foreground at all, and its mask IoU is then None by design."""
+    blob = spec.output or next(iter(references[0]))
+    if blob not in references[0]:
+        raise DeployerError(f"{where}.output: the model has no output {blob!r}",
+                            hint=f"outputs: {', '.join(references[0])}")
+    shape = tuple(np.asarray(references[0][blob]).shape)
+    if spec.type == "detection":
+        dims = [d for d in shape if d != 1] if len(shape) > 2 else list(shape)
+        rows = 4 + spec.num_classes if spec.num_classes is not None else None
+        fits = len(dims) == 2 and min(dims) >= 5 and (rows is None or rows in dims)
+        if not fits:
+            want = f"{rows} x anchors (4 box rows + {spec.num_classes} classes)" if rows else "(4 + classes) x anchors"
+            field = "num_classes" if rows is not None and len(dims) == 2 and min(dims) >= 5 else "output"
+            raise DeployerError(f"{where}.{field}: output {blob!r} has shape {list(shape)}, "
+                                f"not a YOLOv8 head of {want}",
+                                hint="set task.output to the detection head and task.num_classes to its class count")
+    if spec.type == "dense" and dense_range:
+        top = max(float(np.max(r[blob])) if np.asarray(r[blob]).size else -np.inf for r in references)
+        if not top > spec.threshold:
+            raise DeployerError(f"{where}.threshold: fp32's output {blob!r} never exceeds {spec.threshold:g} on "
+                                f"the {len(references)} eval inputs (its largest value is {top:.4g}), "
+                                "so every mask is empty",
+                                hint="set task.threshold inside the output's range (DBNet probability maps: 0.3)")
+    return blob
+
+
 def task_metrics(spec: TaskSpec, references: list[dict[str, np.ndarray]], tests: list[dict[str, np.ndarray]],
                  labels: list[int] | None = None, groups: list[str] | None = None) -> dict[str, Any]:
     """{metric: value, ..., "detail": {...}} for the spec's task over paired fp32/int8 outputs
@@ -146,9 +189,7 @@ def evaluate_task(spec: TaskSpec, references: list[dict[str, np.ndarray]], tests
     """task_metrics and the per-input TaskParts they were summed from (None for classification)."""
     if not references:
         return {}, None
-    blob = spec.output or next(iter(references[0]))
-    if blob not in references[0]:
-        raise DeployerError(f"task.output: the model has no output {blob!r}", hint=f"outputs: {', '.join(references[0])}")
+    blob = check_task_outputs(spec, references, dense_range=False)
     refs = [r[blob] for r in references]
     outs = [t[blob] for t in tests]
     if spec.type == "detection":
