@@ -344,8 +344,9 @@ def _one_input(raw: Any, where: _Where, idx: int) -> InputSpec:
     if raw.get("shape") is None:
         raise _err(where(f"{prefix}.shape"), "missing", "give the network input size as [W, H], e.g. [224, 224]")
     shape = [_as_int(x, where(f"{prefix}.shape"), minimum=0) for x in _split_list(raw["shape"])]
+    declared_c = None
     if len(shape) == 3:
-        shape = shape[:2]      # ncnn2table's [w,h,c]: c is not used for images
+        shape, declared_c = shape[:2], shape[2]     # ncnn2table's [w,h,c]: c follows from `pixel`
     if len(shape) != 2:
         raise _err(where(f"{prefix}.shape"), f"expected [W, H], got {raw['shape']!r}")
     from deployer.ncnn.validate import check_input_shape   # numpy: only when a profile has inputs
@@ -357,6 +358,10 @@ def _one_input(raw: Any, where: _Where, idx: int) -> InputSpec:
         raise _err(where(f"{prefix}.pixel"), f"unknown pixel format {raw.get('pixel')!r}",
                    f"did you mean '{close[0]}'?" if close else f"one of {', '.join(PIXEL_FORMATS)}")
     channels = PIXEL_CHANNELS[pixel]
+    if declared_c is not None and channels is not None and declared_c != channels:
+        # [24, 24, 7] was dropped without a word: the network would get `pixel`'s channels, not 7
+        raise _err(where(f"{prefix}.shape"), f"says {declared_c} channels but pixel {pixel} has {channels}",
+                   f"give [W, H] or [W, H, {channels}], or the pixel format the network takes")
     mean = _as_floats(raw["mean"], where(f"{prefix}.mean")) if raw.get("mean") is not None else []
     norm = _as_floats(raw["norm"], where(f"{prefix}.norm")) if raw.get("norm") is not None else []
     for key, values in (("mean", mean), ("norm", norm)):

@@ -50,7 +50,8 @@ class Gate:
     @property
     def text(self) -> str:
         where = f"@{self.output}" if self.output else ""
-        return f"{self.metric}{where}{self.op}{self.threshold:g}"
+        # .10g, not :g: a threshold like 0.99999999 must not be reported as 1
+        return f"{self.metric}{where}{self.op}{self.threshold:.10g}"
 
     def holds(self, value: float) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -111,6 +111,11 @@ def test_gate_that_cannot_decide_anything_is_refused(text, says):
         parse_gate(text, "p.yaml: gate")
 
 
+def test_gate_text_keeps_the_threshold_it_was_given():
+    assert parse_gate("cosine>=0.99999999").text == "cosine>=0.99999999"       # :g said cosine>=1
+    assert parse_gate("top1_agreement>=0.9").text == "top1_agreement>=0.9"
+
+
 def test_gate_at_the_edge_of_its_range_is_kept():
     for text in ("top1_agreement>=1", "cosine==1", "max_abs<=0", "mask_iou>0", "cosine>-1", "psnr>=200", "psnr<-5"):
         assert parse_gate(text).text

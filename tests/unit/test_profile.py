@@ -87,6 +87,11 @@ def test_wrong_types(folder: Path):
     assert error_of(p) == f"{p}: inputs[0].shape: expected [W, H], got [24, 24, 3, 1]"
     p = write(folder, GOOD.replace("mean: [127.5, 127.5, 127.5]", "mean: [127.5]"))
     assert error_of(p) == f"{p}: inputs[0].mean: has 1 values but pixel RGB has 3 channels"
+    # ncnn2table's [W, H, C]: a C that disagrees with the pixel format is refused, one that agrees is fine
+    p = write(folder, GOOD.replace("shape: [24, 24]", "shape: [24, 24, 7]"))
+    assert error_of(p) == (f"{p}: inputs[0].shape: says 7 channels but pixel RGB has 3 "
+                           "(give [W, H] or [W, H, 3], or the pixel format the network takes)")
+    assert load_profile(write(folder, GOOD.replace("shape: [24, 24]", "shape: [24, 24, 3]"))).inputs[0].shape == (24, 24)
     p = write(folder, GOOD.replace("method: auto", "method: kll"))
     assert error_of(p) == f"{p}: quantize.method: unknown method 'kll' (did you mean 'kl'?)"
     p = write(folder, GOOD.replace("pixel: rgb", "pixel: RBG"))
