@@ -14,7 +14,9 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -75,6 +77,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 # multi-gigabyte typos from eating memory. 4 GiB is above any model a small ARM board can run;
 # DEPLOYER_MAX_INPUT_BYTES overrides it (e.g. for a huge calibration .npy).
 DEFAULT_MAX_INPUT_BYTES = 4 << 30
+
+
+def overwritten_input(outputs: Iterable[T], inputs: Iterable[tuple[str | os.PathLike | None, str]],
+                      ) -> tuple[T, str] | None:
+    """The first output that is one of the (path, name) inputs (after symlinks), with that input's
+    name; else None. Every writer that takes output paths from the user (ncnn2int8, ncnn2table,
+    quantize) refuses such a pair before any work: a mistyped output must not destroy the model or
+    the data the run reads."""
+    read: dict[str, str] = {}
+    for path, name in inputs:
+        if path is not None:
+            read.setdefault(os.path.realpath(path), name)
+    for out in outputs:
+        name = read.get(os.path.realpath(out))          # type: ignore[arg-type]
+        if name is not None:
+            return out, name
+    return None
 
 
 def max_input_bytes() -> int:

@@ -97,11 +97,16 @@ def group_keys(files: list[Path], pattern: str | None, where: str = "eval.group"
                 keys.append(f"={Path(f).name}")
             else:
                 keys.append(m.group(1) if rx.groups and m.group(1) is not None else m.group(0))
-    if require_match and files and all(k.startswith("=") for k in keys):
+    if require_match and matches_none(keys):
         raise DeployerError(f"{where}: '{pattern}' matches none of the {len(files)} eval file names "
                             f"(e.g. {Path(files[0]).name})",
                             hint="the first capture group names the photo a view belongs to, e.g. '^(photo\\d+)_'")
     return keys
+
+
+def matches_none(keys: list[str]) -> bool:
+    """group_keys matched no file name: every input is a group of its own ("=name" keys)."""
+    return bool(keys) and all(k.startswith("=") for k in keys)
 
 
 @contextlib.contextmanager

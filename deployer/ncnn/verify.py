@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployer import isolate
+from deployer import fsutil, isolate
 from deployer.errors import DeployerError
 from deployer.ncnn.param import read_param
 from deployer.ncnn.validate import guess_input_shapes
@@ -101,10 +101,11 @@ def ncnn2int8_verified(inparam: str | os.PathLike, inbin: str | os.PathLike, out
 
     if os.path.abspath(outparam) == os.path.abspath(outbin):
         raise DeployerError(f"{outparam}: the output .param and .bin are the same file", hint="give two paths")
-    inputs = {os.path.realpath(p) for p in (inparam, inbin, table) if p is not None}
+    clash = fsutil.overwritten_input([outparam, outbin], [(p, str(p)) for p in (inparam, inbin, table)])
+    if clash is not None:
+        what = "output .param" if clash[0] == outparam else "output .bin"
+        raise DeployerError(f"{clash[0]}: {what} would overwrite an input file", hint="choose a different output path")
     for p, what in ((outparam, "output .param"), (outbin, "output .bin")):
-        if os.path.realpath(p) in inputs:
-            raise DeployerError(f"{p}: {what} would overwrite an input file", hint="choose a different output path")
         if os.path.isdir(p):
             raise DeployerError(f"{p}: {what} is a folder", hint="give a file path")
     with staged_pair(outparam, outbin) as (sparam, sbin):

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployer import fsutil
 from deployer.errors import DeployerError
 from deployer.fsutil import read_input
 from deployer.inputs.decode import stb_readable
@@ -324,11 +325,10 @@ def _refuse_overwriting_an_input(table: Path, named: list[tuple[str | Path, str]
     user's model or data was gone. `deployer ncnn2int8` refuses the same way."""
     if os.path.isdir(table):      # found out only at the final rename, after the whole calibration
         raise DeployerError(f"{table}: the output table is a folder", hint="give a file path")
-    out = os.path.realpath(table)
-    for path, what in named:
-        if os.path.realpath(path) == out:
-            raise DeployerError(f"{table}: the output table would overwrite {what}, an input of this run",
-                                hint="choose a different output path")
+    clash = fsutil.overwritten_input([table], named)
+    if clash is not None:
+        raise DeployerError(f"{table}: the output table would overwrite {clash[1]}, an input of this run",
+                            hint="choose a different output path")
 
 
 def run(args: Ncnn2TableArgs, progress: ProgressFn | None = None) -> Ncnn2TableResult:

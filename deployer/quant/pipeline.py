@@ -36,7 +36,7 @@ from deployer.check.crosscheck import run_outputs
 from deployer.check.gates import evaluate_gates, parse_gates
 from deployer.check.metrics import WILSON_Z, summary_dict
 from deployer.check.net import NcnnNet
-from deployer.check.samples import group_keys, input_names, list_inputs, load_samples
+from deployer.check.samples import group_keys, input_names, list_inputs, load_samples, matches_none
 from deployer.check.tasks import with_intervals
 from deployer.errors import DeployerError
 from deployer.profile import Profile, fp32_byte_budget
@@ -139,14 +139,16 @@ def check_output_folder(profile: Profile, paths: OutputPaths, inputs: list[Path 
     try:        # os.access says yes to root even on a read-only mount or an immutable folder: try it
         os.rmdir(tempfile.mkdtemp(prefix=".staging-", dir=node))
     except OSError as err:
-        raise DeployerError(f"{where}: cannot write into {node} ({err.strerror or err})",
-                            hint="choose a folder you can write to") from None
-    read = {os.path.realpath(p): p for p in inputs if p is not None}
-    for target in paths.all():
-        if os.path.realpath(target) in read:
-            raise DeployerError(f"{where}: writing {target.name} there would replace the input "
-                                f"{read[os.path.realpath(target)]}",
-                                hint="choose another out folder, or another --name")
+        raise _unwritable(where, node, err) from None
+    clash = fsutil.overwritten_input(paths.all(), [(p, str(p)) for p in inputs])
+    if clash is not None:
+        raise DeployerError(f"{where}: writing {clash[0].name} there would replace the input {clash[1]}",
+                            hint="choose another out folder, or another --name")
+
+
+def _unwritable(where: str, folder: Path, err: OSError) -> DeployerError:
+    return DeployerError(f"{where}: cannot write into {folder} ({err.strerror or err})",
+                         hint="choose a folder you can write to")
 
 
 def resolve_model(profile: Profile) -> tuple[Path, Path, dict]:
@@ -331,8 +333,8 @@ def run_quantize(profile: Profile, progress: Progress | None = None) -> Quantize
         warnings += list(dict.fromkeys(calibrator.warnings))
         best = choose(methods, {m: evals[m].rank.values for m in methods}, sizes)
         stability = choice_stability(methods, evals, sizes, groups)
-        if stability is not None and stability.warning():
-            warnings.append(stability.warning())
+        if stability is not None and (unsettled := stability.warning()):
+            warnings.append(unsettled)
         t = phase("methods", t)
 
         from deployer.quant.refine import DEFAULT_TECHNIQUES, refine_step
@@ -468,7 +470,7 @@ def run_check(profile: Profile, *, images: list[Path] | None = None,
     if count is not None:
         files = [f[:count] for f in files]
     groups = group_keys(files[0], profile.eval.group, profile.where("eval.group"), require_match=not images)
-    if profile.eval.group and groups is not None and all(k.startswith("=") for k in groups):
+    if groups is not None and matches_none(groups):
         notes.append(f"eval.group '{profile.eval.group}' matches none of the {len(groups)} input names: "
                      "every input counts as its own photo")
     names = input_names(profile.inputs, read_param(fp32_param).input_names, profile.where("inputs"))
@@ -521,8 +523,7 @@ def _write_outputs(paths: OutputPaths, param_text: bytes, bin_bytes: bytes, tabl
         paths.folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=paths.folder))
     except OSError as err:
-        raise DeployerError(f"{where}: cannot write into {paths.folder} ({err.strerror or err})",
-                            hint="choose a folder you can write to") from None
+        raise _unwritable(where, paths.folder, err) from None
     try:
         contents = {paths.param: param_text, paths.bin: bin_bytes, paths.table: table,
                     paths.report: (json.dumps(report, indent=2, default=_jsonable) + "\n").encode()}
