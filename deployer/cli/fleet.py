@@ -236,20 +236,21 @@ def register(app: typer.Typer) -> None:
                         lock_wait=lock_wait, deadline=deadline, accept_new=accept_new, runtime=runtime)
         spec, call = _call(executor, persist)
         boards, release = _boards_and_release(target, targets, model, profile, no_health, json_output)
-        if plan:
-            _print_plan({"release": release.id, "files": {f.name: f.size for f in release.files},
-                         "size": release.size, "boards": [b.name for b in boards],
-                         "steps": ["connect", *(["runtime"] if opts.health.enabled and release.expected else []),
-                                   "lock + state", "upload missing blobs (resumable)", "commit (sha256 on the board)",
-                                   *(["health check on the board"] if opts.health.enabled and release.expected else []),
-                                   "switch current (atomic rename)", f"keep {keep} previous, collect blobs"],
-                         "max_parallel": max_parallel, "executor": executor}, json_output)
-            return
-        view = FleetView(f"deploy {release.id}", len(boards))
-        with view.live:
-            report = call("deploy", boards, release, opts, executor=spec, max_parallel=max_parallel, on_event=view)
-        _finish(report, json_output, ["board", "ok", "action", "release", "previous", "health", "sent_bytes", "seconds"],
-                f"deploy {release.id}")
+        with release:     # its temporary folder (manifest, health reference) goes when done
+            if plan:
+                _print_plan({"release": release.id, "files": {f.name: f.size for f in release.files},
+                             "size": release.size, "boards": [b.name for b in boards],
+                             "steps": ["connect", *(["runtime"] if opts.health.enabled and release.expected else []),
+                                       "lock + state", "upload missing blobs (resumable)", "commit (sha256 on the board)",
+                                       *(["health check on the board"] if opts.health.enabled and release.expected else []),
+                                       "switch current (atomic rename)", f"keep {keep} previous, collect blobs"],
+                             "max_parallel": max_parallel, "executor": executor}, json_output)
+                return
+            view = FleetView(f"deploy {release.id}", len(boards))
+            with view.live:
+                report = call("deploy", boards, release, opts, executor=spec, max_parallel=max_parallel, on_event=view)
+            _finish(report, json_output, ["board", "ok", "action", "release", "previous", "health", "sent_bytes", "seconds"],
+                    f"deploy {release.id}")
 
     @app.command()
     @handle_errors
@@ -350,28 +351,29 @@ def register(app: typer.Typer) -> None:
                         lock_wait=lock_wait, deadline=deadline, accept_new=accept_new, runtime=runtime)
         spec, call = _call(executor, 0 if plan else persist)
         boards, release = _boards_and_release(group, targets, model, profile, no_health, json_output)
-        view = FleetView(f"rollout {release.id}", len(boards))
-        with view.live if not plan else contextlib.nullcontext():
-            the_plan, report = call("rollout", group, boards, release, opts, waves=waves, max_failures=max_failures,
-                                    max_parallel=max_parallel, bake=bake, executor=spec, state_dir=state,
-                                    resume=resume, on_event=view, plan_only=plan)
-        if report is None:
-            p = the_plan.to_json()
-            _print_plan({"release": release.id, "size": release.size, "waves": [len(w) for w in p["waves"]],
-                         "wave_boards": p["waves"], "failure_budget": p["budget"], "bake_s": p["bake"],
-                         "max_parallel": max_parallel, "skipped": p["skipped"],
-                         "boards": [n for w in p["waves"] for n in w]}, json_output)
-            return
-        if not json_output:
-            x = report.extra
-            msg = (f"rollout {release.id}: {sum(1 for r in report.results if r.ok)}/{len(boards)} boards ok, "
-                   f"{len(x['failed'])} failed (budget {x['budget']}), waves {x['waves_done']}/{len(x['waves'])}")
-            console.print(msg, markup=False)
-            if x["stopped"]:
-                error(f"stopped: failures passed the budget; {len(x['not_started'])} board(s) "
-                      f"not started. Undo the switched boards with: deployer rollback {group} --rollout")
-        _finish(report, json_output, ["board", "ok", "action", "release", "previous", "health", "seconds"],
-                f"rollout {release.id}")
+        with release:     # its temporary folder (manifest, health reference) goes when done
+            view = FleetView(f"rollout {release.id}", len(boards))
+            with view.live if not plan else contextlib.nullcontext():
+                the_plan, report = call("rollout", group, boards, release, opts, waves=waves, max_failures=max_failures,
+                                        max_parallel=max_parallel, bake=bake, executor=spec, state_dir=state,
+                                        resume=resume, on_event=view, plan_only=plan)
+            if report is None:
+                p = the_plan.to_json()
+                _print_plan({"release": release.id, "size": release.size, "waves": [len(w) for w in p["waves"]],
+                             "wave_boards": p["waves"], "failure_budget": p["budget"], "bake_s": p["bake"],
+                             "max_parallel": max_parallel, "skipped": p["skipped"],
+                             "boards": [n for w in p["waves"] for n in w]}, json_output)
+                return
+            if not json_output:
+                x = report.extra
+                msg = (f"rollout {release.id}: {sum(1 for r in report.results if r.ok)}/{len(boards)} boards ok, "
+                       f"{len(x['failed'])} failed (budget {x['budget']}), waves {x['waves_done']}/{len(x['waves'])}")
+                console.print(msg, markup=False)
+                if x["stopped"]:
+                    error(f"stopped: failures passed the budget; {len(x['not_started'])} board(s) "
+                          f"not started. Undo the switched boards with: deployer rollback {group} --rollout")
+            _finish(report, json_output, ["board", "ok", "action", "release", "previous", "health", "seconds"],
+                    f"rollout {release.id}")
 
     @app.command()
     @handle_errors

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -70,6 +71,19 @@ class LocalRelease:
     # can the board's output be bit-identical to the host's (deployer.ncnn.exactness)? If not,
     # the layers that round differently on ARM and x86; the health check then gates on cosine
     inexact: list[str] = field(default_factory=list)
+    owns_workdir: bool = False          # workdir is a temporary folder made for this release alone
+
+    def close(self) -> None:
+        """Remove the temporary folder build_release made (manifest, health input and reference):
+        every deploy/rollout built one in the system temp folder and none was ever removed."""
+        if self.owns_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalRelease":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def size(self) -> int:
@@ -117,7 +131,9 @@ def build_release(model_dir: Path, *, profile: Path | None = None, workdir: Path
     """Collect, hash and describe a release; compute the host reference for the health check.
 
     `health=False` skips the host ncnn run (benchmarks, models the host cannot run); such a
-    release cannot be health-checked on boards."""
+    release cannot be health-checked on boards. Without `workdir` the release's files (manifest,
+    health input and reference) go to a temporary folder the release owns: close it (or use it in
+    a `with`) when the command is done."""
     param, binf, extras = find_model(Path(model_dir))
     stem = param.name[: -len(".param")]
     _board_safe(stem, "model name", _ID_RE)
@@ -128,8 +144,19 @@ def build_release(model_dir: Path, *, profile: Path | None = None, workdir: Path
         _board_safe(name, f"file name in {model_dir}", _FILE_RE)
         names[name] = p
     names["runner.py"] = RUNNER
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="deployer-release-"))
-    work.mkdir(parents=True, exist_ok=True)
+    owned = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="deployer-release-")) if owned else Path(workdir)  # type: ignore[arg-type]
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        return _build(param, binf, extras, names, stem, work, owned, health)
+    except BaseException:
+        if owned:     # a failed host reference run or Ctrl-C must not leave the folder behind either
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _build(param: Path, binf: Path, extras: list[Path], names: dict[str, Path], stem: str, work: Path,
+           owned: bool, health: bool) -> LocalRelease:
     shape = _input_shape(param) or _report_shape(extras)
     expected = None
     notes: list[str] = []
@@ -167,7 +194,7 @@ def build_release(model_dir: Path, *, profile: Path | None = None, workdir: Path
     mpath = work / "manifest.json"
     fsutil.write_text(mpath, json.dumps(manifest, sort_keys=True, separators=(",", ":")) + "\n")
     return LocalRelease(rid, stem, rfiles, manifest, mpath, fsutil.sha256_file(mpath, "manifest"), param.name,
-                        binf.name, shape, expected, work, notes, inexact)
+                        binf.name, shape, expected, work, notes, inexact, owned)
 
 
 # what the board's release store accepts (deployer/fleet/board/fleet.sh valid_id / valid_name)

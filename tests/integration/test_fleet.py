@@ -117,6 +117,32 @@ def test_deploy_health_gate_noop_and_delta(fleet, tiny, tmp_path):
     assert_whole(board, r1.id)
 
 
+def test_release_temp_folder_is_removed_when_done_or_failed(tiny, tmp_path, monkeypatch):
+    """build_release's own temporary folder goes on close() and when building fails midway (a
+    host reference run that fails or is interrupted); a folder the caller gave is the caller's."""
+    import tempfile
+
+    from deployer.fleet import release as rel_mod
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    d = model_dir(tmp_path, tiny, 40)
+    with build_release(d) as rel:
+        assert rel.workdir is not None and (rel.workdir / "manifest.json").is_file()
+    assert not rel.workdir.exists()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rel_mod, "host_reference", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_release(d)
+    assert not list(tmp_path.glob("deployer-release-*"))
+    given = tmp_path / "given"
+    with pytest.raises(KeyboardInterrupt):
+        build_release(d, workdir=given)
+    assert given.is_dir()
+
+
 def test_keep_n_and_garbage_collection(fleet, tiny, tmp_path):
     inv, _ = fleet
     board = _boards(inv)[1]
@@ -304,7 +330,9 @@ def test_cli_deploy_releases_status_rollback_json(fleet, tiny, tmp_path, persist
     d0 = model_dir(tmp_path, tiny, 80)
     d1 = model_dir(tmp_path, tiny, 81)
     cli = [sys.executable, "-m", "deployer.cli"]
-    env = {**os.environ, "DEPLOYER_PERSIST": persist}
+    tmp = tmp_path / "tmp"     # the system temp folder of these commands (and their controller)
+    tmp.mkdir()
+    env = {**os.environ, "DEPLOYER_PERSIST": persist, "TMPDIR": str(tmp)}
 
     def run(*args, code=0):
         proc = subprocess.run([*cli, *args, "--targets", str(path), "--json"], capture_output=True, text=True,
@@ -314,6 +342,10 @@ def test_cli_deploy_releases_status_rollback_json(fleet, tiny, tmp_path, persist
 
     try:
         _cli_flow(run, inv, d0, d1)
+        # every deploy/rollout builds its release (manifest, health reference) in a temporary
+        # folder: none may be left behind (they piled up in /tmp, one per command)
+        run("rollout", "fleet", "--model", str(d1), "--plan")
+        assert not list(tmp.glob("deployer-release-*"))
         if persist != "0":
             st = run("status", "fleet")
             assert {b["connection"] for b in st["boards"]} == {"reused"}
