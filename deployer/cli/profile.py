@@ -174,37 +174,45 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def compare(
-        id_a: int = typer.Argument(..., help="baseline run id (deployer history)"),
-        id_b: int = typer.Argument(..., help="run to judge against it"),
+        id_a: str = typer.Argument(..., help="baseline run id(s) (deployer history): 12, or 12,15,18"),
+        id_b: str = typer.Argument(..., help="run id(s) to judge against them"),
         fail_on_regression: Optional[float] = typer.Option(
             None, "--fail-on-regression", help="exit 1 when B is slower than A by more than PCT %"),
         min_effect: float = typer.Option(3.0, "--min-effect", help="% below which differences count as the same"),
-        alpha: float = typer.Option(0.05, "--alpha", help="significance level of the Mann-Whitney test"),
+        alpha: float = typer.Option(0.05, "--alpha", help="significance level of the test"),
         results: Path = ResultsOpt,
         json_output: bool = JsonOpt,
     ) -> None:
-        """Is run B faster, slower or the same as run A? (Mann-Whitney U + Hodges-Lehmann ratio CI)"""
-        from deployer.profiling.compare import compare_runs
+        """Are run(s) B faster, slower or the same as run(s) A? Several runs a side judge on run medians
+        (Welch's t); one run borrows the board's run-to-run spread from the history."""
+        from deployer.profiling.compare import compare_runs, parse_run_ids
 
         if not 0 < alpha < 1:
             raise DeployerError("--alpha must be between 0 and 1")
         _check_percent(min_effect, "--min-effect")
         _check_percent(fail_on_regression, "--fail-on-regression")
-        res = compare_runs(results, id_a, id_b, min_effect_pct=min_effect, alpha=alpha,
+        ids_a, ids_b = parse_run_ids(id_a, "A"), parse_run_ids(id_b, "B")
+        res = compare_runs(results, ids_a, ids_b, min_effect_pct=min_effect, alpha=alpha,
                            fail_on_regression_pct=fail_on_regression)
+        name_a, name_b = (("run " if len(ids) == 1 else "runs ") + ",".join(map(str, ids)) for ids in (ids_a, ids_b))
         if json_output:
             emit_json(res)
         else:
             lo, hi = res["change_ci_pct"]
-            say(f"run {id_b} vs run {id_a}: {res['verdict'].upper()} {res['change_pct']:+.1f}% "
-                f"(95% CI {lo:+.1f}% .. {hi:+.1f}%, p={res['p_value']:.2g}, Cliff's delta {res['cliffs_delta']:+.2f}); "
+            spread = res["run_to_run"]
+            basis = f"{res['runs_a']} vs {res['runs_b']} run(s)" + (
+                f", run-to-run spread {spread['sd_pct']:.1f}% from {spread['runs']} earlier runs" if spread else "")
+            if res["basis"] == "within-runs":
+                basis += ", within the runs only"
+            say(f"{name_b} vs {name_a}: {res['verdict'].upper()} {res['change_pct']:+.1f}% "
+                f"(95% CI {lo:+.1f}% .. {hi:+.1f}%, p={res['p_value']:.2g}; {basis}); "
                 f"median {res['median_a_ms']:.3g} -> {res['median_b_ms']:.3g} ms")
             for w in res["warnings"]:
                 warn(w)
         if res.get("regression"):
             if json_output:
                 raise typer.Exit(1)
-            raise GateFailed(f"run {id_b} is {res['change_pct']:.1f}% slower than run {id_a} "
+            raise GateFailed(f"{name_b} is {res['change_pct']:.1f}% slower than {name_a} "
                              f"(> {fail_on_regression:g}%)")
 
     @app.command()

@@ -1,8 +1,13 @@
-"""`deployer compare A B`: is stored run B faster, slower or the same as run A?
+"""`deployer compare A B`: are B's stored runs faster, slower or the same as A's?
 
-Compares the samples each run kept after its detected warm-up, with deployer.profiling.stats
-(Mann-Whitney U + Hodges-Lehmann ratio interval), and carries along what makes the answer
-questionable: different boards, different options, and either run's flags.
+A side is one run id or several ("3,5,7"). Why several: two runs of one model differ by more than
+the samples inside a run do (see deployer.profiling.stats: a 3-s run's median interval is a few
+per cent wide, back-to-back runs on a busy emulated board moved 50 %), so a verdict about *models*
+needs either repeated runs or an idea of how far runs move. This module gathers both: the kept
+samples (after each run's detected warm-up) of the runs named, and the board's run-to-run spread
+from the history (repeated runs of one model with the same options, the compared runs left out).
+It carries along what makes the answer questionable: different boards, different options, the
+runs' own flags, and a verdict that had neither repeats nor a spread to lean on.
 """
 
 from __future__ import annotations
@@ -10,9 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deployer.errors import DeployerError
 from deployer.profiling import stats as st
 from deployer.profiling import store
+
+SPREAD_RUNS = 500       # the most recent runs per board the run-to-run spread is taken from
 
 
 def kept_samples(row: store.RunRow) -> list[float]:
@@ -20,28 +29,80 @@ def kept_samples(row: store.RunRow) -> list[float]:
     return [float(x) for x in (row.data.get("samples_ms") or [])[warm:]]
 
 
-def compare_runs(results_dir: Path | str, id_a: int, id_b: int, *, min_effect_pct: float = 3.0, alpha: float = 0.05,
+def parse_run_ids(text: str, what: str) -> list[int]:
+    """'12' or '12,15,18' -> [12, 15, 18]; anything else is bad input naming the argument."""
+    ids = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise DeployerError(f"{what} {text!r}: give run ids (from `deployer history`), one or several "
+                                "separated by commas, e.g. 12 or 12,15,18")
+        ids.append(int(part))
+    if len(set(ids)) != len(ids):
+        raise DeployerError(f"{what} {text!r}: a run is named twice")
+    return ids
+
+
+def _group_key(row: store.RunRow) -> tuple:
+    return (row.board, row.model_sha256, row.param_sha256,
+            tuple(sorted(store._option_summary(row.data.get("options") or {}).items())))
+
+
+def rows_spread(rows: list[store.RunRow], leave_out: set[int]) -> st.RunSpread | None:
+    """Run-to-run spread among these runs: repeated runs of one model and options (not `leave_out`)."""
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        kept = kept_samples(row)
+        if row.id not in leave_out and len(kept) >= 3:
+            groups.setdefault(_group_key(row), []).append(float(np.median(kept)))
+    return st.run_spread(list(groups.values()))
+
+
+def board_spread(results_dir: Path | str, boards: set[str], leave_out: set[int]) -> st.RunSpread | None:
+    """The boards' run-to-run spread from the history (their most recent SPREAD_RUNS runs each)."""
+    rows = [r for b in sorted(boards) for r in store.list_runs(results_dir, board=b, limit=SPREAD_RUNS)]
+    return rows_spread(rows, leave_out)
+
+
+def compare_runs(results_dir: Path | str, ids_a: list[int] | int, ids_b: list[int] | int, *,
+                 min_effect_pct: float = 3.0, alpha: float = 0.05,
                  fail_on_regression_pct: float | None = None) -> dict[str, Any]:
-    a, b = store.get_run(results_dir, id_a), store.get_run(results_dir, id_b)
-    for row in (a, b):
+    ids_a = [ids_a] if isinstance(ids_a, int) else list(ids_a)
+    ids_b = [ids_b] if isinstance(ids_b, int) else list(ids_b)
+    both = sorted(set(ids_a) & set(ids_b))
+    if both and (len(ids_a) > 1 or len(ids_b) > 1):
+        raise DeployerError(f"run {both[0]} is on both sides; give each side its own runs")
+    rows_a = [store.get_run(results_dir, i) for i in ids_a]
+    rows_b = [store.get_run(results_dir, i) for i in ids_b]
+    for row in rows_a + rows_b:
         n = len(kept_samples(row))
         if n < 3:
             raise DeployerError(f"run {row.id}: only {n} sample(s) after warm-up; compare needs at least 3",
                                 hint="run it longer (--duration S) or with more --iterations")
-    cmp = st.compare_samples(kept_samples(a), kept_samples(b), alpha=alpha, min_effect_pct=min_effect_pct)
+    boards = {r.board for r in rows_a + rows_b}
+    spread = board_spread(results_dir, boards, set(ids_a) | set(ids_b))
+    sets = st.compare_run_sets([kept_samples(r) for r in rows_a], [kept_samples(r) for r in rows_b],
+                               alpha=alpha, min_effect_pct=min_effect_pct, spread=spread)
     warnings = []
-    if a.board != b.board:
-        warnings.append(f"different boards: {a.board} vs {b.board}")
-    oa, ob = (store._option_summary(r.data.get("options") or {}) for r in (a, b))
-    if oa != ob:
-        diff = ", ".join(f"{k} {oa.get(k)} -> {ob.get(k)}" for k in sorted(set(oa) | set(ob)) if oa.get(k) != ob.get(k))
-        warnings.append(f"different options: {diff}")
-    for row in (a, b):
+    if len(boards) > 1:
+        warnings.append(f"different boards: {', '.join(sorted(boards))}")
+    summaries = [(r, store._option_summary(r.data.get("options") or {})) for r in rows_a + rows_b]
+    oa = summaries[0][1]
+    for row, ob in summaries[1:]:
+        if ob != oa:
+            diff = ", ".join(f"{k} {oa.get(k)} -> {ob.get(k)}" for k in sorted(set(oa) | set(ob)) if oa.get(k) != ob.get(k))
+            warnings.append(f"different options (run {rows_a[0].id} vs run {row.id}): {diff}")
+    if sets.basis == "within-runs":
+        warnings.append("one run on a side and no repeated runs of one model on "
+                        f"{', '.join(sorted(boards))} in the history: the interval covers the variation within "
+                        "the runs, not between them (back-to-back runs of one model can differ by more); "
+                        "run each side again and compare the sets, e.g. `deployer compare 3,5 4,6`")
+    for row in rows_a + rows_b:
         for f in row.data.get("flags") or []:
             warnings.append(f"run {row.id}: {f.get('kind')}: {f.get('message')}")
-    res: dict[str, Any] = {"ok": True, "a": id_a, "b": id_b, **cmp.to_json(), "warnings": warnings}
+    res: dict[str, Any] = {"ok": True, "a": ids_a, "b": ids_b, **sets.to_json(), "warnings": warnings}
     if fail_on_regression_pct is not None:
         res["fail_on_regression_pct"] = fail_on_regression_pct
-        res["regression"] = cmp.verdict == "slower" and cmp.change_pct > fail_on_regression_pct
+        res["regression"] = sets.comparison.verdict == "slower" and sets.comparison.change_pct > fail_on_regression_pct
         res["ok"] = not res["regression"]
     return res

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from deployer.profiling import stats as st
-from deployer.profiling.compare import kept_samples
+from deployer.profiling.compare import kept_samples, rows_spread
 from deployer.profiling.store import RunRow
 
 _CSS = """
@@ -268,6 +268,8 @@ def _sweep_section(summary: dict[str, Any]) -> str:
 
 
 def _comparison_section(rows: list[RunRow]) -> str:
+    """Every run against the first; a pair borrows the run-to-run spread of the report's other runs
+    (repeats of one model), as `deployer compare` does from the history."""
     base = rows[0]
     out = []
     for other in rows[1:]:
@@ -275,13 +277,16 @@ def _comparison_section(rows: list[RunRow]) -> str:
         b = kept_samples(other)
         if len(a) < 3 or len(b) < 3:
             continue
-        c = st.compare_samples(a, b)
+        sets = st.compare_run_sets([a], [b], spread=rows_spread(rows, {base.id, other.id}))
+        c = sets.comparison
         out.append([f"{other.id} vs {base.id}", c.verdict, c.change_pct,
-                    f"[{c.change_ci_pct[0]:+.1f}, {c.change_ci_pct[1]:+.1f}]", c.p_value, c.cliffs_delta])
+                    f"[{c.change_ci_pct[0]:+.1f}, {c.change_ci_pct[1]:+.1f}]", c.p_value, c.cliffs_delta,
+                    "within the runs only" if sets.basis == "within-runs"
+                    else f"run-to-run spread {sets.spread.pct:.1f}%" if sets.spread else ""])
     if not out:
         return ""
     return ("<h2>Comparison against run " + str(base.id) + "</h2>"
-            + _table(["runs", "verdict", "change %", "95% CI %", "p", "Cliff's delta"], out))
+            + _table(["runs", "verdict", "change %", "95% CI %", "p", "Cliff's delta", "interval covers"], out))
 
 
 def render(rows: list[RunRow], sweeps: list[dict[str, Any]]) -> str:

@@ -14,6 +14,14 @@
   ratio with its Moses confidence interval. A verdict of `slower` needs both a significant test
   and a ratio interval entirely above 1 + min_effect, so noise between runs is not called a
   regression.
+- Runs differ from each other by more than their samples do: a new process lands on other memory,
+  the board (or the host of an emulated one) is busier for the next minute. Measured on an
+  emulated Pi, back-to-back 3-s runs of one model had medians 33-50 ms while each run's own median
+  interval was a few per cent wide, and the within-run test called a same-model pair "slower,
+  p < 1e-3". So `compare_run_sets` judges on run medians when each side has several runs (Welch's
+  t on log medians), and a one-run side borrows the board's run-to-run spread from the history
+  (`run_spread`: repeated runs of one model and options); with neither, the answer covers variation
+  within the runs only and says so.
 """
 
 from __future__ import annotations
@@ -258,18 +266,7 @@ def compare_samples(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.
     ba, bb = block_medians(xa), block_medians(xb)
     mw = mann_whitney(ba, bb)
     ratio, lo, hi = hodges_lehmann_ratio(ba, bb, level)
-    eff = min_effect_pct / 100.0
-    if mw["p"] < alpha and lo > 1 + eff:
-        verdict, reason = "slower", (f"B is slower: ratio CI [{lo:.3f}, {hi:.3f}] lies above 1+{eff:g}, "
-                                     f"p={mw['p']:.2g}")
-    elif mw["p"] < alpha and hi < 1 - eff:
-        verdict, reason = "faster", (f"B is faster: ratio CI [{lo:.3f}, {hi:.3f}] lies below 1-{eff:g}, "
-                                     f"p={mw['p']:.2g}")
-    elif mw["p"] >= alpha:
-        verdict, reason = "same", f"no significant difference (p={mw['p']:.2g} >= {alpha:g})"
-    else:
-        verdict, reason = "same", (f"difference within the {min_effect_pct:g}% noise floor or not certain "
-                                   f"(ratio CI [{lo:.3f}, {hi:.3f}], p={mw['p']:.2g})")
+    verdict, reason = _verdict(lo, hi, mw["p"], alpha, min_effect_pct, "within runs")
     return Comparison(verdict=verdict, ratio=ratio, ratio_ci=[lo, hi], change_pct=100 * (ratio - 1),
                       change_ci_pct=[100 * (lo - 1), 100 * (hi - 1)], p_value=mw["p"],
                       cliffs_delta=mw["cliffs_delta"], median_a_ms=float(np.median(xa)),
@@ -288,3 +285,175 @@ def block_medians(x: np.ndarray, blocks: int = BLOCKS) -> np.ndarray:
         return x
     k = n // blocks
     return np.array([np.median(x[i * k:(i + 1) * k if i < blocks - 1 else n]) for i in range(blocks)])
+
+
+# ------------------------------------------------------------------------------- sets of runs
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_p_two_sided(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with df degrees of freedom."""
+    if not math.isfinite(t):
+        return 0.0
+    return min(1.0, _betainc(df / 2.0, 0.5, df / (df + t * t)))
+
+
+def t_quantile(level: float, df: float) -> float:
+    """q with P(|T| <= q) = level (by bisection on t_p_two_sided)."""
+    lo, hi = 0.0, 1.0
+    while t_p_two_sided(hi, df) > 1 - level:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if t_p_two_sided(mid, df) > 1 - level:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+@dataclass
+class RunSpread:
+    """How far the median of one run moves between runs of the same model and options on a board:
+    the pooled standard deviation of log run medians over groups of repeated runs."""
+
+    sd_log: float
+    df: int               # runs minus groups
+    runs: int
+    groups: int
+
+    @property
+    def pct(self) -> float:
+        return 100.0 * math.expm1(self.sd_log)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sd_pct": self.pct, "df": self.df, "runs": self.runs, "groups": self.groups}
+
+
+MIN_SPREAD_DF = 2         # one pair of runs says too little about the spread to lean on it
+
+
+def run_spread(groups: Sequence[Sequence[float]]) -> RunSpread | None:
+    """Pooled spread of run medians (ms) within groups of repeated runs; None below MIN_SPREAD_DF."""
+    ss, df, runs, used = 0.0, 0, 0, 0
+    for g in groups:
+        x = np.log(np.asarray([m for m in g if m and m > 0], dtype=np.float64))
+        if len(x) < 2:
+            continue
+        ss += float(np.sum((x - x.mean()) ** 2))
+        df += len(x) - 1
+        runs += len(x)
+        used += 1
+    if df < MIN_SPREAD_DF:
+        return None
+    return RunSpread(math.sqrt(ss / df), df, runs, used)
+
+
+def _verdict(lo: float, hi: float, p: float, alpha: float, min_effect_pct: float, what: str
+             ) -> tuple[str, str]:
+    eff = min_effect_pct / 100.0
+    if p < alpha and lo > 1 + eff:
+        return "slower", f"B is slower: ratio CI [{lo:.3f}, {hi:.3f}] lies above 1+{eff:g}, p={p:.2g} ({what})"
+    if p < alpha and hi < 1 - eff:
+        return "faster", f"B is faster: ratio CI [{lo:.3f}, {hi:.3f}] lies below 1-{eff:g}, p={p:.2g} ({what})"
+    if p >= alpha:
+        return "same", f"no significant difference (p={p:.2g} >= {alpha:g}; {what})"
+    return "same", (f"difference within the {min_effect_pct:g}% noise floor or not certain "
+                    f"(ratio CI [{lo:.3f}, {hi:.3f}], p={p:.2g}; {what})")
+
+
+@dataclass
+class SetComparison:
+    """B's runs against A's: the verdict, and on what evidence it was reached."""
+
+    comparison: Comparison
+    basis: str                     # "runs" | "runs+history" | "within-runs"
+    runs_a: int
+    runs_b: int
+    spread: RunSpread | None       # the board's run-to-run spread used, if any
+    df: float | None               # degrees of freedom of the t interval (None: within-run test)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.comparison.to_json(), "basis": self.basis, "runs_a": self.runs_a, "runs_b": self.runs_b,
+                "run_to_run": self.spread.to_json() if self.spread else None, "df": self.df}
+
+
+def compare_run_sets(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], *, alpha: float = 0.05,
+                     min_effect_pct: float = 3.0, level: float = 0.95, spread: RunSpread | None = None
+                     ) -> SetComparison:
+    """Is B (one or more runs' kept samples) faster, slower or the same as A?
+
+    Both sides with 2+ runs: Welch's t on the runs' log medians (pooled with `spread` when given:
+    more degrees of freedom for small sets). A one-run side: the within-run Hodges-Lehmann interval
+    widened by the board's run-to-run spread (t with the spread's df). No spread: the within-run
+    test alone (`basis` "within-runs": it cannot tell a slower model from a slower minute)."""
+    if not a or not b:
+        raise ValueError("compare_run_sets needs at least one run per side")
+    xa = np.concatenate([np.asarray(r, dtype=np.float64) for r in a])
+    xb = np.concatenate([np.asarray(r, dtype=np.float64) for r in b])
+    within = compare_samples(xa, xb, alpha=alpha, min_effect_pct=min_effect_pct, level=level)
+    la = np.log([float(np.median(r)) for r in a])
+    lb = np.log([float(np.median(r)) for r in b])
+    na, nb = len(la), len(lb)
+    if na >= 2 and nb >= 2:
+        d = float(lb.mean() - la.mean())
+        va, vb = float(la.var(ddof=1)), float(lb.var(ddof=1))
+        if spread is not None:      # pooled variance: these runs and the history's repeated runs
+            df = (na - 1) + (nb - 1) + spread.df
+            var = ((na - 1) * va + (nb - 1) * vb + spread.df * spread.sd_log ** 2) / df
+            se2 = var * (1 / na + 1 / nb)
+        else:
+            se2 = va / na + vb / nb
+            num, den = se2 ** 2, (va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1)
+            df = num / den if den > 0 else float(na + nb - 2)
+        basis = "runs+history" if spread is not None else "runs"
+    elif spread is not None:
+        d = math.log(within.ratio)
+        lo_w, hi_w = math.log(within.ratio_ci[0]), math.log(within.ratio_ci[1])
+        se_w = (hi_w - lo_w) / (2 * _z_for(level))
+        se2 = se_w ** 2 + spread.sd_log ** 2 * (1 / na + 1 / nb)
+        df, basis = float(spread.df), "runs+history"
+    else:
+        return SetComparison(within, "within-runs", na, nb, None, None)
+    se = math.sqrt(max(se2, 1e-300))
+    q = t_quantile(level, df)
+    lo, hi = math.exp(d - q * se), math.exp(d + q * se)
+    p = t_p_two_sided(d / se, df)
+    what = f"{na} vs {nb} run(s)" + (f", run-to-run spread {spread.pct:.1f}% from {spread.runs} earlier runs"
+                                     if spread is not None else "")
+    verdict, reason = _verdict(lo, hi, p, alpha, min_effect_pct, what)
+    cmp = Comparison(verdict=verdict, ratio=math.exp(d), ratio_ci=[lo, hi], change_pct=100 * math.expm1(d),
+                     change_ci_pct=[100 * (lo - 1), 100 * (hi - 1)], p_value=p, cliffs_delta=within.cliffs_delta,
+                     median_a_ms=within.median_a_ms, median_b_ms=within.median_b_ms, n_a=len(xa), n_b=len(xb),
+                     blocks_a=within.blocks_a, blocks_b=within.blocks_b, alpha=alpha, min_effect_pct=min_effect_pct,
+                     reason=reason)
+    return SetComparison(cmp, basis, na, nb, spread, round(df, 2))

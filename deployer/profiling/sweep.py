@@ -10,8 +10,9 @@ Plan -> actions -> report:
   in the history like any run. Then one accuracy run per precision on the same inputs as the
   host's fp32 (and int8) reference decides which precisions pass the accuracy gate.
 - The recommendation is the fastest setting (median over all its passes) whose precision passes the
-  gate; int8 is compared with the best float setting by the Mann-Whitney test, so "int8 does not
-  pay on this board" is a tested statement, not a coin flip.
+  gate; int8 is compared with the best float setting on the passes' medians (Welch's t, the other
+  settings' passes giving the run-to-run spread; deployer.profiling.stats.compare_run_sets), so
+  "int8 does not pay on this board" is a tested statement about settings, not about one minute.
 """
 
 from __future__ import annotations
@@ -183,8 +184,8 @@ def run_sweep(session: Any, plan: SweepPlan, results_dir: Path, *, on_event: Eve
 
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     sweep_id = store.record_sweep({"board": session.name, "started_at": started, "state": "running"}, results_dir)
-    per_cfg: dict[str, dict[str, Any]] = {plan.label(c): {"settings": c, "samples": [], "run_ids": [], "flags": []}
-                                          for c in plan.configs}
+    per_cfg: dict[str, dict[str, Any]] = {plan.label(c): {"settings": c, "samples": [], "runs": [], "run_ids": [],
+                                                          "flags": []} for c in plan.configs}
     steps = interleaved(plan.configs, plan.rounds)
     for i, (rnd, cfg) in enumerate(steps):
         label = plan.label(cfg)
@@ -194,6 +195,7 @@ def run_sweep(session: Any, plan: SweepPlan, results_dir: Path, *, on_event: Eve
         warm = (result.profiling.get("analysis") or {}).get("warmup_count", 0)
         slot = per_cfg[label]
         slot["samples"] += result.samples_ms[warm:]
+        slot["runs"].append(list(result.samples_ms[warm:]))
         slot["run_ids"].append(run_id)
         slot["flags"] += [f for f in result.profiling.get("flags", []) if f not in slot["flags"]]
         _emit(on_event, {"type": "sweep_done", "label": label, "run_id": run_id,
@@ -209,16 +211,24 @@ def run_sweep(session: Any, plan: SweepPlan, results_dir: Path, *, on_event: Eve
                             "ci_ms": [a.ci_low_ms, a.ci_high_ms] if a else None,
                             "mad_ms": a.mad_ms if a else None, "count": a.count if a else 0,
                             "accuracy_passed": accuracy[prec]["passed"], "flags": slot["flags"],
-                            "_samples": slot["samples"]})
+                            "_runs": [r for r in slot["runs"] if r]})
     summary = {"sweep_id": sweep_id, "board": session.name, "started_at": started, "state": "done",
                "axes": plan.axes, "rounds": plan.rounds, "chunk_s": plan.chunk_s,
                "gates": [g.text for g in plan.gates], "accuracy": accuracy,
                **recommend(configs_out, min_effect_pct)}
     for c in configs_out:
-        c.pop("_samples")
+        c.pop("_runs")
     summary["configs"] = configs_out
     store.update_sweep(sweep_id, summary, results_dir)
     return summary
+
+
+def _compare(a: dict[str, Any], b: dict[str, Any], configs: list[dict[str, Any]], min_effect_pct: float
+             ) -> st.Comparison:
+    """B's rounds against A's, on run medians: the rounds of one setting move more between them than
+    samples do within one (deployer.profiling.stats), and the other settings' rounds tell by how much."""
+    spread = st.run_spread([[float(np.median(r)) for r in c["_runs"]] for c in configs if c is not a and c is not b])
+    return st.compare_run_sets(a["_runs"], b["_runs"], min_effect_pct=min_effect_pct, spread=spread).comparison
 
 
 def recommend(configs: list[dict[str, Any]], min_effect_pct: float = 3.0) -> dict[str, Any]:
@@ -237,7 +247,7 @@ def recommend(configs: list[dict[str, Any]], min_effect_pct: float = 3.0) -> dic
         runner_up = [c for c in ok if c is not best]
         if runner_up:
             second = min(runner_up, key=lambda c: c["median_ms"])
-            cmp = st.compare_samples(best["_samples"], second["_samples"], min_effect_pct=min_effect_pct)
+            cmp = _compare(best, second, configs, min_effect_pct)
             out["recommendation_reason"] = (f"fastest passing setting; next is {second['label']} "
                                             f"({cmp.verdict} at {cmp.change_pct:+.1f}%, "
                                             f"CI [{cmp.change_ci_pct[0]:+.1f}, {cmp.change_ci_pct[1]:+.1f}]%)")
@@ -249,7 +259,7 @@ def recommend(configs: list[dict[str, Any]], min_effect_pct: float = 3.0) -> dic
         # the best int8 and float settings that pass the gate (any, if none of a kind passes)
         bi = min([c for c in ints if c["accuracy_passed"]] or ints, key=lambda c: c["median_ms"])
         bf = min([c for c in floats if c["accuracy_passed"]] or floats, key=lambda c: c["median_ms"])
-        cmp = st.compare_samples(bf["_samples"], bi["_samples"], min_effect_pct=min_effect_pct)
+        cmp = _compare(bf, bi, configs, min_effect_pct)
         pays = cmp.verdict == "faster" and bi["accuracy_passed"]
         lo, hi = cmp.change_ci_pct
         if cmp.verdict == "faster":
