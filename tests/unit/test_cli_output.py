@@ -78,6 +78,17 @@ def test_bad_input_is_one_line_exit_2_even_when_long(tmp_path: Path) -> None:
     assert json.loads(res.stdout) == {"ok": False, "error": res.stderr[len("error: "):].strip(), "exit_code": 2}
 
 
+def test_quantize_empty_out_is_refused_not_the_current_folder(tmp_path: Path) -> None:
+    """typer reads `--out ""` as Path("") == "." : quantize wrote its files into the current folder."""
+    param, binf = tmp_path / "m.param", tmp_path / "m.bin"
+    param.write_text("7767517\n1 1\nInput in0 0 1 in0 0=4 1=4 2=3\n")
+    binf.write_bytes(b"")
+    res = cli("quantize", "--param", str(param), "--bin", str(binf), "--shape", "4,4", "--pixel", "rgb", "--mean", "0,0,0",
+              "--norm", "1,1,1", "--calib", str(param), "--out", "")
+    assert res.returncode == 2 and res.stderr.startswith("error: --out: expected a non-empty string"), res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.param"]
+
+
 def _in_process(exc: BaseException, monkeypatch, tmp_path: Path, capsys) -> tuple[int, list[str]]:
     monkeypatch.setenv("DEPLOYER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "argv", ["deployer", "explode", "--now"])
