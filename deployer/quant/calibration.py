@@ -14,11 +14,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from deployer.errors import DeployerError
 from deployer.inputs.spec import InputSpec
 from deployer.quant import collect as collect_mod
 from deployer.quant.collect import ActivationStats, CollectJob
 from deployer.quant.methods import CalibrationMethod, KLMethod, LayerScales, get_method, kl_threshold_bin
-from deployer.quant.table import CalibrationTable
+from deployer.quant.table import CalibrationTable, format_value
 from deployer.quant.weights import CalibModel, static_weight_scales, weight_scales
 
 
@@ -102,7 +103,15 @@ def build_table(model: CalibModel, layers: list[LayerScales] | None) -> Calibrat
         for ls in layers:
             table.set_weight(ls.name, [float(v) for v in np.asarray(ls.weight_scales, np.float32)])
         for ls in layers:
-            table.set_activation(ls.name, float(np.float32(ls.input_scale)))
+            scale = float(np.float32(ls.input_scale))
+            if 0 < scale and format_value(scale) == "0.000000":
+                # ncnn's table keeps six decimals: ncnn2int8 would read 0 and build a layer that
+                # multiplies its input by 0 (our verify then names an internal candidate file)
+                raise DeployerError(f"layer {ls.name}: its input reaches {127 / scale:.3g} on the calibration inputs; "
+                                    f"the int8 scale 127/{127 / scale:.3g} = {scale:.3g} is below what ncnn's table "
+                                    "stores (6 decimals) and would be read as 0",
+                                    hint="int8 cannot hold that range: check the input preprocessing (mean, norm)")
+            table.set_activation(ls.name, scale)
     order = {"Embed": 0, "MultiHeadAttention": 1, "RNN": 2, "LSTM": 3, "GRU": 4}   # ncnn2table's
     for layer, weights in sorted(model.static_layers, key=lambda lw: order[lw[0].type]):
         for idx, scales in static_weight_scales(layer, weights):

@@ -243,7 +243,13 @@ class _Collector:
                 mat = extract(ex, blob, self.job, i)
                 v = mat_view(mat)
                 if v.size:
-                    self.absmax[b] = max(self.absmax[b], v.max(), -v.min())
+                    hi, lo = v.max(), v.min()        # NaN propagates through both
+                    if not (np.isfinite(hi) and np.isfinite(lo)):
+                        # else int8 scales of 127/inf = 0 surface later as a broken candidate file
+                        raise DeployerError(f"{self.job.where(i)}: blob {blob} of the fp32 model reaches "
+                                            f"{'nan' if np.isnan(hi) or np.isnan(lo) else 'inf'} on this input",
+                                            hint="float overflows: check the input preprocessing (mean, norm)")
+                    self.absmax[b] = max(self.absmax[b], hi, -lo)
                 if keep:
                     dst = self.arena.blobs[b][k]
                     if v.size != dst.size:

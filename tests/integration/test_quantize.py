@@ -12,7 +12,7 @@ from deployer.errors import DeployerError
 from deployer.profile import Override, load_profile
 from deployer.quant.pipeline import run_quantize
 from deployer.quant.table import read_table
-from tests.fixtures.quantize import face_accuracy, rnet_quantized, write_profile  # noqa: F401
+from tests.fixtures.quantize import MTCNN_INPUT, face_accuracy, rnet_quantized, write_profile  # noqa: F401
 
 
 def test_outputs_are_int8_and_load_in_stock_ncnn(rnet_quantized, mtcnn_rnet, lfw_heldout):
@@ -280,6 +280,22 @@ def test_keep_fp32_layer_that_is_never_int8_is_refused(tmp_path, mtcnn_rnet, lfw
                             quantize={"method": "maxabs", "keep_fp32": ["in0"]})
     with pytest.raises(DeployerError, match=r"quantize.keep_fp32: layer 'in0' \(Input\) is never int8, so keeping it "
                                             r"float changes nothing \(name a Convolution/.*, e.g. conv_0\)"):
+        run_quantize(load_profile(profile))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("norm, says", [
+    (1e30, r"layer conv_0: its input reaches 1.27e\+32 on the calibration inputs; the int8 scale .* is below what "
+           r"ncnn's table stores \(6 decimals\) and would be read as 0"),
+    (1e37, r"lfw_\d+_face.png: blob in0 of the fp32 model reaches inf on this input"),
+])
+def test_preprocessing_beyond_int8_or_float_is_one_line(tmp_path, mtcnn_rnet, lfw_calibration, norm, says):
+    """inputs.norm 1e30 failed as "candidate.bin: ... bottom_scales holds 0.0" (an internal file; the
+    table's %f had stored the scale 1e-30 as 0); 1e37 overflowed float and failed the same way."""
+    inputs = {**MTCNN_INPUT, "norm": [norm, 1.0, 1.0]}
+    profile = write_profile(tmp_path, mtcnn_rnet, lfw_calibration.list_file, tmp_path / "out",
+                            quantize={"method": "maxabs"}, inputs=inputs)
+    with pytest.raises(DeployerError, match=says):
         run_quantize(load_profile(profile))
     assert not (tmp_path / "out").exists()
 
