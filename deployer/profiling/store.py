@@ -11,6 +11,7 @@ sha256s, options, context, all samples, statistics and flags.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
@@ -206,10 +207,32 @@ def _record_data(text: Any, what: str, results_dir: Path | str, shapes: dict[str
     return data
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _run_problems(data: dict[str, Any]) -> list[str]:
+    """What the readers (compare, report, sweeps) take from inside a run record, checked like the top level."""
+    out = []
+    if not all(_number(x) for x in data.get("samples_ms") or []):
+        out.append("samples_ms holds something that is not a finite number")
+    warm = (data.get("analysis") or {}).get("warmup_count")
+    if warm is not None and not (_number(warm) and int(warm) == warm and warm >= 0):
+        out.append(f"analysis.warmup_count is {warm!r}, not a count")
+    if not all(isinstance(f, dict) for f in data.get("flags") or []):
+        out.append("flags holds something that is not an object")
+    return out
+
+
 def _row(r: tuple, results_dir: Path | str) -> RunRow:
+    data = _record_data(r[10], f"run {r[0]}", results_dir, _RUN_SHAPES)
+    problems = _run_problems(data)
+    if problems:
+        raise DeployerError(f"{db_path(results_dir)}: run {r[0]} is damaged: its data is an object whose "
+                            + ", ".join(problems),
+                            hint=f"delete that row (sqlite3 {db_path(results_dir)}) or move the file away")
     return RunRow(id=r[0], started_at=r[1], board=r[2], model_sha256=r[3], param_sha256=r[4], kind=r[5],
-                  sweep_id=r[6], label=r[7], median_ms=r[8], flag_count=r[9],
-                  data=_record_data(r[10], f"run {r[0]}", results_dir, _RUN_SHAPES))
+                  sweep_id=r[6], label=r[7], median_ms=r[8], flag_count=r[9], data=data)
 
 
 _COLS = ", ".join(_RUN_COLUMNS)

@@ -302,6 +302,10 @@ def test_history_and_compare_do_not_write_the_database(tmp_path: Path) -> None:
     ("{not json", "not JSON"),
     ("[1, 2]", "a JSON list, not an object"),
     ('{"analysis": 5, "flags": "ab", "model_files": []}', "analysis is a int, not a dict"),
+    # inside the parts (ValueError / TypeError in compare and report before)
+    ('{"samples_ms": [1.0, "x", 3.0]}', "samples_ms holds something that is not a finite number"),
+    ('{"samples_ms": [1.0, 2.0, 3.0], "analysis": {"warmup_count": "x"}}', "analysis.warmup_count is 'x', not a count"),
+    ('{"flags": [1]}', "flags holds something that is not an object"),
 ])
 def test_damaged_history_row_is_one_line_not_a_crash(tmp_path: Path, data: str, says: str) -> None:
     """A hand-edited or half-restored row used to crash history/compare/report (JSONDecodeError,
