@@ -93,3 +93,41 @@ def test_gc_keeps_previous_releases_on_a_board_without_awk(shell, tmp_path, monk
         out = make_release(shell, root, f"m-{i}", f"payload {i}".encode())
         assert out[-1].startswith("ok releases="), out
     assert sorted(os.listdir(root / "releases")) == ["m-3", "m-4", "m-5"]     # `gc 2` + current
+
+
+def _session_members(sid: int) -> list[str]:
+    """Command lines of the live processes in session `sid` (zombies excluded)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()        # after "(comm)": state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(cmd)
+    return out
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_session_with_a_lease_leaves_no_process_on_the_board(shell, tmp_path):
+    """Ending the session killed the lease watcher's shell but not the `sleep` it was waiting on:
+    every deploy/status left a `sleep 20` running on each board after the command had ended."""
+    root = tmp_path / "store"
+    root.mkdir()
+    proc = subprocess.Popen(_argv(shell, "session", str(root), "0", '{"purpose": "deploy"}', "60"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        time.sleep(0.3)                      # the watcher is in its first `sleep 20`
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        assert proc.wait(5) == 0
+        deadline = time.monotonic() + 2
+        while _session_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _session_members(proc.pid) == []
+    finally:
+        proc.kill()
+        proc.wait()

@@ -295,9 +295,12 @@ take_lock() {  # take_lock WAIT HOLDER_JSON: flock(1) on fd 9, the same lock dep
 lease_watch() { # lease_watch LEASE: end this session after LEASE s with no line from its host while idle
     # Builtins only but `sleep` (a no-op deploy of hundreds of boards feels every process start). The
     # session writes "<n> busy" before and "<n> idle" after each line it reads; a changed mark is life.
+    # The session ends this watcher with SIGTERM: its `sleep` goes too (it used to be orphaned and ran
+    # on for up to lease/3 s after every fleet command); a trapped signal interrupts `wait` at once.
     tick=$(( $1 / 3 )); [ "$tick" -ge 1 ] || tick=1
-    idle=0 seen=
-    while sleep "$tick"; do
+    idle=0 seen= nap=
+    trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+    while sleep "$tick" & nap=$!; wait "$nap"; do
         kill -0 "$$" 2>/dev/null || exit 0                # the session is over
         mark=; read -r mark < "$BEAT" 2>/dev/null
         if [ "$mark" != "$seen" ] || [ "${mark#* }" = busy ]; then
