@@ -33,6 +33,7 @@ paramiko's own pipelining drains the whole queue every ~100 requests, which idle
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -444,13 +445,19 @@ def _send_one(conn: Connection, it: _Item, k: int, starter: threading.Thread, fo
                     progress(it.remote, offset + it.sent, it.size)
 
             pipelined_write(sftp, f.handle, src, offset, acked)
-        finally:
-            try:
+        except BaseException:
+            # What stopped the write is what the caller must see. Ctrl-C or SIGTERM can cut a packet
+            # in half, which ends the session; close()'s error after it used to replace the
+            # interrupt ("connection lost", exit 3, and a group command went on to the next board).
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 f.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                if conn.lost(0.2):
-                    raise
-                raise OSError(f"closing {it.tmp} failed")
+            raise
+        try:
+            f.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            if conn.lost(0.2):
+                raise
+            raise OSError(f"closing {it.tmp} failed") from None
 
 
 def _follower(conn: Connection, follower: list):

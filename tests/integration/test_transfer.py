@@ -120,6 +120,26 @@ def test_cut_off_upload_keeps_old_file_and_retry_resumes(sshd, loop, rdir: Path,
     assert listing(rdir) == ["model.bin"]
 
 
+def test_ctrl_c_mid_upload_stays_an_interrupt(loop, rdir: Path, tmp_path: Path) -> None:
+    """Ctrl-C (or SIGTERM) mid-upload can cut an SSH packet in half, which ends the session; closing
+    the remote file then failed and that error replaced the interrupt: 'connection lost', exit 3,
+    and `run`/`push` on a group went on to the next board."""
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(2_000_000))
+    c = connect(loop)
+
+    def interrupt(remote: str, done: int, total: int) -> None:
+        if done > 0:
+            c.transport.sock.sendall(b"\0" * 9)   # a packet cut short by the signal: the board's sshd hangs up
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            transfer.upload(c, src, str(rdir / "m.bin"), interrupt)
+    finally:
+        c.close()
+
+
 def test_corrupt_partial_file_is_not_resumed(loop, rdir: Path, tmp_path: Path) -> None:
     src = tmp_path / "m.bin"
     src.write_bytes(os.urandom(2_000_000))
