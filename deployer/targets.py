@@ -242,10 +242,17 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    """Every key in a targets file is a name (field, board, group), so a key is its text as written.
+
+    YAML would read `yes:` as True, `01:` as 1 and `1.10:` as 1.1: board `01` silently became
+    board `1`. A list or mapping as a key (`[a]:`) was unhashable and crashed the loader."""
     m = _Map()
     m.lines = {}
     for knode, vnode in node.value:
-        key = loader.construct_object(knode, deep=True)
+        if not isinstance(knode, yaml.ScalarNode):
+            raise DeployerError(f"{loader.name}:{knode.start_mark.line + 1}: a key must be a plain name, "
+                                "not a list or mapping")
+        key = knode.value
         if key in m:
             raise DeployerError(f"{loader.name}:{knode.start_mark.line + 1}: duplicate key '{key}'")
         m[key] = loader.construct_object(vnode, deep=True)
@@ -304,8 +311,7 @@ def _load_file(path: Path, inv: Inventory, raw_jumps: dict, raw_groups: list) ->
         line = _line(boards, name)
         name = str(name)
         where = f"board '{name}'"
-        if not _NAME_RE.match(name):
-            raise _err(path, line, where, "name may only use letters, digits, '.', '_' and '-'")
+        _check_name(path, line, where, name)
         if name in inv.boards:
             raise _err(path, line, where, f"already defined in {inv.boards[name].source}")
         if spec is None:
@@ -323,14 +329,25 @@ def _load_file(path: Path, inv: Inventory, raw_jumps: dict, raw_groups: list) ->
     for gname, members in groups.items():
         line = _line(groups, gname)
         gname = str(gname)
-        if not _NAME_RE.match(gname):
-            raise _err(path, line, f"group '{gname}'", "name may only use letters, digits, '.', '_' and '-'")
+        _check_name(path, line, f"group '{gname}'", gname)
         if gname in inv.groups:
-            raise _err(path, line, f"group '{gname}'", "defined twice")
+            first = next(p for p, g, *_ in raw_groups if g == gname)
+            raise _err(path, line, f"group '{gname}'", f"already defined in {first}")
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             raise _err(path, line, f"group '{gname}'", "must be a list of board or group names")
         inv.groups[gname] = list(members)
         raw_groups.append((path, gname, list(members), line))
+
+
+def _check_name(path: Path, line: int | None, where: str, name: str) -> None:
+    """fullmatch: `$` alone lets a trailing newline through ("b\\n" was a board).
+
+    `all` is what commands take for every board: a board or group of that name would silently
+    narrow `deploy all` to itself."""
+    if not _NAME_RE.fullmatch(name):
+        raise _err(path, line, where, "name may only use letters, digits, '.', '_' and '-'")
+    if name == "all":
+        raise _err(path, line, where, "'all' is reserved (it means every board)", hint="rename it")
 
 
 def _check_fields(path: Path, m: dict, allowed: tuple[str, ...], where: str) -> None:

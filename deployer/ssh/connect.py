@@ -223,8 +223,11 @@ def _open_socket(hop: Hop, outer: paramiko.Transport | None, via: str):
     if outer is None:
         try:
             sock = socket.create_connection((hop.hostname, hop.port), timeout=hop.timeout)
-        except socket.gaierror as e:
-            raise DeployerError(f"{hop.who}: cannot resolve host '{hop.hostname}': {e.strerror}",
+        except (socket.gaierror, UnicodeError) as e:
+            # UnicodeError: the idna codec refuses a name before any lookup (a label over 63
+            # characters, an empty label): one line like an unknown name, not an internal error
+            why = e.strerror if isinstance(e, socket.gaierror) else "not a valid host name"
+            raise DeployerError(f"{hop.who}: cannot resolve host '{hop.hostname}': {why}",
                                 hint="check host: in the targets file or HostName in ~/.ssh/config") from None
         except (ConnectionRefusedError, socket.timeout, TimeoutError, OSError) as e:
             raise _Transient(f"cannot connect to {hop.who} at {hop.hostname}:{hop.port}: {_why(e)}") from None

@@ -218,3 +218,30 @@ def test_bad_adhoc_addresses_are_refused_before_any_work(spec: str) -> None:
 
     with pytest.raises(DeployerError, match="bad board address"):
         Inventory().resolve(spec)
+
+
+def test_keys_are_names_as_written_and_bad_names_are_refused(tmp_path: Path) -> None:
+    """YAML read board `01:` as 1 and `yes:` as True; `[a]:` crashed (unhashable); "b\\n" passed `$`."""
+    inv = load_targets(write(tmp_path, "boards:\n  01: {host: h}\n  yes: {host: h}\n  1.10: {host: h}\n"))
+    assert sorted(inv.boards) == ["01", "1.10", "yes"]
+    assert "lab.yaml:2: a key must be a plain name" in error_of(write(tmp_path, "boards:\n  [a]: {host: h}\n"))
+    assert "name may only use" in error_of(write(tmp_path, 'boards:\n  "b\\n": {host: h}\n'))
+    for text in ("boards:\n  all: {host: h}\n", "boards:\n  b: {host: h}\ngroups:\n  all: [b]\n"):
+        assert "'all' is reserved" in error_of(write(tmp_path, text))
+
+
+def test_a_group_in_two_files_names_both(tmp_path: Path) -> None:
+    write(tmp_path, "boards:\n  a: {host: h}\ngroups:\n  g: [a]\n", "1.yaml")
+    write(tmp_path, "groups:\n  g: [a]\n", "2.yaml")
+    msg = error_of(tmp_path)
+    assert "2.yaml:2: group 'g': already defined in" in msg and "1.yaml" in msg
+
+
+@pytest.mark.parametrize("host", ["a" * 64, "a..b"])
+def test_a_host_name_idna_refuses_is_bad_input_not_a_crash(host: str) -> None:
+    """socket.create_connection raised UnicodeError (exit 4) for a label over 63 characters."""
+    from deployer.ssh.config import Hop
+    from deployer.ssh.connect import _open_socket
+
+    with pytest.raises(DeployerError, match="cannot resolve host .*not a valid host name"):
+        _open_socket(Hop(label="board 'b'", hostname=host, port=22, user="pi", board="b"), None, "")
