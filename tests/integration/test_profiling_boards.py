@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import subprocess
 import sys
 import uuid
@@ -20,7 +19,7 @@ import pytest
 
 from deployer.profiling.context import Thresholds
 from deployer.remote.session import RunOptions, open_session, save_result
-from tests.fixtures.runner import build_tiny_models, require_cached_wheels
+from tests.fixtures.runner import build_tiny_models, require_cached_wheels, stack_model
 
 pytestmark = [pytest.mark.boards, pytest.mark.slow]
 DEPLOYER = [str(Path(sys.executable).with_name("deployer"))]
@@ -33,29 +32,6 @@ def _wheels() -> None:
 
 def deployer(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([*DEPLOYER, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
-
-
-def stack_model(folder: Path, name: str, blocks: int, size: int = 48, width: int = 16) -> tuple[Path, Path]:
-    """fp32 conv net: a stem, `blocks` extra 3x3 conv+relu layers at full resolution, GAP, FC."""
-    rng = np.random.default_rng(3)
-    layers, weights = [], b""
-    layers.append(f"Input in0 0 1 in0 0={size} 1={size} 2=3")
-    prev, cin = "in0", 3
-    for i in range(blocks + 1):
-        top = f"c{i}"
-        layers.append(f"Convolution conv{i} 1 1 {prev} {top} 0={width} 1=3 4=1 5=1 6={width * cin * 9} 9=1")
-        w = rng.normal(0, 0.5 / np.sqrt(cin * 9), (width, cin, 3, 3)).astype("<f4")
-        weights += struct.pack("<I", 0) + w.tobytes() + rng.normal(0, 0.05, width).astype("<f4").tobytes()
-        prev, cin = top, width
-    layers.append(f"Pooling gap 1 1 {prev} p 0=1 4=1")
-    layers.append(f"InnerProduct fc 1 1 p out0 0=10 1=1 2={10 * width}")
-    weights += struct.pack("<I", 0) + rng.normal(0, 0.3, (10, width)).astype("<f4").tobytes()
-    weights += rng.normal(0, 0.1, 10).astype("<f4").tobytes()
-    param = folder / f"{name}.param"
-    param.write_text("7767517\n" + f"{len(layers)} {len(layers)}\n" + "\n".join(layers) + "\n")
-    binf = folder / f"{name}.bin"
-    binf.write_bytes(weights)
-    return param, binf
 
 
 def _board(sim_boards):
