@@ -270,7 +270,7 @@ def recommend(configs: list[dict[str, Any]], min_effect_pct: float = 3.0) -> dic
         elif hi - lo <= 4 * max(min_effect_pct, 2.5):
             msg_gate = "int8 does not pay on this board (no measurable gain): "
         else:  # `same` only because the interval is wide: say so rather than claim no gain
-            msg_gate = "cannot tell whether int8 pays on this board (too noisy; flagged runs?): "
+            msg_gate = "cannot tell whether int8 pays on this board (too noisy: more --rounds would decide; flagged runs?): "
         msg = (f"int8 ({bi['label']}, {bi['median_ms']:.3g} ms) vs best float ({bf['label']}, "
                f"{bf['median_ms']:.3g} ms): {cmp.change_pct:+.1f}% [{cmp.change_ci_pct[0]:+.1f}, "
                f"{cmp.change_ci_pct[1]:+.1f}]%, p={cmp.p_value:.2g}")
