@@ -8,11 +8,14 @@ board, `up` is board -> host, like a WiFi or LTE link seen from the board.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import asdict, dataclass
 
 from deployer.errors import DeployerError
 
 KEYS = ("delay", "rate", "loss", "jitter", "limit")
+# one way: an SSH connect is several round trips, and the boards' connect timeout (sim.yaml) is 30 s
+MAX_DELAY_MS = 10_000
 HELP = "use e.g. --link 'delay=50,rate=10,loss=1' or 'down:delay=50,rate=10 up:delay=5' (ms, Mbit/s, %)"
 
 
@@ -94,8 +97,13 @@ def parse_shape(body: str) -> Shape:
             value = float(raw.strip().removesuffix("ms").removesuffix("mbit").removesuffix("%"))
         except ValueError:
             raise DeployerError(f"--link: {key}={raw!r} is not a number; {HELP}") from None
-        if value < 0 or value != value:
-            raise DeployerError(f"--link: {key}={raw} must be >= 0")
+        if key in values:   # delay=5,delay=50 silently kept the last one
+            raise DeployerError(f"--link: {key} is given twice in {body!r}; {HELP}")
+        if value < 0 or not math.isfinite(value):   # inf/1e400 passed: a board no SSH could ever reach
+            raise DeployerError(f"--link: {key}={raw} must be a finite number >= 0")
+        if key in ("delay", "jitter") and value > MAX_DELAY_MS:
+            raise DeployerError(f"--link: {key}={raw} is over {MAX_DELAY_MS} ms one way: SSH (several round "
+                                "trips) could not connect to the board within its 30 s timeout")
         if key == "loss" and value > 100:
             raise DeployerError(f"--link: loss={raw} is a percentage (0-100)")
         if key == "limit" and (value < 1 or value != int(value)):

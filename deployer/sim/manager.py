@@ -15,6 +15,7 @@ missing ones.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -185,7 +186,25 @@ def _targets_dir(state: SimState, requested: Path | None) -> Path:
         raise DeployerError(
             f"--targets-dir {requested}: the running emulated boards are listed in {state.targets_dir}/"
             f"{TARGETS_NAME}; use that folder or run 'deployer sim down' first")
-    return Path(state.targets_dir) if state.boards and state.targets_dir else wanted
+    chosen = Path(state.targets_dir) if state.boards and state.targets_dir else wanted
+    _check_writable_folder(chosen)
+    return chosen
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """Before any board starts: a --targets-dir that is a file or read-only used to fail only when
+    sim.yaml was written, after the boards were up, leaving boards no targets file listed."""
+    if folder.exists() and not folder.is_dir():
+        raise DeployerError(f"--targets-dir {folder}: is a file, not a folder (sim up writes {TARGETS_NAME} into it)",
+                            hint="give a folder deployer can write")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DeployerError(f"--targets-dir {folder}: cannot use it as a folder for {TARGETS_NAME} ({e.strerror})",
+                            hint="give a folder deployer can write") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DeployerError(f"--targets-dir {folder}: not writable, so {TARGETS_NAME} could not be written",
+                            hint="give a folder deployer can write")
 
 
 def _free_name(state: SimState) -> str:

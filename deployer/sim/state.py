@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from deployer.errors import DeployerError
-from deployer.fsutil import write_text
+from deployer.fsutil import read_input_text, write_text
 from deployer.sim.paths import GLOBAL_LOCK
 from deployer.sim.procs import ProcRef
 
@@ -65,8 +65,12 @@ def load_state(state_dir: Path) -> SimState:
     path = state_dir / STATE_FILE
     if not path.exists():
         return SimState()
+    # regular files only (a FIFO here hung `sim status`); a JSON list or string was an AttributeError
+    text = read_input_text(path, "simulator state file", limit=64 << 20)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
         if data.get("version") != VERSION:
             raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
         return SimState(data.get("targets_dir"), [BoardState.from_json(b) for b in data.get("boards", [])])

@@ -24,8 +24,9 @@ def write_targets(targets_dir: Path, client_key: Path, boards: list[BoardState])
     targets = targets_dir / TARGETS_NAME
     known = targets_dir / KNOWN_HOSTS_NAME
     if not boards:
-        for f in (targets, known):
-            f.unlink(missing_ok=True)
+        if targets_dir.is_dir():    # a folder that is gone or a file holds nothing of ours to remove
+            for f in (targets, known):
+                f.unlink(missing_ok=True)
         return targets
     doc = {
         "defaults": {"user": "pi", "key": str(client_key.resolve()), "known_hosts": KNOWN_HOSTS_NAME,

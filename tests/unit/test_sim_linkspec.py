@@ -51,6 +51,8 @@ def test_json_round_trip():
     ("limit=0", "whole number"),
     ("sideways:delay=1", "must start with 'down:', 'up:' or 'both:'"),
     ("", "empty"),
+    ("delay=inf", "finite"), ("rate=1e400", "finite"), ("delay=20000", "over 10000 ms"),
+    ("delay=5,delay=50", "delay is given twice"),
 ])
 def test_bad_specs_name_the_problem(text, message):
     with pytest.raises(DeployerError) as err:

@@ -38,6 +38,14 @@ def test_a_corrupt_state_file_is_one_line(tmp_path):
     with pytest.raises(DeployerError) as err:
         load_state(tmp_path)
     assert "state.json: unreadable simulator state (version 99" in str(err.value)
+    for text in ("[]", "null", '"x"'):     # were AttributeError: exit 4
+        (tmp_path / "state.json").write_text(text)
+        with pytest.raises(DeployerError, match="unreadable simulator state .not a JSON object"):
+            load_state(tmp_path)
+    (tmp_path / "state.json").unlink()
+    os.mkfifo(tmp_path / "state.json")      # was read forever: `sim status` hung
+    with pytest.raises(DeployerError, match="FIFO"):
+        load_state(tmp_path)
 
 
 def test_targets_file_and_known_hosts(tmp_path):
@@ -104,3 +112,17 @@ def test_targets_dir_stays_where_the_running_boards_are_listed(tmp_path):
         _targets_dir(running, tmp_path / "b")
     assert _targets_dir(SimState(str(tmp_path / "a"), []), tmp_path / "b") == tmp_path / "b"
     assert _free_name(running) == "sim-2"
+
+
+def test_a_targets_dir_that_is_a_file_is_refused_before_boards_start(tmp_path):
+    """sim up --targets-dir FILE started the boards, then failed writing sim.yaml; sim down failed too."""
+    from deployer.sim.manager import _targets_dir
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(DeployerError, match="afile: is a file, not a folder"):
+        _targets_dir(SimState(), afile)
+    with pytest.raises(DeployerError, match="afile/sub: cannot use it as a folder"):
+        _targets_dir(SimState(), afile / "sub")
+    write_targets(afile, tmp_path / "key", [])     # sim down with the last board gone: nothing to remove
+    assert afile.is_file()
