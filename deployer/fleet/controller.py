@@ -172,20 +172,39 @@ def _remote(sock: socket.socket, name: str, args: tuple, kwargs: dict, persist: 
     with sock:
         _send(sock, {"op": "call", "name": name, "args": args, "kwargs": kwargs, "persist": persist,
                      "events": on_event is not None})
-        while True:
-            msg = _recv(sock)
-            if msg is None:
-                raise DeployerError("the fleet controller process ended in the middle of the command",
-                                    hint=f"see {socket_path().with_suffix('.log')}; re-run (with --persist 0 "
-                                         "to run it without the controller)")
-            kind, body = msg
-            if kind == "event":
-                if on_event is not None:
-                    on_event(body)
-            elif kind == "result":
-                return body
-            elif kind == "error":
-                raise _rebuild(body)
+        try:
+            return _answer(sock, on_event)
+        except KeyboardInterrupt:
+            # EOF tells the controller to start no further board. The ones it is running read the
+            # release's temporary folder, which this process removes as it unwinds (interrupted
+            # deploys failed those boards with FileNotFoundError): wait for the answer first, as
+            # an in-process command does (deployer.fleet.fanout). A second Ctrl-C stops waiting.
+            sys.stderr.write("interrupted: letting the boards already started finish (Ctrl-C again to stop waiting)\n")
+            sys.stderr.flush()
+            try:
+                sock.shutdown(socket.SHUT_WR)
+                _answer(sock, None)
+            except Exception:  # noqa: BLE001 - only waiting (the frame may be cut): the interrupt goes on
+                pass
+            raise
+
+
+def _answer(sock: socket.socket, on_event: EventFn | None) -> Any:
+    """The controller's events (to `on_event`) up to its result (returned) or error (raised)."""
+    while True:
+        msg = _recv(sock)
+        if msg is None:
+            raise DeployerError("the fleet controller process ended in the middle of the command",
+                                hint=f"see {socket_path().with_suffix('.log')}; re-run (with --persist 0 "
+                                     "to run it without the controller)")
+        kind, body = msg
+        if kind == "event":
+            if on_event is not None:
+                on_event(body)
+        elif kind == "result":
+            return body
+        elif kind == "error":
+            raise _rebuild(body)
 
 
 def stop(path: Path | None = None) -> bool:

@@ -8,6 +8,7 @@ running finish; none are interrupted half-way).
 from __future__ import annotations
 
 import contextvars
+import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from typing import Any, Callable, Iterable
@@ -56,8 +57,21 @@ def fan_out(executor: Executor, boards: Iterable[Any], op: Callable[..., BoardRe
                 stopped = True
             if stopped and not running:
                 break
-    except BaseException:
-        for fut in running:
-            fut.cancel()
+    except BaseException as err:
+        started = [fut for fut in running if not fut.cancel() and not fut.done()]
+        if started:
+            _let_finish(started, err)
         raise
     return results, (todo if stopped else [])
+
+
+def _let_finish(started: list[Future], err: BaseException) -> None:
+    """Ctrl-C (or an error) mid fan-out: boards already started finish, as documented - and before
+    the caller unwinds, because it then removes what they read (the release's temporary folder:
+    interrupted deploys used to fail their running boards with FileNotFoundError on its manifest).
+    A second Ctrl-C stops waiting."""
+    if isinstance(err, KeyboardInterrupt):
+        sys.stderr.write(f"interrupted: letting the {len(started)} board(s) already started finish "
+                         "(Ctrl-C again to stop waiting)\n")
+        sys.stderr.flush()
+    wait(started)

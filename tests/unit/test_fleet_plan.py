@@ -129,3 +129,68 @@ def test_damaged_rollout_state_is_one_line(tmp_path, state, needle):
     state_path(tmp_path, "g").write_text(json.dumps(state))
     with pytest.raises(DeployerError, match=f"unreadable rollout state .*{needle}"):
         load_state(tmp_path, "g")
+
+
+def test_ctrl_c_lets_the_boards_already_started_finish_before_unwinding():
+    """The CLI removes the release's temporary folder as it unwinds from Ctrl-C: a board still running
+    then failed with FileNotFoundError on the release's manifest. Started boards finish first."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deployer.fleet.fanout import fan_out
+    from deployer.fleet.ops import BoardResult
+
+    finished = []
+    started = threading.Event()
+
+    def op(board):
+        if board.name == "slow":
+            started.set()
+            time.sleep(0.5)
+            finished.append(board.name)
+        return BoardResult(board.name, True, None)
+
+    def ctrl_c(result):
+        started.wait(5)
+        raise KeyboardInterrupt
+
+    with ThreadPoolExecutor(2) as pool:
+        with pytest.raises(KeyboardInterrupt):
+            fan_out(pool, [B("fast"), B("slow"), B("later")], op, (), max_parallel=2, on_result=ctrl_c)
+        assert finished == ["slow"]
+
+
+def test_an_interrupted_controller_client_waits_for_the_controllers_answer():
+    """Same through the persistent controller: the client says it went away (EOF: no further board
+    starts) but unwinds, removing the release's files, only once the running boards are done."""
+    import socket
+    import threading
+    import time
+
+    from deployer.fleet import controller
+
+    client, server = socket.socketpair()
+    order = []
+
+    def serve():
+        controller._recv(server)
+        controller._send(server, ("event", {"board": "b1"}))
+        while server.recv(4096):          # until the client's EOF
+            pass
+        order.append("eof")
+        time.sleep(0.2)                   # the running board finishes
+        order.append("result")
+        controller._send(server, ("result", "report"))
+        server.close()
+
+    def ctrl_c(event):
+        raise KeyboardInterrupt
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    with pytest.raises(KeyboardInterrupt):
+        controller._remote(client, "deploy", (), {}, 1.0, ctrl_c)
+    order.append("unwound")
+    thread.join(5)
+    assert order == ["eof", "result", "unwound"]
