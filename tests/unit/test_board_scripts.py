@@ -162,6 +162,15 @@ def test_lock_sh_is_released_on_stdin_eof(tmp_path: Path) -> None:
     assert again.stdout.startswith("locked")
 
 
+@pytest.mark.skipif(not shutil.which("flock"), reason="needs flock(1)")
+def test_lock_sh_names_a_runtime_folder_that_is_a_file(tmp_path: Path) -> None:
+    """sh ended at the failed `exec 9>>` (rc 2, no answer): 'the lock helper ended without an answer'."""
+    (tmp_path / ".deployer").write_text("x")
+    res = subprocess.run(lock_sh(str(tmp_path / ".deployer" / ".lock"), "0", "30", _holder("push"), "3600"),
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10)
+    assert res.returncode == 1 and res.stdout.startswith("error ") and ".deployer is not a folder" in res.stdout
+
+
 @pytest.mark.parametrize("python", [sys.executable, "/nonexistent/python3"])
 def test_state_reports_target_sha_best_partial_and_free_space(tmp_path: Path, python: str) -> None:
     d = tmp_path / "m"

@@ -14,7 +14,10 @@ fi
 f=$1; w=$2; lease=$3; info=$4; age=$5; shift 5
 case $f in */*) d=${f%/*};; *) d=.;; esac
 mkdir -p -- "${d:-/}" 2>/dev/null
-exec 9>>"$f" || { echo "error cannot open $f"; exit 1; }
+# `command`: a failed redirection on plain `exec` ends sh at once (rc 2, no answer for the host);
+# a runtime folder that is a file reads as "Directory nonexistent" there, so it is named here
+[ -d "${d:-/}" ] || { echo "error ${d:-/} is not a folder (a file is in the way)"; exit 1; }
+command exec 9>>"$f" || { echo "error cannot open $f"; exit 1; }
 holder() { h=$(head -n 1 -- "$f" 2>/dev/null); [ -n "$h" ] || h='{}'; }
 if ! flock -n 9; then
     holder
