@@ -87,11 +87,42 @@ def fetch_sdist(version: str, *, index: str | None = None) -> Path:
 
 
 def use_sdist(path: Path, version: str) -> Path:
-    """Copy a user-given sdist file into the cache under its version (offline set-up)."""
+    """Copy a user-given sdist file into the cache under its version (offline set-up).
+
+    Checked first: any file used to be cached under the version's name, replacing a good tarball
+    (garbage failed only at the next extraction, "delete it and fetch again"), and another version's
+    sdist would have built a board runner from other C++ than the host wheel's, silently."""
     data = fsutil.read_input(path, "--sdist")
+    found = _sdist_version(data)
+    if found is None:
+        raise DeployerError(f"--sdist {path}: not an ncnn source archive (a .tar.gz whose top folder holds "
+                            "CMakeLists.txt and a PKG-INFO naming ncnn)", hint=f"use ncnn-{version}.tar.gz from PyPI")
+    if found != version:
+        raise DeployerError(f"--sdist {path}: is ncnn {found}, not {version}",
+                            hint=f"pass ncnn-{version}.tar.gz, or --ncnn-version {found}")
     dest = sdist_path(version)
     fsutil.write_bytes(dest, data)
     return dest
+
+
+def _sdist_version(data: bytes) -> str | None:
+    """The Version: of an ncnn sdist's top-level PKG-INFO, None when the bytes are not one."""
+    import io
+
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            names = {m.name: m for m in tar.getmembers() if m.isfile()}
+            for name, member in names.items():
+                top, _, rest = name.partition("/")
+                if rest != "PKG-INFO" or f"{top}/CMakeLists.txt" not in names:
+                    continue
+                meta = (tar.extractfile(member) or io.BytesIO()).read(1 << 16).decode("utf-8", "replace")
+                fields = dict(line.split(": ", 1) for line in meta.splitlines() if ": " in line)
+                if fields.get("Name", "").strip().lower() == "ncnn":
+                    return fields.get("Version", "").strip() or None
+    except (tarfile.TarError, OSError, EOFError):
+        return None
+    return None
 
 
 def extract_sdist(version: str) -> Path:

@@ -157,6 +157,34 @@ def test_sdist_extraction_rejects_traversal(cache) -> None:
         source.check_version("1.0/../../x")
 
 
+def _sdist(path: Path, top: str, version: str) -> Path:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in ((f"{top}/CMakeLists.txt", b"project(ncnn)\n"),
+                           (f"{top}/PKG-INFO", f"Metadata-Version: 2.4\nName: ncnn\nVersion: {version}\n".encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def test_sdist_given_by_hand_must_be_that_ncnn_version(cache, tmp_path) -> None:
+    """--sdist cached any file under the version's name: garbage replaced a good tarball, and another
+    version's source would have built the board runner from other C++ than the host wheel's."""
+    good = source.sdist_path("9.9.9")
+    good.parent.mkdir(parents=True)
+    good.write_bytes(b"the cached tarball")
+    (tmp_path / "junk.tar.gz").write_bytes(b"garbage")
+    with pytest.raises(DeployerError, match="junk.tar.gz: not an ncnn source archive"):
+        source.use_sdist(tmp_path / "junk.tar.gz", "9.9.9")
+    with pytest.raises(DeployerError, match="is ncnn 9.9.8, not 9.9.9"):
+        source.use_sdist(_sdist(tmp_path / "old.tar.gz", "ncnn-9.9.8", "9.9.8"), "9.9.9")
+    assert good.read_bytes() == b"the cached tarball"
+    assert source.use_sdist(_sdist(tmp_path / "new.tar.gz", "ncnn-9.9.9", "9.9.9"), "9.9.9") == good
+    assert source.extract_sdist("9.9.9").name == "ncnn-9.9.9"
+
+
 def test_build_keys_follow_inputs() -> None:
     tc = nb.toolchain("arm64")
     assert tc.arch == "aarch64" and nb.toolchain("armhf").arch == "armv7l"
