@@ -45,6 +45,17 @@ class MissingWheel(DeployerError):
     """A model/data wheel is not installed: tests skip on this, every other error fails them."""
 
 
+def out_folder(text: str, flag: str = "--out") -> Path:
+    """The folder a writer fills, checked first: an empty --out is '.' to typer and argparse alike
+    (450 digit images landed in the current folder), and a file there failed as "File exists"."""
+    if not text.strip():
+        raise DeployerError(f"{flag} is empty", hint="name the folder to write into")
+    folder = Path(text)
+    if folder.exists() and not folder.is_dir():
+        raise DeployerError(f"{flag} {text}: is a file, not a folder", hint="name a new or existing folder")
+    return folder
+
+
 def package_dir(package: str) -> Path:
     """Folder of an installed package, found without importing it (foolbox/nudenet imports fail here)."""
     spec = importlib.util.find_spec(package)
@@ -429,13 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     @app.command()
     @handle_errors
     def write(name: str = typer.Argument(..., help=", ".join(WRITERS)),
-              out: Path = typer.Option(..., "--out", help="folder to write into"),
+              out: str = typer.Option(..., "--out", help="folder to write into"),   # str: typer reads "" as "."
               npy_for: str = typer.Option("", "--npy-for", help="also write .npy tensors for this zoo model "
                                           "into OUT/npy (its preprocessing)"),
               json_output: bool = typer.Option(False, "--json")) -> None:
         if name not in WRITERS:
             raise DeployerError(f"unknown data set {name!r}", hint=f"choose one of: {', '.join(WRITERS)}")
-        ds = WRITERS[name](out)
+        ds = WRITERS[name](out_folder(out))
         if npy_for:
             from examples import zoo
 

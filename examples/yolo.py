@@ -151,6 +151,8 @@ def board_boxes(profile_path: "Path | Any", targets: Path, board_name: str, imag
     from deployer.remote.session import RunOptions, open_session
     from deployer.targets import load_targets
 
+    if not 0 < conf <= 1:          # NaN fails too: it silently found no boxes, a negative one every anchor
+        raise DeployerError(f"--conf {conf}: a detection score threshold must be above 0 and at most 1")
     profile = load_profile(profile_path) if isinstance(profile_path, (str, Path)) else profile_path
     param, bin_, _ = resolve_model(profile)
     paths = output_paths(profile, param)
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m examples.yolo", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("views", help="write the YOLO eval photos (+ list.txt)")
-    v.add_argument("--out", type=Path, required=True)
+    v.add_argument("--out", required=True)      # str: Path("") is ".", the current folder
     b = sub.add_parser("board", help="int8 boxes from a board next to fp32 boxes from the host, as a PNG")
     b.add_argument("--profile", type=Path, required=True)
     b.add_argument("--targets", type=Path, required=True)
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "views":
-            ds = detection_views(args.out)
+            ds = detection_views(data.out_folder(args.out))
             print(f"{len(ds.files)} views: {ds.list_file}")
             return 0
         res = board_boxes(args.profile, args.targets, args.board, args.image, conf=args.conf)
@@ -214,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{args.out}: fp32 {len(res.fp32)} boxes (host), int8 {len(res.int8)} boxes ({res.board})")
         return 0
-    except DeployerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: BLE001 - one line and its exit code like deployer's commands, no traceback
+        from deployer.cli.common import report_exception
+
+        return report_exception(exc, getattr(args, "json", False)).exit_code
 
 
 if __name__ == "__main__":

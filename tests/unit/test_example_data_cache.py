@@ -15,3 +15,22 @@ def test_calibration_crops_are_remade_when_the_photo_set_changes(tmp_path, monke
     other = data.calibration_photos(tmp_path, count=4)
     assert not any("astronaut" in p.name for p in other.files)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(p.name for p in other.files)
+
+
+def test_an_empty_or_file_out_is_refused_before_writing(tmp_path, monkeypatch, capsys):
+    """--out "" is '.' to typer and argparse: 450 digit images (72 YOLO views) landed in the current folder;
+    a file as --out was a traceback in examples.yolo."""
+    from examples import yolo
+
+    monkeypatch.chdir(tmp_path)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert data.main(["digits-test", "--out", ""]) == 2
+    assert data.main(["digits-test", "--out", str(afile)]) == 2
+    assert yolo.main(["views", "--out", ""]) == 2
+    assert yolo.main(["views", "--out", str(afile)]) == 2
+    assert yolo.main(["board", "--profile", "p.yaml", "--targets", "t.yaml", "--board", "b", "--image", "i.png",
+                      "--out", "o.png", "--conf", "nan"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--out is empty") == 2 and err.count("is a file, not a folder") == 2 and "--conf nan" in err
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
