@@ -168,13 +168,37 @@ def build_dir(version: str, tc: Toolchain, lkey: str) -> Path:
     return source.native_cache() / "build" / f"ncnn-{version}-{tc.arch}-{lkey}"
 
 
-def find_build(arch: str, version: str | None = None, *, layers: bool = False) -> NativeBuild | None:
-    """The newest finished build for arch (and version), or None. Never builds."""
+def damage(path: Path, size: int | None) -> str | None:
+    """Why a cached executable cannot be shipped (None: it can).
+
+    A truncated or overwritten runner was uploaded over the board's good one and died there with no
+    exit status, which read as a board failure (exit 3); the manifest's size and the ELF magic catch
+    it on the host."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            actual = os.fstat(fh.fileno()).st_size
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    if head != b"\x7fELF":
+        return "not an ELF executable"
+    if size is not None and actual != size:
+        return f"{actual} bytes where its manifest says {size}"
+    return None
+
+
+def find_build(arch: str, version: str | None = None, *, layers: bool = False,
+               strict: bool = True) -> NativeBuild | None:
+    """The newest finished build for arch (and version), or None. Never builds.
+
+    `strict`: a damaged cached executable is one line saying how to rebuild it (when no intact build
+    is left), not something to push; build() passes False to rebuild it."""
     tc = toolchain(arch)
     folder = runtimes_dir()
     if not folder.is_dir():
         return None
     found = []
+    damaged: list[str] = []
     for manifest in folder.glob(f"*/{tc.arch}/*/manifest.json"):
         try:
             data = json.loads(manifest.read_text())
@@ -185,8 +209,17 @@ def find_build(arch: str, version: str | None = None, *, layers: bool = False) -
         b = _from_manifest(manifest.parent, data)
         if b is None or not b.runner.is_file() or (layers and (b.layers is None or not b.layers.is_file())):
             continue
+        why = [f"{p}: {w}" for p, n in ((b.runner, b.size), (b.layers if layers else None, b.layers_size))
+               if p is not None and (w := damage(p, n))]
+        if why:
+            damaged += why
+            continue
         found.append((manifest.stat().st_mtime, b))
     if not found:
+        if damaged and strict:
+            raise DeployerError(f"the cached native {tc.arch} runtime is damaged ({damaged[0]})",
+                                hint=f"rebuild it: deployer runtime build --arch {tc.arch}"
+                                     + (" --benchmark" if layers else ""))
         return None
     current = [b for _, b in found if b.key == _current_key(tc, b.version)]
     return current[0] if current else max(found, key=lambda t: t[0])[1]
@@ -356,9 +389,19 @@ def build(arch: str, version: str | None = None, *, layers: bool = False, progre
     lkey = lib_key(version, tc, compiler)
     rkey = runtime_key(lkey)
     folder = runtimes_dir() / version / tc.arch / rkey
-    existing = find_build(tc.arch, version, layers=layers)
+    existing = find_build(tc.arch, version, layers=layers, strict=False)
     if existing is not None and existing.key == rkey:
         return existing
+    manifest = folder / "manifest.json"
+    try:
+        previous = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except ValueError:
+        previous = {}
+    previous = previous if isinstance(previous, dict) else {}
+    for binary, size in ((folder / RUNNER_NAME, previous.get("size")),
+                         (folder / LAYERS_NAME, previous.get("layers_size"))):
+        if binary.is_file() and damage(binary, size):   # find_build skipped it: link it again
+            binary.unlink()
     source.extract_sdist(version)  # a missing source is one line, before anything is created
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "build.log"
@@ -388,15 +431,8 @@ def build(arch: str, version: str | None = None, *, layers: bool = False, progre
                              layers_size=layers_bin.stat().st_size if layers_bin else None, times_s=times,
                              flags={**CMAKE_OPTIONS, "march": " ".join(tc.march_flags()), "compiler": compiler,
                                     "library_key": lkey})
-        old = {}
-        manifest = folder / "manifest.json"
-        if manifest.is_file():
-            try:
-                old = json.loads(manifest.read_text()).get("times_s", {})
-            except ValueError:
-                old = {}
         data = result.to_json()
-        data["times_s"] = {**old, **times}
+        data["times_s"] = {**previous.get("times_s", {}), **times}
         result.times_s = data["times_s"]
         fsutil.write_text(manifest, json.dumps(data, indent=2) + "\n")
     return result

@@ -157,6 +157,26 @@ def test_sdist_extraction_rejects_traversal(cache) -> None:
         source.check_version("1.0/../../x")
 
 
+def test_a_damaged_cached_runner_is_refused_not_shipped(cache) -> None:
+    """A truncated cached runner was uploaded over the board's good one and died there (exit 3, 'ended
+    without an exit status'); auto quietly took the wheel when the cache held only damaged builds."""
+    _fake_build(cache, "aarch64", layers_flavour=True)
+    runner = next((cache / "native" / "runtimes").rglob(nb.RUNNER_NAME))
+    assert nb.find_build("aarch64") is not None
+    for data, why in ((b"\x7fELF\x02", "5 bytes where its manifest says 4"), (b"MZ\x90\x00", "not an ELF executable")):
+        runner.write_bytes(data)
+        with pytest.raises(DeployerError, match=why) as err:
+            select.choose(SimpleNamespace(name="pi", runtime="auto"), SimpleNamespace(arch="arm64", python="3.11"),
+                          None)
+        assert "damaged" in str(err.value) and err.value.hint == "rebuild it: deployer runtime build --arch aarch64"
+    assert nb.find_build("aarch64", strict=False) is None      # what `runtime build` sees: link it again
+    runner.write_bytes(b"\x7fELF")
+    (runner.parent / nb.LAYERS_NAME).write_bytes(b"")
+    assert nb.find_build("aarch64") is not None                # the normal flavour is intact
+    with pytest.raises(DeployerError, match="runtime build --arch aarch64 --benchmark"):
+        nb.find_build("aarch64", layers=True)
+
+
 def _sdist(path: Path, top: str, version: str) -> Path:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
