@@ -204,6 +204,8 @@ def find_build(arch: str, version: str | None = None, *, layers: bool = False,
             data = json.loads(manifest.read_text())
         except (OSError, ValueError):
             continue
+        if not isinstance(data, dict):      # a JSON list or string here was an AttributeError (exit 4)
+            continue
         if version is not None and data.get("version") != version:
             continue
         b = _from_manifest(manifest.parent, data)

@@ -170,6 +170,11 @@ def test_a_damaged_cached_runner_is_refused_not_shipped(cache) -> None:
                           None)
         assert "damaged" in str(err.value) and err.value.hint == "rebuild it: deployer runtime build --arch aarch64"
     assert nb.find_build("aarch64", strict=False) is None      # what `runtime build` sees: link it again
+    manifest = runner.parent / "manifest.json"
+    good = manifest.read_text()
+    manifest.write_text("[]")                                  # was AttributeError: exit 4
+    assert nb.find_build("aarch64") is None
+    manifest.write_text(good)
     runner.write_bytes(b"\x7fELF")
     (runner.parent / nb.LAYERS_NAME).write_bytes(b"")
     assert nb.find_build("aarch64") is not None                # the normal flavour is intact
