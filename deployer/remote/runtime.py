@@ -123,6 +123,22 @@ class Wheel:
     def sha256(self) -> str:
         return fsutil.sha256_file(self.path, "ncnn wheel")
 
+    def check_intact(self) -> None:
+        """A truncated or overwritten cached wheel was uploaded, left on the board under its real
+        name, and failed there as "unpacking ... failed: File is not a zip file" (blamed on the
+        board, exit 3). Its zip directory (at the end of the file) is read on the host first."""
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                ok = any(n.startswith("ncnn/") for n in zf.namelist())
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise DeployerError(f"cached wheel {self.path} is damaged ({err})",
+                                hint="delete it and run deployer runtime fetch again") from None
+        if not ok:
+            raise DeployerError(f"cached wheel {self.path} holds no ncnn package",
+                                hint="delete it and run deployer runtime fetch again")
+
 
 def cache_dir() -> Path:
     return fsutil.cache_dir() / "wheels"
@@ -269,6 +285,7 @@ def ensure_runtime(conn: Any, wheel: Wheel, *, runtime_dir: str, python: str, bo
         raise RemoteError(f"{board}: checking the ncnn runtime failed: {_last_line(check)}")
     if check.stdout.strip() == sha:
         return RuntimeInstall(dest, wheel.version, wheel.path.name, uploaded=False, unpacked=False)
+    wheel.check_intact()
     result = upload(conn, wheel.path, remote_wheel, progress=progress)
     unpack = conn.run([python, "-c", board_scripts.script("unpack.py"), arg(remote_wheel), arg(dest), sha],
                       timeout=600)

@@ -106,3 +106,25 @@ def test_fetch_failure_is_one_line(cache: Path) -> None:
     with pytest.raises(DeployerError, match="No matching distribution found for ncnn==9"):
         rt.fetch_wheel(plat("aarch64"), "9", cache, run=failing)
 
+
+
+def test_a_damaged_cached_wheel_is_refused_before_upload(tmp_path: Path) -> None:
+    """A truncated cached wheel was uploaded, left on the board, and failed there as 'File is not a zip
+    file' (exit 3, blamed on the board)."""
+    import zipfile
+    from types import SimpleNamespace
+
+    path = tmp_path / REAL_NAMES[0]
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("ncnn/__init__.py", "x" * 1000)
+    wheel = rt.Wheel.parse(path)
+    wheel.check_intact()
+    uploads = []
+    conn = SimpleNamespace(run=lambda *a, **k: SimpleNamespace(rc=0, stdout="", stderr=""))
+    for data in (path.read_bytes()[:300], b"garbage"):
+        path.write_bytes(data)
+        with pytest.raises(DeployerError, match="is damaged") as err:
+            rt.ensure_runtime(conn, wheel, runtime_dir=".deployer", python="python3", board="b",
+                              upload=lambda *a, **k: uploads.append(a))
+        assert "runtime fetch" in err.value.hint
+    assert uploads == []
