@@ -252,7 +252,12 @@ def _authenticate(t: paramiko.Transport, hop: Hop) -> None:
             if hop.explicit_keys:
                 raise DeployerError(f"{hop.who}: key file {path} not found", hint="fix key: in the targets file") from None
             continue
-        except paramiko.PasswordRequiredException:
+        except (paramiko.PasswordRequiredException, TypeError) as e:
+            # PKey.from_path lets cryptography's TypeError ("Key is password-protected, but password
+            # was not provided") through for every encrypted key: a passphrase-protected
+            # ~/.ssh/id_ed25519 used from ssh-agent was an internal error (exit 4)
+            if isinstance(e, TypeError) and "password" not in str(e).lower():
+                raise DeployerError(f"{hop.who}: cannot load key {path}: {e}") from None
             if hop.explicit_keys:
                 raise DeployerError(f"{hop.who}: key {path} is passphrase-protected",
                                     hint=f"load it into ssh-agent (ssh-add {path}); deployer never asks for passphrases") from None

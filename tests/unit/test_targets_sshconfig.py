@@ -64,3 +64,25 @@ def test_proxyjump_none_and_loops(tmp_path: Path) -> None:
     assert len(plan_hops(board(tmp_path, "boards:\n  d: {host: direct}\n", "d"), c)) == 1
     with pytest.raises(DeployerError, match="more than 8 jump hops"):
         plan_hops(board(tmp_path, "boards:\n  x: {host: a}\n", "x"), c)
+
+
+def test_a_passphrase_protected_key_is_one_line_or_skipped_for_the_agent(tmp_path: Path, monkeypatch) -> None:
+    """paramiko's PKey.from_path raises cryptography's TypeError for every encrypted key: a
+    passphrase-protected key (explicit, or the default ~/.ssh/id_ed25519 used via ssh-agent) was exit 4."""
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from deployer.ssh.config import Hop
+    from deployer.ssh.connect import _authenticate
+
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)        # no agent: nothing else to try
+    key = tmp_path / "id_ed25519"
+    key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        s.Encoding.PEM, s.PrivateFormat.OpenSSH, s.BestAvailableEncryption(b"secret")))
+    hop = Hop(label="board 'b'", hostname="h", port=22, user="pi", keys=[key], explicit_keys=True, board="b")
+    with pytest.raises(DeployerError, match="is passphrase-protected") as err:
+        _authenticate(None, hop)
+    assert "ssh-add" in err.value.hint
+    hop.explicit_keys = False                                  # a default identity: skipped, agent next
+    with pytest.raises(DeployerError, match=r"authentication failed .*tried no keys"):
+        _authenticate(None, hop)
