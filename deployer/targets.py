@@ -218,6 +218,12 @@ def load_targets(paths: str | Path | Iterable[str | Path] | None = None) -> Inve
             files.append(p)
         else:
             raise DeployerError(f"targets file {p} not found", hint="pass an existing YAML file or folder")
+    # one file reached twice (`--targets targets --targets targets/sim.yaml`) is read once: it said
+    # "board 'sim-1': already defined in targets/sim.yaml" about the very same file
+    unique: dict[Path, Path] = {}
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    files = list(unique.values())
     inv = Inventory(sources=files)
     raw_jumps: dict[str, tuple[list[str], str]] = {}
     raw_groups: list[tuple[Path, str, list[str], int]] = []

@@ -155,6 +155,8 @@ def test_jump_cycles_and_duplicate_boards_across_files(tmp_path: Path) -> None:
     write(d2, "boards:\n  a: {host: b}\n", "2.yaml")
     msg = error_of(d2)
     assert "2.yaml" in msg and "already defined in" in msg and "1.yaml" in msg
+    same = load_targets([d2 / "1.yaml", d2 / ".." / "d2" / "1.yaml"])     # one file named twice: read once
+    assert list(same.boards) == ["a"] and same.sources == [d2 / "1.yaml"]
 
 
 def test_unknown_board_and_missing_file(tmp_path: Path) -> None:
