@@ -100,6 +100,9 @@ class KnownHosts:
             text += "\n"
         line_no = text.count("\n") + 1
         text += f"{name} {key_type} {base64.b64encode(blob).decode()}\n"
+        if self.path.parent.exists() and not self.path.parent.is_dir():   # was "...: File exists"
+            raise DeployerError(f"known_hosts {self.path}: {self.path.parent} is a file, not a folder",
+                                hint="fix known_hosts: in the targets file")
         if not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, mode=0o700)
         fsutil.write_text(self.path, text)

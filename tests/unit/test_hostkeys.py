@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from deployer.errors import DeployerError
 from deployer.ssh import hostkeys
 from deployer.ssh.hostkeys import ChangedHostKey, HostKeyError, UnknownHostKey, check_host_key
 
@@ -47,6 +48,9 @@ def test_unknown_host_refused_then_accept_new_pins_it_for_openssh(tmp_path: Path
     # port 22 is stored without brackets, so another port is still unknown
     with pytest.raises(UnknownHostKey):
         check_host_key(kh, "10.0.0.5", 22, kt, blob, board="pi4")
+    (tmp_path / "afile").write_text("")              # --accept-new under a file: one line, not "File exists"
+    with pytest.raises(DeployerError, match="afile is a file, not a folder"):
+        check_host_key(tmp_path / "afile" / "known_hosts", "10.0.0.5", 22, kt, blob, board="pi4", accept_new=True)
 
 
 def test_changed_key_refused_with_both_fingerprints_and_line_even_with_accept_new(tmp_path: Path) -> None:
