@@ -15,6 +15,7 @@ can be compared from one collection.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import traceback
@@ -303,7 +304,13 @@ def _tune_malloc() -> None:
 
 
 def _worker_main(conn, job: CollectJob, indices: list[int], keep_sizes: list[int] | None,
-                 want_hist: bool) -> None:
+                 want_hist: bool, not_mine: Sequence = ()) -> None:
+    """`not_mine`: the parent's ends of every pipe, inherited through fork. Closed first: while a
+    worker held a copy of its own pipe's parent end it never saw the parent close it or die, so an
+    interrupted calibration sat 5 s per worker joining them (SIGTERM took 10 s with thread=2, past
+    docker's grace period) and a killed one left them blocked in recv() for ever."""
+    for other in not_mine:
+        other.close()
     try:
         _tune_malloc()
         col = _Collector(job, indices, keep_sizes, progress=lambda n: conn.send(("progress", n)))
@@ -321,7 +328,8 @@ def _worker_main(conn, job: CollectJob, indices: list[int], keep_sizes: list[int
     except DeployerError as err:
         conn.send(("error", str(err)))
     except BaseException:  # a crash must reach the parent as a message, not a hang
-        conn.send(("crash", traceback.format_exc()))
+        with contextlib.suppress(OSError):     # no parent to tell (it was interrupted): end quietly
+            conn.send(("crash", traceback.format_exc()))
     finally:
         conn.close()
 
@@ -386,8 +394,8 @@ def collect(job: CollectJob, *, threads: int = 1, histograms: bool = True,
         for w in range(workers):
             parent, child = ctx.Pipe()
             indices = list(range(w, n, workers))
-            p = ctx.Process(target=_worker_main, args=(child, job, indices, keep_sizes, histograms),
-                            daemon=True)
+            p = ctx.Process(target=_worker_main, args=(child, job, indices, keep_sizes, histograms,
+                                                       [*conns, parent]), daemon=True)
             p.start()
             child.close()
             conns.append(parent)

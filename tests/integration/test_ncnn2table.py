@@ -146,6 +146,29 @@ def test_two_workers_and_two_passes_give_the_same_table(tmp_path, calib_tiny, ca
     assert np.array_equal(one.histograms, two.histograms) and np.array_equal(one.absmax, two.absmax)
 
 
+def test_interrupted_calibration_ends_its_workers_at_once(calib_tiny, calib_images):
+    """Each forked worker held a copy of its own pipe's parent end, so none saw an interrupted parent
+    close it: SIGTERM took 5 s per worker to act (10 s with thread=2, past docker's grace period)."""
+    import multiprocessing
+    import time
+
+    from deployer.inputs.spec import InputSpec
+    from deployer.quant.calibration import Calibrator
+    from deployer.quant.ncnn2table import read_lists
+    from deployer.quant.weights import load_model
+
+    model = load_model(calib_tiny.param, calib_tiny.bin)
+    spec = InputSpec((16, 16, 3), pixel="BGR", mean=(104.0, 117.0, 123.0), norm=(0.017,) * 3, file_type="image")
+
+    def interrupt(phase: str, done: int, total: int) -> None:
+        raise KeyboardInterrupt            # Ctrl-C / SIGTERM in the parent, the workers mid-pass
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        Calibrator(model, [spec], read_lists([calib_images]), threads=2, memory_budget=0).stats(progress=interrupt)
+    assert time.monotonic() - t0 < 4 and multiprocessing.active_children() == []
+
+
 def test_npy_inputs_in_ncnn_whc_order(tmp_path, calib_tiny):
     lst = write_npys(tmp_path / "npy", 6, (3, 16, 16))
     out = tmp_path / "npy.table"
