@@ -19,6 +19,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -26,6 +27,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -252,23 +254,45 @@ Progress = Callable[[str, int, int], None]
 
 def _run(argv: list[str], cwd: Path, log: Path, env: dict[str, str], what: str,
          progress: Progress | None = None) -> None:
-    """Run one build step niced (the machine is shared), its output appended to the build log."""
+    """Run one build step niced (the machine is shared), its output appended to the build log.
+
+    The step runs in a process group of its own that goes down with this call when it is interrupted
+    or fails: on SIGTERM (deployer's own pid: timeout(1), a cancelled CI job) ninja and its compilers
+    used to go on building in the background for many minutes."""
     with open(log, "a") as fh:
         fh.write("$ " + shlex.join(argv) + "\n")
         fh.flush()
         proc = subprocess.Popen(["nice", "-n", "19", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
         assert proc.stdout is not None
-        for line in iter(proc.stdout.readline, ""):
-            fh.write(line)
-            fh.flush()
-            m = re.match(r"^\[(\d+)/(\d+)\]", line)
-            if m and progress is not None:
-                progress(what, int(m.group(1)), int(m.group(2)))
-        rc = proc.wait()
+        try:
+            for line in iter(proc.stdout.readline, ""):
+                fh.write(line)
+                fh.flush()
+                m = re.match(r"^\[(\d+)/(\d+)\]", line)
+                if m and progress is not None:
+                    progress(what, int(m.group(1)), int(m.group(2)))
+            rc = proc.wait()
+        except BaseException:
+            _stop_group(proc)
+            raise
     if rc != 0:
         tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
         raise DeployerError(f"{what} failed (exit {rc}): {' | '.join(tail)[-400:]}", hint=f"full log: {log}")
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the step's process group, SIGKILL if it is still there after 10 s. SIGTERM first:
+    ninja and the compilers then remove the outputs they were writing (a killed compiler can leave a
+    truncated object file that looks up to date to the next build)."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _env() -> dict[str, str]:
@@ -334,27 +358,30 @@ def build_layers_library(bdir: Path, tc: Toolchain, log: Path) -> Path:
         return lib
     tmp = bdir / f".layers.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "overlay").mkdir(parents=True)
-    platform_h = (bdir / "src" / "platform.h").read_text()
-    bench_h, n = re.subn(r"#define NCNN_BENCHMARK 0", "#define NCNN_BENCHMARK 1", platform_h)
-    if n != 1:
-        raise DeployerError(f"{bdir}/src/platform.h has no '#define NCNN_BENCHMARK 0' line; unknown ncnn layout")
-    (tmp / "overlay" / "platform.h").write_text(bench_h)
-    argv = _compile_command(bdir, "/src/net.cpp")
-    if argv and os.path.basename(argv[0]) == "ccache":
-        argv = argv[1:]
-    o = argv.index("-o")
-    argv[o + 1] = str(tmp / "net.cpp.o")  # same member name as in libncnn.a, so `ar r` replaces it
-    argv.insert(1, f"-I{tmp / 'overlay'}")
-    _run(argv, bdir, log, _env(), f"net.cpp with NCNN_BENCHMARK ({tc.arch})")
-    shutil.copy2(bdir / "src" / "libncnn.a", tmp / "libncnn.a")
-    _run([tc.tool("ar"), "r", str(tmp / "libncnn.a"), str(tmp / "net.cpp.o")], bdir, log, _env(),
-         "ar (layers library)")
-    members = subprocess.run([tc.tool("ar"), "t", str(tmp / "libncnn.a")], capture_output=True, text=True).stdout
-    if members.split().count("net.cpp.o") != 1:
-        raise DeployerError(f"{bdir}: the layers library does not hold exactly one net.cpp.o")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    try:       # a failed or interrupted build used to leave this folder (a copy of libncnn.a) in the cache
+        (tmp / "overlay").mkdir(parents=True)
+        platform_h = (bdir / "src" / "platform.h").read_text()
+        bench_h, n = re.subn(r"#define NCNN_BENCHMARK 0", "#define NCNN_BENCHMARK 1", platform_h)
+        if n != 1:
+            raise DeployerError(f"{bdir}/src/platform.h has no '#define NCNN_BENCHMARK 0' line; unknown ncnn layout")
+        (tmp / "overlay" / "platform.h").write_text(bench_h)
+        argv = _compile_command(bdir, "/src/net.cpp")
+        if argv and os.path.basename(argv[0]) == "ccache":
+            argv = argv[1:]
+        o = argv.index("-o")
+        argv[o + 1] = str(tmp / "net.cpp.o")  # same member name as in libncnn.a, so `ar r` replaces it
+        argv.insert(1, f"-I{tmp / 'overlay'}")
+        _run(argv, bdir, log, _env(), f"net.cpp with NCNN_BENCHMARK ({tc.arch})")
+        shutil.copy2(bdir / "src" / "libncnn.a", tmp / "libncnn.a")
+        _run([tc.tool("ar"), "r", str(tmp / "libncnn.a"), str(tmp / "net.cpp.o")], bdir, log, _env(),
+             "ar (layers library)")
+        members = subprocess.run([tc.tool("ar"), "t", str(tmp / "libncnn.a")], capture_output=True, text=True).stdout
+        if members.split().count("net.cpp.o") != 1:
+            raise DeployerError(f"{bdir}: the layers library does not hold exactly one net.cpp.o")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return lib
 
 

@@ -223,3 +223,32 @@ def test_build_keys_follow_inputs() -> None:
     assert nb.runtime_key(k1) != k1 and len(nb.runtime_key(k1)) == 16
     assert tc.march_flags() == ["-march=armv8-a"]
     assert "-mfpu=neon" in nb.toolchain("armv7l").march_flags()
+
+
+def test_an_interrupted_build_step_stops_all_its_processes(tmp_path) -> None:
+    """SIGTERM to deployer (timeout(1), a cancelled CI job) during `runtime build` left ninja and the
+    compilers building in the background for minutes: the step's whole process group goes down."""
+    import os
+    import time
+
+    pidfile = tmp_path / "pid"
+
+    def interrupt(what: str, done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        nb._run(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; echo '[1/9] compiling'; wait"], tmp_path,
+                tmp_path / "build.log", dict(os.environ), "step", interrupt)
+    stat = Path(f"/proc/{pidfile.read_text().strip()}/stat")
+    deadline = time.monotonic() + 5
+    while stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_failed_layers_build_leaves_no_temp_folder_in_the_cache(tmp_path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "platform.h").write_text("// an ncnn layout without the NCNN_BENCHMARK switch\n")
+    with pytest.raises(DeployerError, match="NCNN_BENCHMARK"):
+        nb.build_layers_library(tmp_path, SimpleNamespace(arch="aarch64"), tmp_path / "build.log")
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
