@@ -349,13 +349,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--socket", type=Path, required=True)
     ap.add_argument("--persist", type=float, default=60.0)
     a = ap.parse_args(argv)
-    _Server(a.socket, a.persist).serve()
+    _exit_cleanly_on_signals()
+    try:
+        _Server(a.socket, a.persist).serve()
+    except SystemExit:
+        pass
     log = a.socket.with_suffix(".log")
     try:
         if log.stat().st_size == 0:        # nothing went wrong: leave no empty log behind
             log.unlink()
     except OSError:
         pass
+
+
+def _exit_cleanly_on_signals() -> None:
+    """SIGTERM/SIGHUP (a shutdown, `kill`) end the controller through serve()'s cleanup: they used to
+    kill it on the spot, leaving its socket and log in the deployer cache."""
+    import signal
+
+    def _exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit)
 
 
 if __name__ == "__main__":

@@ -194,3 +194,28 @@ def test_an_interrupted_controller_client_waits_for_the_controllers_answer():
     order.append("unwound")
     thread.join(5)
     assert order == ["eof", "result", "unwound"]
+
+
+def test_a_terminated_controller_removes_its_socket_and_empty_log(tmp_path):
+    """SIGTERM (a shutdown, `kill`) ended the controller on the spot: its socket and log stayed in
+    the deployer cache."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sock, log = tmp_path / "c.sock", tmp_path / "c.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "deployer.fleet.controller", "--socket", str(sock),
+                                 "--persist", "60"], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 15
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sock.exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".start.lock"]   # shared by every controller
