@@ -1,8 +1,9 @@
 """Atomic local writes: nothing half-written under a real name, ever.
 
 Every file deployer produces goes through here: write to a temporary sibling, fsync, rename.
-A crash or Ctrl-C leaves either the old file or the new one, plus at most a `.tmp-*` sibling
-that the next successful write of the same name removes.
+A crash or Ctrl-C leaves either the old file or the new one. Ctrl-C, SIGTERM and SIGHUP (the CLIs,
+deployer's and the examples', turn them into KeyboardInterrupt) remove the temporary sibling; only a
+process killed outright (SIGKILL, power loss) leaves a `.NAME.tmp-*` file, which nothing removes later.
 """
 
 from __future__ import annotations

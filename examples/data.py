@@ -468,4 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
+    from deployer.cli.common import install_signal_handlers
+
+    install_signal_handlers()     # SIGTERM/SIGHUP clean up like Ctrl-C: no .NAME.tmp-* staging file stays
     sys.exit(main())

@@ -216,11 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{args.out}: fp32 {len(res.fp32)} boxes (host), int8 {len(res.int8)} boxes ({res.board})")
         return 0
-    except Exception as exc:  # noqa: BLE001 - one line and its exit code like deployer's commands, no traceback
+    except BaseException as exc:  # noqa: BLE001 - one line and its exit code like deployer's commands, no traceback
         from deployer.cli.common import report_exception
 
         return report_exception(exc, getattr(args, "json", False)).exit_code
 
 
 if __name__ == "__main__":
+    from deployer.cli.common import install_signal_handlers
+
+    install_signal_handlers()     # SIGTERM/SIGHUP clean up like Ctrl-C: no .NAME.tmp-* staging file stays
     sys.exit(main())

@@ -450,4 +450,7 @@ def _run(app, argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
+    from deployer.cli.common import install_signal_handlers
+
+    install_signal_handlers()     # SIGTERM/SIGHUP clean up like Ctrl-C: no .NAME.tmp-* staging file stays
     sys.exit(main())

@@ -34,3 +34,25 @@ def test_an_empty_or_file_out_is_refused_before_writing(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert err.count("--out is empty") == 2 and err.count("is a file, not a folder") == 2 and "--conf nan" in err
     assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_sigterm_mid_write_leaves_no_staging_file(tmp_path):
+    """`python -m examples.data` died on SIGTERM without cleaning up (deployer's CLI turns it into an
+    interrupt): `.NAME.tmp-*` staging files stayed in the data folder, and no later run removes them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import os, runpy, signal, sys\n"
+            "real = os.fsync\n"
+            "def fsync(fd):\n"                       # SIGTERM arrives while a file is being written
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    real(fd)\n"
+            "os.fsync = fsync\n"
+            "sys.argv = ['examples.data', 'calibration', '--out', sys.argv[1]]\n"
+            "runpy.run_module('examples.data', run_name='__main__', alter_sys=True)\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr
+    assert [p.name for p in out.iterdir() if ".tmp-" in p.name] == []
