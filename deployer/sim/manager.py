@@ -88,6 +88,11 @@ def sim_up(arch: str = "arm64", count: int = 1, link: LinkSpec | None = None, ta
     state_dir = (state_dir or default_state_dir(targets_dir)).resolve()
     if arch not in PROFILES:
         raise DeployerError(f"--arch {arch!r} is not supported; use one of: {', '.join(PROFILES)}")
+    if arch == "host" and image != "standard":
+        # a light board runs the host's userland (with Python) whatever --image says, but sim.yaml
+        # marked it runtime: native, which has no x86_64 build: every run on it failed
+        raise DeployerError(f"--image {image} is for emulated boards (--arch arm64 or armhf); light boards "
+                            "(--arch host) run the host's own userland")
     limit = MAX_HOST_COUNT if arch == "host" else MAX_COUNT
     if not 1 <= count <= limit:
         raise DeployerError(f"--count {count} must be between 1 and {limit}")

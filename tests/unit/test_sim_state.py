@@ -126,3 +126,13 @@ def test_a_targets_dir_that_is_a_file_is_refused_before_boards_start(tmp_path):
         _targets_dir(SimState(), afile / "sub")
     write_targets(afile, tmp_path / "key", [])     # sim down with the last board gone: nothing to remove
     assert afile.is_file()
+
+
+def test_minimal_image_is_refused_for_light_boards(tmp_path):
+    """A light board ran the host's userland with Python anyway, but sim.yaml said runtime: native (no
+    x86_64 build): every run on it failed."""
+    from deployer.sim.manager import sim_up
+
+    with pytest.raises(DeployerError, match="--image minimal is for emulated boards"):
+        sim_up(arch="host", image="minimal", state_dir=tmp_path / "state", targets_dir=tmp_path / "t")
+    assert not (tmp_path / "state").exists() and not (tmp_path / "t").exists()
