@@ -35,6 +35,7 @@ class Hop:
     key_alias: str | None = None    # HostKeyAlias: the name looked up in known_hosts
     timeout: float = 10.0
     board: str = ""                 # the board this hop leads to (for messages)
+    proxy_command: bool = False     # ssh_config gives it a ProxyCommand, which deployer never runs
 
     @property
     def address(self) -> str:
@@ -100,6 +101,7 @@ def _board_chain(board: Board, config: paramiko.SSHConfig, depth: int) -> list[H
         known_hosts=board.known_hosts,
         key_alias=cfg.get("hostkeyalias"),
         timeout=board.timeout,
+        proxy_command=_has_proxy_command(cfg),
     )
     if depth:
         hop.label = f"jump host '{board.name}'"
@@ -134,11 +136,19 @@ def _spec_chain(spec: JumpHost, config: paramiko.SSHConfig, target: Board, depth
         known_hosts=target.known_hosts,
         key_alias=cfg.get("hostkeyalias"),
         timeout=target.timeout,
+        proxy_command=_has_proxy_command(cfg),
     )
     chain: list[Hop] = []
     for inner in _proxyjump(cfg):
         chain += _spec_chain(inner, config, target, depth + 1)
     return chain + [hop]
+
+
+def _has_proxy_command(cfg: dict) -> bool:
+    """deployer connects with paramiko and never runs a ProxyCommand (a shell command from a config
+    file); a board reachable only through one failed as 'cannot resolve/connect' with no word on why."""
+    value = cfg.get("proxycommand")
+    return bool(value) and str(value).strip().lower() != "none"
 
 
 def _proxyjump(cfg: dict) -> list[JumpHost]:

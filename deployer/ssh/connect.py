@@ -85,6 +85,10 @@ class Result:
         return self.rc == 0
 
 
+PROXY_COMMAND_HINT = ("~/.ssh/config gives it a ProxyCommand, which deployer does not run: reach it with "
+                      "ProxyJump there or jump: in the targets file")
+
+
 def quote_argv(argv: list[str]) -> str:
     """argv -> one command line for the remote shell; every word quoted."""
     if not argv:
@@ -130,7 +134,8 @@ def connect(
         except _Transient as e:
             if attempt == attempts:
                 raise RemoteError(f"{board.where}: {e} (gave up after {attempts} attempts)",
-                                  hint="check the board is powered, on the network and running sshd") from None
+                                  hint=PROXY_COMMAND_HINT if any(h.proxy_command for h in hops) else
+                                  "check the board is powered, on the network and running sshd") from None
             delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))
             if on_retry:
                 on_retry(attempt, delay, str(e))
@@ -228,7 +233,8 @@ def _open_socket(hop: Hop, outer: paramiko.Transport | None, via: str):
             # characters, an empty label): one line like an unknown name, not an internal error
             why = e.strerror if isinstance(e, socket.gaierror) else "not a valid host name"
             raise DeployerError(f"{hop.who}: cannot resolve host '{hop.hostname}': {why}",
-                                hint="check host: in the targets file or HostName in ~/.ssh/config") from None
+                                hint=PROXY_COMMAND_HINT if hop.proxy_command else
+                                "check host: in the targets file or HostName in ~/.ssh/config") from None
         except (ConnectionRefusedError, socket.timeout, TimeoutError, OSError) as e:
             raise _Transient(f"cannot connect to {hop.who} at {hop.hostname}:{hop.port}: {_why(e)}") from None
         sock.settimeout(None)

@@ -86,3 +86,20 @@ def test_a_passphrase_protected_key_is_one_line_or_skipped_for_the_agent(tmp_pat
     hop.explicit_keys = False                                  # a default identity: skipped, agent next
     with pytest.raises(DeployerError, match=r"authentication failed .*tried no keys"):
         _authenticate(None, hop)
+
+
+def test_an_ignored_proxycommand_is_named_when_the_board_cannot_be_reached(tmp_path: Path) -> None:
+    """deployer never runs a ProxyCommand; a board reachable only through one failed as 'cannot resolve
+    host' with a hint to check the host name."""
+    from deployer.ssh.connect import _open_socket
+
+    config = cfg(tmp_path, "Host pc\n  HostName board.invalid\n  ProxyCommand cloudflared access ssh --hostname %h\n"
+                           "Host nopc\n  ProxyCommand none\n")
+    b = board(tmp_path, "boards:\n  b: {host: pc}\n  c: {host: nopc}\n", "b")
+    (hop,) = plan_hops(b, config)
+    assert hop.proxy_command
+    with pytest.raises(DeployerError, match="cannot resolve host 'board.invalid'") as err:
+        _open_socket(hop, None, "")
+    assert "ProxyCommand, which deployer does not run" in err.value.hint
+    c = load_targets(tmp_path / "t.yaml").board("c")
+    assert not plan_hops(c, config)[0].proxy_command
