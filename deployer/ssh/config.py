@@ -36,6 +36,7 @@ class Hop:
     timeout: float = 10.0
     board: str = ""                 # the board this hop leads to (for messages)
     proxy_command: bool = False     # ssh_config gives it a ProxyCommand, which deployer never runs
+    include: str | None = None      # an Include line paramiko does not follow (hosts in it are unseen)
 
     @property
     def address(self) -> str:
@@ -102,6 +103,7 @@ def _board_chain(board: Board, config: paramiko.SSHConfig, depth: int) -> list[H
         key_alias=cfg.get("hostkeyalias"),
         timeout=board.timeout,
         proxy_command=_has_proxy_command(cfg),
+        include=cfg.get("include"),
     )
     if depth:
         hop.label = f"jump host '{board.name}'"
@@ -137,6 +139,7 @@ def _spec_chain(spec: JumpHost, config: paramiko.SSHConfig, target: Board, depth
         key_alias=cfg.get("hostkeyalias"),
         timeout=target.timeout,
         proxy_command=_has_proxy_command(cfg),
+        include=cfg.get("include"),
     )
     chain: list[Hop] = []
     for inner in _proxyjump(cfg):

@@ -89,6 +89,15 @@ PROXY_COMMAND_HINT = ("~/.ssh/config gives it a ProxyCommand, which deployer doe
                       "ProxyJump there or jump: in the targets file")
 
 
+def _resolve_hint(hop: Hop) -> str:
+    if hop.proxy_command:
+        return PROXY_COMMAND_HINT
+    if hop.include:     # paramiko's SSHConfig has no Include: a Host entry in the included file is unseen
+        return (f"deployer does not read ~/.ssh/config's 'Include {hop.include}': if the host is defined there, "
+                "copy its Host entry into ~/.ssh/config or set host:/user:/port: in the targets file")
+    return "check host: in the targets file or HostName in ~/.ssh/config"
+
+
 def quote_argv(argv: list[str]) -> str:
     """argv -> one command line for the remote shell; every word quoted."""
     if not argv:
@@ -233,8 +242,7 @@ def _open_socket(hop: Hop, outer: paramiko.Transport | None, via: str):
             # characters, an empty label): one line like an unknown name, not an internal error
             why = e.strerror if isinstance(e, socket.gaierror) else "not a valid host name"
             raise DeployerError(f"{hop.who}: cannot resolve host '{hop.hostname}': {why}",
-                                hint=PROXY_COMMAND_HINT if hop.proxy_command else
-                                "check host: in the targets file or HostName in ~/.ssh/config") from None
+                                hint=_resolve_hint(hop)) from None
         except (ConnectionRefusedError, socket.timeout, TimeoutError, OSError) as e:
             raise _Transient(f"cannot connect to {hop.who} at {hop.hostname}:{hop.port}: {_why(e)}") from None
         sock.settimeout(None)

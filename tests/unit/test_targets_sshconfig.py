@@ -88,9 +88,9 @@ def test_a_passphrase_protected_key_is_one_line_or_skipped_for_the_agent(tmp_pat
         _authenticate(None, hop)
 
 
-def test_an_ignored_proxycommand_is_named_when_the_board_cannot_be_reached(tmp_path: Path) -> None:
-    """deployer never runs a ProxyCommand; a board reachable only through one failed as 'cannot resolve
-    host' with a hint to check the host name."""
+def test_an_ignored_proxycommand_or_include_is_named_when_the_board_cannot_be_reached(tmp_path: Path) -> None:
+    """deployer never runs a ProxyCommand and paramiko reads no Include; a board reachable only through
+    one, or defined in an included file, failed as 'cannot resolve host' with a hint to check the name."""
     from deployer.ssh.connect import _open_socket
 
     config = cfg(tmp_path, "Host pc\n  HostName board.invalid\n  ProxyCommand cloudflared access ssh --hostname %h\n"
@@ -103,3 +103,7 @@ def test_an_ignored_proxycommand_is_named_when_the_board_cannot_be_reached(tmp_p
     assert "ProxyCommand, which deployer does not run" in err.value.hint
     c = load_targets(tmp_path / "t.yaml").board("c")
     assert not plan_hops(c, config)[0].proxy_command
+    config = cfg(tmp_path, "Include config.d/*\nHost nopc\n  HostName board.invalid\n")   # paramiko skips Include
+    with pytest.raises(DeployerError) as err:
+        _open_socket(plan_hops(c, config)[0], None, "")
+    assert "does not read ~/.ssh/config's 'Include config.d/*'" in err.value.hint
