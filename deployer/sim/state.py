@@ -71,6 +71,8 @@ def load_state(state_dir: Path) -> SimState:
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
+        if not isinstance(data.get("targets_dir"), (str, type(None))):
+            raise ValueError("targets_dir is not a path")
         if data.get("version") != VERSION:
             raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
         return SimState(data.get("targets_dir"), [BoardState.from_json(b) for b in data.get("boards", [])])
