@@ -61,6 +61,10 @@ def fan_out(executor: Executor, boards: Iterable[Any], op: Callable[..., BoardRe
         started = [fut for fut in running if not fut.cancel() and not fut.done()]
         if started:
             _let_finish(started, err)
+        if on_result is not None:   # what they did is recorded: `rollback --rollout` must undo their switch
+            for fut in running:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    on_result(fut.result())
         raise
     return results, (todo if stopped else [])
 

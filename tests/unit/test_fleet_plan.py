@@ -133,7 +133,8 @@ def test_damaged_rollout_state_is_one_line(tmp_path, state, needle):
 
 def test_ctrl_c_lets_the_boards_already_started_finish_before_unwinding():
     """The CLI removes the release's temporary folder as it unwinds from Ctrl-C: a board still running
-    then failed with FileNotFoundError on the release's manifest. Started boards finish first."""
+    then failed with FileNotFoundError on the release's manifest. Started boards finish first, and
+    their results are reported (a rollout's state must list a board switched after the Ctrl-C)."""
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -151,14 +152,19 @@ def test_ctrl_c_lets_the_boards_already_started_finish_before_unwinding():
             finished.append(board.name)
         return BoardResult(board.name, True, None)
 
+    reported = []
+
     def ctrl_c(result):
-        started.wait(5)
-        raise KeyboardInterrupt
+        reported.append(result.board)
+        if len(reported) == 1:
+            started.wait(5)
+            raise KeyboardInterrupt
 
     with ThreadPoolExecutor(2) as pool:
         with pytest.raises(KeyboardInterrupt):
             fan_out(pool, [B("fast"), B("slow"), B("later")], op, (), max_parallel=2, on_result=ctrl_c)
         assert finished == ["slow"]
+    assert reported == ["fast", "slow"]      # a rollout records the switch of the board that finished
 
 
 def test_an_interrupted_controller_client_waits_for_the_controllers_answer():
