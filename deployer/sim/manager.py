@@ -33,7 +33,7 @@ from deployer.sim.procs import terminate
 from deployer.sim.profiles import MAX_COUNT, MAX_HOST_COUNT, PROFILES, BoardProfile
 from deployer.sim.state import BoardState, SimState, load_state, locked, save_state
 from deployer.sim.sysroot import SysrootInfo, ensure_sysroot
-from deployer.sim.targetsfile import TARGETS_NAME, write_targets
+from deployer.sim.targetsfile import TARGETS_NAME, check_ours, write_targets
 
 Progress = Callable[[str, int, int], None]
 
@@ -193,6 +193,7 @@ def _targets_dir(state: SimState, requested: Path | None) -> Path:
             f"{TARGETS_NAME}; use that folder or run 'deployer sim down' first")
     chosen = Path(state.targets_dir) if state.boards and state.targets_dir else wanted
     _check_writable_folder(chosen)
+    check_ours(chosen)
     return chosen
 
 

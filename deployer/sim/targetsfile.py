@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from deployer.errors import DeployerError
 from deployer.fsutil import write_text
 from deployer.sim.state import BoardState
 
@@ -18,6 +19,22 @@ TARGETS_NAME = "sim.yaml"
 KNOWN_HOSTS_NAME = "sim_known_hosts"
 HEADER = ("# Written by `deployer sim up`: emulated ARM boards on this machine.\n"
           "# `deployer sim down` removes them; do not edit (it is regenerated).\n")
+
+
+def check_ours(targets_dir: Path) -> None:
+    """sim up rewrites and sim down deletes sim.yaml: one the user wrote (no header of ours) was
+    silently replaced by the emulated boards' list, then removed."""
+    targets = targets_dir / TARGETS_NAME
+    try:
+        with open(targets, "rb") as fh:
+            head = fh.read(len(HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise DeployerError(f"{targets}: cannot read it ({err.strerror})") from None
+    if head != HEADER.encode():
+        raise DeployerError(f"{targets} was not written by deployer sim up, which would replace it",
+                            hint="rename it, or give sim up another --targets-dir")
 
 
 def write_targets(targets_dir: Path, client_key: Path, boards: list[BoardState]) -> Path:

@@ -115,7 +115,8 @@ def test_targets_dir_stays_where_the_running_boards_are_listed(tmp_path):
 
 
 def test_a_targets_dir_that_is_a_file_is_refused_before_boards_start(tmp_path):
-    """sim up --targets-dir FILE started the boards, then failed writing sim.yaml; sim down failed too."""
+    """sim up --targets-dir FILE started the boards, then failed writing sim.yaml; sim down failed too.
+    A sim.yaml the user wrote was replaced by the boards' list (and deleted by sim down)."""
     from deployer.sim.manager import _targets_dir
 
     afile = tmp_path / "afile"
@@ -126,6 +127,13 @@ def test_a_targets_dir_that_is_a_file_is_refused_before_boards_start(tmp_path):
         _targets_dir(SimState(), afile / "sub")
     write_targets(afile, tmp_path / "key", [])     # sim down with the last board gone: nothing to remove
     assert afile.is_file()
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sim.yaml").write_text("boards:\n  mine: {host: 10.0.0.1}\n")   # the user's, not ours: kept
+    with pytest.raises(DeployerError, match="own/sim.yaml was not written by deployer sim up"):
+        _targets_dir(SimState(), own)
+    write_targets(own, tmp_path / "key", [_board("sim-1", 1)])
+    assert _targets_dir(SimState(), own) == own                       # ours: sim up may rewrite it
 
 
 def test_minimal_image_is_refused_for_light_boards(tmp_path):
