@@ -195,15 +195,21 @@ def _print_plan(plan: dict[str, Any], json_output: bool) -> None:
         out.print(f"{key}: {value}", soft_wrap=True, markup=False, highlight=False)
 
 
-def _boards_and_release(target: str, targets: Optional[List[Path]], model: Optional[Path],
-                        profile: Optional[Path], no_health: bool, json_output: bool) -> tuple[list[Any], Any]:
+def _boards_and_release(target: str, targets: Optional[List[Path]], model: Optional[str],
+                        profile: Optional[str], no_health: bool, json_output: bool) -> tuple[list[Any], Any]:
     """The boards a deploy/rollout names, then its release (hashed, with the host reference run)."""
+    from deployer.errors import DeployerError
     from deployer.fleet import service
 
+    for flag, value in (("--model", model), ("--profile", profile)):
+        if value is not None and not value.strip():   # str, not Path: typer reads "" as ".", so an unset
+            raise DeployerError(f"{flag} is empty",     # $MODEL deployed whatever model the current folder held
+                                hint="name the folder `deployer quantize` wrote, or a profile")
     boards = _boards(_inventory(targets, target), target)
     with console.status("building the release (hashing, host reference run)") if not json_output \
             else contextlib.nullcontext():
-        release = service.resolve_release(model, profile, health=not no_health)
+        release = service.resolve_release(Path(model) if model else None, Path(profile) if profile else None,
+                                          health=not no_health)
     for note in release.notes:
         render_note(note)
     return boards, release
@@ -214,8 +220,8 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def deploy(
         target: str = typer.Argument(..., help="board, group, tag:NAME or user@host[:port]"),
-        model: Optional[Path] = ModelOpt,
-        profile: Optional[Path] = ProfileOpt,
+        model: Optional[str] = ModelOpt,
+        profile: Optional[str] = ProfileOpt,
         plan: bool = PlanOpt,
         no_health: bool = NoHealthOpt,
         min_cosine: float = CosineOpt,
@@ -324,8 +330,8 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def rollout(
         group: str = typer.Argument(..., help="group, tag:NAME or board"),
-        model: Optional[Path] = ModelOpt,
-        profile: Optional[Path] = ProfileOpt,
+        model: Optional[str] = ModelOpt,
+        profile: Optional[str] = ProfileOpt,
         waves: str = typer.Option("1,10%,50%,100%", "--waves", help="cumulative wave targets: counts or shares"),
         max_failures: str = typer.Option("5%", "--max-failures", help="failed boards tolerated (count or share)"),
         bake: str = typer.Option("0", "--bake", help="wait after each wave, then re-check it (30s, 2m)"),

@@ -89,6 +89,13 @@ def test_quantize_empty_out_is_refused_not_the_current_folder(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.param"]
 
 
+def test_deploy_empty_model_is_refused_not_the_current_folder() -> None:
+    """`--model ""` (an unset $MODEL) was Path(".") to typer: deploy shipped whatever model the current folder held."""
+    for args in (("deploy", "pi@10.0.0.1", "--plan", "--model", ""), ("rollout", "pi@10.0.0.1", "--plan", "--profile", " ")):
+        res = cli(*args, "--persist", "0")
+        assert res.returncode == 2 and res.stderr.startswith(f"error: {args[3]} is empty"), res.stderr
+
+
 def _in_process(exc: BaseException, monkeypatch, tmp_path: Path, capsys) -> tuple[int, list[str]]:
     monkeypatch.setenv("DEPLOYER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "argv", ["deployer", "explode", "--now"])
