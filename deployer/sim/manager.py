@@ -98,6 +98,8 @@ def sim_up(arch: str = "arm64", count: int = 1, link: LinkSpec | None = None, ta
         raise DeployerError(f"--count {count} must be between 1 and {limit}")
     if link is not None and not link.active:
         link = None
+    if targets_dir is not None:   # checked under the lock too; here before a sysroot, state dir or key is made
+        _check_targets_folder(targets_dir.expanduser().resolve())
     check_host(arch, link is not None, install_deps)
     say = progress or (lambda *_: None)
     sysroot = ensure_sysroot(arch, progress)
@@ -192,12 +194,11 @@ def _targets_dir(state: SimState, requested: Path | None) -> Path:
             f"--targets-dir {requested}: the running emulated boards are listed in {state.targets_dir}/"
             f"{TARGETS_NAME}; use that folder or run 'deployer sim down' first")
     chosen = Path(state.targets_dir) if state.boards and state.targets_dir else wanted
-    _check_writable_folder(chosen)
-    check_ours(chosen)
+    _check_targets_folder(chosen)
     return chosen
 
 
-def _check_writable_folder(folder: Path) -> None:
+def _check_targets_folder(folder: Path) -> None:
     """Before any board starts: a --targets-dir that is a file or read-only used to fail only when
     sim.yaml was written, after the boards were up, leaving boards no targets file listed."""
     if folder.exists() and not folder.is_dir():
@@ -211,6 +212,7 @@ def _check_writable_folder(folder: Path) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DeployerError(f"--targets-dir {folder}: not writable, so {TARGETS_NAME} could not be written",
                             hint="give a folder deployer can write")
+    check_ours(folder)
 
 
 def _free_name(state: SimState) -> str:

@@ -134,6 +134,11 @@ def test_a_targets_dir_that_is_a_file_is_refused_before_boards_start(tmp_path):
         _targets_dir(SimState(), own)
     write_targets(own, tmp_path / "key", [_board("sim-1", 1)])
     assert _targets_dir(SimState(), own) == own                       # ours: sim up may rewrite it
+    from deployer.sim.manager import sim_up
+
+    with pytest.raises(DeployerError, match="afile: is a file"):      # before the state dir or its key is made
+        sim_up(arch="host", state_dir=tmp_path / "state", targets_dir=afile)
+    assert not (tmp_path / "state").exists()
 
 
 def test_minimal_image_is_refused_for_light_boards(tmp_path):
