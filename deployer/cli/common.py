@@ -35,6 +35,14 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_REMOTE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0
 _MAX_LINE = 600
 
 
+def folder_path(text: str) -> Path:
+    """typer `parser=` for folder options: typer reads an empty value (an unset $VAR) as Path("")
+    == ".", so `--results ""` wrote history.sqlite and board folders into the current folder."""
+    if not str(text).strip():
+        raise typer.BadParameter("empty; give a folder")
+    return Path(text)
+
+
 def emit_json(obj: Any) -> None:
     """Machine output goes to stdout alone; progress and messages go to stderr."""
     sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")

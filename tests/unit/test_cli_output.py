@@ -96,6 +96,15 @@ def test_deploy_empty_model_is_refused_not_the_current_folder() -> None:
         assert res.returncode == 2 and res.stderr.startswith(f"error: {args[3]} is empty"), res.stderr
 
 
+@pytest.mark.parametrize("args", [("history",), ("compare", "1", "2"), ("report", "--out", "r.html"),
+                                  ("run", "b", "--param", "m.param", "--bin", "m.bin")])
+def test_empty_results_folder_is_refused_not_the_current_folder(args) -> None:
+    """`--results ""` (an unset $VAR) was "." to typer: run wrote history.sqlite and a board folder there."""
+    res = cli(*args, "--results", "")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "Invalid value for '--results': empty; give a folder" in res.stderr
+
+
 def _in_process(exc: BaseException, monkeypatch, tmp_path: Path, capsys) -> tuple[int, list[str]]:
     monkeypatch.setenv("DEPLOYER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "argv", ["deployer", "explode", "--now"])
