@@ -152,6 +152,12 @@ def lib_key(version: str, tc: Toolchain, compiler: str) -> str:
     return h.hexdigest()[:16]
 
 
+def runner_source_sha() -> str:
+    """The runner source a build was linked from, recorded in its manifest: the runner's flags are a
+    protocol with deployer.remote.session, so only builds of this very source are used."""
+    return hashlib.sha256(RUNNER_SOURCE.read_bytes()).hexdigest()[:16]
+
+
 def runtime_key(lkey: str) -> str:
     """Library key + runner source + runner flags: the folder of the finished executables."""
     h = hashlib.sha256()
@@ -191,7 +197,7 @@ def damage(path: Path, size: int | None) -> str | None:
 
 def find_build(arch: str, version: str | None = None, *, layers: bool = False,
                strict: bool = True) -> NativeBuild | None:
-    """The newest finished build for arch (and version), or None. Never builds.
+    """The newest finished build of this runner source for arch (and version), or None. Never builds.
 
     `strict`: a damaged cached executable is one line saying how to rebuild it (when no intact build
     is left), not something to push; build() passes False to rebuild it."""
@@ -209,6 +215,10 @@ def find_build(arch: str, version: str | None = None, *, layers: bool = False,
         if not isinstance(data, dict):      # a JSON list or string here was an AttributeError (exit 4)
             continue
         if version is not None and data.get("version") != version:
+            continue
+        if data.get("runner_source") != runner_source_sha():
+            # built from another runner.cpp (an older deployer): its flags may differ from the ones
+            # this session sends (`--lease` made every such run a UsageError on the board)
             continue
         b = _from_manifest(manifest.parent, data)
         if b is None or not b.runner.is_file() or (layers and (b.layers is None or not b.layers.is_file())):
@@ -233,7 +243,7 @@ def _current_key(tc: Toolchain, version: str) -> str | None:
     try:
         return runtime_key(lib_key(version, tc, _compiler_version(tc)))
     except DeployerError:
-        return None  # no cross compiler on this machine: any finished build will do
+        return None  # no cross compiler on this machine: any finished build of this runner source will do
 
 
 def _from_manifest(folder: Path, data: dict) -> NativeBuild | None:
@@ -462,6 +472,7 @@ def build(arch: str, version: str | None = None, *, layers: bool = False, progre
                                     "library_key": lkey})
         data = result.to_json()
         data["times_s"] = {**previous.get("times_s", {}), **times}
+        data["runner_source"] = runner_source_sha()
         result.times_s = data["times_s"]
         fsutil.write_text(manifest, json.dumps(data, indent=2) + "\n")
     return result

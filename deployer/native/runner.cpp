@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -83,6 +84,59 @@ static void on_signal(int signum)
 {
     if (!g_signal)
         g_signal = signum;
+}
+
+// SA_RESTART: a blocked write resumes after the handler instead of failing with EINTR
+static void handle(int signum, void (*handler)(int))
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(signum, &sa, 0);
+}
+
+// --lease S (runner.py's _hold_lease): the host sends a byte on stdin every S/3 s; S s of silence or
+// EOF end the run at once. A dead link the board's sshd does not notice otherwise left the runner
+// timing for up to --duration. Checked from SIGALRM once a second because the main loop may be
+// blocked writing to a stdout nobody drains; poll, read, clock_gettime, alarm and _exit are all
+// async-signal-safe.
+static const int LEASE_LOST = 124;
+static double g_lease = 0;
+static double g_last_beat = 0;
+
+static void on_alarm(int)
+{
+    int saved = errno;
+    struct pollfd p;
+    p.fd = 0;
+    p.events = POLLIN;
+    char buf[256];
+    for (;;)
+    {
+        p.revents = 0;
+        if (poll(&p, 1, 0) <= 0)
+            break;
+        ssize_t n = read(0, buf, sizeof(buf));
+        if (n == 0)
+            _exit(LEASE_LOST);  // EOF: the host closed the channel
+        if (n < 0)
+            break;
+        g_last_beat = now_s();
+    }
+    if (now_s() - g_last_beat > g_lease)
+        _exit(LEASE_LOST);
+    alarm(1);
+    errno = saved;
+}
+
+static void hold_lease(double lease)
+{
+    g_lease = lease;
+    g_last_beat = now_s();
+    handle(SIGALRM, on_alarm);
+    alarm(1);
 }
 
 // ------------------------------------------------------------------ JSON writer
@@ -301,13 +355,13 @@ struct Args
     bool has_shape, has_input_blob, has_output_blob, has_input_file, has_duration;
     long long seed;
     int iterations, warmup, threads, powersave, int8, fp16, winograd, sgemm, lightmode, packing;
-    double duration;
+    double duration, lease;
     bool return_output, layers, facts_only;
 
     Args()
         : fill("random"), has_shape(false), has_input_blob(false), has_output_blob(false), has_input_file(false),
           has_duration(false), seed(0), iterations(10), warmup(3), threads(0), powersave(0), int8(1), fp16(0),
-          winograd(1), sgemm(1), lightmode(1), packing(1), duration(0), return_output(false), layers(false),
+          winograd(1), sgemm(1), lightmode(1), packing(1), duration(0), lease(0), return_output(false), layers(false),
           facts_only(false)
     {
     }
@@ -317,7 +371,7 @@ static const char* USAGE
     = "usage: runner --param P --bin B [--shape W,H,C] [--input-blob B] [--output-blob B] "
       "[--fill random|VALUE] [--seed N] [--input-file F] [--iterations N | --duration S] [--warmup K] "
       "[--threads T] [--powersave 0|1|2] [--int8 0|1] [--fp16 0|1] [--winograd 0|1] [--sgemm 0|1] "
-      "[--lightmode 0|1] [--packing 0|1] [--return-output] [--layers] | --facts";
+      "[--lightmode 0|1] [--packing 0|1] [--return-output] [--layers] [--lease S] | --facts";
 
 static bool parse_ll(const std::string& text, long long* out)
 {
@@ -399,7 +453,7 @@ static Args parse_args(int argc, char** argv)
                 known = known || arg == ints[k].name;
             for (size_t k = 0; k < sizeof(strs) / sizeof(strs[0]); k++)
                 known = known || arg == strs[k].name;
-            known = known || arg == "--seed" || arg == "--duration";
+            known = known || arg == "--seed" || arg == "--duration" || arg == "--lease";
             if (known)
                 throw fail("UsageError", "%s needs a value", arg.c_str());
             throw fail("UsageError", "unknown argument '%s'; %s", arg.c_str(), USAGE);
@@ -439,6 +493,12 @@ static Args parse_args(int argc, char** argv)
             if (!parse_double(value, &a.duration))
                 throw fail("UsageError", "--duration '%s' is not a valid float", value.c_str());
             a.has_duration = true;
+            known = true;
+        }
+        if (!known && arg == "--lease")
+        {
+            if (!parse_double(value, &a.lease) || !(a.lease >= 0))
+                throw fail("UsageError", "--lease '%s' is not a valid float", value.c_str());
             known = true;
         }
         if (!known)
@@ -1202,17 +1262,14 @@ int main(int argc, char** argv)
 {
     double t_start = now_s();
     signal(SIGPIPE, SIG_IGN);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &sa, 0);
-    sigaction(SIGTERM, &sa, 0);
-    sigaction(SIGHUP, &sa, 0);
+    handle(SIGINT, on_signal);
+    handle(SIGTERM, on_signal);
+    handle(SIGHUP, on_signal);
     try
     {
         Args args = parse_args(argc, argv);
+        if (args.lease > 0)
+            hold_lease(args.lease);
         return run(args, t_start);
     }
     catch (const StdoutClosed&)

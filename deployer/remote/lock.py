@@ -184,7 +184,7 @@ def board_lock(conn: Any, layout: BoardLayout | None = None, *, purpose: str = "
             raise RemoteError(f"{board.where}: the board lock helper ended without an answer "
                               f"(rc {stream.rc}): {(stream.stderr.strip().splitlines() or ['no stderr'])[-1]}")
         held.waited = time.monotonic() - t0
-        beat = threading.Thread(target=_heartbeat, args=(stream, lease / 3, stop), daemon=True,
+        beat = threading.Thread(target=heartbeat, args=(stream, lease / 3, stop), daemon=True,
                                 name=f"lock-heartbeat-{board.name}")
         beat.start()
         yield held
@@ -195,7 +195,9 @@ def board_lock(conn: Any, layout: BoardLayout | None = None, *, purpose: str = "
         _release(stream)
 
 
-def _heartbeat(stream: Any, every: float, stop: threading.Event) -> None:
+def heartbeat(stream: Any, every: float, stop: threading.Event) -> None:
+    """One byte on the remote process's stdin every `every` s until `stop`: the board side holds a
+    lease on these (board/lock.py, the runner's --lease) and ends itself when they stop coming."""
     while not stop.wait(every):
         try:
             if not stream.send(b"."):
@@ -221,5 +223,5 @@ def _release(stream: Any) -> None:
         stream.close()
 
 
-__all__ = ["BUSY_RC", "BoardBusy", "DEFAULT_SWEEP_AGE", "Held", "Holder", "board_lock", "default_lease", "holder_info",
-           "lock_argv"]
+__all__ = ["BUSY_RC", "BoardBusy", "DEFAULT_SWEEP_AGE", "Held", "Holder", "board_lock", "default_lease", "heartbeat",
+           "holder_info", "lock_argv"]

@@ -8,7 +8,8 @@ Why it looks the way it does:
 - Line types, in order: ``board`` (facts + options, before loading), ``iter`` (one per timed
   iteration), optional ``output`` (opt-in tensors as base64 float32), ``stats`` (last line).
   A failure is an ``error`` line and exit code 2. SIGINT/SIGTERM/SIGHUP end the run with a
-  ``stats`` line marked ``partial`` and exit code 128+signal; a closed stdout ends it silently.
+  ``stats`` line marked ``partial`` and exit code 128+signal; a closed stdout ends it silently;
+  with ``--lease S``, S seconds without a heartbeat byte on stdin end it at once (exit 124).
 - ncnn options are fixed before ``load_param``: ncnn captures ``num_threads`` (and kernel choices)
   at load time.
 - Few imports (no argparse/json/typing/glob/platform/subprocess at start): under qemu, or on a Pi
@@ -316,14 +317,14 @@ class Args(object):
         "output_blob": (str, None), "fill": (str, "random"), "seed": (int, 0), "input_file": (str, None),
         "iterations": (int, 10), "duration": (float, None), "warmup": (int, 3), "threads": (int, 0),
         "powersave": (int, 0), "int8": (int, 1), "fp16": (int, 0), "winograd": (int, 1), "sgemm": (int, 1),
-        "lightmode": (int, 1), "packing": (int, 1), "return_output": (None, False),
+        "lightmode": (int, 1), "packing": (int, 1), "return_output": (None, False), "lease": (float, 0.0),
     }
     CHOICES = {"powersave": (0, 1, 2), "int8": (0, 1), "fp16": (0, 1), "winograd": (0, 1), "sgemm": (0, 1),
                "lightmode": (0, 1), "packing": (0, 1)}
     USAGE = ("usage: runner.py --param P --bin B [--shape W,H,C] [--input-blob B] [--output-blob B] "
              "[--fill random|VALUE] [--seed N] [--input-file F] [--iterations N | --duration S] [--warmup K] "
              "[--threads T] [--powersave 0|1|2] [--int8 0|1] [--fp16 0|1] [--winograd 0|1] [--sgemm 0|1] "
-             "[--lightmode 0|1] [--packing 0|1] [--return-output]")
+             "[--lightmode 0|1] [--packing 0|1] [--return-output] [--lease S]")
 
     def __init__(self, argv):
         # type: (List[str]) -> None
@@ -545,11 +546,45 @@ def _install_signal_handlers():
             signal.signal(sig, handler)
 
 
+LEASE_LOST = 124   # exit status when the host went silent (nobody reads it: the host is gone)
+
+
+def _hold_lease(lease):
+    # type: (float) -> None
+    """--lease S: the host sends a byte on stdin every S/3 s; S s of silence (or EOF) ends the run.
+
+    Why: when the link dies without the board's sshd noticing (a cable pulled, WiFi gone), the
+    host gives up after its stall_timeout, but nothing tells this process: it went on timing for
+    up to --duration (days) and skewed every later run on the board. Checked once a second from
+    SIGALRM, because the main loop may be blocked writing to a stdout nobody drains; the exit is
+    os._exit for the same reason (a flush would block)."""
+    import select
+
+    last = [time.monotonic()]
+
+    def check(_signum, _frame):
+        # type: (int, object) -> None
+        try:
+            while select.select([0], [], [], 0)[0]:
+                if not os.read(0, 4096):
+                    os._exit(LEASE_LOST)   # EOF: the host closed the channel
+                last[0] = time.monotonic()
+        except OSError:
+            pass
+        if time.monotonic() - last[0] > lease:
+            os._exit(LEASE_LOST)
+
+    signal.signal(signal.SIGALRM, check)
+    signal.setitimer(signal.ITIMER_REAL, 1.0, 1.0)
+
+
 def main(argv=None):
     # type: (Optional[List[str]]) -> int
     _install_signal_handlers()
     try:
         args = Args(sys.argv[1:] if argv is None else argv)
+        if args.lease > 0:
+            _hold_lease(args.lease)
         if args.iterations < 1 and args.duration is None:
             args.iterations = 1
         return run(args)

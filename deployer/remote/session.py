@@ -19,6 +19,7 @@ import datetime as _dt
 import json
 import re
 import socket
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -209,8 +210,9 @@ def _check_local(opts: RunOptions) -> list[Path]:
 
 
 def runner_argv(python: str, runner: str, opts: RunOptions, board: Any, remote: dict[str, str],
-                pythonpath: str) -> list[str]:
-    """The exact command the board runs; board `ncnn:` defaults fill what the flags left open."""
+                pythonpath: str, lease: float = 0.0) -> list[str]:
+    """The exact command the board runs; board `ncnn:` defaults fill what the flags left open.
+    `lease` > 0: the runner ends itself after that many seconds without a heartbeat byte."""
     def pick(flag: Any, key: str, default: Any) -> Any:
         if flag is not None:
             return flag
@@ -239,6 +241,8 @@ def runner_argv(python: str, runner: str, opts: RunOptions, board: Any, remote: 
         argv += ["--input-file", arg(remote["input_file"])]
     if opts.return_output or opts.compare:
         argv.append("--return-output")
+    if lease > 0:
+        argv += ["--lease", f"{lease:g}"]
     return argv
 
 
@@ -404,7 +408,12 @@ class Session:
     def run(self, opts: RunOptions, progress: Callable[..., Any] | None = None) -> RunResult:
         started = _dt.datetime.now(_dt.timezone.utc)
         pushed = self.push(opts, progress, purpose="run")
-        argv = runner_argv(self.python, pushed.runner, opts, self.board, pushed.files, pushed.runtime.path)
+        from deployer.remote.lock import default_lease, heartbeat
+
+        # a dead link the board's sshd does not notice would leave the runner timing for up to
+        # --duration: it holds a lease on our heartbeats, as the board lock does
+        lease = default_lease(self.board)
+        argv = runner_argv(self.python, pushed.runner, opts, self.board, pushed.files, pushed.runtime.path, lease)
         if getattr(pushed.runtime, "kind", "python") == "native":
             from deployer.native.select import native_argv
 
@@ -416,8 +425,17 @@ class Session:
 
         context_before = hook.before_run(self.conn)
         stream = self.conn.stream(argv, check=False, idle_timeout=opts.idle_timeout)
-        with stream:
-            result = self._collect(self._guard(stream), started, {"kind": "python", **asdict(pushed.runtime)}, model)
+        stop = threading.Event()
+        beat = threading.Thread(target=heartbeat, args=(stream, lease / 3, stop), daemon=True,
+                                name=f"runner-heartbeat-{self.name}")
+        beat.start()
+        try:
+            with stream:
+                result = self._collect(self._guard(stream), started, {"kind": "python", **asdict(pushed.runtime)},
+                                       model)
+        finally:
+            stop.set()
+            beat.join(timeout=5)
         result.probe = _probe_summary(self.platform_facts)
         hook.after_run(self.conn, result, context_before)
         if opts.compare and result.output is not None:

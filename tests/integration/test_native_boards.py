@@ -301,3 +301,47 @@ def test_quantize_prices_float_layers_with_the_boards_layer_times(sim_boards, na
     assert proc.returncode == 2 and "timed on another model?" in proc.stderr, proc.stderr
     assert str(saved_file) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "rnet").exists()
+
+
+@pytest.mark.parametrize("runtime", ["python", "native"])
+def test_runner_ends_itself_when_the_hosts_heartbeats_stop(sim_boards, native_builds, tiny_models, runtime) -> None:
+    """A link that dies without the board's sshd noticing left the runner timing for up to --duration
+    (days). With --lease S it ends itself (exit 124) after S s without a heartbeat byte on stdin, and
+    runs to the end while the bytes come (deployer.remote.lock.heartbeat, as session.run sends them)."""
+    import threading
+    import time
+
+    from deployer.native.select import native_argv
+    from deployer.remote.lock import heartbeat
+    from deployer.remote.session import runner_argv
+
+    require_cached_wheels("aarch64")
+    inv, board = _board(sim_boards.targets, sim_boards.pi4)
+    opts = RunOptions(param=tiny_models.int8_param, bin=tiny_models.int8_bin, duration=300, threads=1, fp16=False,
+                      runtime=runtime)
+    conn, session = open_session(board, inventory=inv)
+    with conn:
+        pushed = session.push(opts)
+        assert getattr(pushed.runtime, "kind", "python") == runtime
+
+        def argv(duration: float) -> list[str]:
+            opts.duration = duration
+            cmd = runner_argv(session.python, pushed.runner, opts, board, pushed.files, pushed.runtime.path, lease=3)
+            return native_argv(pushed.runner, cmd, layers=False) if runtime == "native" else cmd
+
+        t0 = time.monotonic()
+        silent = conn.stream(argv(300), check=False)      # the host goes quiet: no heartbeat ever
+        lines = list(silent)
+        silent_s = time.monotonic() - t0
+        assert silent.rc == 124 and silent_s < 60, (silent.rc, silent_s, silent.stderr[-300:])
+        assert not any('"stats"' in ln for ln in lines)
+        kept = conn.stream(argv(8), check=False)
+        stop = threading.Event()
+        beat = threading.Thread(target=heartbeat, args=(kept, 1.0, stop), daemon=True)
+        beat.start()
+        try:
+            lines = list(kept)
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+        assert kept.rc == 0 and any('"type": "stats"' in ln or '"type":"stats"' in ln for ln in lines), kept.stderr

@@ -22,16 +22,30 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def _fake_build(cache: Path, arch: str, *, layers_flavour: bool) -> None:
-    folder = cache / "native" / "runtimes" / "1.0.1" / arch / "abc"
+def _fake_build(cache: Path, arch: str, *, layers_flavour: bool, runner_source: str | None = None,
+                key: str = "abc") -> None:
+    folder = cache / "native" / "runtimes" / "1.0.1" / arch / key
     folder.mkdir(parents=True)
     (folder / nb.RUNNER_NAME).write_bytes(b"\x7fELF")
     if layers_flavour:
         (folder / nb.LAYERS_NAME).write_bytes(b"\x7fELF")
     import json
 
-    (folder / "manifest.json").write_text(json.dumps({"version": "1.0.1", "arch": arch, "key": "abc", "size": 4,
-                                                      "layers_size": 4 if layers_flavour else None}))
+    (folder / "manifest.json").write_text(json.dumps({"version": "1.0.1", "arch": arch, "key": key, "size": 4,
+                                                      "layers_size": 4 if layers_flavour else None,
+                                                      "runner_source": runner_source or nb.runner_source_sha()}))
+
+
+def test_a_build_of_another_runner_source_is_not_used(cache) -> None:
+    """A build linked from an older runner.cpp was taken when none of the current source existed:
+    its flags differ (it refused `--lease` with a UsageError on the board). Only builds of this
+    source count; auto then takes the wheel until `runtime build` links the runner again."""
+    _fake_build(cache, "aarch64", layers_flavour=True, runner_source="0" * 16, key="old")
+    assert nb.find_build("aarch64") is None and nb.find_build("aarch64", layers=True) is None
+    board, facts = SimpleNamespace(name="pi", runtime="auto"), SimpleNamespace(arch="arm64", python="3.11.2")
+    assert select.choose(board, facts, None) == ("python", None)
+    _fake_build(cache, "aarch64", layers_flavour=False)
+    assert nb.find_build("aarch64").key == "abc"
 
 
 def test_runtime_choice(cache) -> None:
