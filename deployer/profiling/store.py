@@ -112,9 +112,11 @@ def _connect(results_dir: Path | str, create: bool) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = sqlite3.connect(str(path), timeout=30.0)
-        con.executescript(_SCHEMA)
-        con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        con.commit()
+        # One transaction: executescript alone commits each CREATE on its own, and a `history` run
+        # while the first `run` creates the file saw `runs` without `sweeps` and called the file
+        # "not a deployer history database" (move it away!). Readers now see no schema or all of it.
+        con.executescript("BEGIN IMMEDIATE;" + _SCHEMA
+                          + f"INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}'); COMMIT;")
     except sqlite3.DatabaseError as err:
         raise DeployerError(f"{path}: not a deployer history database ({err})",
                             hint="move it away; a new one is created on the next run") from None

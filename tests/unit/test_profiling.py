@@ -298,6 +298,33 @@ def test_history_and_compare_do_not_write_the_database(tmp_path: Path) -> None:
     assert (empty / store.DB_NAME).read_bytes() == b""
 
 
+def test_history_during_the_first_run_sees_no_schema_or_all_of_it(tmp_path: Path, monkeypatch) -> None:
+    """`history` while the first `run` created history.sqlite saw `runs` without `sweeps` (each CREATE
+    was committed alone) and called the file "not a deployer history database"; the schema is one
+    transaction now. A reader is run at each statement of the writer's schema script."""
+    import sqlite3
+
+    seen: list[object] = []
+    connect = sqlite3.connect
+
+    def traced(database, *args, **kw):
+        con = connect(database, *args, **kw)
+        if not kw.get("uri"):   # the writer: read the history at every statement it runs
+            con.set_trace_callback(lambda sql: seen.append(_reader(store.list_runs, tmp_path)))
+        return con
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    store.record_run(_record([10.0] * 20), tmp_path)
+    assert seen and all(r == [] for r in seen), seen
+
+
+def _reader(fn, *args):
+    try:
+        return fn(*args)
+    except DeployerError as err:
+        return str(err)
+
+
 @pytest.mark.parametrize("data, says", [
     ("{not json", "not JSON"),
     ("[1, 2]", "a JSON list, not an object"),
