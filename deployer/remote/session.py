@@ -15,20 +15,23 @@ from __future__ import annotations
 import math
 import array
 import base64
+import contextlib
 import datetime as _dt
 import json
+import os
 import re
+import secrets
 import socket
 import threading
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
 from deployer import fsutil
 from deployer.errors import DeployerError, RemoteError
 from deployer.limits import MAX_WAIT_S
 from deployer.remote import runtime as rt
-from deployer.remote.layout import BoardLayout, arg, check_name
+from deployer.remote.layout import TMP_MARK, BoardLayout, arg, check_name, host_tag
 from deployer.remote.lock import MAX_LOCK_WAIT_S
 from deployer.remote.stats import latency_stats
 from deployer.ssh.connect import ClosedWithoutStatus
@@ -370,35 +373,66 @@ class Session:
 
         return board_lock(self.conn, self.layout, purpose=purpose, wait=wait, on_wait=waiting)
 
-    def push(self, opts: RunOptions, progress: Callable[..., Any] | None = None, *, purpose: str = "push"
-             ) -> PushReport:
+    def push(self, opts: RunOptions, progress: Callable[..., Any] | None = None, *, purpose: str = "push",
+             pin: bool = False) -> PushReport:
         """Runtime + runner + model files, each skipped when the board already has identical bytes,
         under the board lock (a second push to the same board waits up to opts.lock_wait s).
 
-        Upload progress goes to `progress(remote, done, total)`, else to on_event as `progress` events."""
-        from deployer.ssh.transfer import upload_many
-
+        Upload progress goes to `progress(remote, done, total)`, else to on_event as `progress` events.
+        `pin`: the model files are also hard-linked into a folder of this run's own (see `_pin`)."""
         progress = progress or (self._upload_events if self.on_event else None)
         local = _check_local(opts)
         with self.locked(purpose, opts.lock_wait):
-            from deployer.native import select as native
+            report = self._push_locked(opts, local, progress)
+            if pin:
+                report.files = self._pin(report.files)
+        return report
 
-            kind, build = native.choose(self.board, self.probe(), opts.runtime, layers=opts.layers,
-                                        version=opts.ncnn_version)
-            if kind == "native":  # the static runner instead of wheel + runner.py
-                _emit(self.on_event, self.name, {"type": "stage", "stage": "upload"})
-                remote = [self.layout.model(p.name) for p in local]
-                install, sent = native.push_native(self, build, layers=opts.layers, progress=progress,
-                                                   checksum=opts.checksum, extra=list(zip(local, remote)))
-                self.platform_facts = self.probe()
-                return PushReport(install, install.path, dict(zip(["param", "bin", "input_file"], remote)),
-                                  [r.remote for r in sent if not r.skipped])
-            install = self.provision(opts.ncnn_version, progress)
+    def _pin(self, files: dict[str, str]) -> dict[str, str]:
+        """Hard links (a copy where links fail) of a run's model files in a folder of its own, made
+        under the board lock. models/<name> is shared: a second `run` of another model of the same
+        name (two quantize outputs are both `model-int8.param`) replaced it between this push and
+        this runner's start, and this run timed that model under this model's sha256. The folder
+        is a `.run.tmp-*` one: `_unpin` removes it, the stale-temp sweep if this process died."""
+        folder = f"{self.layout.tmp}/.run{TMP_MARK}{host_tag()}-{os.getpid()}-{secrets.token_hex(3)}"
+        pinned = {key: f"{folder}/{PurePosixPath(path).name}" for key, path in files.items()}
+        script = ('d=$1; shift; mkdir -p -- "$d" || exit 1\n'
+                  'for f; do ln -f -- "$f" "$d/" 2>/dev/null || cp -- "$f" "$d/" || exit 1; done')
+        res = self.conn.run(["sh", "-c", script, "sh", arg(folder), *map(arg, files.values())], timeout=60)
+        if res.rc != 0:
+            raise RemoteError(f"{self.name}: cannot link the model files into {folder}: "
+                              f"{(res.stderr or res.stdout or '').strip()[-300:]}")
+        return pinned
+
+    def _unpin(self, files: dict[str, str]) -> None:
+        """Remove `_pin`'s folder; a dead link leaves it to the stale-temp sweep."""
+        folders = {str(PurePosixPath(p).parent) for p in files.values()}
+        if not getattr(self.conn, "alive", True):
+            return
+        with contextlib.suppress(DeployerError, OSError, EOFError, socket.timeout):
+            self.conn.run(["rm", "-rf", "--", *map(arg, folders)], timeout=30)
+
+    def _push_locked(self, opts: RunOptions, local: list[Path], progress: Callable[..., Any] | None
+                     ) -> PushReport:
+        from deployer.native import select as native
+        from deployer.ssh.transfer import upload_many
+
+        kind, build = native.choose(self.board, self.probe(), opts.runtime, layers=opts.layers,
+                                    version=opts.ncnn_version)
+        if kind == "native":  # the static runner instead of wheel + runner.py
             _emit(self.on_event, self.name, {"type": "stage", "stage": "upload"})
-            keys = ["runner", "param", "bin", "input_file"]
-            remote = [self.layout.runner] + [self.layout.model(p.name) for p in local]
-            sent = upload_many(self.conn, list(zip([RUNNER_PATH, *local], remote)), progress,
-                               checksum=opts.checksum)
+            remote = [self.layout.model(p.name) for p in local]
+            install, sent = native.push_native(self, build, layers=opts.layers, progress=progress,
+                                               checksum=opts.checksum, extra=list(zip(local, remote)))
+            self.platform_facts = self.probe()
+            return PushReport(install, install.path, dict(zip(["param", "bin", "input_file"], remote)),
+                              [r.remote for r in sent if not r.skipped])
+        install = self.provision(opts.ncnn_version, progress)
+        _emit(self.on_event, self.name, {"type": "stage", "stage": "upload"})
+        keys = ["runner", "param", "bin", "input_file"]
+        remote = [self.layout.runner] + [self.layout.model(p.name) for p in local]
+        sent = upload_many(self.conn, list(zip([RUNNER_PATH, *local], remote)), progress,
+                           checksum=opts.checksum)
         files = dict(zip(keys, remote))
         uploaded = [r.remote for r in sent if not r.skipped]
         return PushReport(install, files.pop("runner"), files, uploaded)
@@ -407,7 +441,14 @@ class Session:
 
     def run(self, opts: RunOptions, progress: Callable[..., Any] | None = None) -> RunResult:
         started = _dt.datetime.now(_dt.timezone.utc)
-        pushed = self.push(opts, progress, purpose="run")
+        pushed = self.push(opts, progress, purpose="run", pin=True)
+        try:
+            return self._run_pushed(opts, pushed, started, progress)
+        finally:
+            self._unpin(pushed.files)
+
+    def _run_pushed(self, opts: RunOptions, pushed: PushReport, started: _dt.datetime,
+                    progress: Callable[..., Any] | None) -> RunResult:
         from deployer.remote.lock import default_lease, heartbeat
 
         # a dead link the board's sshd does not notice would leave the runner timing for up to

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,43 @@ def test_run_provisions_then_skips_and_matches_host(loop, tiny_models, tmp_path:
     files = list((tmp_path / "results" / "loop").glob("*.json"))
     assert [str(f) for f in files] == [saved.saved_to]
     assert not list((tmp_path / "results" / "loop").glob(".*tmp*"))
+
+
+def test_a_run_times_its_own_model_when_another_run_pushes_one_of_the_same_name(loop, tiny_models, tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """Two `run`s on one board of two models both named m.param/m.bin: the second one's upload
+    replaced models/m.* after the first one's push and before its runner started, and the first
+    run timed (and returned the output of) the other model. Each run now links its files into a
+    folder of its own under the board lock; the folder is gone after the run."""
+    import shutil
+
+    from deployer.profiling import hook
+
+    inv, board = loop
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    for folder, (param, bin_) in ((mine, (tiny_models.int8_param, tiny_models.int8_bin)),
+                                  (other, (tiny_models.fp32_param, tiny_models.fp32_bin))):
+        folder.mkdir()
+        shutil.copy(param, folder / "m.param")
+        shutil.copy(bin_, folder / "m.bin")
+    opts = RunOptions(param=mine / "m.param", bin=mine / "m.bin", iterations=1, warmup=0, return_output=True,
+                      seed=11, threads=1, fp16=False)
+    before_run = hook.before_run
+
+    def other_run_pushes(conn):   # the second deployer's push lands right before our runner starts
+        conn2, session2 = open_session(board, inventory=inv)
+        with conn2:
+            session2.push(replace(opts, param=other / "m.param", bin=other / "m.bin"))
+        return before_run(conn)
+
+    monkeypatch.setattr(hook, "before_run", other_run_pushes)
+    conn, session = open_session(board, inventory=inv)
+    with conn:
+        result = session.run(opts)
+        left = conn.run(["sh", "-c", f"ls -A {session.layout.tmp}; exit 0"]).stdout.split()
+    values = runner.make_input_values(32 * 32 * 3, "random", 11)
+    assert result.output["values"] == host_output(mine / "m.param", mine / "m.bin", values, [32, 32, 3])[1]
+    assert left == []
 
 
 def test_timing_lines_stream_live(loop, tiny_models) -> None:
