@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
         json_output: bool = JsonOpt,
     ) -> None:
         """Are run(s) B faster, slower or the same as run(s) A? Several runs a side judge on run medians
-        (Welch's t); one run borrows the board's run-to-run spread from the history."""
+        (t on their log medians); one run borrows the board's run-to-run spread from the history."""
         from deployer.profiling.compare import compare_runs, parse_run_ids
 
         if not 0 < alpha < 1:

@@ -10,8 +10,8 @@ Plan -> actions -> report:
   in the history like any run. Then one accuracy run per precision on the same inputs as the
   host's fp32 (and int8) reference decides which precisions pass the accuracy gate.
 - The recommendation is the fastest setting (median over all its passes) whose precision passes the
-  gate; int8 is compared with the best float setting on the passes' medians (Welch's t, the other
-  settings' passes giving the run-to-run spread; deployer.profiling.stats.compare_run_sets), so
+  gate; int8 is compared with the best float setting on the passes' medians (t with a pooled
+  variance, the other settings' passes adding to it; deployer.profiling.stats.compare_run_sets), so
   "int8 does not pay on this board" is a tested statement about settings, not about one minute.
 """
 

@@ -111,7 +111,7 @@ def test_run_sets_do_not_call_run_to_run_noise_a_regression() -> None:
         wrong["history"] += st.compare_run_sets(a[:1], b[:1], min_effect_pct=0, spread=history).comparison.verdict != "same"
     assert wrong["within"] > 0.5 * trials
     assert wrong["sets"] < 0.1 * trials and wrong["history"] < 0.1 * trials
-    # 3 runs a side leave Welch's t 2-4 degrees of freedom; the history's repeats add 9
+    # 3 runs a side leave the t test 4 degrees of freedom; the history's repeats add 9
     slow = st.compare_run_sets(_runs(rng, 10.0, 3), _runs(rng, 16.0, 3), spread=history)
     assert slow.basis == "runs+history" and slow.df == 13
     assert slow.comparison.verdict == "slower" and slow.comparison.ratio > 1.3
