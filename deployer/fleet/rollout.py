@@ -15,14 +15,18 @@ and `rollback GROUP --rollout` puts every switched board back on the release it 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import re
+import socket
 import time
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from deployer import fsutil
 from deployer.errors import DeployerError
@@ -130,6 +134,31 @@ class RolloutReport:
 
 def state_path(state_dir: Path, group: str) -> Path:
     return Path(state_dir) / f"{_NAME_SAFE.sub('_', group).strip('_') or 'group'}.json"
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path, group: str) -> Iterator[None]:
+    """One rollout per group and state folder at a time (an flock next to `<group>.json`, held until
+    the rollout's last save; it goes with the process). Two rollouts to one group (two terminals, CI
+    next to a person, two clients of one persistent controller) each rewrote the whole state file
+    from their own view, so the last to save erased the other's switched boards and `rollback
+    --rollout` / `--resume` worked from the wrong record. The second one now stops at once, naming
+    the first."""
+    path = state_path(state_dir, group)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise DeployerError(f"{path}: another rollout to group {group} is running "
+                                f"({fh.read().strip() or 'holder unknown'})",
+                                hint="wait for it to end (or stop it), then roll out again") from None
+        fh.truncate(0)
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        fh.flush()
+        yield
 
 
 def load_state(state_dir: Path, group: str) -> dict[str, Any] | None:

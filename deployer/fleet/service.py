@@ -6,6 +6,7 @@ tests and benchmarks call them directly.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,14 +160,16 @@ def rollout(group: str, boards: list[Any], release: LocalRelease, opts: DeployOp
             max_failures: str, max_parallel: int, bake: str, executor: ExecutorSpec, state_dir: Path,
             resume: bool = False, on_event: EventFn | None = None, plan_only: bool = False
             ) -> tuple[ro.RolloutPlan, FleetReport | None]:
-    previous = ro.load_state(state_dir, group)
-    plan = ro.plan_rollout(group, boards, release.id, ro.parse_waves(waves), max_failures, max_parallel,
-                           ro.parse_duration(bake), previous, resume)
-    if plan_only:
-        return plan, None
-    with open_executor(executor, max_parallel) as pool:
-        rep = ro.run_rollout(plan, boards, release, opts, pool, state_dir=state_dir, on_event=on_event,
-                             previous=previous, local=executor.local)
+    # the state is read (for --resume) and written under the group's lock; --plan only reads it
+    with contextlib.nullcontext() if plan_only else ro.state_lock(state_dir, group):
+        previous = ro.load_state(state_dir, group)
+        plan = ro.plan_rollout(group, boards, release.id, ro.parse_waves(waves), max_failures, max_parallel,
+                               ro.parse_duration(bake), previous, resume)
+        if plan_only:
+            return plan, None
+        with open_executor(executor, max_parallel) as pool:
+            rep = ro.run_rollout(plan, boards, release, opts, pool, state_dir=state_dir, on_event=on_event,
+                                 previous=previous, local=executor.local)
     earlier = [BoardResult(n, True, release.id, action="done-earlier", stage="done") for n in plan.skipped]
     report = FleetReport("rollout", list(rep.results.values()) + earlier, release.id, rep.seconds, {
         "stopped": rep.stopped, "budget": plan.budget, "waves": [len(w) for w in plan.waves],

@@ -483,6 +483,36 @@ def test_rollout_waves_budget_stop_rollback_and_resume(sshd, tiny, tmp_path):
             shutil.rmtree(b.runtime_dir, ignore_errors=True)
 
 
+def test_a_second_rollout_to_the_same_group_stops_naming_the_first(sshd, tiny, tmp_path):
+    """Two rollouts to one group at once each rewrote rollouts/<group>.json from their own view (the
+    last to save erased the other's switched boards); the second now stops before touching a board."""
+    path = fleet_targets(sshd, tmp_path / "targets", 1, prefix="two")
+    boards = [load_targets(path).boards["two1"]]
+    state_dir = tmp_path / "rollouts"
+    try:
+        rel = build_release(model_dir(tmp_path, tiny, 310), workdir=tmp_path / "r", health=False)
+        second: list[object] = []
+
+        def roll(group: str, on_event=None):
+            return service.rollout(group, boards, rel, opts(), waves="100%", max_failures="0", max_parallel=1,
+                                   bake="0", executor=LOCAL, state_dir=state_dir, on_event=on_event)
+
+        def during_the_first(event):   # another rollout to the same group starts while the first runs
+            if event.get("type") == "wave" and not second:
+                try:
+                    second.append(roll("fleet"))
+                except DeployerError as err:
+                    second.append(err)
+
+        _, first = roll("fleet", during_the_first)
+        assert first.ok
+        assert isinstance(second[0], DeployerError) and "another rollout to group fleet is running" in str(second[0])
+        assert f"pid {os.getpid()}" in str(second[0])
+        assert roll("fleet")[1].ok    # and once the first has ended, the next one runs
+    finally:
+        shutil.rmtree(boards[0].runtime_dir, ignore_errors=True)
+
+
 def test_dask_executor_local_cluster(sshd, tiny, tmp_path):
     """The same per-board operations through Dask: a LocalCluster's Client.get_executor()."""
     distributed = pytest.importorskip("distributed")
