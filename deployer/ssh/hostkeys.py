@@ -12,6 +12,7 @@ comma-separated patterns with * ? and ! negation, and the @revoked marker.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import hmac
 import os
@@ -92,21 +93,36 @@ class KnownHosts:
         return [e for e in self.entries if _host_matches(e.patterns, token)]
 
     def add(self, token: str, key_type: str, blob: bytes) -> int:
-        """Append an entry (hashed if the file already hashes its names); returns its line number."""
-        hashed = sum(e.patterns.startswith("|1|") for e in self.entries) > len(self.entries) / 2
-        name = _hash_name(token) if hashed else token
-        text = self.text
-        if text and not text.endswith("\n"):
-            text += "\n"
-        line_no = text.count("\n") + 1
-        text += f"{name} {key_type} {base64.b64encode(blob).decode()}\n"
+        """Append an entry (hashed if the file already hashes its names); returns its line number.
+
+        Two deployers adding keys at once (`xargs -P` over new boards with --accept-new, a fleet
+        deploy's parallel threads) each wrote the file they had read plus their own line, and the
+        last rename dropped the others' keys (8 at once kept 1 or 2). The file's folder is flocked
+        while the file is read again and rewritten, so every add lands on the current file."""
         if self.path.parent.exists() and not self.path.parent.is_dir():   # was "...: File exists"
             raise DeployerError(f"known_hosts {self.path}: {self.path.parent} is a file, not a folder",
                                 hint="fix known_hosts: in the targets file")
         if not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, mode=0o700)
-        fsutil.write_text(self.path, text)
-        os.chmod(self.path, 0o644)
+            self.path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            current = KnownHosts(self.path)
+            self.text, self.entries = current.text, current.entries
+            for e in self.matching(token):
+                if e.marker is None and e.blob == blob:   # another deployer has just added it
+                    return e.line
+            hashed = sum(e.patterns.startswith("|1|") for e in self.entries) > len(self.entries) / 2
+            name = _hash_name(token) if hashed else token
+            text = self.text
+            if text and not text.endswith("\n"):
+                text += "\n"
+            line_no = text.count("\n") + 1
+            text += f"{name} {key_type} {base64.b64encode(blob).decode()}\n"
+            fsutil.write_text(self.path, text)
+            os.chmod(self.path, 0o644)
+        finally:
+            os.close(folder)
         self.text = text
         self.entries.append(Entry(line_no, name, key_type, blob))
         return line_no

@@ -53,6 +53,19 @@ def test_unknown_host_refused_then_accept_new_pins_it_for_openssh(tmp_path: Path
         check_host_key(tmp_path / "afile" / "known_hosts", "10.0.0.5", 22, kt, blob, board="pi4", accept_new=True)
 
 
+def test_two_deployers_accepting_new_keys_at_once_keep_both(tmp_path: Path) -> None:
+    """Each --accept-new wrote the known_hosts it had read plus its line: of two deployers that read
+    the file before either wrote (xargs -P, a fleet's threads), the second dropped the first's key."""
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    first, second = hostkeys.KnownHosts(kh), hostkeys.KnownHosts(kh)   # both read the file ...
+    first.add("10.0.0.1", "ssh-ed25519", b"key one")                    # ... then both add
+    second.add("10.0.0.2", "ssh-ed25519", b"key two")
+    assert [e.patterns for e in hostkeys.KnownHosts(kh).entries] == ["10.0.0.1", "10.0.0.2"]
+    assert second.add("10.0.0.1", "ssh-ed25519", b"key one") == 1       # already there: not added twice
+    assert len(kh.read_text().splitlines()) == 2
+
+
 def test_changed_key_refused_with_both_fingerprints_and_line_even_with_accept_new(tmp_path: Path) -> None:
     kt, old, old_fp = make_key(tmp_path, "old")
     _, new, new_fp = make_key(tmp_path, "new")
