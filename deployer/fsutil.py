@@ -9,6 +9,7 @@ process killed outright (SIGKILL, power loss) leaves a `.NAME.tmp-*` file, which
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import stat
@@ -40,6 +41,19 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", perms: int | None = N
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """An exclusive flock on a folder (its own fd, so threads of one process exclude each other
+    too), for writers that replace several files in it or read-modify-write one: nothing is left
+    behind in the user's folder, and the lock goes with the process."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def umask() -> int:

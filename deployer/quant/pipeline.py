@@ -536,7 +536,10 @@ def _write_outputs(paths: OutputPaths, param_text: bytes, bin_bytes: bytes, tabl
             from deployer.ncnn.verify import verify_int8
 
             verify_int8(staging / paths.param.name, staging / paths.bin.name, verify_shapes, shown=str(paths.param))
-        for target in contents:
-            os.replace(staging / target.name, target)
+        # two quantize runs writing one --out (make -j, two terminals) interleaved these renames and
+        # could leave one run's .param next to the other's .bin, a pair neither wrote: one at a time
+        with fsutil.folder_lock(paths.folder):
+            for target in contents:
+                os.replace(staging / target.name, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

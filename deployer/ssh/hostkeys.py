@@ -12,7 +12,6 @@ comma-separated patterns with * ? and ! negation, and the @revoked marker.
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import hmac
 import os
@@ -104,9 +103,7 @@ class KnownHosts:
                                 hint="fix known_hosts: in the targets file")
         if not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        folder = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX)
+        with fsutil.folder_lock(self.path.parent):
             current = KnownHosts(self.path)
             self.text, self.entries = current.text, current.entries
             for e in self.matching(token):
@@ -121,8 +118,6 @@ class KnownHosts:
             text += f"{name} {key_type} {base64.b64encode(blob).decode()}\n"
             fsutil.write_text(self.path, text)
             os.chmod(self.path, 0o644)
-        finally:
-            os.close(folder)
         self.text = text
         self.entries.append(Entry(line_no, name, key_type, blob))
         return line_no

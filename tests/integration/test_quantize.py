@@ -178,6 +178,39 @@ def test_failing_write_leaves_no_files(tmp_path, mtcnn_rnet, lfw_calibration, mo
     assert out.is_dir() and list(out.iterdir()) == []
 
 
+def test_two_runs_writing_one_out_folder_leave_one_runs_files(tmp_path, monkeypatch):
+    """Two quantize runs into one --out (make -j, two terminals) renamed their staged files in
+    turn: when the second renamed all of its files between the first's renames, its .param was
+    left next to the first's .bin and table. The renames are one run at a time now."""
+    import threading
+
+    from deployer.quant import pipeline
+
+    out = tmp_path / "out"
+    paths = pipeline.OutputPaths(out, out / "m_int8.param", out / "m_int8.bin", out / "m_int8.table",
+                                 out / "m_int8.json")
+
+    def write(who: str) -> None:
+        pipeline._write_outputs(paths, f"{who} param".encode(), f"{who} bin".encode(), f"{who} table".encode(),
+                                {"run": who})
+
+    real, other = os.replace, []
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(dst) == paths.param and not other:   # run A has renamed its .param: run B writes now
+            other.append(threading.Thread(target=write, args=("B",)))
+            other[0].start()
+            other[0].join(timeout=0.5)               # done unless it waits for A
+
+    monkeypatch.setattr(os, "replace", replace)
+    write("A")
+    other[0].join()
+    written = [p.read_text().split()[0] for p in (paths.param, paths.bin, paths.table)]
+    assert written in (["A"] * 3, ["B"] * 3), written
+    assert json.loads(paths.report.read_text())["run"] == written[0]
+
+
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
     torch = pytest.importorskip("torch")
