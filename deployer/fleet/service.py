@@ -85,31 +85,35 @@ def rollback(boards: list[Any], to: str | None, opts: DeployOptions, *, executor
              use_rollout: bool = False, on_event: EventFn | None = None) -> FleetReport:
     """Switch boards back: to `to`, to each board's previous release, or (use_rollout) to what each
     board served before the last rollout to `group` switched it."""
-    t0 = time.monotonic()
-    targets: dict[str, str | None] = {b.name: to for b in boards}
-    if use_rollout:
-        state = ro.load_state(state_dir or Path("rollouts"), group or "")
-        if state is None:
-            raise DeployerError(f"--rollout: no rollout of {group} recorded in {state_dir} "
-                                "(run from the folder you ran `deployer rollout` in, or pass --state)")
-        switched = {n: e.get("previous") for n, e in state["boards"].items() if e.get("switched")}
-        if not switched:
-            raise DeployerError(f"--rollout: the last rollout to {group} ({state.get('release')}, "
-                                f"{state.get('status')}) switched no board; there is nothing to undo",
-                                hint="use --to RELEASE, or no flag to go back one release on each board")
-        boards = [b for b in boards if b.name in switched]
-        targets = dict(switched)
-        missing = [n for n, p in targets.items() if not p]
-        if missing:
-            raise DeployerError(f"--rollout: {', '.join(sorted(missing))} had no release before the rollout; "
-                                "there is nothing to roll back to on them")
-    with open_executor(executor, max_parallel) as pool:
-        results = []
-        for want in sorted(set(targets.values()), key=str):
-            group_boards = [b for b in boards if targets[b.name] == want]
-            done, _ = fan_out(pool, group_boards, rollback_board, (want, opts), max_parallel=max_parallel,
-                              kwargs={"on_event": on_event} if executor.local else None)
-            results += done
+    # a rollout to the group still running would switch more boards after this read its record
+    state_dir = state_dir or Path("rollouts")
+    locked = use_rollout and ro.state_path(state_dir, group or "").exists()
+    with ro.state_lock(state_dir, group or "") if locked else contextlib.nullcontext():
+        t0 = time.monotonic()
+        targets: dict[str, str | None] = {b.name: to for b in boards}
+        if use_rollout:
+            state = ro.load_state(state_dir, group or "")
+            if state is None:
+                raise DeployerError(f"--rollout: no rollout of {group} recorded in {state_dir} "
+                                    "(run from the folder you ran `deployer rollout` in, or pass --state)")
+            switched = {n: e.get("previous") for n, e in state["boards"].items() if e.get("switched")}
+            if not switched:
+                raise DeployerError(f"--rollout: the last rollout to {group} ({state.get('release')}, "
+                                    f"{state.get('status')}) switched no board; there is nothing to undo",
+                                    hint="use --to RELEASE, or no flag to go back one release on each board")
+            boards = [b for b in boards if b.name in switched]
+            targets = dict(switched)
+            missing = [n for n, p in targets.items() if not p]
+            if missing:
+                raise DeployerError(f"--rollout: {', '.join(sorted(missing))} had no release before the rollout; "
+                                    "there is nothing to roll back to on them")
+        with open_executor(executor, max_parallel) as pool:
+            results = []
+            for want in sorted(set(targets.values()), key=str):
+                group_boards = [b for b in boards if targets[b.name] == want]
+                done, _ = fan_out(pool, group_boards, rollback_board, (want, opts), max_parallel=max_parallel,
+                                  kwargs={"on_event": on_event} if executor.local else None)
+                results += done
     return FleetReport("rollback", results, to, round(time.monotonic() - t0, 3))
 
 

@@ -485,7 +485,8 @@ def test_rollout_waves_budget_stop_rollback_and_resume(sshd, tiny, tmp_path):
 
 def test_a_second_rollout_to_the_same_group_stops_naming_the_first(sshd, tiny, tmp_path):
     """Two rollouts to one group at once each rewrote rollouts/<group>.json from their own view (the
-    last to save erased the other's switched boards); the second now stops before touching a board."""
+    last to save erased the other's switched boards); the second now stops before touching a board,
+    as does a `rollback --rollout` of a rollout still running (it read a record still growing)."""
     path = fleet_targets(sshd, tmp_path / "targets", 1, prefix="two")
     boards = [load_targets(path).boards["two1"]]
     state_dir = tmp_path / "rollouts"
@@ -497,17 +498,21 @@ def test_a_second_rollout_to_the_same_group_stops_naming_the_first(sshd, tiny, t
             return service.rollout(group, boards, rel, opts(), waves="100%", max_failures="0", max_parallel=1,
                                    bake="0", executor=LOCAL, state_dir=state_dir, on_event=on_event)
 
-        def during_the_first(event):   # another rollout to the same group starts while the first runs
+        def during_the_first(event):   # another rollout to the same group, and a rollback of it, meanwhile
             if event.get("type") == "wave" and not second:
-                try:
-                    second.append(roll("fleet"))
-                except DeployerError as err:
-                    second.append(err)
+                for call in (lambda: roll("fleet"),
+                             lambda: service.rollback(boards, None, opts(), executor=LOCAL, max_parallel=1,
+                                                      state_dir=state_dir, group="fleet", use_rollout=True)):
+                    try:
+                        second.append(call())
+                    except DeployerError as err:
+                        second.append(err)
 
         _, first = roll("fleet", during_the_first)
         assert first.ok
-        assert isinstance(second[0], DeployerError) and "another rollout to group fleet is running" in str(second[0])
-        assert f"pid {os.getpid()}" in str(second[0])
+        for err in second:
+            assert isinstance(err, DeployerError) and "another rollout to group fleet is running" in str(err)
+            assert f"pid {os.getpid()}" in str(err)
         assert roll("fleet")[1].ok    # and once the first has ended, the next one runs
     finally:
         shutil.rmtree(boards[0].runtime_dir, ignore_errors=True)
