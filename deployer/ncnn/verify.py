@@ -82,8 +82,13 @@ def staged_pair(outparam: str | os.PathLike, outbin: str | os.PathLike):
             os.close(fd)
             staged.append(Path(tmp))
         yield staged[0], staged[1]
-        for tmp, t in zip(staged, targets):
-            os.replace(tmp, t)
+        # two runs writing the same pair (make -j, two terminals) interleaved these renames and could
+        # leave one run's .param next to the other's .bin: one pair at a time (folders in one order)
+        with contextlib.ExitStack() as locks:
+            for folder in sorted({t.parent.resolve() for t in targets}):
+                locks.enter_context(fsutil.folder_lock(folder))
+            for tmp, t in zip(staged, targets):
+                os.replace(tmp, t)
     finally:
         for tmp in staged:
             with contextlib.suppress(FileNotFoundError):

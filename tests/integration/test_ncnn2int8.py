@@ -292,3 +292,22 @@ def test_without_a_table_everything_is_fp16(int8_tiny_models, tmp_path):
     ref = ncnn_run(model.param, model.bin, {"data": x}, ["out"])["out"]
     assert relative_error(simulate(q, {"data": x})["out"].reshape(got.shape), got) <= 1e-5
     assert 0 < relative_error(got, ref) < 1e-2
+
+
+def test_two_runs_writing_one_pair_leave_one_runs_pair(tmp_path, monkeypatch):
+    """Two ncnn2int8 runs writing the same .param/.bin (make -j): the second's renames could fall
+    between the first's and leave its .param next to the first's .bin. One pair at a time now."""
+    from deployer.ncnn.verify import staged_pair
+    from tests.fixtures.races import interleave_after_rename
+
+    param, bin_ = tmp_path / "m-int8.param", tmp_path / "m-int8.bin"
+
+    def write(who: str) -> None:
+        with staged_pair(param, bin_) as (sparam, sbin):
+            sparam.write_text(who)
+            sbin.write_text(who)
+
+    wait_for_b = interleave_after_rename(monkeypatch, param, lambda: write("B"))
+    write("A")
+    wait_for_b()
+    assert param.read_text() == bin_.read_text()

@@ -182,9 +182,8 @@ def test_two_runs_writing_one_out_folder_leave_one_runs_files(tmp_path, monkeypa
     """Two quantize runs into one --out (make -j, two terminals) renamed their staged files in
     turn: when the second renamed all of its files between the first's renames, its .param was
     left next to the first's .bin and table. The renames are one run at a time now."""
-    import threading
-
     from deployer.quant import pipeline
+    from tests.fixtures.races import interleave_after_rename
 
     out = tmp_path / "out"
     paths = pipeline.OutputPaths(out, out / "m_int8.param", out / "m_int8.bin", out / "m_int8.table",
@@ -194,18 +193,9 @@ def test_two_runs_writing_one_out_folder_leave_one_runs_files(tmp_path, monkeypa
         pipeline._write_outputs(paths, f"{who} param".encode(), f"{who} bin".encode(), f"{who} table".encode(),
                                 {"run": who})
 
-    real, other = os.replace, []
-
-    def replace(src, dst):
-        real(src, dst)
-        if Path(dst) == paths.param and not other:   # run A has renamed its .param: run B writes now
-            other.append(threading.Thread(target=write, args=("B",)))
-            other[0].start()
-            other[0].join(timeout=0.5)               # done unless it waits for A
-
-    monkeypatch.setattr(os, "replace", replace)
+    wait_for_b = interleave_after_rename(monkeypatch, paths.param, lambda: write("B"))
     write("A")
-    other[0].join()
+    wait_for_b()
     written = [p.read_text().split()[0] for p in (paths.param, paths.bin, paths.table)]
     assert written in (["A"] * 3, ["B"] * 3), written
     assert json.loads(paths.report.read_text())["run"] == written[0]
