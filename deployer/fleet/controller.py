@@ -264,7 +264,14 @@ class _Server:
                     continue
                 self.pool.reap()
                 with self.lock:
-                    if self.busy == 0 and time.monotonic() - self.last > self.persist:
+                    idle = self.busy == 0 and time.monotonic() - self.last > self.persist
+                if idle:
+                    # a client that connected since select() waits in the listen queue, and closing
+                    # the listener dropped its command ("the fleet controller process ended in the
+                    # middle of the command"). Once the socket is unlinked no client can connect;
+                    # one already queued is served first.
+                    self._unlink()
+                    if not select.select([listener], [], [], 0)[0]:
                         break
         finally:
             listener.close()

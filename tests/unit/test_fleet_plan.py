@@ -225,3 +225,34 @@ def test_a_terminated_controller_removes_its_socket_and_empty_log(tmp_path):
         proc.kill()
         proc.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".start.lock"]   # shared by every controller
+
+
+def test_a_client_that_connects_as_the_idle_controller_exits_is_served(tmp_path, monkeypatch):
+    """The controller exited after `persist` idle seconds by closing its listener, dropping a client
+    that had connected since its last look: that command failed with "the fleet controller process
+    ended in the middle of the command". It now unlinks the socket first and serves such a client."""
+    import socket
+    import threading
+
+    from deployer.fleet import controller
+    from deployer.ssh import pool
+
+    monkeypatch.setattr(pool, "_active", None)
+    server = controller._Server(tmp_path / "c.sock", 0.0)
+    client: list[socket.socket] = []
+    reap = server.pool.reap
+
+    def a_client_connects_now() -> int:     # right after select() found nothing, before the idle check
+        if not client:
+            client.append(controller._connect(server.path))
+            controller._send(client[0], {"op": "stop"})
+        return reap()
+
+    monkeypatch.setattr(server.pool, "reap", a_client_connects_now)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    with client[0]:
+        assert controller._recv(client[0]) == ("result", True)
+    assert not server.path.exists()
