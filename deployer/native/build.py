@@ -207,6 +207,7 @@ def find_build(arch: str, version: str | None = None, *, layers: bool = False,
         return None
     found = []
     damaged: list[str] = []
+    this_source = runner_source_sha()
     for manifest in folder.glob(f"*/{tc.arch}/*/manifest.json"):
         try:
             data = json.loads(manifest.read_text())
@@ -216,7 +217,7 @@ def find_build(arch: str, version: str | None = None, *, layers: bool = False,
             continue
         if version is not None and data.get("version") != version:
             continue
-        if data.get("runner_source") != runner_source_sha():
+        if data.get("runner_source") != this_source:
             # built from another runner.cpp (an older deployer): its flags may differ from the ones
             # this session sends (`--lease` made every such run a UsageError on the board)
             continue
@@ -431,23 +432,24 @@ def build(arch: str, version: str | None = None, *, layers: bool = False, progre
     existing = find_build(tc.arch, version, layers=layers, strict=False)
     if existing is not None and existing.key == rkey:
         return existing
-    manifest = folder / "manifest.json"
-    try:
-        previous = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    except ValueError:
-        previous = {}
-    previous = previous if isinstance(previous, dict) else {}
-    for binary, size in ((folder / RUNNER_NAME, previous.get("size")),
-                         (folder / LAYERS_NAME, previous.get("layers_size"))):
-        if binary.is_file() and damage(binary, size):   # find_build skipped it: link it again
-            binary.unlink()
     source.extract_sdist(version)  # a missing source is one line, before anything is created
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "build.log"
+    manifest = folder / "manifest.json"
     lock_path = source.native_cache() / "build" / f".lock-{version}-{tc.arch}"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build per version+arch at a time (setup vs a user)
+        # under the lock: a build that just relinked a damaged runner has rewritten its manifest
+        try:
+            previous = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        except ValueError:
+            previous = {}
+        previous = previous if isinstance(previous, dict) else {}
+        for binary, size in ((folder / RUNNER_NAME, previous.get("size")),
+                             (folder / LAYERS_NAME, previous.get("layers_size"))):
+            if binary.is_file() and damage(binary, size):   # find_build skipped it: link it again
+                binary.unlink()
         times: dict[str, float] = {}
         t0 = time.monotonic()
         bdir, lib_times = build_library(version, tc, compiler, log, progress)

@@ -74,14 +74,15 @@ def compare_runs(results_dir: Path | str, ids_a: list[int] | int, ids_b: list[in
         raise DeployerError(f"run {both[0]} is on both sides; give each side its own runs")
     rows_a = [store.get_run(results_dir, i) for i in ids_a]
     rows_b = [store.get_run(results_dir, i) for i in ids_b]
+    kept = {row.id: kept_samples(row) for row in rows_a + rows_b}
     for row in rows_a + rows_b:
-        n = len(kept_samples(row))
+        n = len(kept[row.id])
         if n < 3:
             raise DeployerError(f"run {row.id}: only {n} sample(s) after warm-up; compare needs at least 3",
                                 hint="run it longer (--duration S) or with more --iterations")
     boards = {r.board for r in rows_a + rows_b}
     spread = board_spread(results_dir, boards, set(ids_a) | set(ids_b))
-    sets = st.compare_run_sets([kept_samples(r) for r in rows_a], [kept_samples(r) for r in rows_b],
+    sets = st.compare_run_sets([kept[r.id] for r in rows_a], [kept[r.id] for r in rows_b],
                                alpha=alpha, min_effect_pct=min_effect_pct, spread=spread)
     warnings = []
     if len(boards) > 1:

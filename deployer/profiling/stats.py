@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -219,12 +219,18 @@ def hodges_lehmann_ratio(a: Sequence[float], b: Sequence[float], level: float = 
 def _z_for(level: float) -> float:
     if abs(level - 0.95) < 1e-9:
         return Z_975
-    # inverse normal by bisection on erfc: levels other than 95 % are rare
-    target = 1 - level
-    lo, hi = 0.0, 10.0
-    for _ in range(100):
+    # levels other than 95 % are rare
+    return _two_sided_quantile(lambda z: math.erfc(z / math.sqrt(2)), level)
+
+
+def _two_sided_quantile(tail: Callable[[float], float], level: float) -> float:
+    """q with tail(q) = P(|X| >= q) = 1 - level, by bisection (tail falls from 1 at 0)."""
+    lo, hi = 0.0, 1.0
+    while tail(hi) > 1 - level:
+        hi *= 2.0
+    for _ in range(200):
         mid = (lo + hi) / 2
-        if math.erfc(mid / math.sqrt(2)) > target:
+        if tail(mid) > 1 - level:
             lo = mid
         else:
             hi = mid
@@ -328,17 +334,8 @@ def t_p_two_sided(t: float, df: float) -> float:
 
 
 def t_quantile(level: float, df: float) -> float:
-    """q with P(|T| <= q) = level (by bisection on t_p_two_sided)."""
-    lo, hi = 0.0, 1.0
-    while t_p_two_sided(hi, df) > 1 - level:
-        hi *= 2.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if t_p_two_sided(mid, df) > 1 - level:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    """q with P(|T| <= q) = level."""
+    return _two_sided_quantile(lambda q: t_p_two_sided(q, df), level)
 
 
 @dataclass
