@@ -88,6 +88,22 @@ def _finish(folder: Path, files: list[Path], labels: dict[str, int] | None, stam
     return DataSet(folder=folder, list_file=list_file, files=files, labels=dict(labels or {}))
 
 
+_OUR_STAMP = re.compile(r"^\d+ [a-z][a-z-]*( |$)")
+_OUR_FILES = ("list.txt", "labels.json", "stamp.txt")
+
+
+def _claim(folder: Path) -> None:
+    """Refuse a folder whose list.txt or labels.json some other tool wrote: a writer replaces them, and
+    a stale stamp makes it delete the images the list names (a user's own image list, say)."""
+    stamp = folder / "stamp.txt"
+    if stamp.is_file() and _OUR_STAMP.match(stamp.read_text(errors="replace")):
+        return
+    theirs = [name for name in _OUR_FILES if (folder / name).exists()]
+    if theirs:
+        raise DeployerError(f"{folder}: has {', '.join(theirs)} that examples.data did not write",
+                            hint="write the data set into a new or empty folder (nothing was changed)")
+
+
 def _forget(folder: Path) -> None:
     """Remove what an older writer put here (only files its list named), so a folder scan sees no stale images."""
     list_file = folder / "list.txt"
@@ -102,6 +118,7 @@ def _forget(folder: Path) -> None:
 def _cached(folder: Path, count: int, stamp: str) -> DataSet | None:
     """A folder is complete when its list (written last) names `count` existing files and its stamp
     says the same writer, version and arguments made it."""
+    _claim(folder)
     list_file, stamp_file = folder / "list.txt", folder / "stamp.txt"
     if not list_file.is_file() or not stamp_file.is_file():
         return None
@@ -239,6 +256,7 @@ def imagenet_heldout(out_dir: str | Path) -> DataSet:
     """The foolbox ImageNet photos as a DataSet (list file + labels) pointing at the wheel's files."""
     folder = Path(out_dir)
     samples = imagenet_samples()
+    _claim(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return _finish(folder, [p for p, _ in samples], {p.name: label for p, label in samples}, "imagenet")
 

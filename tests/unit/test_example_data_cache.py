@@ -56,3 +56,22 @@ def test_sigterm_mid_write_leaves_no_staging_file(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 143, proc.stderr
     assert [p.name for p in out.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_a_folder_another_tool_wrote_is_refused_and_left_alone(tmp_path, capsys):
+    """A stale stamp made the writer delete every image its list.txt named: pointed at a user's own image
+    folder (their list.txt, a stamp.txt of theirs), `examples.data` deleted the user's photos."""
+    mine = tmp_path / "photo.png"
+    mine.write_bytes(b"user's photo")
+    (tmp_path / "list.txt").write_text(f"{mine}\n")
+    (tmp_path / "stamp.txt").write_text("my own notes\n")
+    assert data.main(["calibration", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "list.txt, stamp.txt that examples.data did not write" in err and "Traceback" not in err
+    assert mine.read_bytes() == b"user's photo"
+    assert (tmp_path / "list.txt").read_text() == f"{mine}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.txt", "photo.png", "stamp.txt"]
+    (tmp_path / "stamp.txt").unlink()                       # a list alone is theirs too
+    assert data.main(["imagenet", "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "list.txt").read_text() == f"{mine}\n"
+    assert "has list.txt that examples.data did not write" in capsys.readouterr().err
