@@ -596,10 +596,15 @@ class Session:
 def results_folder(board: str) -> str:
     """The results/<folder> of a board: its name, with an ad-hoc target's ':' (and anything else
     unsafe in a file name) turned into '_' - `pi@10.200.2.2:2222` -> `pi@10.200.2.2_2222`."""
+    from deployer.profiling.store import DB_NAME
+
     name = re.sub(r"[:\[\]]", "_", board or "")
     if not re.fullmatch(r"[A-Za-z0-9_@+][A-Za-z0-9._+@-]*", name) or ".." in name:
         raise DeployerError(f"board name {board!r} cannot name a results folder",
                             hint="use a board name from targets/*.yaml or user@host[:port]")
+    if name.startswith(DB_NAME):      # the history (and SQLite's -wal/-shm/-journal) sit beside the folders
+        raise DeployerError(f"board name {board!r} is the name of the results folder's run history",
+                            hint="rename the board in targets/*.yaml")
     return name
 
 

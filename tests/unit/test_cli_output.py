@@ -283,3 +283,15 @@ def test_fleet_commands_do_not_need_numpy():
     proc = subprocess.run([sys.executable, "-c", code, "status", "nobody@127.0.0.1:1", "--persist", "0",
                            "--deadline", "5"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 3 and "numpy" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("board", ["history.sqlite", "history.sqlite-wal", "history.sqlite-journal"])
+def test_a_board_named_like_the_run_history_is_refused(board) -> None:
+    """results/<board>/ sits beside results/history.sqlite: a board named history.sqlite made `run` fail
+    after the whole benchmark (mkdir over the database), and -wal/-shm would have shadowed SQLite's files."""
+    from deployer.errors import DeployerError
+    from deployer.remote.session import results_folder
+
+    with pytest.raises(DeployerError, match="is the name of the results folder's run history"):
+        results_folder(board)
+    assert results_folder("history") == "history" and results_folder("pi@10.0.0.2:22") == "pi@10.0.0.2_22"
