@@ -418,15 +418,17 @@ def _build_board(path: Path, base: Path, name: str, m: _Map, line: int | None) -
     host = get_str("host")
     if host is None:
         raise _err(path, line, where, "missing required field 'host'", hint="add host: <address or ~/.ssh/config alias>")
-    def get_seconds(key: str, default: float) -> float:
+    def get_seconds(key: str, default: float, lo: float) -> float:
+        """`lo`: below it no board could answer (`timeout: 1e-6` failed every connect as an unreachable
+        board, exit 3, when the file was what was wrong) or keepalives would flood the link."""
         v = m.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86400 or v != v:
-            raise bad(key, "must be a positive number of seconds (at most 86400)")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= 86400 or v != v:
+            raise bad(key, f"must be a number of seconds from {lo:g} to 86400")
         return float(v)
 
-    timeout = get_seconds("timeout", DEFAULT_TIMEOUT)
-    keepalive = get_seconds("keepalive", DEFAULT_KEEPALIVE)
-    stall_timeout = get_seconds("stall_timeout", DEFAULT_STALL_TIMEOUT)
+    timeout = get_seconds("timeout", DEFAULT_TIMEOUT, 1)
+    keepalive = get_seconds("keepalive", DEFAULT_KEEPALIVE, 0.1)
+    stall_timeout = get_seconds("stall_timeout", DEFAULT_STALL_TIMEOUT, 1)
     if stall_timeout < keepalive:
         raise bad("stall_timeout", f"({stall_timeout:g} s) must be at least keepalive ({keepalive:g} s)")
     tags = m.get("tags", [])
