@@ -15,6 +15,7 @@ missing ones.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -27,11 +28,11 @@ from deployer.sim import host, instances
 from deployer.sim.board import prepare_board_dir, sshd_answers, start_board, stop_board
 from deployer.sim.keys import KEY_NAME, ensure_client_key
 from deployer.sim.linkspec import LinkSpec
-from deployer.sim.net import Slot, create_network, destroy_network, free_slot, network_exists
+from deployer.sim.net import Slot, create_network, destroy_network, free_slot, kill_slot_processes, network_exists
 from deployer.sim.paths import default_state_dir
 from deployer.sim.procs import terminate
 from deployer.sim.profiles import MAX_COUNT, MAX_HOST_COUNT, PROFILES, BoardProfile
-from deployer.sim.state import BoardState, SimState, load_state, locked, save_state
+from deployer.sim.state import BoardState, Claim, SimState, load_state, locked, save_state
 from deployer.sim.sysroot import SysrootInfo, ensure_sysroot
 from deployer.sim.targetsfile import TARGETS_NAME, check_ours, write_targets
 
@@ -120,7 +121,13 @@ def sim_up(arch: str = "arm64", count: int = 1, link: LinkSpec | None = None, ta
             for i in range(want):
                 name = _free_name(state)
                 say(f"starting {name} ({arch}{', ' + link.spec() if link else ''})", i, want)
-                board = _start_one(name, state, state_dir, profile, link, sysroot.path, pub, image)
+                claim = Claim(name, free_slot(_slots_in_use(state)).n, str(state_dir / "boards" / name))
+                state.starting.append(claim)
+                save_state(state_dir, state)       # before the namespaces: a kill now leaves a record
+                try:
+                    board = _start_one(name, Slot(claim.slot), state_dir, profile, link, sysroot.path, pub, image)
+                finally:
+                    state.starting.remove(claim)
                 state.boards.append(board)
                 added.append(board)
                 save_state(state_dir, state)
@@ -147,6 +154,11 @@ def sim_down(names: list[str] | None = None, state_dir: Path | None = None,
             if unknown:
                 known = ", ".join(b.name for b in state.boards) or "none"
                 raise DeployerError(f"sim down: no emulated board named {', '.join(unknown)} (running: {known})")
+        if not names:                       # a `sim up` killed mid-start: its leftovers go too
+            for claim in list(state.starting):
+                _clear_claim(claim, state_dir)
+                state.starting.remove(claim)
+                save_state(state_dir, state)
         victims = [b for b in state.boards if not names or b.name in names]
         if not victims:
             if not state.boards:
@@ -220,12 +232,16 @@ def _free_name(state: SimState) -> str:
     return next(f"sim-{k}" for k in range(1, 10_000) if f"sim-{k}" not in used)
 
 
-def _start_one(name: str, state: SimState, state_dir: Path, profile: BoardProfile, link: LinkSpec | None,
+def _slots_in_use(state: SimState) -> set[int]:
+    return {b.slot for b in state.boards} | {c.slot for c in state.starting}
+
+
+def _start_one(name: str, slot: Slot, state_dir: Path, profile: BoardProfile, link: LinkSpec | None,
                sysroot: Path, pub: str, image: str = "standard") -> BoardState:
+    """`slot`: free under the lock (free_slot), so everything in it is ours to remove on failure."""
     from deployer.sim.minimal import lowerdir
 
     t0 = time.monotonic()
-    slot = free_slot({b.slot for b in state.boards})
     board_dir = state_dir / "boards" / name
     hostname = f"raspberrypi-{name}"
     shaper = None
@@ -241,7 +257,7 @@ def _start_one(name: str, state: SimState, state_dir: Path, profile: BoardProfil
         logs = state_dir / "logs"
         shaper = create_network(slot, link, logs / f"{name}.shaper.log")
         started = start_board(name, slot, board_dir, config, logs / f"{name}.log", init_module=init)
-    except BaseException:  # the slot was free under the lock, so everything in it is ours to remove
+    except BaseException:
         if shaper is not None:
             terminate(shaper)
         destroy_network(slot)
@@ -270,12 +286,36 @@ def _teardown(board: BoardState, state_dir: Path) -> None:
         shutil.rmtree(board_dir, ignore_errors=True)
 
 
+def _clear_claim(claim: Claim, state_dir: Path) -> None:
+    """Remove what a cut-off start left in its slot. The kill may have come before the namespace
+    existed, and another instance may have taken the free slot since: its boards are never touched."""
+    slot = Slot(claim.slot)
+    others = set()
+    for d in instances.registered():
+        if d.resolve() != state_dir.resolve():
+            with contextlib.suppress(DeployerError):
+                others |= _slots_in_use(load_state(d))
+    if slot.n not in others:
+        if not kill_slot_processes(slot):
+            raise DeployerError(f"board {claim.name}: processes of its cut-off start in netns {slot.netns} "
+                                "would not die; check 'ip netns pids " + slot.netns + "'")
+        destroy_network(slot)
+    board_dir = Path(claim.board_dir).resolve()
+    if board_dir.parent == state_dir / "boards":  # never delete outside our own state dir
+        shutil.rmtree(board_dir, ignore_errors=True)
+
+
 def _running(board: BoardState) -> bool:
     return board.unshare.alive() and board.init.alive() and (board.shaper is None or board.shaper.alive())
 
 
 def _reap_dead(state: SimState, state_dir: Path) -> None:
-    """Boards whose processes died (host reboot, killed by hand): clean up what is left, forget them."""
+    """Boards whose processes died (host reboot, killed by hand): clean up what is left, forget them.
+    Starts that were cut off (`Claim`s left in the state) are cleared the same way."""
+    for claim in list(state.starting):
+        _clear_claim(claim, state_dir)
+        state.starting.remove(claim)
+        save_state(state_dir, state)
     for board in list(state.boards):
         if not _running(board):
             _teardown(board, state_dir)

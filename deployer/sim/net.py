@@ -140,6 +140,29 @@ def _offloads_off(ns: str | None, dev: str, gro: bool = False) -> None:
         raise DeployerError(f"ethtool -K {dev} failed: {res.stderr.strip()} (is the ethtool package installed?)")
 
 
+def kill_slot_processes(slot: Slot, timeout: float = 5.0) -> bool:
+    """SIGKILL every process in the slot's namespaces (a board whose start was cut off: its unshare,
+    qemu sshd, shaper). True when none is left; a namespace only goes once its processes have."""
+    import os
+    import signal
+
+    names = netns_names()
+    spaces = [ns for ns in (slot.netns, slot.wan_netns) if ns in names]
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [int(p) for ns in spaces for p in ip("netns", "pids", ns, check=False).stdout.split()]
+        if not pids:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+
+
 def destroy_network(slot: Slot) -> None:
     """Remove the namespaces and host veth of `slot`; missing pieces are fine (idempotent)."""
     names = netns_names()

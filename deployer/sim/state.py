@@ -53,9 +53,21 @@ class BoardState:
 
 
 @dataclass
+class Claim:
+    """A board being started: written before its namespaces exist, so a `sim up` killed mid-start
+    (SIGKILL, a lost terminal) leaves a record the next `sim up`/`sim down` clears from, instead of
+    a namespace, veth and board processes no state file names."""
+
+    name: str
+    slot: int
+    board_dir: str
+
+
+@dataclass
 class SimState:
     targets_dir: str | None = None
     boards: list[BoardState] = field(default_factory=list)
+    starting: list[Claim] = field(default_factory=list)
 
     def board(self, name: str) -> BoardState | None:
         return next((b for b in self.boards if b.name == name), None)
@@ -75,14 +87,16 @@ def load_state(state_dir: Path) -> SimState:
             raise ValueError("targets_dir is not a path")
         if data.get("version") != VERSION:
             raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
-        return SimState(data.get("targets_dir"), [BoardState.from_json(b) for b in data.get("boards", [])])
+        return SimState(data.get("targets_dir"), [BoardState.from_json(b) for b in data.get("boards", [])],
+                        [Claim(**c) for c in data.get("starting", [])])
     except (ValueError, TypeError, KeyError) as err:
         raise DeployerError(f"{path}: unreadable simulator state ({err}); stop leftover boards with "
                             f"'ip netns list' / 'ip netns del dsim-N' and delete the file") from None
 
 
 def save_state(state_dir: Path, state: SimState) -> None:
-    data = {"version": VERSION, "targets_dir": state.targets_dir, "boards": [asdict(b) for b in state.boards]}
+    data = {"version": VERSION, "targets_dir": state.targets_dir, "boards": [asdict(b) for b in state.boards],
+            "starting": [asdict(c) for c in state.starting]}
     write_text(state_dir / STATE_FILE, json.dumps(data, indent=1) + "\n")
 
 

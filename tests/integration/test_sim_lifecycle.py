@@ -151,12 +151,12 @@ def test_a_board_that_cannot_start_says_why_and_leaves_nothing(tmp_path):
     from deployer.sim.manager import _start_one
     from deployer.sim.net import free_slot, network_exists
     from deployer.sim.profiles import PROFILES
-    from deployer.sim.state import SimState, locked
+    from deployer.sim.state import locked
 
     with locked():
         slot = free_slot()
         with pytest.raises(DeployerError) as err:
-            _start_one("sim-1", SimState(), tmp_path, PROFILES["arm64"], parse_link("delay=1"),
+            _start_one("sim-1", slot, tmp_path, PROFILES["arm64"], parse_link("delay=1"),
                        tmp_path / "no-such-sysroot", "ssh-ed25519 AAAA test")
     assert str(err.value).startswith("board sim-1: its sshd exited during start (")
     assert "mount overlay" in str(err.value)
@@ -172,3 +172,36 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+@pytest.mark.boards
+@pytest.mark.slow
+@pytest.mark.parametrize("then", ["down", "up"])
+def test_sim_up_killed_mid_start_leaves_nothing_the_next_command_cannot_clear(sim_env, then):
+    """SIGKILL of `sim up` while a board was starting left its netns, veth and board processes with no
+    state file naming them: `sim down` did not stop them and every later `up` skipped the slot."""
+    env, tmp = sim_env
+    proc = subprocess.Popen([*DEPLOYER, "sim", "up", "--link", "delay=1", "--targets-dir", str(tmp / "targets")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state_file, log = tmp / "state/state.json", tmp / "state/logs/sim-1.log"
+    deadline = time.monotonic() + 120
+    while not log.exists():       # the board's sshd is starting: namespaces and veths exist
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (claim,) = json.loads(state_file.read_text())["starting"]
+    slot = Slot(claim["slot"])
+    assert slot.netns in netns_names()           # what was left behind
+
+    if then == "down":
+        assert deployer(env, "sim", "down", "--json").returncode == 0
+    else:
+        assert json.loads(deployer(env, "sim", "up", "--link", "delay=1", "--json").stdout)["added"] == ["sim-1"]
+        assert json.loads(state_file.read_text())["starting"] == []
+        deployer(env, "sim", "down")
+    assert not {slot.netns, slot.wan_netns} & netns_names()
+    assert not Path(f"/sys/class/net/{slot.host_if}").exists()
+    assert not (tmp / "state/boards/sim-1").exists()
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(tmp).encode() in _read(p)]
+    assert json.loads(state_file.read_text())["starting"] == []
