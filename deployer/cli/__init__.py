@@ -50,17 +50,21 @@ def build_app() -> Any:
 
     @app.command()
     @handle_errors
-    def version() -> None:
+    def version(json_output: bool = typer.Option(False, "--json", help="print JSON on stdout")) -> None:
         """Print deployer's version and the host ncnn wheel's."""
         from deployer import __version__
+        from deployer.cli.common import emit_json
 
         try:
             import ncnn
 
             ncnn_version = ncnn.__version__
         except ImportError:
-            ncnn_version = "not installed"
-        typer.echo(f"deployer {__version__} (ncnn {ncnn_version})")
+            ncnn_version = None
+        if json_output:  # the README promises --json on every command (scripts and CI read versions)
+            emit_json({"ok": True, "deployer": __version__, "ncnn": ncnn_version})
+            return
+        typer.echo(f"deployer {__version__} (ncnn {ncnn_version or 'not installed'})")
 
     _APP = app
     return app
