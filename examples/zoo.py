@@ -423,8 +423,11 @@ def main(argv: list[str] | None = None) -> int:
             if json_output:
                 emit_json(listing)
             else:
+                from rich.markup import escape  # descriptions hold "[non-face, face]": text, not markup
+
                 for row in listing:
-                    console.print(f"[bold]{row['name']:<13}[/] {row['description']}  [dim]({row['license']})[/]")
+                    console.print(f"[bold]{row['name']:<13}[/] {row['task']:<9} {escape(row['description'])}  "
+                                  f"[dim]({escape(row['license'])})[/]", soft_wrap=True)
             return
         built = []
         for one in (names() if name == "all" else [name]):

@@ -174,6 +174,18 @@ def test_cli_unknown_model_exits_2_with_one_line():
     assert "unknown zoo model 'nope'" in proc.stderr
 
 
+def test_cli_list_shows_task_and_descriptions_verbatim():
+    """examples/README: `zoo list` shows what exists, task, licence. The MTCNN descriptions'
+    "[non-face, face]" was eaten as rich markup ("out0 =  prob") and the task was not shown."""
+    proc = subprocess.run([sys.executable, "-m", "examples.zoo", "list"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stderr.splitlines() if line.strip()}  # messages: stderr
+    assert set(rows) == set(zoo.names())
+    assert "out0 = [non-face, face] prob" in rows["mtcnn_onet"]
+    assert rows["yolov8n"].split()[1] == "detect" and rows["mobilenet_v2"].split()[1] == "classify"
+
+
 def test_npy_inputs_writes_preprocessed_tensors_and_keeps_labels(tmp_path):
     from PIL import Image
 
