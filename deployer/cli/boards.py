@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
-from deployer.cli.common import console, emit_json, folder_path, handle_errors, out
+from deployer.cli.common import console, emit_json, nonempty_path, handle_errors, out
 from deployer.cli.progress import Progress, Status, interval_seconds
 from deployer.cli.render import error, human, kv_table, say, warn
 from deployer.errors import DeployerError
@@ -266,7 +266,7 @@ def register(app: typer.Typer) -> None:
         idle_timeout: float = typer.Option(600.0, "--idle-timeout", help="kill the run after S seconds of silence (1 s to 7 days)"),
         ncnn_version: Optional[str] = NcnnVersionOpt,
         results: Path = typer.Option(Path("results"), "--results", help="folder for results/<board>/<time>.json",
-                                     parser=folder_path),
+                                     parser=nonempty_path),
         targets: Optional[List[Path]] = TargetsOpt,
         checksum: bool = ChecksumOpt,
         lock_wait: float = LockWaitOpt,

@@ -35,11 +35,12 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_REMOTE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0
 _MAX_LINE = 600
 
 
-def folder_path(text: str) -> Path:
-    """typer `parser=` for folder options: typer reads an empty value (an unset $VAR) as Path("")
-    == ".", so `--results ""` wrote history.sqlite and board folders into the current folder."""
+def nonempty_path(text: str) -> Path:
+    """typer `parser=` for path options that name a folder to write or deploy: typer reads an empty
+    value (an unset $VAR) as Path("") == ".", so `--results ""` wrote history.sqlite and board folders
+    into the current folder, `--model ""` deployed whatever model it held, `quantize --out ""` wrote there."""
     if not str(text).strip():
-        raise typer.BadParameter("empty; give a folder")
+        raise typer.BadParameter("empty; give a path")
     return Path(text)
 
 

@@ -17,15 +17,17 @@ import typer
 from rich.table import Table
 
 from deployer.cli.boards import _boards, _inventory
-from deployer.cli.common import console, emit_json, handle_errors, out
+from deployer.cli.common import console, emit_json, handle_errors, nonempty_path, out
 from deployer.cli.render import error, line, say
 from deployer.cli.render import note as render_note
 
 TargetsOpt = typer.Option(None, "--targets", help="targets YAML file(s); default: targets/*.yaml in the current folder")
 JsonOpt = typer.Option(False, "--json", help="print one JSON document on stdout")
 AcceptNewOpt = typer.Option(False, "--accept-new", help="trust and save an unknown host key (never a changed one)")
-ModelOpt = typer.Option(None, "--model", help="the folder `deployer quantize` wrote (e.g. build/mobilenet_v2_int8)")
-ProfileOpt = typer.Option(None, "--profile", help="a deployment profile; its `out:` folder is deployed, the profile rides along")
+ModelOpt = typer.Option(None, "--model", help="the folder `deployer quantize` wrote (e.g. build/mobilenet_v2_int8)",
+                        parser=nonempty_path)
+ProfileOpt = typer.Option(None, "--profile", help="a deployment profile; its `out:` folder is deployed, the profile "
+                          "rides along", parser=nonempty_path)
 ExecutorOpt = typer.Option("local", "--executor", help="local (thread pool) or dask://HOST:PORT (a Dask scheduler)")
 ParallelOpt = typer.Option(50, "--max-parallel", help="boards worked on at once")
 PlanOpt = typer.Option(False, "--plan", help="print the plan and stop (no board is contacted)")
@@ -35,7 +37,8 @@ LatencyOpt = typer.Option(None, "--max-latency", help="health gate: median laten
 KeepOpt = typer.Option(3, "--keep", help="previous releases kept on each board")
 LockWaitOpt = typer.Option(10.0, "--lock-wait", help="seconds to wait for another deploy's board lock")
 DeadlineOpt = typer.Option(600.0, "--deadline", help="seconds one board may take before it is failed")
-StateOpt = typer.Option(Path("rollouts"), "--state", help="folder for rollout state (resume, rollback --rollout)")
+StateOpt = typer.Option(Path("rollouts"), "--state", help="folder for rollout state (resume, rollback --rollout)",
+                        parser=nonempty_path)
 PersistOpt = typer.Option(None, "--persist", help="keep board connections open this many seconds after the command "
                           "in a background controller, for the next fleet command (0: off; default "
                           "$DEPLOYER_PERSIST, else 60, or 0 when $CI is set)")
@@ -195,21 +198,15 @@ def _print_plan(plan: dict[str, Any], json_output: bool) -> None:
         out.print(f"{key}: {value}", soft_wrap=True, markup=False, highlight=False)
 
 
-def _boards_and_release(target: str, targets: Optional[List[Path]], model: Optional[str],
-                        profile: Optional[str], no_health: bool, json_output: bool) -> tuple[list[Any], Any]:
+def _boards_and_release(target: str, targets: Optional[List[Path]], model: Optional[Path],
+                        profile: Optional[Path], no_health: bool, json_output: bool) -> tuple[list[Any], Any]:
     """The boards a deploy/rollout names, then its release (hashed, with the host reference run)."""
-    from deployer.errors import DeployerError
     from deployer.fleet import service
 
-    for flag, value in (("--model", model), ("--profile", profile)):
-        if value is not None and not value.strip():   # str, not Path: typer reads "" as ".", so an unset
-            raise DeployerError(f"{flag} is empty",     # $MODEL deployed whatever model the current folder held
-                                hint="name the folder `deployer quantize` wrote, or a profile")
     boards = _boards(_inventory(targets, target), target)
     with console.status("building the release (hashing, host reference run)") if not json_output \
             else contextlib.nullcontext():
-        release = service.resolve_release(Path(model) if model else None, Path(profile) if profile else None,
-                                          health=not no_health)
+        release = service.resolve_release(model, profile, health=not no_health)
     for note in release.notes:
         render_note(note)
     return boards, release
@@ -220,8 +217,8 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def deploy(
         target: str = typer.Argument(..., help="board, group, tag:NAME or user@host[:port]"),
-        model: Optional[str] = ModelOpt,
-        profile: Optional[str] = ProfileOpt,
+        model: Optional[Path] = ModelOpt,
+        profile: Optional[Path] = ProfileOpt,
         plan: bool = PlanOpt,
         no_health: bool = NoHealthOpt,
         min_cosine: float = CosineOpt,
@@ -330,8 +327,8 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def rollout(
         group: str = typer.Argument(..., help="group, tag:NAME or board"),
-        model: Optional[str] = ModelOpt,
-        profile: Optional[str] = ProfileOpt,
+        model: Optional[Path] = ModelOpt,
+        profile: Optional[Path] = ProfileOpt,
         waves: str = typer.Option("1,10%,50%,100%", "--waves", help="cumulative wave targets: counts or shares"),
         max_failures: str = typer.Option("5%", "--max-failures", help="failed boards tolerated (count or share)"),
         bake: str = typer.Option("0", "--bake", help="wait after each wave, then re-check it (30s, 2m)"),

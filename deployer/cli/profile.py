@@ -12,13 +12,13 @@ from typing import Any, List, Optional
 
 import typer
 
-from deployer.cli.common import emit_json, folder_path, handle_errors
+from deployer.cli.common import emit_json, nonempty_path, handle_errors
 from deployer.cli.render import console, out, say, table, warn
 from deployer.errors import DeployerError, GateFailed
 
 JsonOpt = typer.Option(False, "--json", help="print JSON on stdout")
 ResultsOpt = typer.Option(Path("results"), "--results", help="results folder holding history.sqlite",
-                          parser=folder_path)
+                          parser=nonempty_path)
 
 
 def _progress(event: dict[str, Any]) -> None:

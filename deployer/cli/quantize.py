@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from deployer.cli.common import console, emit_json, handle_errors
+from deployer.cli.common import console, emit_json, handle_errors, nonempty_path
 from deployer.cli.progress import Progress
 from deployer.cli.render import error, note, say, warn
 from deployer.profile import METHODS, Override
@@ -161,7 +161,7 @@ def quantize(
     refine: Optional[str] = typer.Option(None, "--refine", help="accuracy techniques after calibration, comma "
                                          "separated: adaround, biascorr, shift (or none); kept only if they help"),
     gate: Optional[list[str]] = typer.Option(None, "--gate", help="e.g. 'top1_agreement>=0.99' (repeat)"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="output folder"),   # str: typer reads "" as "."
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder", parser=nonempty_path),
     name: Optional[str] = typer.Option(None, "--name", help="output file stem (default: the model's)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="ncnn threads / calibration workers"),
     json_output: bool = typer.Option(False, "--json", help="print the JSON report on stdout"),
@@ -185,7 +185,7 @@ def quantize(
         ("quantize.max_fp32_bytes", max_fp32_bytes, "--max-fp32-bytes"),
         ("quantize.layer_times", str(layer_times) if layer_times else None, "--layer-times"),
         ("quantize.max_slowdown", max_slowdown, "--max-slowdown"), ("quantize.refine", refine, "--refine"),
-        ("gate", gate or None, "--gate"), ("out", out, "--out"), ("name", name, "--name"),
+        ("gate", gate or None, "--gate"), ("out", str(out) if out else None, "--out"), ("name", name, "--name"),
         ("threads", threads, "--threads"),
     ):
         if value is not None:

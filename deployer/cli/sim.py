@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from deployer.cli.common import console, emit_json, handle_errors, out
+from deployer.cli.common import console, emit_json, handle_errors, nonempty_path, out
 from deployer.cli.progress import Progress
 from deployer.cli.render import say, warn
 from deployer.sim import host
@@ -28,7 +28,8 @@ class Arch(str, Enum):
 sim_app = typer.Typer(help="Emulated ARM boards (qemu-user + network namespaces) reachable over real SSH. "
                            "Each targets folder (or DEPLOYER_SIM_DIR) is its own simulator instance.",
                       no_args_is_help=True)
-TargetsDirOpt = typer.Option(None, "--targets-dir", help="The instance's targets folder (default: ./targets).")
+TargetsDirOpt = typer.Option(None, "--targets-dir", help="The instance's targets folder (default: ./targets).",
+                             parser=nonempty_path)
 
 
 def register(app: typer.Typer) -> None:
@@ -44,7 +45,8 @@ def up(
     link: Optional[str] = typer.Option(None, "--link", help="Shape the link: 'delay=50,rate=10,loss=1' (ms, Mbit/s, "
                                                           "%) both ways, or 'down:... up:...'."),
     targets_dir: Optional[Path] = typer.Option(None, "--targets-dir", help="Where sim.yaml goes (default: ./targets); "
-                                                                            "it names the simulator instance."),
+                                                                            "it names the simulator instance.",
+                                               parser=nonempty_path),
     install_deps: bool = typer.Option(False, "--install-deps", help="apt-get install missing host packages."),
     image: str = typer.Option("standard", "--image", help="standard (Debian with Python) or minimal (no Python: "
                                                           "native runtime only)."),

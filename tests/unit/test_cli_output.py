@@ -85,15 +85,19 @@ def test_quantize_empty_out_is_refused_not_the_current_folder(tmp_path: Path) ->
     binf.write_bytes(b"")
     res = cli("quantize", "--param", str(param), "--bin", str(binf), "--shape", "4,4", "--pixel", "rgb", "--mean", "0,0,0",
               "--norm", "1,1,1", "--calib", str(param), "--out", "")
-    assert res.returncode == 2 and res.stderr.startswith("error: --out: expected a non-empty string"), res.stderr
+    assert res.returncode == 2 and "Invalid value for '--out' / '-o': empty; give a path" in res.stderr, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.param"]
 
 
 def test_deploy_empty_model_is_refused_not_the_current_folder() -> None:
     """`--model ""` (an unset $MODEL) was Path(".") to typer: deploy shipped whatever model the current folder held."""
-    for args in (("deploy", "pi@10.0.0.1", "--plan", "--model", ""), ("rollout", "pi@10.0.0.1", "--plan", "--profile", " ")):
-        res = cli(*args, "--persist", "0")
-        assert res.returncode == 2 and res.stderr.startswith(f"error: {args[3]} is empty"), res.stderr
+    for args in (("deploy", "pi@10.0.0.1", "--plan", "--model", ""), ("rollout", "pi@10.0.0.1", "--plan", "--profile", " "),
+                 ("rollback", "pi@10.0.0.1", "--state", ""), ("sim", "up", "--targets-dir", ""),
+                 ("sim", "status", "--targets-dir", "")):
+        res = cli(*args, "--persist", "0") if args[0] != "sim" else cli(*args)
+        flag = next(a for a in args if a.startswith("--") and a != "--plan")
+        assert res.returncode == 2 and f"Invalid value for '{flag}': empty; give a path" in res.stderr, res.stderr
+        assert res.stderr.count("\n") == 1, res.stderr
 
 
 @pytest.mark.parametrize("args", [("history",), ("compare", "1", "2"), ("report", "--out", "r.html"),
@@ -102,7 +106,7 @@ def test_empty_results_folder_is_refused_not_the_current_folder(args) -> None:
     """`--results ""` (an unset $VAR) was "." to typer: run wrote history.sqlite and a board folder there."""
     res = cli(*args, "--results", "")
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
-    assert "Invalid value for '--results': empty; give a folder" in res.stderr
+    assert "Invalid value for '--results': empty; give a path" in res.stderr
 
 
 def _in_process(exc: BaseException, monkeypatch, tmp_path: Path, capsys) -> tuple[int, list[str]]:
