@@ -30,21 +30,26 @@ techniques are replaced; others kept).
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageDraw
+# `python bench/bench_techniques.py` (README, `make bench`) puts bench/ first on sys.path, not the
+# repository root that holds examples/ and bench/ as packages
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deployer.check.metrics import cosine
-from deployer.check.net import NcnnNet
-from deployer.check.samples import group_keys, load_samples
-from deployer.check.tasks import TaskSpec, task_metrics
-from deployer.inputs.spec import InputSpec
-from examples import data, zoo
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from deployer.check.metrics import cosine  # noqa: E402
+from deployer.check.net import NcnnNet  # noqa: E402
+from deployer.check.samples import group_keys, load_samples  # noqa: E402
+from deployer.check.tasks import TaskSpec, task_metrics  # noqa: E402
+from deployer.inputs.spec import InputSpec  # noqa: E402
+from examples import data, zoo  # noqa: E402
 
 TECHNIQUE_SETS = ([], ["biascorr"], ["adaround"], ["adaround", "biascorr"], ["shift"])
 TECH_MODELS = ("mobilenet_v2", "yolov8n", "mtcnn_onet", "ppocr_det")
@@ -299,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
     import os
-    import sys
 
     from bench.bench_quantize import ROOT, host_info
     from deployer import fsutil
