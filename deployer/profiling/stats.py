@@ -410,17 +410,23 @@ def compare_run_sets(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
     """Is B (one or more runs' kept samples) faster, slower or the same as A?
 
     Both sides with 2+ runs: Student's t on the runs' log medians with one pooled variance (and
-    `spread` pooled in when given: more degrees of freedom for small sets). A one-run side: the within-run Hodges-Lehmann interval
-    widened by the board's run-to-run spread (t with the spread's df). No spread: the within-run
-    test alone (`basis` "within-runs": it cannot tell a slower model from a slower minute)."""
-    if not a or not b:
-        raise ValueError("compare_run_sets needs at least one run per side")
+    `spread` pooled in when given: more degrees of freedom for small sets). A one-run side: the
+    within-run Hodges-Lehmann interval widened by the board's run-to-run spread (t with the spread's
+    df); with under 3 samples in a run there is no within-run interval, and the spread alone (which
+    holds the medians' sampling noise too) makes it. No spread: the within-run test alone (`basis`
+    "within-runs": it cannot tell a slower model from a slower minute).
+    Run medians need one sample per run: a sweep of a slow model (2-4 samples in a 2 s pass on an
+    emulated board) ran every setting and then failed here on the within-run test it did not use."""
+    if not a or not b or not all(len(r) for r in (*a, *b)):
+        raise ValueError("compare_run_sets needs at least one run with samples per side")
     xa = np.concatenate([np.asarray(r, dtype=np.float64) for r in a])
     xb = np.concatenate([np.asarray(r, dtype=np.float64) for r in b])
-    within = compare_samples(xa, xb, alpha=alpha, min_effect_pct=min_effect_pct, level=level)
     la = np.log([float(np.median(r)) for r in a])
     lb = np.log([float(np.median(r)) for r in b])
     na, nb = len(la), len(lb)
+    few = min(len(xa), len(xb)) < 3
+    within = None if few or (na >= 2 and nb >= 2) else \
+        compare_samples(xa, xb, alpha=alpha, min_effect_pct=min_effect_pct, level=level)
     if na >= 2 and nb >= 2:
         # one pooled variance (Student's t, not Welch's): on the log scale the run-to-run noise is
         # the board's and the moment's, not the model's, and with 2 runs on a side Welch's degrees
@@ -434,13 +440,21 @@ def compare_run_sets(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
         se2 = ss / df * (1 / na + 1 / nb)
         basis = "runs+history" if spread is not None else "runs"
     elif spread is not None:
-        d = math.log(within.ratio)
-        lo_w, hi_w = math.log(within.ratio_ci[0]), math.log(within.ratio_ci[1])
-        se_w = (hi_w - lo_w) / (2 * _z_for(level))
+        if within is not None:
+            d = math.log(within.ratio)
+            lo_w, hi_w = math.log(within.ratio_ci[0]), math.log(within.ratio_ci[1])
+            se_w = (hi_w - lo_w) / (2 * _z_for(level))
+        else:
+            d, se_w = float(lb.mean() - la.mean()), 0.0
         se2 = se_w ** 2 + spread.sd_log ** 2 * (1 / na + 1 / nb)
         df, basis = float(spread.df), "runs+history"
-    else:
+    elif within is not None:
         return SetComparison(within, "within-runs", na, nb, None, None)
+    else:
+        from deployer.errors import DeployerError
+
+        raise DeployerError(f"compare needs at least 3 samples in a run that is compared alone (got {len(xa)} and "
+                            f"{len(xb)})", hint="run longer (--duration), or compare sets of 2+ runs a side")
     se = math.sqrt(max(se2, 1e-300))
     q = t_quantile(level, df)
     lo, hi = math.exp(d - q * se), math.exp(d + q * se)
@@ -448,9 +462,10 @@ def compare_run_sets(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
     what = f"{na} vs {nb} run(s)" + (f", run-to-run spread {spread.pct:.1f}% from {spread.runs} earlier runs"
                                      if spread is not None else "")
     verdict, reason = _verdict(lo, hi, p, alpha, min_effect_pct, what)
+    ba, bb = block_medians(xa), block_medians(xb)
     cmp = Comparison(verdict=verdict, ratio=math.exp(d), ratio_ci=[lo, hi], change_pct=100 * math.expm1(d),
-                     change_ci_pct=[100 * (lo - 1), 100 * (hi - 1)], p_value=p, cliffs_delta=within.cliffs_delta,
-                     median_a_ms=within.median_a_ms, median_b_ms=within.median_b_ms, n_a=len(xa), n_b=len(xb),
-                     blocks_a=within.blocks_a, blocks_b=within.blocks_b, alpha=alpha, min_effect_pct=min_effect_pct,
-                     reason=reason)
+                     change_ci_pct=[100 * (lo - 1), 100 * (hi - 1)], p_value=p,
+                     cliffs_delta=mann_whitney(ba, bb)["cliffs_delta"], median_a_ms=float(np.median(xa)),
+                     median_b_ms=float(np.median(xb)), n_a=len(xa), n_b=len(xb), blocks_a=len(ba),
+                     blocks_b=len(bb), alpha=alpha, min_effect_pct=min_effect_pct, reason=reason)
     return SetComparison(cmp, basis, na, nb, spread, round(df, 2))

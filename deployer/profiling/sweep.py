@@ -223,12 +223,20 @@ def run_sweep(session: Any, plan: SweepPlan, results_dir: Path, *, on_event: Eve
     return summary
 
 
+TOO_FEW = "too few samples per pass to compare them (a longer --duration or more --rounds would decide)"
+
+
 def _compare(a: dict[str, Any], b: dict[str, Any], configs: list[dict[str, Any]], min_effect_pct: float
-             ) -> st.Comparison:
+             ) -> st.Comparison | None:
     """B's rounds against A's, on run medians: the rounds of one setting move more between them than
-    samples do within one (deployer.profiling.stats), and the other settings' rounds tell by how much."""
+    samples do within one (deployer.profiling.stats), and the other settings' rounds tell by how much.
+    None when one pass a side with under 3 samples leaves nothing to test: the sweep's timings still
+    stand, and the summary says what would decide (it used to end the whole sweep with an error)."""
     spread = st.run_spread([[float(np.median(r)) for r in c["_runs"]] for c in configs if c is not a and c is not b])
-    return st.compare_run_sets(a["_runs"], b["_runs"], min_effect_pct=min_effect_pct, spread=spread).comparison
+    try:
+        return st.compare_run_sets(a["_runs"], b["_runs"], min_effect_pct=min_effect_pct, spread=spread).comparison
+    except DeployerError:
+        return None
 
 
 def recommend(configs: list[dict[str, Any]], min_effect_pct: float = 3.0) -> dict[str, Any]:
@@ -248,9 +256,9 @@ def recommend(configs: list[dict[str, Any]], min_effect_pct: float = 3.0) -> dic
         if runner_up:
             second = min(runner_up, key=lambda c: c["median_ms"])
             cmp = _compare(best, second, configs, min_effect_pct)
-            out["recommendation_reason"] = (f"fastest passing setting; next is {second['label']} "
-                                            f"({cmp.verdict} at {cmp.change_pct:+.1f}%, "
-                                            f"CI [{cmp.change_ci_pct[0]:+.1f}, {cmp.change_ci_pct[1]:+.1f}]%)")
+            out["recommendation_reason"] = (f"fastest passing setting; next is {second['label']} " + (
+                f"({cmp.verdict} at {cmp.change_pct:+.1f}%, "
+                f"CI [{cmp.change_ci_pct[0]:+.1f}, {cmp.change_ci_pct[1]:+.1f}]%)" if cmp else f"({TOO_FEW})"))
         else:
             out["recommendation_reason"] = "the only setting that passed the accuracy gate"
     ints = [c for c in configs if c["settings"].get("precision") == "int8" and c["median_ms"] is not None]
@@ -260,6 +268,10 @@ def recommend(configs: list[dict[str, Any]], min_effect_pct: float = 3.0) -> dic
         bi = min([c for c in ints if c["accuracy_passed"]] or ints, key=lambda c: c["median_ms"])
         bf = min([c for c in floats if c["accuracy_passed"]] or floats, key=lambda c: c["median_ms"])
         cmp = _compare(bf, bi, configs, min_effect_pct)
+        if cmp is None:
+            out["int8"] = {"pays": False, "comparison": None, "faster": None, "accuracy_passed": bi["accuracy_passed"],
+                           "message": f"cannot tell whether int8 pays on this board: {TOO_FEW}"}
+            return out
         pays = cmp.verdict == "faster" and bi["accuracy_passed"]
         lo, hi = cmp.change_ci_pct
         if cmp.verdict == "faster":

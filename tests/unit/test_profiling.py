@@ -120,6 +120,33 @@ def test_run_sets_do_not_call_run_to_run_noise_a_regression() -> None:
     assert st.run_spread([[10.0, 11.0], [5.0]]) is None      # one pair: too little to lean on
 
 
+def test_runs_of_two_samples_compare_on_their_medians() -> None:
+    """A slow model in a 2 s sweep pass on an emulated board keeps 2-4 samples: `profile` ran every
+    setting and then ended with "compare needs at least 3 samples per run", from a within-run test
+    the run-median comparison does not use."""
+    from deployer.profiling.sweep import TOO_FEW, recommend
+
+    rng = np.random.default_rng(3)
+    a, b = [r[:2] for r in _runs(rng, 500.0, 2)], [r[:2] for r in _runs(rng, 900.0, 2)]
+    sets = st.compare_run_sets(a, b)
+    assert sets.basis == "runs" and sets.comparison.verdict == "slower" and sets.comparison.n_a == 4
+    spread = st.run_spread([[float(np.median(r)) for r in _runs(rng, 500.0, 3)] for _ in range(3)])
+    lone = st.compare_run_sets(a[:1], b[:1], spread=spread)      # one 2-sample run a side: the spread decides
+    assert lone.basis == "runs+history" and lone.comparison.verdict == "slower"
+    with pytest.raises(DeployerError, match="at least 3 samples in a run that is compared alone"):
+        st.compare_run_sets(a[:1], b[:1])                        # nothing to judge it on: say so
+
+    def cfg(label: str, prec: str, runs: list[np.ndarray]) -> dict:
+        return {"label": label, "settings": {"threads": 1, "precision": prec}, "accuracy_passed": True,
+                "median_ms": float(np.median(np.concatenate(runs))), "ci_ms": [0, 0], "_runs": runs}
+
+    out = recommend([cfg("fp32", "fp32", b[:1]), cfg("int8", "int8", a[:1])])
+    assert out["recommendation_label"] == "int8" and TOO_FEW in out["recommendation_reason"]
+    assert out["int8"]["comparison"] is None and out["int8"]["message"].startswith("cannot tell whether int8 pays")
+    two = recommend([cfg("fp32", "fp32", b), cfg("int8", "int8", a)])
+    assert two["int8"]["pays"] and two["int8"]["comparison"]["verdict"] == "faster"
+
+
 # ------------------------------------------------------------------------------------ collector
 
 def _fake_sysfs(root: Path, governor: str, cur: int, temp: int, throttled: str) -> None:
