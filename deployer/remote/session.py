@@ -208,8 +208,24 @@ def _check_local(opts: RunOptions) -> list[Path]:
         check_input_shape(tuple(dims), f"--shape {opts.shape}")
     from deployer.ncnn.model import NcnnModel
 
-    NcnnModel.load(opts.param, opts.bin)     # what the board's ncnn would crash on, refused here
+    model = NcnnModel.load(opts.param, opts.bin)     # what the board's ncnn would crash on, refused here
+    _check_input(model, opts)
     return [Path(p) for p in files]
+
+
+def _check_input(model: Any, opts: RunOptions) -> None:
+    """The runner needs the input's size: from --shape or the Input layer's 0=w 1=h 2=c. Checked here:
+    the board's runner found it missing only after the upload (14 MB for MobileNetV2), in a message
+    naming its temp copy of the .param."""
+    inputs = {top: layer for layer in model.graph.layers if layer.type == "Input" for top in layer.tops}
+    if opts.input_blob is not None and opts.input_blob not in inputs:
+        raise DeployerError(f"--input-blob {opts.input_blob}: not an input of {opts.param} "
+                            f"(inputs: {', '.join(inputs) or 'none'})")
+    if opts.shape is None and inputs:
+        layer = inputs[opts.input_blob] if opts.input_blob else next(iter(inputs.values()))
+        if not any(int(layer.params.get(k, 0) or 0) > 0 for k in (0, 1, 2)):
+            raise DeployerError(f"{opts.param}: its input {layer.tops[0]} has no fixed size",
+                                hint="pass --shape W,H,C (e.g. --shape 224,224,3)")
 
 
 def runner_argv(python: str, runner: str, opts: RunOptions, board: Any, remote: dict[str, str],

@@ -185,3 +185,18 @@ def test_sparkline() -> None:
     assert sparkline([1.0, 2.0, 3.0]) == "▁▅█"
     assert sparkline([5.0, 5.0]) == "▁▁"
     assert len(sparkline([float(i) for i in range(100)], width=40)) == 40
+
+
+def test_a_model_without_an_input_size_needs_shape_before_the_upload(tmp_path: Path) -> None:
+    """The board's runner found the missing size only after the upload, naming its temp copy of the .param."""
+    param, bin_ = tmp_path / "m.param", tmp_path / "m.bin"
+    bin_.write_bytes(b"")
+    param.write_text("7767517\n2 2\nInput in0 0 1 in0\nReLU relu 1 1 in0 out0\n")
+    with pytest.raises(DeployerError, match=r"m.param: its input in0 has no fixed size") as err:
+        _check_local(RunOptions(param=param, bin=bin_))
+    assert "--shape W,H,C" in (err.value.hint or "")
+    assert _check_local(RunOptions(param=param, bin=bin_, shape="8,8,3"))          # given: fine
+    with pytest.raises(DeployerError, match=r"--input-blob out0: not an input of .*m.param \(inputs: in0\)"):
+        _check_local(RunOptions(param=param, bin=bin_, shape="8,8,3", input_blob="out0"))
+    param.write_text("7767517\n2 2\nInput in0 0 1 in0 0=8 1=8 2=3\nReLU relu 1 1 in0 out0\n")
+    assert _check_local(RunOptions(param=param, bin=bin_))                         # fixed size: no --shape needed
