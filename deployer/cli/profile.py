@@ -40,8 +40,8 @@ def _render_sweep(s: dict[str, Any]) -> None:
     for prec, acc in (s.get("accuracy") or {}).items():
         for r in acc.get("rows") or []:
             top1 = "-" if r.get("top1_agreement") is None else f"{r['top1_agreement']:.2f}"
-            console.print(f"parity {prec}: {r['ref']} vs {r['test']}: cosine min {r['cosine_min']:.5f}, top-1 {top1}",
-                          markup=False)
+            console.print(f"parity {prec}: {r['ref']} vs {r['test']}: cosine mean {r['cosine_mean']:.5f}, "
+                          f"min {r['cosine_min']:.5f}, top-1 {top1}", markup=False)
     if s.get("int8"):
         (say if s["int8"]["pays"] else warn)(s["int8"]["message"])
     if s.get("recommendation"):
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         sweep: List[str] = typer.Option([], "--sweep", help="AXIS=V1,V2: threads, precision (fp32,fp16,int8), powersave"),
         duration: float = typer.Option(2.0, "--duration", help="seconds per setting and round (warm-up included)"),
         rounds: int = typer.Option(2, "--rounds", help="interleaved passes over the grid"),
-        gate: List[str] = typer.Option([], "--gate", help="accuracy gate vs host fp32 (default cosine>=0.98)"),
+        gate: List[str] = typer.Option([], "--gate", help="accuracy gate vs host fp32: cosine (mean), min_cosine or top1_agreement (default cosine>=0.98)"),
         images: List[Path] = typer.Option([], "--images", help="real inputs for parity: files, folders or list.txt"),
         mean: Optional[str] = typer.Option(None, "--mean", help="preprocessing mean, e.g. 123.675,116.28,103.53"),
         norm: Optional[str] = typer.Option(None, "--norm", help="preprocessing norm, e.g. 0.017125,0.017507,0.017429"),

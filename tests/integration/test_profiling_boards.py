@@ -200,6 +200,9 @@ def test_sweep_recommends_and_report_renders(sim_boards, imagenet_heldout, tmp_p
     # the board computes what the host's int8 predicts, on the same real inputs
     assert acc["rows"][1]["cosine_min"] > 0.9999 and acc["rows"][1]["top1_agreement"] == 1.0
     assert s["accuracy"]["fp32"]["rows"][0]["cosine_min"] > 0.9999
+    # gate names mean what they mean in `check`: cosine the mean over the inputs, not the worst one
+    (cos_gate,) = [g for g in acc["gates"] if g["gate"] == "cosine>=0.95"]
+    assert cos_gate["observed"] == acc["rows"][-1]["cosine_mean"]
 
     report = tmp_path / "report.html"
     p = deployer("report", "--out", str(report), "--json", cwd=tmp_path)

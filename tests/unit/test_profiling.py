@@ -465,7 +465,7 @@ def test_sweep_plan_picks_models_per_precision(tmp_path: Path) -> None:
         plan_sweep(m.fp32_param, m.fp32_bin, fp32_param=None, fp32_bin=None, shape=None, sweeps=["precision=int8"])
     with pytest.raises(DeployerError, match="--fp32-param and --fp32-bin go together"):
         plan_sweep(m.int8_param, m.int8_bin, fp32_param=m.fp32_param, fp32_bin=None, shape=None, sweeps=[])
-    with pytest.raises(DeployerError, match="profile gates use cosine or top1_agreement"):
+    with pytest.raises(DeployerError, match="profile gates use cosine .* min_cosine .* or top1_agreement"):
         plan_sweep(m.int8_param, m.int8_bin, fp32_param=None, fp32_bin=None, shape=None, sweeps=[],
                    gates=["psnr>=30"])
     # 1e308 s per setting never ended and NaN passed; /dev/zero or a folder was "no such file"
