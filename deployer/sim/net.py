@@ -11,6 +11,8 @@ restore and the host does not become a router for its other interfaces.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -143,9 +145,6 @@ def _offloads_off(ns: str | None, dev: str, gro: bool = False) -> None:
 def kill_slot_processes(slot: Slot, timeout: float = 5.0) -> bool:
     """SIGKILL every process in the slot's namespaces (a board whose start was cut off: its unshare,
     qemu sshd, shaper). True when none is left; a namespace only goes once its processes have."""
-    import os
-    import signal
-
     names = netns_names()
     spaces = [ns for ns in (slot.netns, slot.wan_netns) if ns in names]
     deadline = time.monotonic() + timeout
