@@ -164,7 +164,9 @@ _FLOAT32_MAX = 3.4028234663852886e38
 MIN_IDLE_TIMEOUT_S = 1.0
 
 
-def _check_local(opts: RunOptions) -> list[Path]:
+def _check_local(opts: RunOptions, *, running: bool = True) -> list[Path]:
+    """Refuse, before any connection, what the board would refuse later. `running`: the runner
+    needs the input's size too; a push only uploads, so a model whose Input has no size pushes."""
     files = [opts.param, opts.bin] + ([opts.input_file] if opts.input_file else [])
     check_files(zip(files, ("--param", "--bin", "--input-file")))
     if opts.iterations < 1:
@@ -209,7 +211,8 @@ def _check_local(opts: RunOptions) -> list[Path]:
     from deployer.ncnn.model import NcnnModel
 
     model = NcnnModel.load(opts.param, opts.bin)     # what the board's ncnn would crash on, refused here
-    _check_input(model, opts)
+    if running:
+        _check_input(model, opts)
     return [Path(p) for p in files]
 
 
@@ -397,7 +400,7 @@ class Session:
         Upload progress goes to `progress(remote, done, total)`, else to on_event as `progress` events.
         `pin`: the model files are also hard-linked into a folder of this run's own (see `_pin`)."""
         progress = progress or (self._upload_events if self.on_event else None)
-        local = _check_local(opts)
+        local = _check_local(opts, running=purpose == "run")
         with self.locked(purpose, opts.lock_wait):
             report = self._push_locked(opts, local, progress)
             if pin:
@@ -710,7 +713,7 @@ def push_boards(boards: list[Any], opts: RunOptions, *, accept_new: bool = False
                 ) -> dict[str, PushReport | BoardFailure]:
     """Push to each board. With one board its error is raised; with several, a failing board (dead
     link, busy, full disk) is recorded as a BoardFailure and the others still get the push."""
-    _check_local(opts)
+    _check_local(opts, running=False)
     reports: dict[str, PushReport | BoardFailure] = {}
     for board in boards:
         try:

@@ -12,7 +12,7 @@ import pytest
 from deployer.cli.boards import sparkline
 from deployer.errors import DeployerError, RemoteError
 from deployer.remote import runner
-from deployer.remote.session import RunOptions, RunResult, Session, _check_local, runner_argv, save_result
+from deployer.remote.session import RunOptions, RunResult, Session, _check_local, push_boards, runner_argv, save_result
 from deployer.targets import Board, NcnnOptions
 
 
@@ -200,3 +200,13 @@ def test_a_model_without_an_input_size_needs_shape_before_the_upload(tmp_path: P
         _check_local(RunOptions(param=param, bin=bin_, shape="8,8,3", input_blob="out0"))
     param.write_text("7767517\n2 2\nInput in0 0 1 in0 0=8 1=8 2=3\nReLU relu 1 1 in0 out0\n")
     assert _check_local(RunOptions(param=param, bin=bin_))                         # fixed size: no --shape needed
+
+
+def test_push_of_a_model_without_an_input_size_needs_no_shape(tmp_path: Path) -> None:
+    """`push` only uploads and has no --shape: the run-time check refused every push of such a model
+    (the README's MobileNetV2 among them) with 'pass --shape', an option push does not have."""
+    param, bin_ = tmp_path / "m.param", tmp_path / "m.bin"
+    bin_.write_bytes(b"")
+    param.write_text("7767517\n2 2\nInput in0 0 1 in0\nReLU relu 1 1 in0 out0\n")
+    assert push_boards([], RunOptions(param=param, bin=bin_)) == {}
+    _check_local(RunOptions(param=param, bin=bin_), running=False)
