@@ -18,6 +18,7 @@ from rich.table import Table
 
 from deployer.cli.boards import _boards, _inventory
 from deployer.cli.common import console, emit_json, handle_errors, nonempty_path, out
+from deployer.cli.progress import Status
 from deployer.cli.render import error, line, say
 from deployer.cli.render import note as render_note
 
@@ -96,9 +97,12 @@ def _options(*, no_health: bool = False, min_cosine: float = 0.99, max_latency: 
 
 
 class FleetView:
-    """Live per-board rows on stderr (a table on a terminal, one line per board result elsewhere)."""
+    """Live per-board rows on stderr: a table on a terminal; elsewhere one line per board result and,
+    while boards work, a summary every DEPLOYER_PROGRESS_SECONDS (a one-board deploy over a slow
+    link left a CI log silent for its whole upload and health check)."""
 
     MAX_ROWS = 24
+    MAX_NAMED = 4     # boards in flight named in a plain summary line
 
     def __init__(self, title: str, total: int) -> None:
         self.title, self.total = title, total
@@ -107,11 +111,23 @@ class FleetView:
         self.lock = threading.Lock()
         self.plain = not console.is_terminal
         if self.plain:
-            self.live: Any = contextlib.nullcontext()
+            self.live: Any = Status(self.summary, console=console)
         else:
             from rich.live import Live   # only on a terminal
 
             self.live = Live(self.render(), console=console, refresh_per_second=4, transient=False)
+
+    def summary(self) -> str:
+        """One line: how many boards are done, and what the ones in flight are doing."""
+        with self.lock:
+            rows = dict(self.rows)
+            busy = [(name, r) for name, r in sorted(rows.items()) if r["stage"] not in ("done", "failed")]
+            done = len(rows) - len(busy)
+            failed = sum(1 for r in rows.values() if r["stage"] == "failed")
+            named = ", ".join(f"{name} {r['stage']} {r['progress']}".rstrip() for name, r in busy[: self.MAX_NAMED])
+            more = f" (+{len(busy) - self.MAX_NAMED} more)" if len(busy) > self.MAX_NAMED else ""
+            return (f"{self.title}: {done}/{self.total} done, {failed} failed"
+                    + (f"; {self.note}" if self.note else "") + (f"; {named}{more}" if named else ""))
 
     def __call__(self, event: dict[str, Any]) -> None:
         with self.lock:
@@ -126,6 +142,8 @@ class FleetView:
                     say(f"{self.title}: {self.note}")
             elif "board" in event and "stage" in event:
                 row = self.rows.setdefault(event["board"], {"stage": "", "progress": "", "result": ""})
+                if row["stage"] != event["stage"]:
+                    row["progress"] = ""
                 row["stage"] = event["stage"]
                 if "done" in event and event.get("total"):
                     row["progress"] = f"{100 * event['done'] // max(1, event['total'])}%"
@@ -199,13 +217,12 @@ def _print_plan(plan: dict[str, Any], json_output: bool) -> None:
 
 
 def _boards_and_release(target: str, targets: Optional[List[Path]], model: Optional[Path],
-                        profile: Optional[Path], no_health: bool, json_output: bool) -> tuple[list[Any], Any]:
+                        profile: Optional[Path], no_health: bool) -> tuple[list[Any], Any]:
     """The boards a deploy/rollout names, then its release (hashed, with the host reference run)."""
     from deployer.fleet import service
 
     boards = _boards(_inventory(targets, target), target)
-    with console.status("building the release (hashing, host reference run)") if not json_output \
-            else contextlib.nullcontext():
+    with Status("building the release (hashing, host reference run)"):
         release = service.resolve_release(model, profile, health=not no_health)
     for note in release.notes:
         render_note(note)
@@ -238,7 +255,7 @@ def register(app: typer.Typer) -> None:
         opts = _options(no_health=no_health, min_cosine=min_cosine, max_latency=max_latency, keep=keep,
                         lock_wait=lock_wait, deadline=deadline, accept_new=accept_new, runtime=runtime)
         spec, call = _call(executor, persist)
-        boards, release = _boards_and_release(target, targets, model, profile, no_health, json_output)
+        boards, release = _boards_and_release(target, targets, model, profile, no_health)
         with release:     # its temporary folder (manifest, health reference) goes when done
             if plan:
                 _print_plan({"release": release.id, "files": {f.name: f.size for f in release.files},
@@ -353,7 +370,7 @@ def register(app: typer.Typer) -> None:
         opts = _options(no_health=no_health, min_cosine=min_cosine, max_latency=max_latency, keep=keep,
                         lock_wait=lock_wait, deadline=deadline, accept_new=accept_new, runtime=runtime)
         spec, call = _call(executor, 0 if plan else persist)
-        boards, release = _boards_and_release(group, targets, model, profile, no_health, json_output)
+        boards, release = _boards_and_release(group, targets, model, profile, no_health)
         with release:     # its temporary folder (manifest, health reference) goes when done
             view = FleetView(f"rollout {release.id}", len(boards))
             with view.live if not plan else contextlib.nullcontext():

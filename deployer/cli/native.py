@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from deployer.cli.common import console, emit_json, handle_errors, out
+from deployer.cli.progress import Status
 
 JsonOpt = typer.Option(False, "--json", help="print JSON on stdout")
 
@@ -36,11 +37,12 @@ def register(app: typer.Typer) -> None:
         if sdist is not None:
             source.use_sdist(sdist, version)
         elif fetch and not source.sdist_path(version).is_file():
-            with console.status(f"downloading the ncnn {version} sdist"):
+            with Status(f"downloading the ncnn {version} sdist"):
                 source.fetch_sdist(version)
-        with console.status(f"building the native {tc.arch} runtime (ncnn {version})") as status:
+        # Status, not console.status: a CI log of a 10+ minute build gets a line every 10 s
+        with Status(f"building the native {tc.arch} runtime (ncnn {version})") as status:
             def progress(what: str, done: int, total: int) -> None:
-                status.update(f"{what}: {done}/{total}")
+                status.update(f"building {what}: {done}/{total}")
 
             found = nb.build(tc.arch, version, layers=benchmark, progress=progress)
         if json_output:

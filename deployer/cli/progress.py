@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 
@@ -173,9 +173,13 @@ class Progress:
 
 class Status:
     """A spinner with a message on a terminal; off it, `message ... 20 s` every DEPLOYER_PROGRESS_SECONDS
-    once the work has taken that long (so a log never goes silent, and quick work stays quiet)."""
+    once the work has taken that long (so a log never goes silent, and quick work stays quiet).
 
-    def __init__(self, message: str, *, enabled: bool = True, console: Console | None = None) -> None:
+    `message` may be a function (read at every line: a summary of work in flight), and `update()`
+    changes it as the work moves on (`rich`'s status.update, which only ever drew on a terminal)."""
+
+    def __init__(self, message: str | Callable[[], str], *, enabled: bool = True,
+                 console: Console | None = None) -> None:
         self.message = message
         self.console = console or default_console
         self.enabled = enabled
@@ -188,17 +192,25 @@ class Status:
         if not self.enabled:
             return self
         if self.console.is_terminal:
-            self._status = self.console.status(self.message)
+            self._status = self.console.status(self._text())
             self._status.__enter__()
         else:
             self._thread = threading.Thread(target=self._beat, name="status-heartbeat", daemon=True)
             self._thread.start()
         return self
 
+    def _text(self) -> str:
+        return self.message() if callable(self.message) else self.message
+
+    def update(self, message: str) -> None:
+        self.message = message
+        if self._status is not None:
+            self._status.update(message)
+
     def _beat(self) -> None:
         started = time.monotonic()
         while not self._stop.wait(self.interval):
-            line(f"{self.message} ... {time.monotonic() - started:.0f} s", to=self.console)
+            line(f"{self._text()} ... {time.monotonic() - started:.0f} s", to=self.console)
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()

@@ -233,12 +233,17 @@ def test_tables_and_messages_are_full_width_in_a_pipe() -> None:
     assert res.stderr == "warning: " + "x" * 300 + " [not markup]\n"
 
 
-def _progress(code: str, seconds: str = "0.5") -> list[str]:
+def _off_a_terminal(code: str, seconds: str = "0.5") -> subprocess.CompletedProcess:
+    """Python `code` with stdout and stderr in pipes (a CI log); no escape codes or redraws in them."""
     env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
-    res = subprocess.run([sys.executable, "-c", "import time\nfrom deployer.cli.progress import Progress\n" + code],
-                         capture_output=True, text=True, timeout=60, env={**env, "DEPLOYER_PROGRESS_SECONDS": seconds})
-    assert ESC not in res.stderr and "\r" not in res.stderr
-    return res.stderr.splitlines()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**env, "DEPLOYER_PROGRESS_SECONDS": seconds})
+    assert ESC not in res.stdout + res.stderr and "\r" not in res.stderr
+    return res
+
+
+def _progress(code: str, seconds: str = "0.5") -> list[str]:
+    return _off_a_terminal("import time\nfrom deployer.cli.progress import Progress\n" + code, seconds).stderr.splitlines()
 
 
 def test_progress_off_a_terminal_is_periodic_plain_lines() -> None:
@@ -262,6 +267,52 @@ def test_quick_work_prints_no_progress_off_a_terminal() -> None:
     assert _progress("with Progress('check') as p:\n"
                      "    for i in range(10):\n"
                      "        p.update('compare', i, 20)\n", seconds="2") == []
+
+
+def test_a_fleet_command_off_a_terminal_says_what_its_boards_do_while_they_work() -> None:
+    """A one-board deploy (upload over a slow link, health check under emulation) printed nothing to
+    a CI log for 53 s: off a terminal the fleet view spoke only when a board finished."""
+    code = ("import time\n"
+            "from deployer.cli.fleet import FleetView\n"
+            "view = FleetView('deploy m-1', 2)\n"
+            "with view.live:\n"
+            "    view({'board': 'b1', 'stage': 'upload', 'done': 500, 'total': 1000})\n"
+            "    view({'board': 'b2', 'stage': 'connect'})\n"
+            "    time.sleep(1.3)\n"
+            "    view({'board': 'b2', 'stage': 'done', 'ok': True, 'release': 'm-1', 'action': 'deployed'})\n"
+            "    view({'board': 'b1', 'stage': 'health'})\n"
+            "    time.sleep(0.8)\n")
+    res = _off_a_terminal(code)
+    assert res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert re.fullmatch(r"deploy m-1: 0/2 done, 0 failed; b1 upload 50%, b2 connect \.\.\. \d s", lines[0]), lines
+    assert "deploy m-1: b2: ok m-1 (deployed)" in lines
+    after = lines[lines.index("deploy m-1: b2: ok m-1 (deployed)") + 1:]
+    assert after and all(re.fullmatch(r"deploy m-1: 1/2 done, 0 failed; b1 health \.\.\. \d s", ln) for ln in after), lines
+    assert len(lines) <= 8, lines      # every 0.5 s, not every event
+
+
+def test_a_native_runtime_build_off_a_terminal_says_how_far_it_is() -> None:
+    """`runtime build` (10+ minutes from scratch) drew its progress with rich's console.status,
+    which writes nothing off a terminal: a CI log of `make setup` stayed silent for the whole build."""
+    code = ("import sys, time, types\n"
+            "import deployer.native.build as nb, deployer.native.source as source, deployer.remote.runtime as rt\n"
+            "source.check_version = lambda v: '1.0'\n"
+            "rt.host_ncnn_version = lambda: '1.0'\n"
+            "nb.toolchain = lambda arch: types.SimpleNamespace(arch='aarch64')\n"
+            "def build(arch, version, layers=False, progress=None):\n"
+            "    progress('ncnn 1.0 for aarch64', 10, 400)\n"
+            "    time.sleep(1.3)\n"
+            "    return types.SimpleNamespace(runner='r', size=1e6, version='1.0', arch='aarch64', layers=None,\n"
+            "                                 times_s={}, to_json=lambda: {'ok': True})\n"
+            "nb.build = build\n"
+            "sys.argv = ['deployer', 'runtime', 'build', '--arch', 'arm64', '--json']\n"
+            "from deployer.cli import main\n"
+            "main()\n")
+    res = _off_a_terminal(code)
+    assert json.loads(res.stdout) == {"ok": True}, res.stderr
+    lines = res.stderr.splitlines()
+    assert lines and all(re.fullmatch(r"building ncnn 1\.0 for aarch64: 10/400 \.\.\. \d s", ln) for ln in lines), lines
 
 
 @pytest.mark.parametrize("package,argv", [
