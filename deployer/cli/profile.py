@@ -22,13 +22,14 @@ ResultsOpt = typer.Option(Path("results"), "--results", help="results folder hol
 
 
 def _progress(event: dict[str, Any]) -> None:
-    kind = event.get("type")
+    """One line per sweep step, its median and each accuracy run, each naming its board."""
+    kind, board = event.get("type"), event.get("board", "")
     if kind == "sweep":
-        say(f"{event.get('board', '')} [{event['step']}/{event['of']}] round {event['round']}: {event['label']}")
+        say(f"{board} [{event['step']}/{event['of']}] round {event['round']}: {event['label']}")
     elif kind == "sweep_done" and event.get("median_ms") is not None:
-        say(f"    median {event['median_ms']:.3g} ms (run {event['run_id']})")
+        say(f"{board}     median {event['median_ms']:.3g} ms (run {event['run_id']})")
     elif kind == "accuracy":
-        say(f"accuracy {event['precision']}: {event['input']}")
+        say(f"{board} accuracy {event['precision']}: {event['input']}")
 
 
 def _render_sweep(s: dict[str, Any]) -> None:
@@ -134,10 +135,12 @@ def register(app: typer.Typer) -> None:
             f"{', '.join(b.name for b in boards)}")
         summaries = []
         for board in boards:
-            conn, session = open_session(board, accept_new=accept_new, inventory=inventory,
-                                         on_event=lambda e, b=board.name: _progress({"board": b, **e}))
-            with conn:
-                summaries.append(run_sweep(session, plan, results, on_event=_progress, min_effect_pct=min_effect))
+            def events(e: dict[str, Any], b: str = board.name) -> None:
+                _progress({"board": b, **e})
+
+            conn, session = open_session(board, accept_new=accept_new, inventory=inventory, on_event=events)
+            with conn:   # the sweep's own events carry no board: a log of a group sweep could not tell whose
+                summaries.append(run_sweep(session, plan, results, on_event=events, min_effect_pct=min_effect))
         if json_output:
             emit_json(summaries[0] if len(summaries) == 1 else {"boards": summaries})
         else:

@@ -315,6 +315,31 @@ def test_a_native_runtime_build_off_a_terminal_says_how_far_it_is() -> None:
     assert lines and all(re.fullmatch(r"building ncnn 1\.0 for aarch64: 10/400 \.\.\. \d s", ln) for ln in lines), lines
 
 
+def test_profile_progress_names_the_board_of_every_step() -> None:
+    """run_sweep's events carry no board and the CLI passed them on as they were: the log said
+    ' [1/8] round 1: threads=1' and 'median 939 ms', so a sweep of a group read as one board's."""
+    code = ("import contextlib, sys, types\n"
+            "import deployer.cli.boards as boards, deployer.profiling.sweep as sweep, deployer.remote.session as session\n"
+            "boards._inventory = lambda targets, target=None: None\n"
+            "boards._boards = lambda inv, target: [types.SimpleNamespace(name='pi-a'), types.SimpleNamespace(name='pi-b')]\n"
+            "session.open_session = lambda board, **kw: (contextlib.nullcontext(), board.name)\n"
+            "sweep.plan_sweep = lambda *a, **kw: types.SimpleNamespace(configs=[1], rounds=1, chunk_s=1.0)\n"
+            "def run_sweep(s, plan, results, on_event, min_effect_pct):\n"
+            "    on_event({'type': 'sweep', 'step': 1, 'of': 1, 'round': 1, 'label': 'threads=1'})\n"
+            "    on_event({'type': 'sweep_done', 'median_ms': 9.5, 'run_id': 3})\n"
+            "    on_event({'type': 'accuracy', 'precision': 'int8', 'input': 'random'})\n"
+            "    return {'board': s, 'recommendation': {}}\n"
+            "sweep.run_sweep = run_sweep\n"
+            "sys.argv = ['deployer', 'profile', 'g', '--param', 'm.param', '--bin', 'm.bin', '--json']\n"
+            "from deployer.cli import main\n"
+            "main()\n")
+    res = _off_a_terminal(code)
+    assert json.loads(res.stdout)["boards"][1]["board"] == "pi-b", res.stderr
+    assert res.stderr.splitlines()[1:] == [
+        "pi-a [1/1] round 1: threads=1", "pi-a     median 9.5 ms (run 3)", "pi-a accuracy int8: random",
+        "pi-b [1/1] round 1: threads=1", "pi-b     median 9.5 ms (run 3)", "pi-b accuracy int8: random"]
+
+
 @pytest.mark.parametrize("package,argv", [
     ("typer", ["status", "nobody@127.0.0.1:1", "--persist", "0"]),          # needed to build the CLI
     ("paramiko", ["status", "nobody@127.0.0.1:1", "--persist", "0"]),       # first needed per board
