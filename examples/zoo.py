@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     import typer
 
     from deployer.cli.common import console, emit_json, handle_errors
+    from deployer.cli.progress import Status
 
     app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
@@ -431,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         built = []
         for one in (names() if name == "all" else [name]):
-            with console.status(f"building {one} (pnnx, fp16=0)"):
+            with Status(f"building {one} (pnnx, fp16=0)"):     # a line every 10 s in a log, too
                 model = build(one, force=force)
             if out is not None:
                 model = export(model, out)

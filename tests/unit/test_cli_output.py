@@ -340,6 +340,22 @@ def test_profile_progress_names_the_board_of_every_step() -> None:
         "pi-b [1/1] round 1: threads=1", "pi-b     median 9.5 ms (run 3)", "pi-b accuracy int8: random"]
 
 
+def test_a_zoo_build_off_a_terminal_is_not_silent() -> None:
+    """`python -m examples.zoo` drew 'building NAME' with rich's console.status, which writes nothing
+    off a terminal: a fresh `make setup` log was silent while pnnx converted (or digits_cnn trained)."""
+    code = ("import sys, time, types\n"
+            "import examples.zoo as zoo\n"
+            "def build(name, force=False):\n"
+            "    time.sleep(1.3)\n"
+            "    return types.SimpleNamespace(param='m.param', inputs=['in0'], outputs=['out0'])\n"
+            "zoo.build = build\n"
+            "sys.exit(zoo.main(['mobilenet_v2']))\n")
+    lines = _off_a_terminal(code).stderr.splitlines()
+    assert lines[-1] == "mobilenet_v2: m.param  inputs in0, outputs out0", lines
+    assert lines[:-1] and all(re.fullmatch(r"building mobilenet_v2 \(pnnx, fp16=0\) \.\.\. \d s", ln)
+                              for ln in lines[:-1]), lines
+
+
 @pytest.mark.parametrize("package,argv", [
     ("typer", ["status", "nobody@127.0.0.1:1", "--persist", "0"]),          # needed to build the CLI
     ("paramiko", ["status", "nobody@127.0.0.1:1", "--persist", "0"]),       # first needed per board
