@@ -59,7 +59,7 @@ def up(
     if missing and not install_deps and not json_output and sys.stdin.isatty():
         console.print(f"deployer sim needs these Debian packages: {', '.join(missing)}")
         install_deps = typer.confirm(f"Run '{host.apt_command(missing)}' now?", default=False, err=True)
-    with Progress("sim up", enabled=not json_output) as bar:
+    with Progress("sim up") as bar:     # on stderr: --json keeps stdout to its one document
         from deployer.sim.manager import sim_up
 
         result = sim_up(arch=arch.value, count=count, link=spec, targets_dir=targets_dir, install_deps=install_deps,
@@ -98,7 +98,7 @@ def down(
         raise DeployerError("sim down --all stops every board; give it no board names and no --targets-dir")
     from deployer.sim.manager import sim_down, sim_down_all
 
-    with Progress("sim down", enabled=not json_output) as bar:
+    with Progress("sim down") as bar:
         if all_instances:
             by_instance = sim_down_all(progress=bar)
         else:
@@ -147,7 +147,7 @@ def sysroot(
     """Build (or check) the cached Debian sysroots the boards run on, without starting boards (for CI set-up)."""
     host.require_root()
     infos = []
-    with Progress("sim sysroot", enabled=not json_output) as bar:
+    with Progress("sim sysroot") as bar:
         for a in arch:
             from deployer.sim.sysroot import ensure_sysroot
 

@@ -356,6 +356,29 @@ def test_a_zoo_build_off_a_terminal_is_not_silent() -> None:
                               for ln in lines[:-1]), lines
 
 
+def test_sim_up_with_json_still_shows_its_progress_on_stderr() -> None:
+    """`sim up --json` turned its progress off: building a sysroot (minutes) left a CI log silent,
+    though progress goes to stderr and stdout keeps its one JSON document either way."""
+    code = ("import sys, time, types\n"
+            "from pathlib import Path\n"
+            "import deployer.sim.host as host, deployer.sim.manager as manager\n"
+            "host.require_root = lambda: None\n"
+            "host.missing_packages = lambda shaped=False: []\n"
+            "def sim_up(progress=None, **kw):\n"
+            "    progress('sysroot arm64: debootstrap', 3, 10)\n"
+            "    time.sleep(1.3)\n"
+            "    return types.SimpleNamespace(targets=Path('t/sim.yaml'), added=[], existing=[],\n"
+            "        sysroot=types.SimpleNamespace(path='s', cached=False, seconds=1.3, warnings=[], packages=1))\n"
+            "manager.sim_up = sim_up\n"
+            "sys.argv = ['deployer', 'sim', 'up', '--json']\n"
+            "from deployer.cli import main\n"
+            "main()\n")
+    res = _off_a_terminal(code)
+    assert json.loads(res.stdout)["targets"] == "t/sim.yaml", res.stderr
+    lines = res.stderr.splitlines()
+    assert lines and all(re.fullmatch(r"sim up: sysroot arm64: debootstrap 3/10 \(30%\)( \d s)?", ln) for ln in lines), lines
+
+
 @pytest.mark.parametrize("package,argv", [
     ("typer", ["status", "nobody@127.0.0.1:1", "--persist", "0"]),          # needed to build the CLI
     ("paramiko", ["status", "nobody@127.0.0.1:1", "--persist", "0"]),       # first needed per board
