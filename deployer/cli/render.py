@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 # Width off a terminal: wide enough that no table or message of ours is ever cut or wrapped.
 PLAIN_WIDTH = 4096
@@ -44,6 +45,14 @@ class _Console(Console):
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        if not self.is_terminal:   # rich wraps a title to its table's width: one line here, as for messages
+            for obj in objects:
+                if isinstance(obj, Table) and isinstance(obj.title, str):
+                    obj.title = Text.from_markup(obj.title, overflow="ignore")
+                    obj.title.no_wrap = True
+        super().print(*objects, **kwargs)
 
 
 console = _Console(stderr=True, highlight=False)

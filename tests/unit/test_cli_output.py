@@ -233,6 +233,20 @@ def test_tables_and_messages_are_full_width_in_a_pipe() -> None:
     assert res.stderr == "warning: " + "x" * 300 + " [not markup]\n"
 
 
+def test_a_table_title_is_one_line_in_a_pipe() -> None:
+    """rich wraps a table's title to the table's width, even at PLAIN_WIDTH: quantize's methods table
+    began with its title cut into three lines of trailing blanks in every CI log."""
+    title = ("methods on 120 eval inputs (eval.images) vs fp32; chosen on cosine+top1_clear (within 0.0001 "
+             "is a tie), then the smaller .bin")
+    code = ("from rich.table import Table\n"
+            "from deployer.cli.render import console\n"
+            f"t = Table(title={title!r} + ' [bold]x[/]', title_justify='left')\n"
+            "t.add_column('method'); t.add_row('kl')\n"
+            "console.print(t)\n")
+    lines = _off_a_terminal(code).stderr.splitlines()
+    assert lines[0] == title + " x" and len(lines) == 6, lines
+
+
 def _off_a_terminal(code: str, seconds: str = "0.5") -> subprocess.CompletedProcess:
     """Python `code` with stdout and stderr in pipes (a CI log); no escape codes or redraws in them."""
     env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
