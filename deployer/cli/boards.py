@@ -234,7 +234,8 @@ def register(app: typer.Typer) -> None:
             for name, r in reports.items():
                 if isinstance(r, BoardFailure):
                     continue
-                state = "unpacked" if r.runtime.unpacked else "already there"
+                # the native runner is uploaded, never unpacked: it read "already there" when just sent
+                state = "unpacked" if r.runtime.unpacked else "uploaded" if r.runtime.uploaded else "already there"
                 say(f"{name}: runtime {r.runtime.path} ({state}); {len(r.uploaded)} file(s) uploaded, "
                     f"{len(r.files) + 1 - len(r.uploaded)} unchanged")
         for f in failed:

@@ -247,6 +247,27 @@ def test_a_table_title_is_one_line_in_a_pipe() -> None:
     assert lines[0] == title + " x" and len(lines) == 6, lines
 
 
+def test_push_says_a_native_runner_it_just_sent_was_uploaded() -> None:
+    """A first push of the native runtime said 'runtime .../deployer-runner-... (already there);
+    3 file(s) uploaded': only an unpacked wheel counted as work done."""
+    code = ("import sys, types\n"
+            "import deployer.cli.boards as boards, deployer.remote.session as session\n"
+            "from deployer.native.select import NativeInstall\n"
+            "boards._inventory = lambda targets, target=None: None\n"
+            "boards._boards = lambda inv, target: []\n"
+            "def push_boards(boards, opts, **kw):\n"
+            "    return {name: session.PushReport(NativeInstall('bin/runner', '1.0', 'runner', uploaded=sent), 'bin/runner',\n"
+            "                                     {'param': 'm.param', 'bin': 'm.bin'}, ['bin/runner'] * sent)\n"
+            "            for name, sent in (('pi-a', True), ('pi-b', False))}\n"
+            "session.push_boards = push_boards\n"
+            "sys.argv = ['deployer', 'push', 'g', '--param', 'm.param', '--bin', 'm.bin']\n"
+            "from deployer.cli import main\n"
+            "main()\n")
+    assert _off_a_terminal(code).stderr.splitlines() == [
+        "pi-a: runtime bin/runner (uploaded); 1 file(s) uploaded, 2 unchanged",
+        "pi-b: runtime bin/runner (already there); 0 file(s) uploaded, 3 unchanged"]
+
+
 def _off_a_terminal(code: str, seconds: str = "0.5") -> subprocess.CompletedProcess:
     """Python `code` with stdout and stderr in pipes (a CI log); no escape codes or redraws in them."""
     env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
