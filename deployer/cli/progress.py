@@ -50,6 +50,12 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
+def _amount(done: float, total: float, is_bytes: bool) -> str:
+    if is_bytes:
+        return f"{_size(done)}/{_size(total)}" if total else _size(done)
+    return f"{done:g}/{total:g}" if total else (f"{done:g}" if done else "")
+
+
 class Progress:
     """One reporter per command. `enabled=False` makes every call a no-op."""
 
@@ -77,10 +83,11 @@ class Progress:
         if not self.enabled:
             return self
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
-                TimeElapsedColumn
+            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
-            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            # the amount as the log lines say it: "1.3 MB/3.6 MB", not rich's M/N of bytes "1310720/3614776"
+            self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
+                                     TextColumn("{task.fields[amount]}", justify="right"),
                                      TimeElapsedColumn(), console=self.console, transient=True)
             self._bar.__enter__()
         else:
@@ -123,9 +130,10 @@ class Progress:
             now = time.monotonic()
             self._phase_started.setdefault(phase, now)
             if self._bar is not None:
+                amount = _amount(done, total, is_bytes)
                 if first:
-                    self._tasks[phase] = self._bar.add_task(phase, total=total or None)
-                self._bar.update(self._tasks[phase], completed=done, total=total or None)
+                    self._tasks[phase] = self._bar.add_task(phase, total=total or None, amount=amount)
+                self._bar.update(self._tasks[phase], completed=done, total=total or None, amount=amount)
                 return
             if now - self._started < self.interval:
                 return  # quiet start: nothing for work that ends (or fails) quickly
@@ -143,10 +151,7 @@ class Progress:
 
     def _text(self, phase: str, now: float) -> str:
         done, total, is_bytes = self._state[phase]
-        if is_bytes:
-            amount = f"{_size(done)}/{_size(total)}" if total else _size(done)
-        else:
-            amount = f"{done:g}/{total:g}" if total else (f"{done:g}" if done else "")
+        amount = _amount(done, total, is_bytes)
         pct = f" ({100 * done / total:.0f}%)" if total else ""
         spent = now - self._phase_started.get(phase, now)
         elapsed = f" {spent:.0f} s" if spent >= 1 else ""

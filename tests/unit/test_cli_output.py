@@ -268,6 +268,24 @@ def test_push_says_a_native_runner_it_just_sent_was_uploaded() -> None:
         "pi-b: runtime bin/runner (already there); 0 file(s) uploaded, 3 unchanged"]
 
 
+def test_upload_bars_on_a_terminal_read_in_megabytes() -> None:
+    """The bars showed rich's M/N column: '1310720/3614776' for an upload the log calls '1.3 MB/3.6 MB'."""
+    import io
+
+    from rich.console import Console
+
+    from deployer.cli.progress import Progress
+
+    screen = io.StringIO()
+    term = Console(file=screen, force_terminal=True, width=120, color_system=None)
+    with Progress("push", console=term) as p:
+        p.transfer("/home/pi/.deployer/models/m.bin", 1_310_720, 3_614_776)
+        p.update("collect", 3, 44)
+        p._bar.refresh()
+    drawn = screen.getvalue()
+    assert "1.3 MB/3.6 MB" in drawn and "1310720" not in drawn and "3/44" in drawn
+
+
 def _off_a_terminal(code: str, seconds: str = "0.5") -> subprocess.CompletedProcess:
     """Python `code` with stdout and stderr in pipes (a CI log); no escape codes or redraws in them."""
     env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
