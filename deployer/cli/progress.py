@@ -171,9 +171,12 @@ class Progress:
                     continue
                 if phase not in self._last_printed:
                     self._say_if_due(phase, now)  # the first line after the quiet start
-                elif self._last_printed[phase] != -1.0:  # finished phases wait for the next one
+                elif self._last_printed[phase] != -1.0:
                     self._print(phase, now)
                     self._last_printed[phase] = now
+                else:   # the phase ended and the library works on before its next one (22 s of
+                    self._last_line = now     # silence between ncnn2table's collect and eq search)
+                    line(f"{self.label}: {phase} done; still working ... {now - self._started:.0f} s", to=self.console)
 
 
 class Status:

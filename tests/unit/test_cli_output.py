@@ -316,6 +316,19 @@ def test_progress_off_a_terminal_is_periodic_plain_lines() -> None:
     assert lines[-1] == "quantize: upload m.bin 2.5 MB/5.0 MB (50%)"
 
 
+def test_progress_off_a_terminal_goes_on_between_phases() -> None:
+    """The heartbeat fell silent once a phase finished: `ncnn2table method=eq` printed 'collect 44/44
+    (100%)' and then nothing for 22 s of library work before 'eq search 1/53'."""
+    lines = _progress("with Progress('ncnn2table') as p:\n"
+                      "    time.sleep(0.6)\n"
+                      "    p.update('collect', 44, 44)\n"
+                      "    time.sleep(1.4)\n"
+                      "    p.update('eq search', 1, 53)\n")
+    assert lines[0] == "ncnn2table: collect 44/44 (100%)" and lines[-1] == "ncnn2table: eq search 1/53 (2%)", lines
+    assert 1 <= len(lines[1:-1]) <= 3 and all(
+        re.fullmatch(r"ncnn2table: collect done; still working \.\.\. \d s", ln) for ln in lines[1:-1]), lines
+
+
 def test_quick_work_prints_no_progress_off_a_terminal() -> None:
     assert _progress("with Progress('check') as p:\n"
                      "    for i in range(10):\n"
