@@ -353,6 +353,19 @@ def eq_search(model: CalibModel, job: CollectJob, start: list[LayerScales], *,
     return [found[q.name] for q in layers]
 
 
+def _quiet_worker() -> None:
+    """A worker leaves its ending to the parent. Forked, it inherited the CLI's SIGTERM handler (and
+    Python's SIGINT one): a CI cancel, `timeout` or Ctrl-C signals the whole process group, and every
+    worker printed a 20-line traceback into the log above the parent's one-line error. Now SIGINT
+    is ignored (the parent stops the pool) and SIGTERM/SIGHUP end the worker silently."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGTERM", "SIGHUP"):
+        if signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:   # nohup stays nohup
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 class _LayerPool:
     """`_search_layer` in worker processes, at most `threads` tasks queued or running."""
 
@@ -362,7 +375,7 @@ class _LayerPool:
         from deployer.quant.collect import _context
 
         self.threads = max(1, threads)
-        self.pool = _context().Pool(self.threads) if self.threads > 1 else None
+        self.pool = _context().Pool(self.threads, initializer=_quiet_worker) if self.threads > 1 else None
         self.slots = threading.Semaphore(self.threads)
         self.done: list[LayerScales] = []
         self.errors: list[BaseException] = []

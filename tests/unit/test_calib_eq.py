@@ -71,3 +71,28 @@ def test_pointwise_columns_are_the_input_itself():
     np.testing.assert_array_equal(geo.columns(x), _im2col_reference(x, 1, 1, 1, 1, 0).reshape(1, 5, 12))
     _, strided = _layer("Convolution", {0: 4, 1: 1, 3: 2}, 5)
     np.testing.assert_array_equal(strided.columns(x)[0], x[:, ::2, ::2].reshape(5, -1))
+
+
+def test_a_signalled_process_group_leaves_no_worker_tracebacks() -> None:
+    """`timeout`, a CI cancel or Ctrl-C signal the whole process group: each eq search worker,
+    forked with the CLI's SIGTERM handler, printed a 20-line traceback above the one-line error."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time\n"
+            "from deployer.cli.common import Terminated, install_signal_handlers\n"
+            "from deployer.quant.eq import _LayerPool\n"
+            "install_signal_handlers()\n"
+            "try:\n"
+            "    with _LayerPool(2) as lp:\n"
+            "        for _ in range(2):\n"
+            "            lp.pool.apply_async(time.sleep, (30,))\n"
+            "        time.sleep(0.5)\n"
+            "        os.killpg(0, signal.SIGTERM)\n"
+            "        time.sleep(30)\n"
+            "except Terminated:\n"
+            "    time.sleep(0.5)\n"
+            "    print('terminated')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         start_new_session=True)
+    assert res.stdout == "terminated\n" and "Traceback" not in res.stderr, res.stderr
