@@ -21,20 +21,26 @@ ResultsOpt = typer.Option(Path("results"), "--results", help="results folder hol
                           parser=nonempty_path)
 
 
+def _ms(value: float) -> str:
+    """Milliseconds to 3 significant digits without an exponent: an emulated board's 2440 ms read
+    '2.44e+03' in the sweep's lines, its table and the recommendation."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _progress(event: dict[str, Any]) -> None:
     """One line per sweep step, its median and each accuracy run, each naming its board."""
     kind, board = event.get("type"), event.get("board", "")
     if kind == "sweep":
         say(f"{board} [{event['step']}/{event['of']}] round {event['round']}: {event['label']}")
     elif kind == "sweep_done" and event.get("median_ms") is not None:
-        say(f"{board}     median {event['median_ms']:.3g} ms (run {event['run_id']})")
+        say(f"{board}     median {_ms(event['median_ms'])} ms (run {event['run_id']})")
     elif kind == "accuracy":
         say(f"{board} accuracy {event['precision']}: {event['input']}")
 
 
 def _render_sweep(s: dict[str, Any]) -> None:
-    rows = [[c["label"], f"{c['median_ms']:.3g}" if c.get("median_ms") is not None else "-",
-             "[" + ", ".join(f"{v:.3g}" for v in c.get("ci_ms") or []) + "]", c.get("count"),
+    rows = [[c["label"], _ms(c["median_ms"]) if c.get("median_ms") is not None else "-",
+             "[" + ", ".join(_ms(v) for v in c.get("ci_ms") or []) + "]", c.get("count"),
              "pass" if c.get("accuracy_passed") else "FAIL", len(c.get("flags") or [])] for c in s["configs"]]
     out.print(table(f"sweep {s['sweep_id']} on {s['board']}", ["setting", "median ms", "95% CI", "samples",
                                                                "accuracy", "warnings"], rows))
@@ -46,7 +52,7 @@ def _render_sweep(s: dict[str, Any]) -> None:
     if s.get("int8"):
         (say if s["int8"]["pays"] else warn)(s["int8"]["message"])
     if s.get("recommendation"):
-        say(f"recommended: {s['recommendation_label']} ({s['recommendation_median_ms']:.3g} ms); "
+        say(f"recommended: {s['recommendation_label']} ({_ms(s['recommendation_median_ms'])} ms); "
             f"{s.get('recommendation_reason', '')}")
     else:
         warn(f"no recommendation: {s.get('recommendation_reason')}")
@@ -171,7 +177,7 @@ def register(app: typer.Typer) -> None:
             emit_json(runs)
             return
         rows = [[r["id"], r["started_at"][:19], r["board"], (r["model_sha256"] or "")[:12], r["label"] or "",
-                 f"{r['median_ms']:.3g}" if r["median_ms"] is not None else "-", ",".join(r["flags"]) or "-"]
+                 _ms(r["median_ms"]) if r["median_ms"] is not None else "-", ",".join(r["flags"]) or "-"]
                 for r in runs]
         out.print(table(None, ["id", "started", "board", "model", "setting", "median ms", "warnings"], rows))
 
@@ -210,7 +216,7 @@ def register(app: typer.Typer) -> None:
                 basis += ", within the runs only"
             say(f"{name_b} vs {name_a}: {res['verdict'].upper()} {res['change_pct']:+.1f}% "
                 f"(95% CI {lo:+.1f}% .. {hi:+.1f}%, p={res['p_value']:.2g}; {basis}); "
-                f"median {res['median_a_ms']:.3g} -> {res['median_b_ms']:.3g} ms")
+                f"median {_ms(res['median_a_ms'])} -> {_ms(res['median_b_ms'])} ms")
             for w in res["warnings"]:
                 warn(w)
         if res.get("regression"):

@@ -406,6 +406,15 @@ def test_profile_progress_names_the_board_of_every_step() -> None:
         "pi-b [1/1] round 1: threads=1", "pi-b     median 9.5 ms (run 3)", "pi-b accuracy int8: random"]
 
 
+def test_profile_milliseconds_have_no_exponent(capsys) -> None:
+    """A 2440 ms setting on an emulated board read 'median 2.44e+03 ms' in the sweep's lines and table."""
+    from deployer.cli import profile
+
+    for ms in (2440.4, 939.2, 52.81, 0.1234):
+        profile._progress({"type": "sweep_done", "median_ms": ms, "run_id": 3, "board": "pi"})
+    assert capsys.readouterr().err.splitlines() == [f"pi     median {v} ms (run 3)" for v in ("2440", "939", "52.8", "0.123")]
+
+
 def test_a_zoo_build_off_a_terminal_is_not_silent() -> None:
     """`python -m examples.zoo` drew 'building NAME' with rich's console.status, which writes nothing
     off a terminal: a fresh `make setup` log was silent while pnnx converted (or digits_cnn trained)."""
