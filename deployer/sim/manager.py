@@ -117,10 +117,13 @@ def sim_up(arch: str = "arm64", count: int = 1, link: LinkSpec | None = None, ta
         added: list[BoardState] = []
         want = max(0, count - len(existing))
         profile = PROFILES[arch]
+        # one progress phase for all boards: a phase per board drew 200 bars (200 log lines) for
+        # `--arch host --count 200`; the result names every board
+        phase = f"starting {arch} boards{' (' + link.spec() + ')' if link else ''}"
         try:
             for i in range(want):
                 name = _free_name(state)
-                say(f"starting {name} ({arch}{', ' + link.spec() if link else ''})", i, want)
+                say(phase, i, want)
                 claim = Claim(name, free_slot(_slots_in_use(state)).n, str(state_dir / "boards" / name))
                 state.starting.append(claim)
                 save_state(state_dir, state)       # before the namespaces: a kill now leaves a record
@@ -131,7 +134,7 @@ def sim_up(arch: str = "arm64", count: int = 1, link: LinkSpec | None = None, ta
                 state.boards.append(board)
                 added.append(board)
                 save_state(state_dir, state)
-            say("boards up", want, want)
+            say(phase, want, want)
         finally:
             write_targets(tdir, key, state.boards)
             save_state(state_dir, state)
@@ -165,11 +168,11 @@ def sim_down(names: list[str] | None = None, state_dir: Path | None = None,
                 instances.unregister(state_dir)
             return []
         for i, board in enumerate(victims):
-            say(f"stopping {board.name}", i, len(victims))
+            say("stopping boards", i, len(victims))
             _teardown(board, state_dir)
             state.boards.remove(board)
             save_state(state_dir, state)
-        say("boards stopped", len(victims), len(victims))
+        say("stopping boards", len(victims), len(victims))
         if state.targets_dir:
             write_targets(Path(state.targets_dir), state_dir / KEY_NAME, state.boards)
         if not state.boards:

@@ -205,3 +205,25 @@ def test_sim_up_killed_mid_start_leaves_nothing_the_next_command_cannot_clear(si
     assert not (tmp / "state/boards/sim-1").exists()
     assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(tmp).encode() in _read(p)]
     assert json.loads(state_file.read_text())["starting"] == []
+
+
+@pytest.mark.boards
+def test_many_boards_are_one_progress_phase(tmp_path):
+    """A phase per board drew a bar (off a terminal: lines) per board: 200 for `--arch host --count 200`."""
+    reason = board_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from deployer.sim.manager import sim_down, sim_up
+
+    calls: list[tuple[str, int, int]] = []
+    state = tmp_path / "state"
+    try:
+        up = sim_up(arch="host", count=3, targets_dir=tmp_path / "targets", state_dir=state,
+                    progress=lambda *c: calls.append(c))
+        assert [b.name for b in up.added] == ["sim-1", "sim-2", "sim-3"]
+        assert {c[0] for c in calls} == {"starting host boards"} and calls[-1][1:] == (3, 3)
+        calls.clear()
+        assert sim_down(state_dir=state, progress=lambda *c: calls.append(c)) == ["sim-1", "sim-2", "sim-3"]
+        assert {c[0] for c in calls} == {"stopping boards"} and calls[-1][1:] == (3, 3)
+    finally:
+        sim_down(state_dir=state)
