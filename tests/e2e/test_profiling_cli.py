@@ -71,7 +71,7 @@ def test_profile_human_output_on_the_loopback_board(sshd, tiny_models, tmp_path:
     for label in ("threads=1 precision=fp32", "threads=2 precision=int8"):
         assert label in p.stdout
     assert "recommended: threads=" in p.stderr and "on this board" in p.stderr
-    assert "parity int8: host int8 vs board int8: cosine min 1.00000" in p.stderr
+    assert "parity int8: host int8 vs board int8: cosine mean 1.00000, min 1.00000" in p.stderr
     p = deployer("history", "--json", cwd=tmp_path)
     runs = json.loads(p.stdout)
     assert len(runs) == 4 and {r["label"] for r in runs} == {
