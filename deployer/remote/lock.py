@@ -160,8 +160,6 @@ def board_lock(conn: Any, layout: BoardLayout | None = None, *, purpose: str = "
     stream = conn.stream(lock_argv(conn, layout, purpose, wait, lease, sweep_age), check=False,
                          timeout=None, idle_timeout=None)
     held = Held(layout.lock, purpose)
-    stop = threading.Event()
-    beat: threading.Thread | None = None
     try:
         lines = iter(stream)
         for line in lines:
@@ -184,15 +182,23 @@ def board_lock(conn: Any, layout: BoardLayout | None = None, *, purpose: str = "
             raise RemoteError(f"{board.where}: the board lock helper ended without an answer "
                               f"(rc {stream.rc}): {(stream.stderr.strip().splitlines() or ['no stderr'])[-1]}")
         held.waited = time.monotonic() - t0
-        beat = threading.Thread(target=heartbeat, args=(stream, lease / 3, stop), daemon=True,
-                                name=f"lock-heartbeat-{board.name}")
-        beat.start()
-        yield held
+        with heartbeats(stream, lease / 3, f"lock-heartbeat-{board.name}"):
+            yield held
+    finally:
+        _release(stream)
+
+
+@contextlib.contextmanager
+def heartbeats(stream: Any, every: float, name: str) -> Iterator[None]:
+    """`heartbeat` in a thread of its own for the body of the `with` (the board lock, a run)."""
+    stop = threading.Event()
+    beat = threading.Thread(target=heartbeat, args=(stream, every, stop), daemon=True, name=name)
+    beat.start()
+    try:
+        yield
     finally:
         stop.set()
-        if beat is not None:
-            beat.join(timeout=5)
-        _release(stream)
+        beat.join(timeout=5)
 
 
 def heartbeat(stream: Any, every: float, stop: threading.Event) -> None:
@@ -224,4 +230,4 @@ def _release(stream: Any) -> None:
 
 
 __all__ = ["BUSY_RC", "BoardBusy", "DEFAULT_SWEEP_AGE", "Held", "Holder", "board_lock", "default_lease", "heartbeat",
-           "holder_info", "lock_argv"]
+           "heartbeats", "holder_info", "lock_argv"]

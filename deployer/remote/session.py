@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import socket
-import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
@@ -220,15 +219,16 @@ def _check_input(model: Any, opts: RunOptions) -> None:
     """The runner needs the input's size: from --shape or the Input layer's 0=w 1=h 2=c. Checked here:
     the board's runner found it missing only after the upload (14 MB for MobileNetV2), in a message
     naming its temp copy of the .param."""
-    inputs = {top: layer for layer in model.graph.layers if layer.type == "Input" for top in layer.tops}
+    from deployer.remote.runner import input_shape_from_param
+
+    inputs = [top for layer in model.graph.layers if layer.type == "Input" for top in layer.tops]
     if opts.input_blob is not None and opts.input_blob not in inputs:
         raise DeployerError(f"--input-blob {opts.input_blob}: not an input of {opts.param} "
                             f"(inputs: {', '.join(inputs) or 'none'})")
-    if opts.shape is None and inputs:
-        layer = inputs[opts.input_blob] if opts.input_blob else next(iter(inputs.values()))
-        if not any(int(layer.params.get(k, 0) or 0) > 0 for k in (0, 1, 2)):
-            raise DeployerError(f"{opts.param}: its input {layer.tops[0]} has no fixed size",
-                                hint="pass --shape W,H,C (e.g. --shape 224,224,3)")
+    # the runner's own rule, so the host refuses exactly what the board would
+    if opts.shape is None and inputs and not input_shape_from_param(str(opts.param), opts.input_blob):
+        raise DeployerError(f"{opts.param}: its input {opts.input_blob or inputs[0]} has no fixed size",
+                            hint="pass --shape W,H,C (e.g. --shape 224,224,3)")
 
 
 def runner_argv(python: str, runner: str, opts: RunOptions, board: Any, remote: dict[str, str],
@@ -468,7 +468,7 @@ class Session:
 
     def _run_pushed(self, opts: RunOptions, pushed: PushReport, started: _dt.datetime,
                     progress: Callable[..., Any] | None) -> RunResult:
-        from deployer.remote.lock import default_lease, heartbeat
+        from deployer.remote.lock import default_lease, heartbeats
 
         # a dead link the board's sshd does not notice would leave the runner timing for up to
         # --duration: it holds a lease on our heartbeats, as the board lock does
@@ -485,17 +485,8 @@ class Session:
 
         context_before = hook.before_run(self.conn)
         stream = self.conn.stream(argv, check=False, idle_timeout=opts.idle_timeout)
-        stop = threading.Event()
-        beat = threading.Thread(target=heartbeat, args=(stream, lease / 3, stop), daemon=True,
-                                name=f"runner-heartbeat-{self.name}")
-        beat.start()
-        try:
-            with stream:
-                result = self._collect(self._guard(stream), started, {"kind": "python", **asdict(pushed.runtime)},
-                                       model)
-        finally:
-            stop.set()
-            beat.join(timeout=5)
+        with heartbeats(stream, lease / 3, f"runner-heartbeat-{self.name}"), stream:
+            result = self._collect(self._guard(stream), started, {"kind": "python", **asdict(pushed.runtime)}, model)
         result.probe = _probe_summary(self.platform_facts)
         hook.after_run(self.conn, result, context_before)
         if opts.compare and result.output is not None:

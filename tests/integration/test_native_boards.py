@@ -307,12 +307,11 @@ def test_quantize_prices_float_layers_with_the_boards_layer_times(sim_boards, na
 def test_runner_ends_itself_when_the_hosts_heartbeats_stop(sim_boards, native_builds, tiny_models, runtime) -> None:
     """A link that dies without the board's sshd noticing left the runner timing for up to --duration
     (days). With --lease S it ends itself (exit 124) after S s without a heartbeat byte on stdin, and
-    runs to the end while the bytes come (deployer.remote.lock.heartbeat, as session.run sends them)."""
-    import threading
+    runs to the end while the bytes come (deployer.remote.lock.heartbeats, as session.run sends them)."""
     import time
 
     from deployer.native.select import native_argv
-    from deployer.remote.lock import heartbeat
+    from deployer.remote.lock import heartbeats
     from deployer.remote.session import runner_argv
 
     require_cached_wheels("aarch64")
@@ -336,12 +335,6 @@ def test_runner_ends_itself_when_the_hosts_heartbeats_stop(sim_boards, native_bu
         assert silent.rc == 124 and silent_s < 60, (silent.rc, silent_s, silent.stderr[-300:])
         assert not any('"stats"' in ln for ln in lines)
         kept = conn.stream(argv(8), check=False)
-        stop = threading.Event()
-        beat = threading.Thread(target=heartbeat, args=(kept, 1.0, stop), daemon=True)
-        beat.start()
-        try:
+        with heartbeats(kept, 1.0, "test-heartbeat"):
             lines = list(kept)
-        finally:
-            stop.set()
-            beat.join(timeout=5)
         assert kept.rc == 0 and any('"type": "stats"' in ln or '"type":"stats"' in ln for ln in lines), kept.stderr
