@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -217,7 +218,7 @@ def download_closure(arch: str, state: Path, progress: Progress | None, warnings
         old.unlink()
     opts = _apt_options(state, arch)
     if progress:
-        progress(f"{arch}: apt-get update", 0, 3)
+        progress(f"{arch}: apt-get update", 0, 1)
     res = _apt(["apt-get", *opts, "-q", "update"])
     failed = sorted({ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Err:")})
     if res.returncode != 0 or failed:
@@ -225,9 +226,20 @@ def download_closure(arch: str, state: Path, progress: Progress | None, warnings
             _fail(res, f"apt-get update for the {arch} sysroot")
         warnings += [f"apt-get update ({arch}): {ln.split(' ', 1)[1].strip()} failed; using the other indexes"
                      for ln in failed]
+    install = ["install", *PACKAGES]
+    plan = _apt(["apt-get", *opts, "-qq", "-y", "--print-uris", *install])
+    if plan.returncode != 0:
+        _fail(plan, f"resolving the {arch} packages")
+    total = sum(1 for ln in plan.stdout.splitlines() if ln.startswith("'"))
+    label = f"{arch}: downloading {total} packages"
     if progress:
-        progress(f"{arch}: downloading packages", 1, 3)
-    res = _apt(["apt-get", *opts, "-q", "-y", "--download-only", "install", *PACKAGES])
+        progress(label, 0, total)
+
+    def fetched(count: int) -> None:
+        if progress:
+            progress(label, min(count, total), total)
+
+    res = _apt(["apt-get", *opts, "-q", "-y", "--download-only", *install], on_fetch=fetched)
     if res.returncode != 0:
         _fail(res, f"downloading {arch} packages")
     debs = sorted((state / "archives").glob("*.deb"))
@@ -328,9 +340,23 @@ def _add_member(line: str, user: str, groups: tuple[str, ...]) -> str:
     return f"{name}:{pw}:{gid}:{','.join(filter(None, [members, user]))}"
 
 
-def _apt(argv: list[str]) -> subprocess.CompletedProcess:
+def _apt(argv: list[str], on_fetch: Callable[[int], None] | None = None) -> subprocess.CompletedProcess:
+    """Run apt-get; with `on_fetch`, called with the count of `Get:` lines (one per file) as they come."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C")
-    return subprocess.run(argv, capture_output=True, text=True, env=env)
+    if on_fetch is None:
+        return subprocess.run(argv, capture_output=True, text=True, env=env)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        out: list[str] = []
+        fetched = 0
+        for line in proc.stdout:  # type: ignore[union-attr]
+            out.append(line)
+            if line.startswith("Get:"):
+                fetched += 1
+                on_fetch(fetched)
+        code = proc.wait()
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, code, "".join(out), err.read())
 
 
 def _fail(res: subprocess.CompletedProcess, what: str) -> None:

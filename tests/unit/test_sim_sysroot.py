@@ -7,6 +7,7 @@ import os
 import pytest
 
 from deployer.errors import DeployerError
+from deployer.sim import sysroot
 from deployer.sim.sysroot import _add_member, debian_sources, prepare_for_ssh
 
 DEB822 = """\
@@ -96,3 +97,13 @@ def test_prepare_for_ssh_makes_a_key_only_pi_user(tmp_path):
     assert not list((root / "etc/ssh").glob("ssh_host_*"))
     assert os.readlink(root / "usr/bin/sh") == "dash"
     assert (root / "home/pi/.bashrc").stat().st_uid == 1000
+
+
+def test_apt_reports_each_fetched_file_as_it_arrives_and_keeps_the_output():
+    """The download phase's progress counts apt's `Get:` lines live (a print-uris plan gives the total)."""
+    seen: list[int] = []
+    script = "echo 'Get:1 http://m a 1 [10 B]'; echo 'Ign:2 x'; sleep 0.2; echo 'Get:3 http://m b 1 [9 B]'; " \
+             "echo 'E: disk full' >&2; exit 100"
+    res = sysroot._apt(["sh", "-c", script], on_fetch=seen.append)
+    assert seen == [1, 2]
+    assert res.returncode == 100 and "Ign:2 x" in res.stdout and res.stderr.strip() == "E: disk full"
