@@ -12,7 +12,7 @@ draw, without running any model again. Used by the method choice's stability
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -68,12 +68,3 @@ def percentile_interval(values: Sequence[float], level: float = 0.95) -> tuple[f
     tail = (1.0 - level) / 2 * 100
     lo, hi = np.percentile(v, [tail, 100 - tail])
     return float(lo), float(hi)
-
-
-def bootstrap_interval(metric: Callable[[np.ndarray], float | None], u: Units, draws: int = DRAWS,
-                       seed: int = SEED, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile interval of `metric(weights)` over cluster-bootstrap draws; draws where the
-    metric is undefined (e.g. no fp32 box among the drawn photos) are left out. None when it is
-    undefined on every draw."""
-    vals = [v for w in bootstrap_weights(u, draws, seed) if (v := metric(w)) is not None]
-    return percentile_interval(vals, level) if vals else None

@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import logging
 
