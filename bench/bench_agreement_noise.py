@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = ROOT / "profiles" / "mobilenet_v2.yaml"
 SIGMA_SCALES = (1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05)
 
 
@@ -56,15 +55,9 @@ def p_at_most(p: np.ndarray, k: int) -> float:
 def measure(method: str, model: Any, calib: Path, evalset: Path, work: Path, target: float, threads: int) -> dict:
     from deployer.check.net import NcnnNet
     from deployer.check.samples import list_inputs, load_samples
-    from deployer.profile import Override, load_profile
-    from deployer.quant.pipeline import run_quantize
+    from bench.demo_mobilenet import quantize_all_int8
 
-    overrides = [Override(f, v, f) for f, v in (
-        ("model.param", str(model.param)), ("model.bin", str(model.bin)), ("calibration.images", [str(calib)]),
-        ("eval.images", [str(evalset)]), ("quantize.method", method), ("quantize.mixed", False),
-        ("out", str(work / method)), ("threads", threads))]
-    profile = load_profile(PROFILE, overrides)
-    result = run_quantize(profile)
+    profile, result = quantize_all_int8(model, calib, evalset, method, work / method, threads)
     samples = load_samples([list_inputs(evalset)], profile.inputs, ["in0"])
     logits = {}
     for tag, (param, binf) in (("fp32", (model.param, model.bin)), ("int8", (result.paths.param, result.paths.bin))):
@@ -107,9 +100,8 @@ def measure(method: str, model: Any, calib: Path, evalset: Path, work: Path, tar
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from bench.bench_quantize import host_info
+    from bench.demo_mobilenet import demo_data
     from deployer import fsutil
-    from examples import data as zoo_data
-    from examples import zoo
 
     ap = argparse.ArgumentParser(description="int8 logit noise vs a top-1 agreement target (MobileNetV2 demo data)")
     ap.add_argument("--methods", default="seq,percentile")
@@ -117,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "agreement_noise.json")
     args = ap.parse_args(argv)
-    model = zoo.build("mobilenet_v2")
-    root = zoo.cache_root() / "data"
-    calib = zoo_data.calibration_photos(root / "calibration").list_file
-    evalset = zoo_data.imagenet_views(root / "imagenet-views").list_file
+    model, calib, evalset = demo_data()
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-noise-") as tmp:

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = ROOT / "profiles" / "mobilenet_v2.yaml"
 
 
 def halves(views: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -40,14 +39,9 @@ def halves(views: list[Path]) -> tuple[list[Path], list[Path]]:
 
 def judge(method: str, model, calib: Path, evalset: Path, out: Path, threads: int) -> dict:
     """All-int8 quantize with one method; the eval half's numbers from quantize's own report."""
-    from deployer.profile import Override, load_profile
-    from deployer.quant.pipeline import run_quantize
+    from bench.demo_mobilenet import quantize_all_int8
 
-    overrides = [Override(f, v, f) for f, v in (
-        ("model.param", str(model.param)), ("model.bin", str(model.bin)), ("calibration.images", [str(calib)]),
-        ("eval.images", [str(evalset)]), ("quantize.method", method), ("quantize.mixed", False),
-        ("out", str(out)), ("threads", threads))]
-    report = run_quantize(load_profile(PROFILE, overrides)).report
+    report = quantize_all_int8(model, calib, evalset, method, out, threads)[1].report
     o = report["heldout"]["outputs"]["out0"]
     return {"count": o["count"], "misses": round(o["count"] * (1 - o["top1_agreement"])),
             "cosine": o["cosine"], "min_cosine": o["min_cosine"], "near_ties": o["top1_near_ties"]}
@@ -57,19 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from bench.bench_quantize import host_info
     from deployer import fsutil
+    from bench.demo_mobilenet import demo_data
     from deployer.check.samples import list_inputs
-    from examples import data as zoo_data
-    from examples import zoo
 
     ap = argparse.ArgumentParser(description="in-domain vs demo calibration, cross-fitted over the 20 ImageNet photos")
     ap.add_argument("--methods", default="seq,percentile")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calib_domain.json")
     args = ap.parse_args(argv)
-    model = zoo.build("mobilenet_v2")
-    root = zoo.cache_root() / "data"
-    crops = zoo_data.calibration_photos(root / "calibration").list_file
-    views = list_inputs(zoo_data.imagenet_views(root / "imagenet-views").list_file)
+    model, crops, eval_list = demo_data()
+    views = list_inputs(eval_list)
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-domain-") as tmp:

@@ -35,10 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from examples import data as zoo_data  # noqa: E402
-from examples import zoo  # noqa: E402
+from bench.demo_mobilenet import PROFILE, demo_data  # noqa: E402
 
-PROFILE = ROOT / "profiles" / "mobilenet_v2.yaml"
 GATES = ["top1_agreement>=0.99", "cosine>=0.985"]
 CLI = [sys.executable, "-m", "deployer.cli"]
 
@@ -95,9 +93,7 @@ def main() -> int:
     from deployer.sim.manager import sim_down, sim_up
 
     t0 = time.monotonic()
-    model = zoo.build("mobilenet_v2")
-    calib = zoo_data.calibration_photos(zoo.cache_root() / "data" / "calibration").list_file
-    evalset = zoo_data.imagenet_views(zoo.cache_root() / "data" / "imagenet-views").list_file
+    model, calib, evalset = demo_data()
     with tempfile.TemporaryDirectory(prefix="bench-mixed-") as tmp:
         t = Path(tmp)
         all_int8 = quantize(model, calib, evalset, t / "all", "--no-mixed")

@@ -227,19 +227,17 @@ def download_closure(arch: str, state: Path, progress: Progress | None, warnings
         warnings += [f"apt-get update ({arch}): {ln.split(' ', 1)[1].strip()} failed; using the other indexes"
                      for ln in failed]
     install = ["install", *PACKAGES]
-    plan = _apt(["apt-get", *opts, "-qq", "-y", "--print-uris", *install])
-    if plan.returncode != 0:
-        _fail(plan, f"resolving the {arch} packages")
-    total = sum(1 for ln in plan.stdout.splitlines() if ln.startswith("'"))
-    label = f"{arch}: downloading {total} packages"
-    if progress:
-        progress(label, 0, total)
-
-    def fetched(count: int) -> None:
-        if progress:
-            progress(label, min(count, total), total)
-
-    res = _apt(["apt-get", *opts, "-q", "-y", "--download-only", *install], on_fetch=fetched)
+    on_fetch: Callable[[int], None] | None = None
+    if progress:  # the count of files to fetch, from the same resolution the download will make
+        plan = _apt(["apt-get", *opts, "-qq", "-y", "--print-uris", *install])
+        if plan.returncode != 0:
+            _fail(plan, f"resolving the {arch} packages")
+        total = sum(1 for ln in plan.stdout.splitlines() if ln.startswith("'"))
+        label = f"{arch}: downloading {total} packages"
+        report = progress
+        report(label, 0, total)
+        on_fetch = lambda count: report(label, min(count, total), total)  # noqa: E731
+    res = _apt(["apt-get", *opts, "-q", "-y", "--download-only", *install], on_fetch)
     if res.returncode != 0:
         _fail(res, f"downloading {arch} packages")
     debs = sorted((state / "archives").glob("*.deb"))
@@ -341,17 +339,16 @@ def _add_member(line: str, user: str, groups: tuple[str, ...]) -> str:
 
 
 def _apt(argv: list[str], on_fetch: Callable[[int], None] | None = None) -> subprocess.CompletedProcess:
-    """Run apt-get; with `on_fetch`, called with the count of `Get:` lines (one per file) as they come."""
+    """Run apt-get, reading its output as it comes: `on_fetch` gets the count of `Get:` lines (one per
+    file fetched) so far. stderr goes to a file, so neither pipe can fill up and stall apt."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C")
-    if on_fetch is None:
-        return subprocess.run(argv, capture_output=True, text=True, env=env)
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         out: list[str] = []
         fetched = 0
         for line in proc.stdout:  # type: ignore[union-attr]
             out.append(line)
-            if line.startswith("Get:"):
+            if on_fetch and line.startswith("Get:"):
                 fetched += 1
                 on_fetch(fetched)
         code = proc.wait()
