@@ -3,13 +3,17 @@ the board lacks its python), its sections parsed on the host.
 
 The result is the same raw dict the Python probe script prints, so deployer.remote.probe turns it
 into BoardFacts with the same code; `python` and the Python-only fields are None, which is how the
-rest of deployer knows the board can only take the native runtime.
+rest of deployer knows the board can only take the native runtime. The /proc, /sys and /etc files
+(CPUs, clocks, governors, memory, model, temperature, OS) are parsed by the Python probe's own
+`file_facts`, fed the file sections probe.sh dumped.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from deployer.remote.board.probe import file_facts
 
 
 SCRIPT = Path(__file__).with_name("probe.sh")
@@ -63,44 +67,11 @@ def parse(text: str) -> dict[str, Any]:
     }
     glibc = (s.get("glibc") or "").strip()
     raw["glibc"] = glibc or None
-    cpus: list[dict[str, str]] = []
-    cur: dict[str, str] = {}
-    for line in (f("/proc/cpuinfo") or "").splitlines() + [""]:
-        if not line.strip():
-            if cur:
-                cpus.append(cur)
-            cur = {}
-            continue
-        k, _, v = line.partition(":")
-        cur[k.strip().lower()] = v.strip()
-    raw["cpuinfo"] = [c for c in cpus if c.get("processor", "").isdigit()]
-    raw["cpuinfo_extra"] = [c for c in cpus if not c.get("processor", "").isdigit()]
-    freq, gov = {}, {}
-    for c in raw["cpuinfo"]:
-        n = c["processor"]
-        freq[n] = _int(f(f"/sys/devices/system/cpu/cpu{n}/cpufreq/cpuinfo_max_freq"))
-        g = f(f"/sys/devices/system/cpu/cpu{n}/cpufreq/scaling_governor")
-        gov[n] = g.strip() if g else None
-    raw["max_freq_khz"], raw["governors"] = freq, gov
+    raw.update(file_facts(f))
     raw["os_cpu_count"] = len(raw["cpuinfo"]) or None
-    mem = {}
-    for line in (f("/proc/meminfo") or "").splitlines():
-        k, _, v = line.partition(":")
-        if v.strip().endswith("kB"):
-            mem[k] = int(v.split()[0]) * 1024
-    raw["mem_total"], raw["mem_available"] = mem.get("MemTotal"), mem.get("MemAvailable", mem.get("MemFree"))
     raw["disk_path"] = s.get("disk_path", "").strip() or raw["runtime_dir"]
     df = ((s.get("disk") or "").strip().splitlines() or [""])[-1].split()
     raw["disk_free"] = int(df[3]) * 1024 if len(df) >= 4 and df[3].isdigit() else 0
-    model = f("/sys/firmware/devicetree/base/model")
-    raw["dt_model"] = model.strip("\0\n ") if model else None
-    temp = _int(f("/sys/class/thermal/thermal_zone0/temp"))
-    raw["temperature_c"] = temp / 1000.0 if temp is not None else None
-    osr = {}
-    for line in (f("/etc/os-release") or "").splitlines():
-        k, _, v = line.partition("=")
-        osr[k] = v.strip('"')
-    raw["os"] = osr.get("PRETTY_NAME")
     raw["runtimes"] = {name[len("runtime "):]: (body.strip() or None)
                        for name, body in s.items() if name.startswith("runtime ")}
     sizes = {}

@@ -112,6 +112,18 @@ def test_sh_probe_on_this_machine_matches_python_facts() -> None:
     assert facts.cores == os.cpu_count() and facts.python is None and facts.hostname == platform.node()
     assert facts.glibc == platform.libc_ver()[1]
     assert facts.mem_total > 0 and facts.disk_free > 0
+    # the board's Python probe, run here, reads the same files the same way (one parser, file_facts)
+    import json
+    import sys
+
+    from deployer.remote import board as board_scripts
+
+    py = json.loads(subprocess.run([sys.executable, str(board_scripts.path("probe.py")), ".deployer-test-probe"],
+                                   capture_output=True, text=True, check=True).stdout)
+    sh = shprobe.parse(out)
+    for key in ("cpuinfo", "cpuinfo_extra", "max_freq_khz", "governors", "mem_total", "dt_model", "os"):
+        assert sh[key] == py[key], key
+    assert py["cpuinfo"] and py["os"]
     with pytest.raises(ValueError):
         shprobe.parse(out.split("==deployer:end")[0])  # a cut-off answer is not a probe
 
