@@ -7,7 +7,8 @@ live here and nowhere else:
 - cosine: mean over inputs of the cosine similarity of the flattened outputs
   (1.0 when both are all-zero, 0.0 when exactly one is).
 - psnr: mean over inputs of 10*log10(peak^2 / mse) in dB, peak = max |fp32| of that input;
-  identical outputs give +inf (JSON: null + `psnr_exact`).
+  inputs whose outputs are identical (infinite PSNR) are left out of the mean; psnr is None
+  (JSON null) when every input matched exactly, and a gate on it then passes.
 - max_abs: the largest |fp32 - int8| over all inputs and elements.
 - top1_agreement: fraction of inputs where int8's argmax equals fp32's argmax.
 - top5_agreement: fraction of inputs where fp32's argmax is among int8's 5 largest values.

@@ -350,7 +350,7 @@ def register(app: typer.Typer) -> None:
         glibc: str = typer.Option("2.36", "--glibc", help="board glibc (ldd --version)"),
         json_output: bool = JsonOpt,
     ) -> None:
-        """Download an ncnn wheel for a board platform into the host cache (the only networked command)."""
+        """Download an ncnn wheel for a board platform into the host cache (networked, like `runtime build --fetch` and the sysroot build of `sim up`)."""
         from deployer.remote import runtime as rt
 
         platform = rt.WheelPlatform(rt.normalize_arch(arch), rt.parse_python(python), rt.parse_glibc(glibc))

@@ -11,7 +11,8 @@ next int8 requantization a 1-ulp difference can flip a rounding and grow (YOLOv8
 differ by up to 24 on an emulated Pi 4 while MobileNetV2's ReLU6 path stays bit-identical).
 
 Measured with ncnn 1.0.20261020 on an emulated Cortex-A72 (aarch64 wheel) against the x86_64 host
-(tests/integration/test_exactness_boards.py re-measures it on every CI run): identical for ReLU,
+(tests/integration/test_fleet_sim.py::test_layers_called_exact_are_bit_identical_on_the_emulated_pi
+re-measures it on every CI run): identical for ReLU,
 Clip, HardSwish, HardSigmoid, ELU, max and 2x2 average pooling; not identical for Swish, Sigmoid,
 Softmax, TanH, Mish, global average pooling and bilinear Interp. Anything not known to be exact is
 treated as inexact: the health check then uses its cosine gate for that model.

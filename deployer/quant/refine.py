@@ -19,7 +19,8 @@ not clipped), undone in the following depthwise conv. Cosine 0.9861 -> 0.9888 wi
 but 0.9918 -> 0.9902 on top of method `seq` (deployer.quant.seqcal), which is what helps: not kept.
 
 Also measured and not kept (MobileNetV2, method seq, same 120 views; cosine / top-1 agreement,
-seq alone 0.9918 / 0.925): each layer's int8 side taken from the int8 network itself (upstream
+seq alone 0.9918 / 0.925 in that run: seq's table, and with it the near-ties it flips, differs a
+little between runs): each layer's int8 side taken from the int8 network itself (upstream
 errors included) instead of its fp32 input re-quantized. All layers at once, every layer also
 corrects the upstream error its predecessors already correct: biascorr 0.500 / 0.117, adaround
 0.922 / 0.792. Layer by layer, rebuilding the int8 net after each correction (empirical bias
