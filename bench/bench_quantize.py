@@ -1,8 +1,8 @@
 """Quantization benchmark: every calibration method on real models, int8 vs fp32 on the host.
 
     .venv/bin/python bench/bench_quantize.py [--models mobilenet_v2,mtcnn_onet,digits_cnn,yolov8n,ppocr_det]
-        [--methods kl,aciq,eq,maxabs,percentile,mse,quantize] [--threads 2] [--runs 30]
-        [--out bench/results/quantize.json] [--json]
+        [--methods kl,aciq,eq,maxabs,percentile,mse,seq,quantize] [--threads 2] [--runs 30]
+        [--out bench/results/quantize.json] [--merge] [--json]
 
 Per model and method it measures: calibration wall time and images/s (`deployer ncnn2table`, the
 drop-in CLI a user runs, so Python start-up is included), the ncnn2int8 conversion time, the task
@@ -11,7 +11,9 @@ classifiers top-1/top-5 agreement with the 95 % Wilson interval and accuracy on 
 mAP@0.5 and mAP@0.5:0.95 of int8 boxes against fp32 boxes; PP-OCR's text map the IoU of the maps
 thresholded at 0.3), mean/min output cosine, the .bin size ratio, and median int8 vs fp32 latency
 in the stock ncnn wheel in the same process. `quantize` is `deployer quantize` with its defaults
-(method=auto, chosen on the task metric) and the model's task in the profile.
+(method=auto, chosen on the task metric) and the model's task in the profile; `seq` is `deployer
+quantize` with method seq (deployer.quant.seqcal: a quantize-only method, no ncnn2table drop-in)
+and no mixed precision. `--merge` replaces only the measured rows in an existing --out file.
 
 Calibration and held-out data never overlap: MobileNetV2, YOLOv8n and PP-OCR det calibrate on 44
 crops of skimage/sklearn photos (YOLOv8n letterboxed, as .npy, since ncnn2table cannot letterbox);
@@ -26,6 +28,7 @@ with its error, not fatal.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -53,7 +56,8 @@ from examples.infer import NcnnRunner  # noqa: E402
 from bench.bench_techniques import TECH_MODELS, bench_techniques  # noqa: E402
 
 err = Console(stderr=True, highlight=False)
-METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse", "quantize")
+METHODS = ("kl", "aciq", "eq", "maxabs", "percentile", "mse", "seq", "quantize")
+PIPELINE = {"quantize": None, "seq": {"method": "seq", "mixed": False}}   # rows run through `deployer quantize`
 DEFAULT_MODELS = ("mobilenet_v2", "mtcnn_onet", "digits_cnn", "yolov8n", "ppocr_det")
 
 
@@ -246,16 +250,17 @@ def calibrate_and_convert(case: Case, method: str, work: Path, threads: int,
                           timeout: float) -> tuple[Path, Path, float, float]:
     """One method end to end; returns (int8 param, int8 bin, calibration s, conversion s).
 
-    `quantize` runs the whole pipeline (its own calibration, method choice and conversion), so its
-    conversion time is folded into the calibration column.
+    `quantize` and `seq` run the whole pipeline (its own calibration, method choice and conversion),
+    so their conversion time is folded into the calibration column.
     """
     out_param, out_bin = work / f"{method}.param", work / f"{method}.bin"
-    if method == "quantize":
-        profile = write_profile(case, work / "profile.yaml", out_dir=work / "quantize", threads=threads)
+    if method in PIPELINE:
+        profile = write_profile(case, work / f"{method}.yaml", out_dir=work / method, threads=threads,
+                                quantize=PIPELINE[method])
         t0 = time.perf_counter()
         _deployer(["quantize", "--profile", str(profile), "--json"], timeout)
         seconds = time.perf_counter() - t0
-        produced = sorted((work / "quantize").glob("*.param"))
+        produced = sorted((work / method).glob("*.param"))
         if not produced:
             raise RuntimeError("deployer quantize wrote no .param")
         return produced[0], produced[0].with_suffix(".bin"), seconds, 0.0
@@ -269,8 +274,9 @@ def calibrate_and_convert(case: Case, method: str, work: Path, threads: int,
     return out_param, out_bin, calib_s, time.perf_counter() - t0
 
 
-def write_profile(case: Case, path: Path, out_dir: Path, threads: int) -> Path:
-    """A deployer profile (profiles/*.yaml schema) for `deployer quantize` with default settings."""
+def write_profile(case: Case, path: Path, out_dir: Path, threads: int, quantize: dict | None = None) -> Path:
+    """A deployer profile (profiles/*.yaml schema) for `deployer quantize`: default settings, or the
+    `quantize:` section given."""
     import yaml
 
     profile = {"model": {"param": str(case.model.param), "bin": str(case.model.bin)},
@@ -278,6 +284,8 @@ def write_profile(case: Case, path: Path, out_dir: Path, threads: int) -> Path:
                "task": case.task.to_dict(), "out": str(out_dir), "name": case.model.name, "threads": threads}
     if case.choice_eval is not None:
         profile["eval"] = {"images": [str(case.choice_eval)]}
+    if quantize:
+        profile["quantize"] = quantize
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
     return path
 
@@ -302,7 +310,7 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
                 res.images_per_s = len(case.calib.files) / res.calib_seconds
                 int8 = NcnnRunner(param, binf, threads=threads)
                 compare(case, ref, run_all(int8, case), res)
-                if method == "quantize":
+                if method in PIPELINE:
                     chosen = json.loads(param.with_suffix(".json").read_text())
                     res.extra = {"chosen": chosen["method"], "method_choice": chosen.get("method_choice"),
                                  "eval_count": chosen["eval"]["count"], "eval_source": chosen["eval"]["source"],
@@ -323,7 +331,8 @@ def bench_model(name: str, methods: list[str], threads: int, runs: int, work: Pa
         results.append(res)
     return {"model": name, "task": case.task.type, "heldout": case.heldout_name,
             "calibration_images": len(case.calib.files), "heldout_images": len(case.inputs),
-            "fp32": {"accuracy": fp32_acc, "latency_ms": fp32_ms, "bin_bytes": fp32_bytes},
+            "fp32": {"accuracy": fp32_acc, "latency_ms": fp32_ms, "bin_bytes": fp32_bytes,
+                     "bin_sha256": hashlib.sha256(case.model.bin.read_bytes()).hexdigest()},
             "methods": [r.__dict__ for r in results]}
 
 
@@ -384,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--techniques", action="store_true",
                     help="per-technique accuracy (bias correction, learnt rounding) with task metrics instead; "
                          f"models default to {','.join(TECH_MODELS)}; JSON to bench/results/quantize_techniques.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models' and methods' rows already in --out; replace only those measured")
     args = ap.parse_args(argv)
     if args.techniques:
         return techniques_main(args, argv or sys.argv[1:])
@@ -397,10 +408,44 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp) / name
             work.mkdir()
             report["models"].append(bench_model(name, methods, args.threads, args.runs, work, args.timeout))
+    if args.merge and args.out.exists():
+        report = merge(json.loads(args.out.read_text()), report)
     from deployer import fsutil
 
     fsutil.write_text(args.out, json.dumps(report, indent=2) + "\n")
     return _emit(report, args.out, args.json, render, 160)
+
+
+def same_fp32(a: dict, b: dict) -> bool:
+    """The same fp32 original: by .bin hash where both runs recorded it, else by size and fp32 accuracy."""
+    if a.get("bin_sha256") and b.get("bin_sha256"):
+        return a["bin_sha256"] == b["bin_sha256"]
+    return a["bin_bytes"] == b["bin_bytes"] and a["accuracy"] == b["accuracy"]
+
+
+def merge(old: dict, new: dict) -> dict:
+    """`old` with `new`'s rows in place of the same (model, method) rows, in METHODS order. `host`
+    stays the full run's; each later run's host block is listed in `merged`, and its rows carry
+    that run's date in `measured`. A model whose fp32 original differs from the one the rows in `old`
+    were scored against (its .bin hash, else its size and fp32 accuracy: the digits CNN is trained on
+    each machine) is refused: its rows would not be comparable."""
+    models = {m["model"]: m for m in old["models"]}
+    for m in new["models"]:
+        if m["model"] in models and not same_fp32(models[m["model"]]["fp32"], m["fp32"]):
+            raise SystemExit(f"--merge: {m['model']}'s fp32 model is not the one the rows in --out were scored "
+                             "against (trained or converted anew?); re-run every method for it without --merge")
+        for r in m["methods"]:
+            r["measured"] = new["host"]["date"]
+        if m["model"] not in models:
+            models[m["model"]] = m
+            continue
+        kept = models[m["model"]]
+        names = {r["method"] for r in m["methods"]}
+        kept["methods"] = [r for r in kept["methods"] if r["method"] not in names] + m["methods"]
+    order = {name: i for i, name in enumerate(METHODS)}
+    for m in models.values():
+        m["methods"].sort(key=lambda r: order.get(r["method"], len(order)))
+    return {"host": old["host"], "merged": old.get("merged", []) + [new["host"]], "models": list(models.values())}
 
 
 def _emit(report: dict, out: Path, as_json: bool, render_fn: Callable[[dict, Console], None], width: int) -> int:
