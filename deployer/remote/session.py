@@ -216,19 +216,28 @@ def _check_local(opts: RunOptions, *, running: bool = True) -> list[Path]:
 
 
 def _check_input(model: Any, opts: RunOptions) -> None:
-    """The runner needs the input's size: from --shape or the Input layer's 0=w 1=h 2=c. Checked here:
-    the board's runner found it missing only after the upload (14 MB for MobileNetV2), in a message
-    naming its temp copy of the .param."""
-    from deployer.remote.runner import input_shape_from_param
+    """The runner needs the input's size: from --shape or the Input layer's 0=w 1=h 2=c, and one the
+    model can take (deployer.ncnn.validate.infer_check). Checked here: the board's runner found a
+    missing size only after the upload (14 MB for MobileNetV2), in a message naming its temp copy of
+    the .param, and ncnn does not check channels at all."""
+    from deployer.ncnn.validate import infer_check
+    from deployer.remote.runner import input_shape_from_param, parse_shape
 
     inputs = [top for layer in model.graph.layers if layer.type == "Input" for top in layer.tops]
     if opts.input_blob is not None and opts.input_blob not in inputs:
         raise DeployerError(f"--input-blob {opts.input_blob}: not an input of {opts.param} "
                             f"(inputs: {', '.join(inputs) or 'none'})")
     # the runner's own rule, so the host refuses exactly what the board would
-    if opts.shape is None and inputs and not input_shape_from_param(str(opts.param), opts.input_blob):
+    dims = parse_shape(opts.shape) if opts.shape else input_shape_from_param(str(opts.param), opts.input_blob)
+    if opts.shape is None and inputs and not dims:
         raise DeployerError(f"{opts.param}: its input {opts.input_blob or inputs[0]} has no fixed size",
                             hint="pass --shape W,H,C (e.g. --shape 224,224,3)")
+    # a shape the model cannot take (4 channels into a 3-channel conv) ran, read past ncnn's weights
+    # and reported success with an output that differed from the host's (cosine 0.64)
+    if inputs and dims and len(dims) <= 3:
+        w, h, c = (list(dims) + [1, 1])[:3]
+        shown = f"--shape {opts.shape}" if opts.shape else f"{','.join(map(str, dims))} (its Input layer)"
+        infer_check(model.graph, {opts.input_blob or inputs[0]: (c, h, w)}, Path(opts.param).name, shown)
 
 
 def runner_argv(python: str, runner: str, opts: RunOptions, board: Any, remote: dict[str, str],

@@ -210,3 +210,21 @@ def test_push_of_a_model_without_an_input_size_needs_no_shape(tmp_path: Path) ->
     param.write_text("7767517\n2 2\nInput in0 0 1 in0\nReLU relu 1 1 in0 out0\n")
     assert push_boards([], RunOptions(param=param, bin=bin_)) == {}
     _check_local(RunOptions(param=param, bin=bin_), running=False)
+
+
+def test_a_shape_the_model_cannot_take_is_refused_before_the_upload(tmp_path: Path) -> None:
+    """4 channels into a 3-channel conv ran on the board, read past ncnn's weights and 'passed'."""
+    import struct
+
+    param, bin_ = tmp_path / "m.param", tmp_path / "m.bin"
+    param.write_text("7767517\n2 2\nInput in0 0 1 in0 0=8 1=8 2=3\nConvolution conv 1 1 in0 out0 0=2 1=1 5=0 6=6\n")
+    bin_.write_bytes(struct.pack("<I6f", 0, *range(6)))
+    assert _check_local(RunOptions(param=param, bin=bin_))                          # its own Input size
+    assert _check_local(RunOptions(param=param, bin=bin_, shape="16,12,3"))         # another size, 3 channels
+    for shape in ("8,8,4", "8,8,1", "8,8"):
+        with pytest.raises(DeployerError, match=rf"input shape --shape {shape} does not fit m.param: layer conv "
+                                                r"\(Convolution\) has weights for 3 input channels"):
+            _check_local(RunOptions(param=param, bin=bin_, shape=shape))
+    param.write_text("7767517\n2 2\nInput in0 0 1 in0 0=8 1=8 2=4\nConvolution conv 1 1 in0 out0 0=2 1=1 5=0 6=6\n")
+    with pytest.raises(DeployerError, match=r"input shape 8,8,4 \(its Input layer\) does not fit m.param"):
+        _check_local(RunOptions(param=param, bin=bin_))
