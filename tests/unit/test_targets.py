@@ -9,7 +9,7 @@ import pytest
 from deployer.errors import DeployerError
 from deployer.targets import Board, JumpHost, NcnnOptions, load_targets
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "targets" / "example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "targets" / "example.yaml.sample"
 
 
 def write(tmp_path: Path, text: str, name: str = "lab.yaml") -> Path:
@@ -173,11 +173,14 @@ def test_adhoc_address_resolves_to_a_board(tmp_path: Path) -> None:
     assert isinstance(b, Board) and (b.user, b.host, b.port) == ("pi", "10.0.0.7", 2202)
 
 
-def test_example_file_loads_and_covers_the_documented_setups() -> None:
+def test_example_file_loads_and_covers_the_documented_setups(tmp_path: Path) -> None:
     inv = load_targets(EXAMPLE)
     assert {"pi4-kitchen", "pi3-garage", "jetson-nano", "bastion"} <= set(inv.boards)
     assert inv.board("pi4-kitchen").jump == [] and inv.board("jetson-nano").jump[0] is inv.board("bastion")
     assert inv.groups and all(inv.resolve(g) for g in inv.groups)
+    # the folder deployer reads by default never takes the example's boards (192.168.1.50) for real ones
+    (tmp_path / EXAMPLE.name).write_bytes(EXAMPLE.read_bytes())
+    assert load_targets(tmp_path).boards == {}
 
 
 def test_link_deadlines_are_per_board_with_defaults(tmp_path: Path) -> None:
