@@ -31,7 +31,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", perms: int | None = N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        os.fchmod(fd, perms if perms is not None else _new_file_mode(path))   # mkstemp makes 0600
+        os.fchmod(fd, perms if perms is not None else new_file_mode(path))   # mkstemp makes 0600
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -70,7 +70,7 @@ def umask() -> int:
     return old
 
 
-def _new_file_mode(path: Path) -> int:
+def new_file_mode(path: Path) -> int:
     """The mode a replaced file keeps, else 0666 minus the umask (0644 by default), like open()."""
     try:
         return stat.S_IMODE(path.stat().st_mode)

@@ -88,6 +88,7 @@ def staged_pair(outparam: str | os.PathLike, outbin: str | os.PathLike):
             for folder in sorted({t.parent.resolve() for t in targets}):
                 locks.enter_context(fsutil.folder_lock(folder))
             for tmp, t in zip(staged, targets):
+                os.chmod(tmp, fsutil.new_file_mode(t))       # mkstemp's 0600 is wrong for model files
                 os.replace(tmp, t)
     finally:
         for tmp in staged:

@@ -527,11 +527,8 @@ def _write_outputs(paths: OutputPaths, param_text: bytes, bin_bytes: bytes, tabl
     try:
         contents = {paths.param: param_text, paths.bin: bin_bytes, paths.table: table,
                     paths.report: (json.dumps(report, indent=2, default=_jsonable) + "\n").encode()}
-        umask = os.umask(0)
-        os.umask(umask)
         for target, data in contents.items():
-            fsutil.write_bytes(staging / target.name, data)
-            os.chmod(staging / target.name, 0o666 & ~umask)   # mkstemp's 0600 is wrong for model files
+            fsutil.write_bytes(staging / target.name, data)      # 0666 minus the umask, like open()
         if verify_shapes is not None:
             from deployer.ncnn.verify import verify_int8
 

@@ -311,3 +311,19 @@ def test_two_runs_writing_one_pair_leave_one_runs_pair(tmp_path, monkeypatch):
     write("A")
     wait_for_b()
     assert param.read_text() == bin_.read_text()
+
+
+def test_written_pair_has_the_mode_open_would_give(tmp_path):
+    """mkstemp's staging files are 0600: the int8 pair was unreadable to the group and others (the
+    table and quantize's files were 0644). New files get 0666 minus the umask; a replaced one keeps its mode."""
+    from deployer import fsutil
+    from deployer.ncnn.verify import staged_pair
+
+    param, bin_ = tmp_path / "m-int8.param", tmp_path / "m-int8.bin"
+    bin_.write_bytes(b"old")
+    bin_.chmod(0o640)
+    with staged_pair(param, bin_) as (sparam, sbin):
+        sparam.write_text("p")
+        sbin.write_text("b")
+    assert param.stat().st_mode & 0o777 == 0o666 & ~fsutil.umask()
+    assert bin_.stat().st_mode & 0o777 == 0o640 and bin_.read_text() == "b"
