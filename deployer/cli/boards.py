@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
-from deployer.cli.common import console, emit_json, nonempty_path, handle_errors, out
+from deployer.cli.common import console, emit_boards, emit_json, nonempty_path, handle_errors, out
 from deployer.cli.progress import Progress, Status, interval_seconds
 from deployer.cli.render import error, human, kv_table, say, warn
 from deployer.errors import DeployerError
@@ -188,16 +188,17 @@ def register(app: typer.Typer) -> None:
                 if len(boards) == 1:
                     raise
                 failed.append(err)          # a dead board must not stop the group
-                facts[board.name] = {"ok": False, "board": board.name, "error": str(err)}
+                facts[board.name] = {"ok": False, "board": board.name, "error": str(err), "exit_code": err.exit_code}
                 continue
-            facts[board.name] = found.to_dict()
+            facts[board.name] = {"ok": True, **found.to_dict()}
         if json_output:
-            emit_json(facts if len(facts) > 1 else next(iter(facts.values())))
+            emit_boards(list(facts.values()))
         else:
             for name, values in facts.items():
                 if values.get("ok") is False:
                     continue
-                out.print(kv_table(name, values))  # lists, dicts and None read as text, never as reprs
+                shown = {k: v for k, v in values.items() if k != "ok"}
+                out.print(kv_table(name, shown))  # lists, dicts and None read as text, never as reprs
         for err in failed:
             error(str(err))
         if failed:
@@ -228,8 +229,8 @@ def register(app: typer.Typer) -> None:
                                   progress=bars.transfer, on_event=_lock_notice)
         failed = [r for r in reports.values() if isinstance(r, BoardFailure)]
         if json_output:
-            emit_json({name: r.to_json() if isinstance(r, BoardFailure) else {"ok": True, **asdict(r)}
-                       for name, r in reports.items()})
+            emit_boards([r.to_json() if isinstance(r, BoardFailure) else {"ok": True, "board": name, **asdict(r)}
+                         for name, r in reports.items()])
         else:
             for name, r in reports.items():
                 if isinstance(r, BoardFailure):
@@ -308,8 +309,7 @@ def register(app: typer.Typer) -> None:
         done = [r for r in found if not isinstance(r, BoardFailure)]
         failed = [r for r in found if isinstance(r, BoardFailure)]
         if json_output:
-            objs = [r.to_json() for r in found]
-            emit_json(objs[0] if len(objs) == 1 else {"boards": objs})
+            emit_boards([r.to_json() for r in found])
         elif done:
             out.print(_summary_table(done))
             if layers:
@@ -360,7 +360,7 @@ def register(app: typer.Typer) -> None:
             wheel = rt.fetch_wheel(platform, version)
         downloaded = wheel.path not in before
         if json_output:
-            emit_json(rt.describe([wheel])[0] | {"path": str(wheel.path), "downloaded": downloaded})
+            emit_json({"ok": True, **rt.describe([wheel])[0], "path": str(wheel.path), "downloaded": downloaded})
         else:
             say(f"{'downloaded' if downloaded else 'already cached, nothing downloaded:'} {wheel.path}")
 
@@ -372,7 +372,7 @@ def register(app: typer.Typer) -> None:
 
         wheels = rt.list_cached()
         if json_output:
-            emit_json({"cache": str(rt.cache_dir()), "wheels": rt.describe(wheels)})
+            emit_json({"ok": True, "cache": str(rt.cache_dir()), "wheels": rt.describe(wheels)})
             return
         table = Table(title=f"ncnn wheels in {rt.cache_dir()}", title_justify="left")
         for col in ("version", "python", "platforms", "MB"):

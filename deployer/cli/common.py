@@ -50,6 +50,17 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def emit_boards(objs: list[dict[str, Any]]) -> None:
+    """The --json of a command on board(s), one contract for all: one board prints its object, several
+    print {"ok": every board ok, "boards": [...]}; each object names its `board` and has its own `ok`
+    (a failed board also `error` and `exit_code`). probe and push printed {name: ...} maps, run a
+    list without `ok`: a script had to know which command it had called."""
+    if len(objs) == 1:
+        emit_json(objs[0])
+    else:
+        emit_json({"ok": all(o.get("ok", True) is True for o in objs), "boards": objs})
+
+
 def _json_default(o: Any) -> Any:
     import dataclasses
 

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
 
             found = nb.build(tc.arch, version, layers=benchmark, progress=progress)
         if json_output:
-            emit_json(found.to_json())
+            emit_json({"ok": True, **found.to_json()})
             return
         times = ", ".join(f"{k} {v:.0f} s" for k, v in found.times_s.items())
         console.print(f"{found.runner} ({found.size / 1e6:.1f} MB static, ncnn {found.version}, {found.arch})"

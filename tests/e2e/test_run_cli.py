@@ -48,7 +48,8 @@ def test_push_then_human_run(sshd, tiny_models, tmp_path: Path) -> None:
     p = deployer("push", "loop", "--targets", str(sshd.targets), "--param", str(tiny_models.fp32_param),
                  "--bin", str(tiny_models.fp32_bin), "--json")
     assert p.returncode == 0, p.stderr
-    report = json.loads(p.stdout)["loop"]
+    report = json.loads(p.stdout)                   # one board: its object (several: {"ok", "boards"})
+    assert report["ok"] is True and report["board"] == "loop"
     assert report["files"]["param"].endswith("/models/tiny.param")
     p = deployer("run", "loop", "--targets", str(sshd.targets), "--param", str(tiny_models.fp32_param),
                  "--bin", str(tiny_models.fp32_bin), "-n", "3", "--no-int8", "--no-fp16", "--threads", "1", "--json", cwd=tmp_path)
@@ -120,8 +121,9 @@ def test_run_a_group_of_emulated_boards(sim_boards, tiny_models, tmp_path: Path)
                  "-n", "3", "--warmup", "1", "--threads", "1", "--no-fp16", "--compare", "--json", cwd=tmp_path,
                  timeout=300)
     assert p.returncode == 0, p.stderr
-    boards = json.loads(p.stdout)["boards"]
-    assert [b["board"] for b in boards] == [sim_boards.pi4, sim_boards.armhf]
+    doc = json.loads(p.stdout)
+    boards = doc["boards"]
+    assert doc["ok"] is True and [b["board"] for b in boards] == [sim_boards.pi4, sim_boards.armhf]
     assert [b["machine"] for b in boards] == ["aarch64", "armv7l"]
     assert all(b["count"] == 3 and b["cpu"] for b in boards)
     for b in boards:
@@ -183,7 +185,8 @@ def test_group_keeps_going_past_a_dead_board(sshd, tiny_models, tmp_path: Path) 
                  str(tiny_models.int8_param), "--bin", str(tiny_models.int8_bin), "-n", "2", "--threads", "1",
                  "--json", cwd=tmp_path)
     assert p.returncode == 3, p.stderr
-    dead, loop = json.loads(p.stdout)["boards"]
-    assert dead["ok"] is False and dead["board"] == "dead" and "Connection refused" in dead["error"]
+    doc = json.loads(p.stdout)
+    dead, loop = doc["boards"]
+    assert doc["ok"] is False and dead["ok"] is False and dead["exit_code"] == 3 and dead["board"] == "dead" and "Connection refused" in dead["error"]
     assert loop["ok"] is True and loop["count"] == 2
     assert [ln for ln in p.stderr.splitlines() if ln.startswith("error:")][0].startswith("error: board 'dead'")

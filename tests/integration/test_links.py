@@ -294,8 +294,10 @@ def test_group_push_reports_an_unreachable_board_and_pushes_the_rest(sshd, env, 
         os.kill(frozen_server.pid, signal.SIGCONT)
         frozen_server.stop()
     assert p.returncode == 3, p.stderr
-    out = json.loads(p.stdout)
-    assert out["gone"]["ok"] is False and "board 'gone'" in out["gone"]["error"]
+    doc = json.loads(p.stdout)                      # several boards: {"ok", "boards": [...]}, like run
+    out = {b["board"]: b for b in doc["boards"]}
+    assert doc["ok"] is False and list(out) == ["gone", "loop"]
+    assert out["gone"]["ok"] is False and "board 'gone'" in out["gone"]["error"] and out["gone"]["exit_code"] == 3
     assert out["loop"]["ok"] is True and sha(root / "models" / tiny_models.int8_bin.name) == sha(tiny_models.int8_bin)
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "gone" in errors[0] and "Traceback" not in p.stderr
