@@ -110,7 +110,8 @@ class Board:
         addr = f"{self.user}@{self.host}" if self.user else self.host
         if self.port:
             addr += f":{self.port}"
-        return f"board '{self.name}' ({addr})"
+        # an ad-hoc board (`deployer probe pi@10.0.0.5:22`) is named by its address: say it once
+        return f"board '{self.name}'" if self.name == addr else f"board '{self.name}' ({addr})"
 
     def to_dict(self) -> dict[str, Any]:
         return {

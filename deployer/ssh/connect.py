@@ -142,7 +142,7 @@ def connect(
             return Connection(board, hops, transports)
         except _Transient as e:
             if attempt == attempts:
-                raise RemoteError(f"{board.where}: {e} (gave up after {attempts} attempts)",
+                raise RemoteError(f"{board.where}: {e} (gave up after {attempts} attempt{'s' if attempts > 1 else ''})",
                                   hint=PROXY_COMMAND_HINT if any(h.proxy_command for h in hops) else
                                   "check the board is powered, on the network and running sshd") from None
             delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))

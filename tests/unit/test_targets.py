@@ -252,3 +252,8 @@ def test_a_host_name_idna_refuses_is_bad_input_not_a_crash(host: str) -> None:
 
     with pytest.raises(DeployerError, match="cannot resolve host .*not a valid host name"):
         _open_socket(Hop(label="board 'b'", hostname=host, port=22, user="pi", board="b"), None, "")
+
+
+def test_where_names_an_ad_hoc_board_once() -> None:
+    assert Board(name="pi4", host="10.0.0.5", user="pi", port=22).where == "board 'pi4' (pi@10.0.0.5:22)"
+    assert Board(name="pi@10.0.0.5:22", host="10.0.0.5", user="pi", port=22).where == "board 'pi@10.0.0.5:22'"
