@@ -38,8 +38,14 @@ def build_app() -> Any:
         rich_markup_mode=None,
     )
 
+    def _print_version(value: bool) -> None:
+        if value:
+            typer.echo(_version_line())
+            raise typer.Exit()
+
     @app.callback()
-    def _root() -> None:
+    def _root(_version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                            help="print deployer's and the host ncnn's version and exit")) -> None:
         """Quantize ncnn models to int8, cross-check them, and run them on ARM boards over SSH."""
 
     for module in (ncnn2table, ncnn2int8, quantize, sim, boards):
@@ -55,19 +61,28 @@ def build_app() -> Any:
         from deployer import __version__
         from deployer.cli.common import emit_json
 
-        try:
-            import ncnn
-
-            ncnn_version = ncnn.__version__
-        except ImportError:
-            ncnn_version = None
         if json_output:  # the README promises --json on every command (scripts and CI read versions)
-            emit_json({"ok": True, "deployer": __version__, "ncnn": ncnn_version})
+            emit_json({"ok": True, "deployer": __version__, "ncnn": _ncnn_version()})
             return
-        typer.echo(f"deployer {__version__} (ncnn {ncnn_version or 'not installed'})")
+        typer.echo(_version_line())
 
     _APP = app
     return app
+
+
+def _ncnn_version() -> str | None:
+    try:
+        import ncnn
+    except ImportError:
+        return None
+    return ncnn.__version__
+
+
+def _version_line() -> str:
+    """What `deployer version` and `deployer --version` print."""
+    from deployer import __version__
+
+    return f"deployer {__version__} (ncnn {_ncnn_version() or 'not installed'})"
 
 
 def __getattr__(name: str) -> Any:

@@ -36,3 +36,8 @@ def test_version_json_is_one_document_on_stdout() -> None:
     from deployer import __version__
 
     assert doc["ok"] is True and doc["deployer"] == __version__ and "ncnn" in doc
+    flag = subprocess.run([sys.executable, "-c", "from deployer.cli import main; main()", "--version"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    plain = subprocess.run([sys.executable, "-c", "from deployer.cli import main; main()", "version"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert flag.returncode == 0 and flag.stdout == plain.stdout == f"deployer {__version__} (ncnn {doc['ncnn']})\n"
