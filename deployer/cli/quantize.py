@@ -21,6 +21,7 @@ from deployer.cli.render import error, note, say, warn
 from deployer.profile import METHODS, Override
 
 # profile field -> flag name, for the options both commands share
+SHAPE_HELP = "network input W,H (0 keeps the image's aspect, 0,0 its size)"
 _INPUT_FLAGS = {"inputs.mean": "--mean", "inputs.norm": "--norm", "inputs.shape": "--shape",
                 "inputs.pixel": "--pixel", "inputs.resize": "--resize", "inputs.pad_value": "--pad-value"}
 
@@ -143,7 +144,7 @@ def quantize(
                                              "group names the photo a view belongs to (grouped intervals)"),
     mean: Optional[str] = typer.Option(None, "--mean", help="e.g. 104,117,123 (groups per input: [..],[..])"),
     norm: Optional[str] = typer.Option(None, "--norm", help="e.g. 0.017,0.017,0.017"),
-    shape: Optional[str] = typer.Option(None, "--shape", help="network input W,H"),
+    shape: Optional[str] = typer.Option(None, "--shape", help=SHAPE_HELP),
     pixel: Optional[str] = typer.Option(None, "--pixel", help="RGB | BGR | GRAY | RGBA | BGRA"),
     resize: Optional[str] = typer.Option(None, "--resize", help="resize | letterbox | none"),
     pad_value: Optional[str] = typer.Option(None, "--pad-value", help="letterbox fill (pixel value)"),
@@ -309,7 +310,7 @@ def check(
     count: Optional[int] = typer.Option(None, "--count", help="use at most N inputs"),
     mean: Optional[str] = typer.Option(None, "--mean", help="per-channel mean, e.g. 104,117,123 (groups per input: [..],[..])"),
     norm: Optional[str] = typer.Option(None, "--norm", help="per-channel scale, e.g. 0.017,0.017,0.017"),
-    shape: Optional[str] = typer.Option(None, "--shape", help="network input W,H"),
+    shape: Optional[str] = typer.Option(None, "--shape", help=SHAPE_HELP),
     pixel: Optional[str] = typer.Option(None, "--pixel", help="RGB | BGR | GRAY | RGBA | BGRA"),
     resize: Optional[str] = typer.Option(None, "--resize", help="resize | letterbox | none"),
     pad_value: Optional[str] = typer.Option(None, "--pad-value", help="letterbox fill (pixel value)"),
