@@ -87,13 +87,20 @@ class LiveView:
             self.live = Live(self.render(), console=console, refresh_per_second=8, transient=False)
 
     def __call__(self, event: dict[str, Any]) -> None:
-        row = self.rows.setdefault(event["board"], {"stage": "", "samples": [], "cpu": "", "stats": None})
+        row = self.rows.setdefault(event["board"], {"stage": "", "samples": [], "cpu": "", "stats": None,
+                                                    "files": set()})
         kind = event.get("type")
         if kind == "stage":
             row["stage"] = event["stage"]
         elif kind == "progress":
-            pct = 100 * event["done"] // max(1, event["total"])
-            row["stage"] = f"upload {event['file'][:24]} {pct}%"
+            name, done, total = event["file"], event["done"], event["total"]
+            shown = name if self.plain else name[:24]     # a log line may be long; a table cell may not
+            if name not in row["files"] and total and done >= total:
+                # complete at its first report: the board already had it (size + sha256), nothing is sent
+                row["stage"] = f"unchanged {shown}"
+            else:
+                row["stage"] = f"upload {shown} {100 * done // max(1, total)}%"
+            row["files"].add(name)
         elif kind == "board":
             facts = event.get("facts", {})
             row["cpu"] = f"{facts.get('machine', '?')} {facts.get('cpu') or ''}".strip()
@@ -116,11 +123,13 @@ class LiveView:
 
         now = time.monotonic()
         stage, said_at = self._said.get(board, ("", 0.0))
-        moving = row["stage"] in ("running",) or row["stage"].startswith("upload ")
-        base = row["stage"].split(" ", 2)[:2] if row["stage"].startswith("upload ") else [row["stage"]]
-        if " ".join(base) == stage and (not moving or now - said_at < self.interval):
+        # an upload's end is always said (a file sent within the interval read "0%" and then nothing)
+        uploading = row["stage"].startswith("upload ") and not row["stage"].endswith(" 100%")
+        moving = row["stage"] == "running" or uploading
+        key = " ".join(row["stage"].split(" ", 2)[:2]) if uploading else row["stage"]
+        if key == stage and (not moving or now - said_at < self.interval):
             return
-        self._said[board] = (" ".join(base), now)
+        self._said[board] = (key, now)
         text = f"run: {board}: {row['stage']}"
         if row["samples"]:
             s = latency_stats(row["samples"])

@@ -489,3 +489,17 @@ def test_a_board_named_like_the_run_history_is_refused(board) -> None:
     with pytest.raises(DeployerError, match="is the name of the results folder's run history"):
         results_folder(board)
     assert results_folder("history") == "history" and results_folder("pi@10.0.0.2:22") == "pi@10.0.0.2_22"
+
+
+def test_run_view_off_a_terminal_says_unchanged_files_and_every_upload_end(monkeypatch) -> None:
+    """A skipped file read 'upload m.bin 100%', a sent one '0%' and then nothing, names cut at 24."""
+    from deployer.cli import boards
+
+    said: list[str] = []
+    monkeypatch.setattr(boards, "say", said.append)
+    view = boards.LiveView()
+    assert view.plain
+    name = "deployer-runner-1.0.20261020-aarch64"
+    for done, total, f in ((10, 10, "m.param"), (0, 900, name), (450, 900, name), (900, 900, name)):
+        view({"board": "pi", "type": "progress", "file": f, "done": done, "total": total})
+    assert said == ["run: pi: unchanged m.param", f"run: pi: upload {name} 0%", f"run: pi: upload {name} 100%"]
