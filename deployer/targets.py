@@ -162,6 +162,9 @@ class Inventory:
             return list(self.boards.values())
         if "@" in name:
             return [adhoc_board(name)]
+        if any(name in b.tags for b in self.boards.values()):
+            raise DeployerError(f"'{name}' is a tag, not a board or group, in {self._where()}",
+                                hint=f"to mean the boards tagged {name}, write tag:{name}")
         raise DeployerError(
             f"'{name}' is not a board or group in {self._where()}"
             f"{_suggest(name, list(self.boards) + list(self.groups))}",

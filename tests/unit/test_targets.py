@@ -257,3 +257,10 @@ def test_a_host_name_idna_refuses_is_bad_input_not_a_crash(host: str) -> None:
 def test_where_names_an_ad_hoc_board_once() -> None:
     assert Board(name="pi4", host="10.0.0.5", user="pi", port=22).where == "board 'pi4' (pi@10.0.0.5:22)"
     assert Board(name="pi@10.0.0.5:22", host="10.0.0.5", user="pi", port=22).where == "board 'pi@10.0.0.5:22'"
+
+
+def test_a_tag_used_as_a_name_says_write_tag(tmp_path: Path) -> None:
+    inv = load_targets(write(tmp_path, "boards:\n  a: {host: h, tags: [pi4]}\n"))
+    with pytest.raises(DeployerError, match="'pi4' is a tag, not a board or group") as err:
+        inv.resolve("pi4")
+    assert "tag:pi4" in err.value.hint and [b.name for b in inv.resolve("tag:pi4")] == ["a"]
