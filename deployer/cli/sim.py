@@ -81,7 +81,14 @@ def up(
         say(f"{b.name} ({b.arch}, {b.address}) is already up")
     for b in result.added:
         say(f"{b.name} up: {b.arch} {b.qemu_cpu} at pi@{b.address} ({b.up_seconds:.1f} s)")
-    say(f"targets: {result.targets}")
+    from deployer.sim.manager import sim_status
+
+    # --count is per arch and link: after the README's two shaped boards, `--count 4` adds four
+    # more, which read like a total of four. Say what the instance now has.
+    total = len(sim_status(targets_dir=targets_dir))
+    others = total - len(result.added) - len(result.existing)
+    say(f"targets: {result.targets} ({total} board(s) up in this instance"
+        + (f"; {others} of another arch or link, not counted by --count" if others else "") + ")")
 
 
 @sim_app.command("down")
