@@ -175,7 +175,7 @@ def board_lock(conn: Any, layout: BoardLayout | None = None, *, purpose: str = "
                 h = Holder.parse(rest)
                 waited = f" after waiting {wait:g} s" if wait > 0 else ""
                 raise BoardBusy(f"{board.where} is busy{waited}: {h.describe()} holds {layout.lock}", h,
-                                hint="retry when it is done, or pass a longer lock wait")
+                                hint="retry when it is done, or wait longer with --lock-wait SECONDS")
             if word == "error":
                 raise RemoteError(f"{board.where}: cannot take the board lock {layout.lock}: {rest}")
         else:
