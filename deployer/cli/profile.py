@@ -22,9 +22,11 @@ ResultsOpt = typer.Option(Path("results"), "--results", help="results folder hol
 
 
 def _ms(value: float) -> str:
-    """Milliseconds to 3 significant digits without an exponent: an emulated board's 2440 ms read
-    '2.44e+03' in the sweep's lines, its table and the recommendation."""
-    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    """Milliseconds without an exponent: an emulated board's 2440 ms read '2.44e+03' in the sweep's
+    lines, its table and the recommendation (the library's formatter, so flags read the same)."""
+    from deployer.profiling.stats import fmt_ms
+
+    return fmt_ms(value)
 
 
 def _progress(event: dict[str, Any]) -> None:
@@ -39,10 +41,14 @@ def _progress(event: dict[str, Any]) -> None:
 
 
 def _render_sweep(s: dict[str, Any]) -> None:
+    from deployer.profiling.stats import ci_header, ci_text
+
+    # the header claims 95 % only when every row's interval reaches it (few samples cannot)
     rows = [[c["label"], _ms(c["median_ms"]) if c.get("median_ms") is not None else "-",
-             "[" + ", ".join(_ms(v) for v in c.get("ci_ms") or []) + "]", c.get("count"),
+             ci_text(*(c.get("ci_ms") or [None, None])[:2], c.get("ci_level")), c.get("count"),
              "pass" if c.get("accuracy_passed") else "FAIL", len(c.get("flags") or [])] for c in s["configs"]]
-    out.print(table(f"sweep {s['sweep_id']} on {s['board']}", ["setting", "median ms", "95% CI", "samples",
+    header = ci_header([c.get("ci_level") for c in s["configs"]])
+    out.print(table(f"sweep {s['sweep_id']} on {s['board']}", ["setting", "median ms", header, "samples",
                                                                "accuracy", "warnings"], rows))
     for prec, acc in (s.get("accuracy") or {}).items():
         for r in acc.get("rows") or []:
@@ -168,18 +174,22 @@ def register(app: typer.Typer) -> None:
         json_output: bool = JsonOpt,
     ) -> None:
         """List stored runs (every `run` and every sweep pass), oldest first."""
-        from deployer.profiling.store import list_runs
+        from deployer.profiling.store import list_runs, no_runs_message
 
         if limit is not None and limit < 1:
             raise DeployerError("--limit must be at least 1")
         runs = [r.summary() for r in list_runs(results, board=board, model=model, limit=limit)]
+        if not runs:  # one line naming the folder; stdout stays a JSON list (scripts poll before the first run)
+            say(no_runs_message(results, board=board, model=model))
         if json_output:
             emit_json(runs)
             return
-        rows = [[r["id"], r["started_at"][:19], r["board"], (r["model_sha256"] or "")[:12], r["label"] or "",
-                 _ms(r["median_ms"]) if r["median_ms"] is not None else "-", ",".join(r["flags"]) or "-"]
-                for r in runs]
-        out.print(table(None, ["id", "started", "board", "model", "setting", "median ms", "warnings"], rows))
+        if not runs:
+            return
+        rows = [[r["id"], r["started_at"][:19], r["board"], (r["model_sha256"] or "")[:12], r["shape"] or "?",
+                 r["label"] or "", _ms(r["median_ms"]) if r["median_ms"] is not None else "-",
+                 ",".join(r["flags"]) or "-"] for r in runs]
+        out.print(table(None, ["id", "started", "board", "model", "shape", "setting", "median ms", "warnings"], rows))
 
     @app.command()
     @handle_errors

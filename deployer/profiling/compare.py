@@ -8,10 +8,17 @@ samples (after each run's detected warm-up) of the runs named, and the board's r
 from the history (repeated runs of one model with the same options, the compared runs left out).
 It carries along what makes the answer questionable: different boards, different options, the
 runs' own flags, and a verdict that had neither repeats nor a spread to lean on.
+
+"Options" are everything that changes what a run measured (store.run_setup: ncnn's switches, the
+input shape and fill, the output blob, the runtime). A different setup is a warning, not a refusal,
+in a plain comparison (how much a 160x160 input saves is a fair question), but `--fail-on-regression`
+refuses it: a CI gate is read from its exit code, and a baseline of another shape would pass or fail
+it on the setting, whatever the model did.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +51,9 @@ def parse_run_ids(text: str, what: str) -> list[int]:
 
 
 def _group_key(row: store.RunRow) -> tuple:
-    return (row.board, row.model_sha256, row.param_sha256,
-            tuple(sorted(store._option_summary(row.data.get("options") or {}).items())))
+    """Repeats are runs of one model with one setup: runs of another input shape or runtime are
+    other work, and pooling them made the spread the difference between the settings."""
+    return (row.board, row.model_sha256, row.param_sha256, json.dumps(store.run_setup(row.data), sort_keys=True))
 
 
 def rows_spread(rows: list[store.RunRow], leave_out: set[int]) -> st.RunSpread | None:
@@ -64,6 +72,23 @@ def board_spread(results_dir: Path | str, boards: set[str], leave_out: set[int])
     return rows_spread(rows, leave_out)
 
 
+def setup_differences(rows_a: list[store.RunRow], rows_b: list[store.RunRow]) -> list[str]:
+    """'run 1 vs run 5: shape 224x224x3 -> 48x48x3' for every run whose setup (store.run_setup)
+    differs from the first A run's: compare answers "is B faster than A" only for like work."""
+    base = rows_a[0]
+    setup = store.run_setup(base.data)
+    out = []
+    for row in rows_a[1:] + rows_b:
+        a, b = setup, store.run_setup(row.data)
+        if row.param_sha256 != base.param_sha256:
+            # blob names are the model's own: another model's output blob is named otherwise for the same work
+            a, b = ({k: v for k, v in s.items() if k not in store.MODEL_NAMED} for s in (a, b))
+        diff = store.setup_differences(a, b)
+        if diff:
+            out.append(f"run {base.id} vs run {row.id}: " + ", ".join(diff))
+    return out
+
+
 def compare_runs(results_dir: Path | str, ids_a: list[int] | int, ids_b: list[int] | int, *,
                  min_effect_pct: float = 3.0, alpha: float = 0.05,
                  fail_on_regression_pct: float | None = None) -> dict[str, Any]:
@@ -74,6 +99,14 @@ def compare_runs(results_dir: Path | str, ids_a: list[int] | int, ids_b: list[in
         raise DeployerError(f"run {both[0]} is on both sides; give each side its own runs")
     rows_a = [store.get_run(results_dir, i) for i in ids_a]
     rows_b = [store.get_run(results_dir, i) for i in ids_b]
+    differences = setup_differences(rows_a, rows_b)
+    if differences and fail_on_regression_pct is not None:
+        # a gate passes or fails on the setting then, not on the model: a 48x48 run "passes" against a
+        # 224x224 baseline whatever the model did, and CI reads the exit code, not the warnings
+        raise DeployerError("--fail-on-regression compares runs of one setup; these differ: "
+                            + "; ".join(differences),
+                            hint="pick a baseline run with the same options (`deployer history` shows them), "
+                                 "or drop --fail-on-regression to see the comparison with a warning")
     kept = {row.id: kept_samples(row) for row in rows_a + rows_b}
     for row in rows_a + rows_b:
         n = len(kept[row.id])
@@ -87,12 +120,8 @@ def compare_runs(results_dir: Path | str, ids_a: list[int] | int, ids_b: list[in
     warnings = []
     if len(boards) > 1:
         warnings.append(f"different boards: {', '.join(sorted(boards))}")
-    summaries = [(r, store._option_summary(r.data.get("options") or {})) for r in rows_a + rows_b]
-    oa = summaries[0][1]
-    for row, ob in summaries[1:]:
-        if ob != oa:
-            diff = ", ".join(f"{k} {oa.get(k)} -> {ob.get(k)}" for k in sorted(set(oa) | set(ob)) if oa.get(k) != ob.get(k))
-            warnings.append(f"different options (run {rows_a[0].id} vs run {row.id}): {diff}")
+    warnings += [f"different options ({d}): the runs measured different work or settings, so the verdict "
+                 "is about them as much as about the model" for d in differences]
     if sets.basis == "within-runs":
         warnings.append("one run on a side and no repeated runs of one model on "
                         f"{', '.join(sorted(boards))} in the history: the interval covers the variation within "
@@ -101,7 +130,9 @@ def compare_runs(results_dir: Path | str, ids_a: list[int] | int, ids_b: list[in
     for row in rows_a + rows_b:
         for f in row.data.get("flags") or []:
             warnings.append(f"run {row.id}: {f.get('kind')}: {f.get('message')}")
-    res: dict[str, Any] = {"ok": True, "a": ids_a, "b": ids_b, **sets.to_json(), "warnings": warnings}
+    res: dict[str, Any] = {"ok": True, "a": ids_a, "b": ids_b, **sets.to_json(),
+                           "setup": store.run_setup(rows_a[0].data), "same_setup": not differences,
+                           "warnings": warnings}
     if fail_on_regression_pct is not None:
         res["fail_on_regression_pct"] = fail_on_regression_pct
         res["regression"] = sets.comparison.verdict == "slower" and sets.comparison.change_pct > fail_on_regression_pct

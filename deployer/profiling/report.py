@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from deployer.profiling import stats as st
+from deployer.profiling import store
 from deployer.profiling.compare import kept_samples, rows_spread
 from deployer.profiling.store import RunRow
 
@@ -59,8 +60,8 @@ def _e(x: Any) -> str:
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
+    if isinstance(v, float):   # 2570, not 2.57e+03 (milliseconds of an emulated board)
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.{digits}g}"
     return _e(v)
 
 
@@ -84,7 +85,8 @@ def run_plots(row: RunRow) -> str:
     ax1.hist(kept, bins=min(40, max(5, kept.size // 3)), color="#4a7fb5")
     if a.get("median_ms") is not None:
         ax1.axvline(a["median_ms"], color="k", lw=1, label="median")
-        ax1.axvspan(a["ci_low_ms"], a["ci_high_ms"], color="orange", alpha=0.3, label="95% CI")
+        ax1.axvspan(a["ci_low_ms"], a["ci_high_ms"], color="orange", alpha=0.3,
+                    label=f"{st.ci_label(a.get('ci_level', 0.95))} CI of the median")
         ax1.legend(fontsize=8)
     ax1.set_xlabel("latency (ms)")
     ax1.set_ylabel("iterations")
@@ -158,7 +160,7 @@ def heatmap(summary: dict[str, Any]) -> str:
         for i in range(len(threads)):
             for j in range(len(precs)):
                 if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=9,
+                    ax.text(j, i, st.fmt_ms(grid[i, j]), ha="center", va="center", fontsize=9,
                             color="white" if grid[i, j] > np.nanmedian(grid) else "black")
         ax.set_xticks(range(len(precs)), precs)
         ax.set_yticks(range(len(threads)), [str(t) if t else "auto" for t in threads])
@@ -211,16 +213,23 @@ def _run_section(row: RunRow) -> str:
     a = d.get("analysis") or {}
     opts = d.get("options") or {}
     model = (d.get("model_files") or {}).get("bin", {})
+    setup = store.run_setup(d)
+    work = ", ".join(f"{k} {_e(setup[k])}" for k in ("shape", "fill", "output_blob", "runtime", "ncnn") if k in setup)
     parts = [f'<h2 id="run-{row.id}">Run {row.id}: {_e(row.board)}'
              + (f" &middot; {_e(row.label)}" if row.label else "") + "</h2>",
              f'<p class="muted">{_e(row.started_at)} &middot; model {_e(model.get("path", "?"))} '
              f'(sha256 {_e((row.model_sha256 or "")[:12])}) &middot; threads {_e(opts.get("threads"))}, '
              f'int8 {_e(opts.get("int8"))}, fp16 {_e(opts.get("fp16"))}, powersave {_e(opts.get("powersave"))} '
+             + (f"&middot; {work} " if work else "") +
              f'&middot; {_e(d.get("cpu") or "")} ncnn {_e(d.get("ncnn_version") or "")}</p>',
              _flags_html(d.get("flags") or [])]
     if a:
-        parts.append(_table(["median ms", "95% CI", "MAD ms", "min", "p90", "p99", "samples", "warm-up", "outliers"],
-                            [[a.get("median_ms"), f"[{_fmt(a.get('ci_low_ms'))}, {_fmt(a.get('ci_high_ms'))}]",
+        # the header says the interval's own level: a 2-sample run's [min, max] is a 50 % interval
+        level = a.get("ci_level", 0.95)
+        parts.append(_table(["median ms", f"{st.ci_label(level)} CI", "MAD ms", "min", "p90", "p99", "samples",
+                             "warm-up", "outliers"],
+                            [[a.get("median_ms"),
+                              st.ci_text(a.get("ci_low_ms"), a.get("ci_high_ms"), level, mark=False),
                               a.get("mad_ms"), a.get("min_ms"), a.get("p90_ms"), a.get("p99_ms"), a.get("count"),
                               a.get("warmup_count"), len(a.get("outliers") or [])]], left=0))
     parts.append(run_plots(row))
@@ -258,11 +267,13 @@ def _sweep_section(summary: dict[str, Any]) -> str:
         cls = "ok" if summary["int8"]["pays"] else "warn"
         parts.append(f'<div class="{cls}">{_e(summary["int8"]["message"])}</div>')
     parts.append(heatmap(summary))
-    rows = [[c["label"], c.get("median_ms"), f"[{_fmt((c.get('ci_ms') or [None])[0])}, "
-             f"{_fmt((c.get('ci_ms') or [None, None])[1])}]", c.get("mad_ms"), c.get("count"),
+    configs = summary.get("configs") or []
+    rows = [[c["label"], c.get("median_ms"), st.ci_text(*(c.get("ci_ms") or [None, None])[:2], c.get("ci_level")),
+             c.get("mad_ms"), c.get("count"),
              "pass" if c.get("accuracy_passed") else "FAIL", ", ".join(str(i) for i in c.get("run_ids") or []),
-             len(c.get("flags") or [])] for c in summary.get("configs") or []]
-    parts.append(_table(["setting", "median ms", "95% CI", "MAD", "samples", "accuracy", "runs", "warnings"], rows))
+             len(c.get("flags") or [])] for c in configs]
+    ci = st.ci_header([c.get("ci_level") for c in configs])   # not "95% CI" over a row that is 50 %
+    parts.append(_table(["setting", "median ms", ci, "MAD", "samples", "accuracy", "runs", "warnings"], rows))
     parts.append(_parity_html(summary.get("accuracy") or {}))
     return "\n".join(parts)
 
@@ -329,7 +340,6 @@ def write_report(results_dir: Any, out_file: Any, ids: list[int], sweep_ids: lis
 
     from deployer import fsutil
     from deployer.errors import DeployerError
-    from deployer.profiling import store
 
     out_path = Path(out_file)
     if out_path.suffix.lower() not in (".html", ".htm"):

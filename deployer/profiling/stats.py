@@ -96,6 +96,53 @@ def find_warmup(samples: Sequence[float], window: int = 5, tol: float = 0.05, ma
     return start, True
 
 
+def fmt_ms(value: float) -> str:
+    """Milliseconds as people read them: 1080, 48.3, 0.512; never `1.08e+03`, which an emulated
+    board's latencies printed as in flags, tables and the report."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def max_median_coverage(n: int) -> float:
+    """The best coverage any order-statistic interval for the median of n samples has: that of
+    [min, max], 1 - 2 * 0.5**n (0 for n < 2). Below 6 samples it is under 95 % (5: 93.8 %, 4: 87.5 %,
+    3: 75 %, 2: 50 %), so no interval of that kind can be a 95 % one."""
+    return 0.0 if n < 2 else 1.0 - 2.0 * 0.5 ** n
+
+
+def ci_label(level: float | None, requested: float = 0.95) -> str:
+    """The level an interval is printed with. Order statistics give discrete coverages (95.9 % for
+    20 samples, 96.1 % for 60); median_ci takes the narrowest pair that reaches the requested level,
+    so it holds *at least* that: printed as the requested level (the exact coverage is `ci_level` in
+    the JSON). Below it (too few samples) the true, lower level is printed, never the requested one:
+    '75%' for 3 samples. Runs printed '96% CI', '98% CI' and '95% CI' for the same kind of interval."""
+    if level is None or not math.isfinite(level) or level <= 0:
+        return "no"
+    if level >= requested - 1e-9:
+        return f"{100 * requested:.0f}%"
+    return f"{math.floor(1000 * level) / 10:g}%"
+
+
+def ci_text(low: float | None, high: float | None, level: float | None, requested: float = 0.95,
+            mark: bool = True) -> str:
+    """'[1080, 1130]' for an interval at the requested level; '[1080, 1130] (75% CI)' below it (unless
+    `mark` is off: a header that names the level already); '-' when there is none (one sample).
+    A level of None (a sweep stored before levels were) is printed unmarked, as it was then."""
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)) or level == 0:
+        return "-"
+    text = f"[{fmt_ms(low)}, {fmt_ms(high)}]"
+    if not mark or level is None or ci_label(level, requested) == f"{100 * requested:.0f}%":
+        return text
+    return f"{text} ({ci_label(level, requested)} CI)"
+
+
+def ci_header(levels: Sequence[float | None], requested: float = 0.95) -> str:
+    """A column header that does not claim 95 % when a row's interval is less: '95% CI' when every
+    row reaches it, else 'CI (95% unless marked)'; ci_text marks the rows below it."""
+    if all(lv is None or lv == 0 or ci_label(lv, requested) == f"{100 * requested:.0f}%" for lv in levels):
+        return f"{100 * requested:.0f}% CI"
+    return f"CI ({100 * requested:.0f}% unless marked)"
+
+
 def median_ci(sorted_x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """Order-statistic CI for the median: the narrowest symmetric pair of ranks (j, n-1-j) whose
     binomial(n, 1/2) coverage is >= level. Returns (low, high, achieved coverage)."""
@@ -147,12 +194,13 @@ def measurement_flags(a: Analysis | None, *, min_duration_s: float = 0.0, min_co
         flags.append(Flag("warmup", "latency never settled (no steady state in the first half of the run); "
                                     "run longer or check for drift"))
     if a.rel_mad > spread_rel_mad:
-        flags.append(Flag("spread", f"spread too wide: MAD {a.mad_ms:.3g} ms is {100 * a.rel_mad:.0f}% of the "
-                                    f"median {a.median_ms:.3g} ms"))
+        flags.append(Flag("spread", f"spread too wide: MAD {fmt_ms(a.mad_ms)} ms is {100 * a.rel_mad:.0f}% of the "
+                                    f"median {fmt_ms(a.median_ms)} ms"))
     half = (a.ci_high_ms - a.ci_low_ms) / 2
     if a.median_ms > 0 and half / a.median_ms > spread_ci_rel:
-        flags.append(Flag("spread", f"median uncertain: {100 * a.ci_level:.0f}% CI "
-                                    f"[{a.ci_low_ms:.3g}, {a.ci_high_ms:.3g}] ms is +-{100 * half / a.median_ms:.0f}%"))
+        few = "" if a.ci_level >= 0.95 else f" (only {a.count} samples: no 95% interval below 6)"
+        flags.append(Flag("spread", f"median uncertain: {ci_label(a.ci_level)} CI [{fmt_ms(a.ci_low_ms)}, "
+                                    f"{fmt_ms(a.ci_high_ms)}] ms is +-{100 * half / a.median_ms:.0f}%{few}"))
     if a.count < min_count:
         flags.append(Flag("duration", f"only {a.count} samples after warm-up (want >= {min_count})"))
     if min_duration_s and a.measured_s < min_duration_s:

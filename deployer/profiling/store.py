@@ -74,12 +74,55 @@ class RunRow:
                 "sweep_id": self.sweep_id, "label": self.label, "model_sha256": self.model_sha256,
                 "param_sha256": self.param_sha256, "model": (self.data.get("model_files") or {}).get("bin", {}).get("path"),
                 "median_ms": self.median_ms, "ci_ms": [analysis.get("ci_low_ms"), analysis.get("ci_high_ms")],
-                "count": analysis.get("count"), "options": _option_summary(self.data.get("options") or {}),
+                "ci_level": analysis.get("ci_level"), "count": analysis.get("count"),
+                "shape": shape_text(self.data), "options": run_setup(self.data),
                 "flags": list(dict.fromkeys(f.get("kind") for f in self.data.get("flags") or []))}
 
 
-def _option_summary(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: options.get(k) for k in ("threads", "powersave", "int8", "fp16") if k in options}
+# What a run measured, beyond the model files: two runs differing in any of these timed different
+# work (a 48x48 input is not a faster 224x224 model), so `compare` names the difference and the
+# run-to-run spread never pools them. ncnn's switches (the runner's `options`) change how the work
+# is done; the input (shape, fill or a file), the blobs read and written, and the runtime (native
+# or python, its ncnn version, a per-layer timing build) change what the time covers. Left out on
+# purpose: duration, iterations, warm-up (how long, not what) and the random fill's seed (the same
+# distribution of values; ncnn's kernels take as long on any of them).
+SETUP_OPTIONS = ("threads", "powersave", "int8", "fp16", "winograd", "sgemm", "lightmode", "packing",
+                 "shape", "fill", "input_blob", "output_blob", "layers")
+SETUP_RUNTIME = {"runtime": "kind", "ncnn": "version", "build": "flavour"}
+MODEL_NAMED = ("input_blob", "output_blob")   # names inside one .param: only comparable between runs of it
+
+
+def run_setup(data: dict[str, Any]) -> dict[str, Any]:
+    """The options of a run record that change what was measured (SETUP_OPTIONS, SETUP_RUNTIME), as
+    recorded; a key the record lacks (older runs, fewer runner options) is left out, not guessed."""
+    options = data.get("options") if isinstance(data.get("options"), dict) else {}
+    out = {k: options[k] for k in SETUP_OPTIONS if k in options}
+    if isinstance(out.get("shape"), list):
+        out["shape"] = "x".join(str(d) for d in out["shape"])
+    runtime = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
+    out.update({name: runtime[key] for name, key in SETUP_RUNTIME.items() if runtime.get(key) is not None})
+    return out
+
+
+def shape_text(data: dict[str, Any]) -> str | None:
+    """The input shape the run timed, as W x H x C ('224x224x3'); None when not recorded."""
+    shape = run_setup(data).get("shape")
+    return None if shape is None else str(shape)
+
+
+def setup_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """'shape 224x224x3 -> 48x48x3' for each setup key whose value differs (unknown: '?')."""
+    return [f"{k} {_show(a.get(k))} -> {_show(b.get(k))}" for k in sorted(set(a) | set(b), key=_setup_order)
+            if a.get(k) != b.get(k)]
+
+
+def _setup_order(key: str) -> int:
+    order = ("shape", "fill", "output_blob", "input_blob", *SETUP_RUNTIME, *SETUP_OPTIONS)
+    return order.index(key) if key in order else len(order)
+
+
+def _show(value: Any) -> str:
+    return "?" if value is None else str(value)
 
 
 _RUN_COLUMNS = ("id", "started_at", "board", "model_sha256", "param_sha256", "kind", "sweep_id", "label",
@@ -264,6 +307,23 @@ def list_runs(results_dir: Path | str, *, board: str | None = None, model: str |
     with closing(con):
         rows = [_row(r, results_dir) for r in con.execute(sql, args)]
     return rows[-limit:] if limit else rows
+
+
+def no_runs_message(results_dir: Path | str, *, board: str | None = None, model: str | None = None) -> str:
+    """One line for a `history` that found nothing, naming the folder it looked in (an empty table
+    said nothing: run from another folder, or for a board without runs, it looked like no history)."""
+    folder = Path(results_dir).resolve()
+    con = _open_read(db_path(results_dir))
+    if con is None:
+        return (f"no stored runs in {folder} (no {DB_NAME} there); pass --results FOLDER if the runs were "
+                "saved elsewhere")
+    with closing(con):
+        boards = [b for (b,) in con.execute("SELECT DISTINCT board FROM runs ORDER BY board")]
+    what = " and ".join(x for x in (f"board {board}" if board else "", f"model {model}" if model else "") if x)
+    if not boards:
+        return f"no stored runs in {folder}"
+    return (f"no stored runs of {what} in {folder}" if what else f"no stored runs in {folder}") + (
+        f" (boards with runs: {', '.join(boards)})" if board and board not in boards else "")
 
 
 def get_run(results_dir: Path | str, run_id: int) -> RunRow:

@@ -210,6 +210,7 @@ def run_sweep(session: Any, plan: SweepPlan, results_dir: Path, *, on_event: Eve
         configs_out.append({"label": label, "settings": slot["settings"], "run_ids": slot["run_ids"],
                             "median_ms": a.median_ms if a else None,
                             "ci_ms": [a.ci_low_ms, a.ci_high_ms] if a else None,
+                            "ci_level": a.ci_level if a else None,
                             "mad_ms": a.mad_ms if a else None, "count": a.count if a else 0,
                             "accuracy_passed": accuracy[prec]["passed"], "flags": slot["flags"],
                             "_runs": [r for r in slot["runs"] if r]})
@@ -253,6 +254,7 @@ def recommend(configs: list[dict[str, Any]], min_effect_pct: float = 3.0) -> dic
         out["recommendation_label"] = best["label"]
         out["recommendation_median_ms"] = best["median_ms"]
         out["recommendation_ci_ms"] = best["ci_ms"]
+        out["recommendation_ci_level"] = best.get("ci_level")
         runner_up = [c for c in ok if c is not best]
         if runner_up:
             second = min(runner_up, key=lambda c: c["median_ms"])
@@ -284,8 +286,8 @@ def recommend(configs: list[dict[str, Any]], min_effect_pct: float = 3.0) -> dic
             msg_gate = "int8 does not pay on this board (no measurable gain): "
         else:  # `same` only because the interval is wide: say so rather than claim no gain
             msg_gate = "cannot tell whether int8 pays on this board (too noisy: more --rounds would decide; flagged runs?): "
-        msg = (f"int8 ({bi['label']}, {bi['median_ms']:.3g} ms) vs best float ({bf['label']}, "
-               f"{bf['median_ms']:.3g} ms): {cmp.change_pct:+.1f}% [{cmp.change_ci_pct[0]:+.1f}, "
+        msg = (f"int8 ({bi['label']}, {st.fmt_ms(bi['median_ms'])} ms) vs best float ({bf['label']}, "
+               f"{st.fmt_ms(bf['median_ms'])} ms): {cmp.change_pct:+.1f}% [{cmp.change_ci_pct[0]:+.1f}, "
                f"{cmp.change_ci_pct[1]:+.1f}]%, p={cmp.p_value:.2g}")
         out["int8"] = {"pays": pays, "comparison": cmp.to_json(),
                        "faster": cmp.verdict == "faster", "accuracy_passed": bi["accuracy_passed"],

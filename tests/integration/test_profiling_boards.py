@@ -154,6 +154,22 @@ def test_compare_same_model_and_one_more_layer_stack(sim_boards, tmp_path: Path)
     rc, res = compare(*sets, "--fail-on-regression", f"{slower['change_pct'] + 50:.0f}")
     assert rc == 0 and res["regression"] is False
     assert compare(sets[1], sets[0])[1]["verdict"] == "faster"
+    # the records a real runner writes carry the setup: another model with the same setup is like work
+    assert res["same_setup"] and res["setup"]["shape"] == "48x48x3" and res["setup"]["runtime"] in ("native", "python")
+    # the same model at a smaller input is other work: named in a warning, and a gate refuses it
+    p = deployer("run", sim_boards.pi4, "--param", str(base[0]), "--bin", str(base[1]), "--shape", "24,24,3",
+                 *common, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    small = json.loads(p.stdout)["history_id"]
+    _, shrunk = compare(str(a1), str(small))
+    assert not shrunk["same_setup"], shrunk
+    assert any(f"run {a1} vs run {small}: shape 48x48x3 -> 24x24x3" in w for w in shrunk["warnings"]), shrunk
+    p = deployer("compare", str(a1), str(small), "--fail-on-regression", "5", cwd=tmp_path)
+    assert p.returncode == 2 and "shape 48x48x3 -> 24x24x3" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    p = deployer("history", "--board", sim_boards.pi4, cwd=tmp_path)
+    assert p.returncode == 0 and "24x24x3" in p.stdout and "48x48x3" in p.stdout, p.stdout
+    p = deployer("history", "--board", "no-such-board", cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout.strip() == "" and "no stored runs of board no-such-board in" in p.stderr
     p = deployer("compare", str(a1), "999", cwd=tmp_path)
     assert p.returncode == 2 and "run 999: not in" in p.stderr
     p = deployer("compare", f"{a1},x", str(b1), cwd=tmp_path)
