@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         # would rest on a check they did not ask for (and a warning scrolls away above minutes of runs).
         unused = [flag for flag, value in (("--mean", mean), ("--norm", norm)) if value is not None]
         if unused and not images:
-            raise DeployerError(f"{' and '.join(unused)} only apply with --images (the real inputs of the "
+            raise DeployerError(f"{' and '.join(unused)} only appl{'y' if len(unused) > 1 else 'ies'} with --images (the real inputs of the "
                                 "accuracy check)", hint="add --images FILES, or drop " + " and ".join(unused))
         inputs = None
         if images:
@@ -249,7 +249,7 @@ def register(app: typer.Typer) -> None:
 
         info = write_report(results, out_file, list(ids or []), list(sweep))
         if json_output:
-            emit_json(info)
+            emit_json({"ok": True, **info})
         else:
             say(f"wrote {info['out']} ({len(info['runs'])} run(s), {len(info['sweeps'])} sweep(s), "
                 f"{info['bytes'] // 1024} KiB)")

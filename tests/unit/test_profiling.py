@@ -430,7 +430,7 @@ def test_sweep_axes_are_validated(tmp_path: Path) -> None:
     (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--images", "x.png", "--shape", "8,8,3",
       "--mean", "1,2"], "--mean has 2 values but --pixel RGB has 3 channels"),
     # were validated, then silently ignored: without --images the parity check uses random inputs
-    (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--mean", "1,2,3"], r"^--mean only apply with --images"),
+    (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--mean", "1,2,3"], r"^--mean only applies with --images"),
     (["profile", "b", "--param", "m.param", "--bin", "m.bin", "--mean", "1,2,3", "--norm", "1,1,1"],
      r"^--mean and --norm only apply with --images"),
 ])
