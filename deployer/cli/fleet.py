@@ -11,7 +11,7 @@ import contextlib
 import math
 import threading
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from rich.table import Table
@@ -43,6 +43,10 @@ StateOpt = typer.Option(Path("rollouts"), "--state", help="folder for rollout st
 PersistOpt = typer.Option(None, "--persist", help="keep board connections open this many seconds after the command "
                           "in a background controller, for the next fleet command (0: off; default "
                           "$DEPLOYER_PERSIST, else 60, or 0 when $CI is set)")
+ShapeOpt = typer.Option(None, "--shape", help="the model's input W,H,C for the health check, when its Input layer "
+                        "has no size (without it such a model is refused unless --no-health)")
+WavesOpt = typer.Option("1,10%,50%,100%", "--waves", help="cumulative wave targets: counts or shares of the group; "
+                        "when the last is under the whole group, a last wave to 100% is added")
 RuntimeOpt = typer.Option(None, "--runtime", help="runtime for the health check: native, python or auto "
                           "(default: each board's `runtime:`)")
 
@@ -133,7 +137,8 @@ class FleetView:
         with self.lock:
             kind = event.get("type")
             if kind == "wave":
-                self.note = f"wave {event['wave']}/{event['of']}: {event['boards']} board(s)"
+                self.note = f"wave {event['wave']}/{event['of']}: {event['boards']} board(s)" + \
+                    (" (added: a last wave to 100%)" if event.get("added") else "")
                 if self.plain:
                     say(f"{self.title}: {self.note}")
             elif kind == "bake":
@@ -150,11 +155,15 @@ class FleetView:
                 if event["stage"] in ("done", "failed"):
                     row["result"] = (event.get("action") or "ok") if event.get("ok") else (event.get("error") or "failed")
                     if self.plain:
-                        say(f"{self.title}: {event['board']}: {'ok' if event.get('ok') else 'FAILED'} "
-                            f"{row['result'] if not event.get('ok') else (event.get('release') or '')} "
-                            f"{'(' + row['result'] + ')' if event.get('ok') else ''}".rstrip())
+                        say(self._result_line(event["board"], event, row["result"]))
             if not self.plain:
                 self.live.update(self.render())
+
+    def _result_line(self, board: str, event: dict[str, Any], result: str) -> str:
+        if event.get("ok"):
+            return f"{self.title}: {board}: ok {event.get('release') or ''} ({result})"
+        # a board's error starts with its name (deployer.fleet.ops.board_error): not said twice
+        return f"{self.title}: FAILED {result if result.startswith(board + ':') else f'{board}: {result}'}"
 
     def render(self) -> Table:
         rows = self.rows
@@ -181,10 +190,10 @@ def _results_table(title: str, report: Any, columns: list[str]) -> Table:
             if c == "ok":
                 v = "ok" if v else "FAILED"
             elif c == "health" and isinstance(v, dict):
-                v = ("pass" if v.get("ok") else "FAIL") + f" ({v.get('gate')}" + \
+                v = ("pass" if v.get("ok") else "FAIL") + f" ({_health_check(v)}" + \
                     (f", {v['median_ms']:.2f} ms" if v.get("median_ms") is not None else "") + ")"
             elif c == "last_health" and isinstance(v, dict):
-                v = ("pass" if v.get("ok") else "FAIL") + \
+                v = ("pass" if v.get("ok") else f"FAIL {_health_check(v)}") + \
                     (f" {v['median_ms']:.1f} ms" if v.get("median_ms") is not None else "")
             elif c in ("sent_bytes",) and v is not None:
                 v = f"{v / 1e6:.2f} MB"
@@ -195,16 +204,59 @@ def _results_table(title: str, report: Any, columns: list[str]) -> Table:
     return table
 
 
-def _finish(report: Any, json_output: bool, columns: list[str], title: str) -> None:
+def _health_check(health: dict[str, Any]) -> str:
+    """The check a health result names: the gate it passed, or the one that failed (latency too)."""
+    return str((health.get("gate") if health.get("ok") else health.get("failed") or health.get("gate")) or "")
+
+
+def _render(report: Any, json_output: bool, columns: list[str], title: str) -> None:
     if json_output:
         emit_json(report.to_json())
-    else:
-        out.print(_results_table(title, report, columns))
-        bad = [r for r in report.results if not r.ok]
-        for r in bad:
-            line(f"{r.board}: {r.error}", prefix="failed: ", prefix_style="bold red")
+        return
+    out.print(_results_table(title, report, columns))
+    for r in report.results:
+        if not r.ok:    # the error names the board (deployer.fleet.ops.board_error)
+            line(r.error or f"{r.board}: failed", prefix="failed: ", prefix_style="bold red")
+
+
+def _finish(report: Any, json_output: bool, columns: list[str], title: str) -> None:
+    _render(report, json_output, columns, title)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
+
+
+def _interrupted_report(err: BaseException) -> Any:
+    """The report of a deploy/rollout a Ctrl-C cut short (boards already started have finished),
+    marked interrupted; None if it ended before any board was worked on."""
+    from deployer.fleet.controller import interrupted_result
+
+    result = interrupted_result(err)
+    report = result[1] if isinstance(result, tuple) else result
+    if report is not None:
+        report.extra["interrupted"] = True
+    return report
+
+
+def _show_interrupted(err: BaseException, json_output: bool, columns: list[str], title: str,
+                      summary: Callable[[Any], None]) -> None:
+    """Before a Ctrl-C ends the command (exit 130): where every board ended, as at a normal end.
+    Boards switch while the command runs; `interrupted` alone left the operator guessing which."""
+    report = _interrupted_report(err)
+    if report is None:
+        return
+    if not json_output:
+        summary(report)
+    _render(report, json_output, columns, f"{title} (interrupted)")
+
+
+def _not_started(report: Any) -> None:
+    names = report.extra.get("not_started") or []
+    if names:
+        error(f"interrupted: {len(names)} board(s) not started: {', '.join(names[:10])}"
+              + (f" (+{len(names) - 10} more)" if len(names) > 10 else ""))
+
+
+_PLAN_HIDDEN = {"waves", "last_wave_added"}     # shown within wave_boards on a terminal
 
 
 def _print_plan(plan: dict[str, Any], json_output: bool) -> None:
@@ -213,19 +265,70 @@ def _print_plan(plan: dict[str, Any], json_output: bool) -> None:
                                                          for b in plan.get("boards", [])]})
         return
     for key, value in plan.items():
-        out.print(f"{key}: {value}", soft_wrap=True, markup=False, highlight=False)
+        if key not in _PLAN_HIDDEN:
+            out.print(_plan_line(key, value, plan), soft_wrap=True, markup=False, highlight=False)
+
+
+def _plan_line(key: str, value: Any, plan: dict[str, Any]) -> str:
+    """One plan entry for a terminal: a line, or a label and indented lines (no Python lists or dicts)."""
+    label = key.replace("_", " ")
+    if key == "files":
+        width = max((len(n) for n in value), default=0)
+        return f"{label}:" + "".join(f"\n  {n:<{width}}  {_size(b)}" for n, b in value.items())
+    if key == "size":
+        return f"{label}: {_size(value)}"
+    if key.endswith("_s"):
+        return f"{label[:-2]}: {value:g} s"
+    if key == "steps":
+        return f"{label}:" + "".join(f"\n  {i}. {step}" for i, step in enumerate(value, 1))
+    if key == "wave_boards":
+        if not value:
+            return "waves: none left (every board was done by an earlier run)"
+        lines = [f"\n  {k}. {len(names)} board(s): {', '.join(names)}" for k, names in enumerate(value, 1)]
+        if plan.get("last_wave_added"):
+            lines[-1] += "  (added: the --waves given stop short of the group, so a last wave to 100% is added)"
+        return "waves:" + "".join(lines)
+    if isinstance(value, list):
+        return f"{label}: {', '.join(str(v) for v in value) or '(none)'}"
+    return f"{label}: {value}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB" if n >= 1000 else f"{n} B"
+
+
+def _rollout_summary(group: str, report: Any, total: int) -> None:
+    """The lines after a rollout's table: how far it got, and what to do about a stop."""
+    x = report.extra
+    ok = sum(1 for r in report.results if r.ok)
+    earlier = f"{len(x['skipped'])} board(s) done by an earlier run"
+    if not x["waves"]:
+        waves = f"no wave left: {earlier}"
+    else:
+        waves = f"waves {x['waves_done']}/{len(x['waves'])}" + \
+            (" (the last, to 100%, added)" if x.get("last_wave_added") else "") + (f"; {earlier}" if x["skipped"] else "")
+    console.print(f"rollout {report.release}: {ok}/{total} boards ok, {len(x['failed'])} failed "
+                  f"(budget {x['budget']}), {waves}", markup=False)
+    switched = x.get("switched") or []
+    undo = (f"undo the {len(switched)} switched board(s) with: deployer rollback {group} --rollout"
+            if switched else "no board was switched, there is nothing to undo")
+    if x.get("interrupted"):
+        error(f"interrupted: {len(x['not_started'])} board(s) not started; finish it with the same command "
+              f"and --resume; {undo}")
+    elif x["stopped"]:
+        error(f"stopped: failures passed the budget; {len(x['not_started'])} board(s) not started; {undo}")
 
 
 def _boards_and_release(target: str, targets: Optional[List[Path]], model: Optional[Path],
-                        profile: Optional[Path], no_health: bool) -> tuple[list[Any], Any]:
+                        profile: Optional[Path], no_health: bool, shape: Optional[str]) -> tuple[list[Any], Any]:
     """The boards a deploy/rollout names, then its release (hashed, with the host reference run)."""
     from deployer.fleet import service
+    from deployer.fleet.release import parse_shape
 
+    dims = parse_shape(shape) if shape is not None else None
     boards = _boards(_inventory(targets, target), target)
     with Status("building the release (hashing, host reference run)"):
-        release = service.resolve_release(model, profile, health=not no_health)
-    for note in release.notes:
-        render_note(note)
+        release = service.resolve_release(model, profile, health=not no_health, shape=dims)
     return boards, release
 
 
@@ -238,6 +341,7 @@ def register(app: typer.Typer) -> None:
         profile: Optional[Path] = ProfileOpt,
         plan: bool = PlanOpt,
         no_health: bool = NoHealthOpt,
+        shape: Optional[str] = ShapeOpt,
         min_cosine: float = CosineOpt,
         max_latency: Optional[float] = LatencyOpt,
         keep: int = KeepOpt,
@@ -255,7 +359,7 @@ def register(app: typer.Typer) -> None:
         opts = _options(no_health=no_health, min_cosine=min_cosine, max_latency=max_latency, keep=keep,
                         lock_wait=lock_wait, deadline=deadline, accept_new=accept_new, runtime=runtime)
         spec, call = _call(executor, persist)
-        boards, release = _boards_and_release(target, targets, model, profile, no_health)
+        boards, release = _boards_and_release(target, targets, model, profile, no_health, shape)
         with release:     # its temporary folder (manifest, health reference) goes when done
             if plan:
                 _print_plan({"release": release.id, "files": {f.name: f.size for f in release.files},
@@ -267,10 +371,15 @@ def register(app: typer.Typer) -> None:
                              "max_parallel": max_parallel, "executor": executor}, json_output)
                 return
             view = FleetView(f"deploy {release.id}", len(boards))
-            with view.live:
-                report = call("deploy", boards, release, opts, executor=spec, max_parallel=max_parallel, on_event=view)
-            _finish(report, json_output, ["board", "ok", "action", "release", "previous", "health", "sent_bytes", "seconds"],
-                    f"deploy {release.id}")
+            columns = ["board", "ok", "action", "release", "previous", "health", "sent_bytes", "seconds"]
+            try:
+                with view.live:
+                    report = call("deploy", boards, release, opts, executor=spec, max_parallel=max_parallel,
+                                  on_event=view)
+            except KeyboardInterrupt as err:
+                _show_interrupted(err, json_output, columns, f"deploy {release.id}", _not_started)
+                raise
+            _finish(report, json_output, columns, f"deploy {release.id}")
 
     @app.command()
     @handle_errors
@@ -346,12 +455,13 @@ def register(app: typer.Typer) -> None:
         group: str = typer.Argument(..., help="group, tag:NAME or board"),
         model: Optional[Path] = ModelOpt,
         profile: Optional[Path] = ProfileOpt,
-        waves: str = typer.Option("1,10%,50%,100%", "--waves", help="cumulative wave targets: counts or shares"),
+        waves: str = WavesOpt,
         max_failures: str = typer.Option("5%", "--max-failures", help="failed boards tolerated (count or share)"),
         bake: str = typer.Option("0", "--bake", help="wait after each wave, then re-check it (30s, 2m)"),
         resume: bool = typer.Option(False, "--resume", help="skip boards the last rollout of this release finished"),
         plan: bool = PlanOpt,
         no_health: bool = NoHealthOpt,
+        shape: Optional[str] = ShapeOpt,
         min_cosine: float = CosineOpt,
         max_latency: Optional[float] = LatencyOpt,
         keep: int = KeepOpt,
@@ -370,30 +480,31 @@ def register(app: typer.Typer) -> None:
         opts = _options(no_health=no_health, min_cosine=min_cosine, max_latency=max_latency, keep=keep,
                         lock_wait=lock_wait, deadline=deadline, accept_new=accept_new, runtime=runtime)
         spec, call = _call(executor, 0 if plan else persist)
-        boards, release = _boards_and_release(group, targets, model, profile, no_health)
+        boards, release = _boards_and_release(group, targets, model, profile, no_health, shape)
         with release:     # its temporary folder (manifest, health reference) goes when done
             view = FleetView(f"rollout {release.id}", len(boards))
-            with view.live if not plan else contextlib.nullcontext():
-                the_plan, report = call("rollout", group, boards, release, opts, waves=waves, max_failures=max_failures,
-                                        max_parallel=max_parallel, bake=bake, executor=spec, state_dir=state,
-                                        resume=resume, on_event=view, plan_only=plan)
+            columns = ["board", "ok", "action", "release", "previous", "health", "seconds"]
+            try:
+                with view.live if not plan else contextlib.nullcontext():
+                    the_plan, report = call("rollout", group, boards, release, opts, waves=waves,
+                                            max_failures=max_failures, max_parallel=max_parallel, bake=bake,
+                                            executor=spec, state_dir=state, resume=resume, on_event=view,
+                                            plan_only=plan)
+            except KeyboardInterrupt as err:
+                _show_interrupted(err, json_output, columns, f"rollout {release.id}",
+                                  lambda rep: _rollout_summary(group, rep, len(boards)))
+                raise
             if report is None:
                 p = the_plan.to_json()
-                _print_plan({"release": release.id, "size": release.size, "waves": [len(w) for w in p["waves"]],
-                             "wave_boards": p["waves"], "failure_budget": p["budget"], "bake_s": p["bake"],
-                             "max_parallel": max_parallel, "skipped": p["skipped"],
-                             "boards": [n for w in p["waves"] for n in w]}, json_output)
+                _print_plan({"release": release.id, "files": {f.name: f.size for f in release.files},
+                             "size": release.size, "waves": [len(w) for w in p["waves"]],
+                             "wave_boards": p["waves"], "last_wave_added": p["last_wave_added"],
+                             "failure_budget": p["budget"], "bake_s": p["bake"], "max_parallel": max_parallel,
+                             "skipped": p["skipped"], "boards": [n for w in p["waves"] for n in w]}, json_output)
                 return
             if not json_output:
-                x = report.extra
-                msg = (f"rollout {release.id}: {sum(1 for r in report.results if r.ok)}/{len(boards)} boards ok, "
-                       f"{len(x['failed'])} failed (budget {x['budget']}), waves {x['waves_done']}/{len(x['waves'])}")
-                console.print(msg, markup=False)
-                if x["stopped"]:
-                    error(f"stopped: failures passed the budget; {len(x['not_started'])} board(s) "
-                          f"not started. Undo the switched boards with: deployer rollback {group} --rollout")
-            _finish(report, json_output, ["board", "ok", "action", "release", "previous", "health", "seconds"],
-                    f"rollout {release.id}")
+                _rollout_summary(group, report, len(boards))
+            _finish(report, json_output, columns, f"rollout {release.id}")
 
     @app.command()
     @handle_errors
@@ -418,15 +529,26 @@ def register(app: typer.Typer) -> None:
         if json_output:
             emit_json(report.to_json())
         else:
-            out.print(_results_table(f"status (expected: {report.extra.get('expected') or 'not set'})", report,
-                                     ["board", "reachable", "release", "model", "runtime", "last_health", "drift",
-                                      "error"]))
-            s = report.extra["summary"]
-            console.print(f"{s['reachable']}/{s['boards']} reachable, {s['drift']} drifting; releases: "
-                          + ", ".join(f"{k} x{v}" for k, v in s["releases"].items()), markup=False)
+            _status_text(target, report)
         unreachable = [r for r in report.results if not r.ok]
         if unreachable:
             raise typer.Exit(3)
+
+
+def _status_text(target: str, report: Any) -> None:
+    x = report.extra
+    expected = x.get("expected")
+    source = f", from {x['expected_from']}" if expected and x.get("expected_from") else ""
+    out.print(_results_table(f"status (expected: {expected or 'not set'}{source})", report,
+                             ["board", "reachable", "release", "model", "runtime", "last_health", "drift", "error"]))
+    s = x["summary"]
+    drift = f"{s['drift']} drifting" if expected else "drift not checked"
+    console.print(f"{s['reachable']}/{s['boards']} reachable, {drift}; releases: "
+                  + ", ".join(f"{k} x{v}" for k, v in s["releases"].items()), markup=False)
+    last = x.get("last_rollout")
+    if not expected and last and last.get("status") != "done":
+        render_note(f"the last rollout to {target} ({last.get('release')}) is {last.get('status')}, so it sets no "
+                    "expected release; pass --expect RELEASE to check drift")
 
 
 def _age(seconds: Optional[int]) -> str:

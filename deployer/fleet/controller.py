@@ -117,6 +117,20 @@ def _rebuild(state: tuple) -> DeployerError:
 
 # ---------------------------------------------------------------- client
 
+def interrupted(err: BaseException, result: Any) -> BaseException:
+    """Ctrl-C (or SIGTERM) mid-command, run here or in the controller (see _remote): `err` carries
+    what the command would have returned (boards already started finish first), so the CLI can show
+    where every board ended before it exits 130; the exception itself goes on (a Terminated keeps
+    its exit code)."""
+    err.fleet_result = result  # type: ignore[attr-defined]
+    return err
+
+
+def interrupted_result(err: BaseException) -> Any:
+    """What `interrupted` attached to `err`, or None."""
+    return getattr(err, "fleet_result", None)
+
+
 def call(name: str, *args: Any, persist: float, on_event: EventFn | None = None, **kwargs: Any) -> Any:
     """deployer.fleet.service.<name>(*args, **kwargs) through the controller (started if needed);
     in this process when persist <= 0 or the controller cannot be used."""
@@ -174,16 +188,17 @@ def _remote(sock: socket.socket, name: str, args: tuple, kwargs: dict, persist: 
                      "events": on_event is not None})
         try:
             return _answer(sock, on_event)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             # EOF tells the controller to start no further board. The ones it is running read the
             # release's temporary folder, which this process removes as it unwinds (interrupted
             # deploys failed those boards with FileNotFoundError): wait for the answer first, as
             # an in-process command does (deployer.fleet.fanout). A second Ctrl-C stops waiting.
+            # The answer says where every board ended: it rides on the interrupt for the CLI to show.
             sys.stderr.write("interrupted: letting the boards already started finish (Ctrl-C again to stop waiting)\n")
             sys.stderr.flush()
             try:
                 sock.shutdown(socket.SHUT_WR)
-                _answer(sock, None)
+                interrupted(err, _answer(sock, None))
             except Exception:  # noqa: BLE001 - only waiting (the frame may be cut): the interrupt goes on
                 pass
             raise

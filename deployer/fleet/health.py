@@ -64,6 +64,9 @@ class HealthResult:
     ok: bool
     reason: str
     gate: str = ""                   # "identical" | "cosine>=X" | "none"
+    # the check that failed (None when ok): the output gate, or "latency<=Xms" when the output passed
+    # but the board was too slow - a report naming only the gate blamed the output for a latency failure
+    failed: str | None = None
     identical: bool | None = None
     cosine: float | None = None
     max_abs_diff: float | None = None
@@ -90,12 +93,13 @@ def compare(board: dict[str, Any], expected: dict[str, Any], *, exact: bool, min
     """The gate on two runner `output` payloads (board vs host reference)."""
     if board.get("shape") != expected.get("shape"):
         return HealthResult(False, f"output shape {board.get('shape')} on the board vs {expected.get('shape')} "
-                                   "on the host", gate="shape")
+                                   "on the host", gate="shape", failed="shape")
     raw_a, raw_b = base64.b64decode(board["data"]), base64.b64decode(expected["data"])
     a, b = decode(board), decode(expected)
     bad = sum(1 for v in a if not math.isfinite(v))
     if bad:
-        return HealthResult(False, f"{bad} of {len(a)} output values are NaN/inf on the board", gate="finite")
+        return HealthResult(False, f"{bad} of {len(a)} output values are NaN/inf on the board", gate="finite",
+                            failed="finite")
     identical = raw_a == raw_b
     diff = max((abs(x - y) for x, y in zip(a, b)), default=0.0)
     na = math.sqrt(sum(x * x for x in a))
@@ -112,7 +116,8 @@ def compare(board: dict[str, Any], expected: dict[str, Any], *, exact: bool, min
         ok = cos >= min_cosine
         gate = f"cosine>={min_cosine:g}"
         reason = f"cosine {cos:.6f} vs the host reference" + ("" if ok else f" is below {min_cosine:g}")
-    return HealthResult(ok, reason, gate=gate, identical=identical, cosine=cos, max_abs_diff=diff)
+    return HealthResult(ok, reason, gate=gate, identical=identical, cosine=cos, max_abs_diff=diff,
+                        failed=None if ok else gate)
 
 
 def _run(conn: Any, argv: list[str], policy: HealthPolicy) -> tuple[list[dict[str, Any]], str]:
@@ -169,7 +174,7 @@ def check(conn: Any, layout: BoardLayout, release: Any, runtime: BoardRuntime,
     seconds = time.monotonic() - t0
     if out is None or stats is None:
         why = err or ((stderr or "").strip().splitlines() or ["the runner printed no output"])[-1]
-        return HealthResult(False, f"the release does not run on the board: {why}", gate="runs",
+        return HealthResult(False, f"the release does not run on the board: {why}", gate="runs", failed="runs",
                             ncnn=facts.get("ncnn_version"), machine=facts.get("machine"), seconds=seconds)
     ncnn_board = facts.get("ncnn_version")
     board_machine = facts.get("machine") or machine
@@ -187,6 +192,7 @@ def check(conn: Any, layout: BoardLayout, release: Any, runtime: BoardRuntime,
     if result.ok and policy.max_latency_ms is not None and result.median_ms is not None \
             and result.median_ms > policy.max_latency_ms:
         result.ok = False
+        result.failed = f"latency<={policy.max_latency_ms:g}ms"
         result.reason = (f"median latency {result.median_ms:.2f} ms is over the budget of "
                          f"{policy.max_latency_ms:g} ms ({result.reason})")
     return result

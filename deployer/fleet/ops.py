@@ -145,18 +145,26 @@ def _connect(board: Any, accept_new: bool, result: BoardResult) -> Any:
 
 
 def _failed(result: BoardResult, err: BaseException, dog: _Watchdog | None) -> BoardResult:
+    """A failed result whose error starts with the board's name exactly once: most errors already
+    name it, some (connect, deeper layers) do not; readers print `error` as it is."""
     result.ok = False
     result.action = "failed"
     if dog is not None and dog.fired:
-        result.error = f"{result.board}: no answer within the {dog.seconds:g} s deadline (stage {result.stage})"
+        result.error = f"no answer within the {dog.seconds:g} s deadline (stage {result.stage})"
         result.exit_code = 3
     elif isinstance(err, DeployerError):
         result.error = str(err)
         result.exit_code = err.exit_code
     else:
-        result.error = f"{result.board}: {type(err).__name__}: {err}"
+        result.error = f"{type(err).__name__}: {err}"
         result.exit_code = 3 if isinstance(err, (OSError, EOFError)) else 4
+    result.error = board_error(result.board, result.error)
     return result
+
+
+def board_error(board: str, message: str) -> str:
+    """`message` prefixed with `board: ` unless it already starts so."""
+    return message if message.startswith(f"{board}:") else f"{board}: {message}"
 
 
 
@@ -247,6 +255,7 @@ def deploy_board(board: Any, release: LocalRelease, opts: DeployOptions,
                 health = check(conn, layout, release, runtime, opts.health, machine=machine)
                 result.health = health.to_json()
                 fs.note(release.id, {"ok": health.ok, "reason": health.reason, "gate": health.gate,
+                                     "failed": health.failed,
                                      "cosine": health.cosine, "median_ms": health.median_ms, "ncnn": health.ncnn,
                                      "runtime": runtime.kind, "machine": health.machine,
                                      "at": int(time.time())})

@@ -8,6 +8,14 @@ Why the id is derived from the payload (not the time): deploying the same model 
 no-op, and a rollout that is resumed must aim at the very same release on every board.
 The manifest (who, when, versions) is stored with the release but does not change its id.
 
+Why the health data is part of the id (so `--no-health`, which leaves it out, or another `--shape`
+gives another id): a release folder on a board is immutable and its id names exactly the files in
+it. Were the health files left out of the id, a board that got the `--no-health` copy would hold,
+under the same id, a folder without a health input, and a later health-gated deploy of that id
+would find it already there and have nothing to check; two manifests would also claim one id.
+So the id covers the model's files, table, report, profile, runner and the health input and host
+reference; the same model with the same options gives the same id.
+
 Health data travels in the release: a fixed input (`health-input.f32`, deterministic) and the host
 ncnn's output for it (`health-expected.json`), so the board-side check needs nothing but the release.
 """
@@ -67,7 +75,6 @@ class LocalRelease:
     shape: list[int] | None
     expected: dict[str, Any] | None     # host reference output for the health input (None: health impossible)
     workdir: Path | None = None
-    notes: list[str] = field(default_factory=list)
     # can the board's output be bit-identical to the host's (deployer.ncnn.exactness)? If not,
     # the layers that round differently on ARM and x86; the health check then gates on cosine
     inexact: list[str] = field(default_factory=list)
@@ -126,14 +133,27 @@ def find_model(folder: Path) -> tuple[Path, Path, list[Path]]:
     return param, binf, extras
 
 
+def parse_shape(text: str) -> list[int]:
+    """`--shape W,H,C` of deploy and rollout: the health input's size for a model whose Input layer
+    declares none."""
+    from deployer.remote.runner import parse_shape as runner_shape
+
+    try:
+        return runner_shape(text)
+    except ValueError as err:
+        raise DeployerError(f"--shape: {err}", hint="e.g. --shape 224,224,3") from None
+
+
 def build_release(model_dir: Path, *, profile: Path | None = None, workdir: Path | None = None,
-                  health: bool = True) -> LocalRelease:
+                  health: bool = True, shape: list[int] | None = None) -> LocalRelease:
     """Collect, hash and describe a release; compute the host reference for the health check.
 
     `health=False` skips the host ncnn run (benchmarks, models the host cannot run); such a
-    release cannot be health-checked on boards. Without `workdir` the release's files (manifest,
-    health input and reference) go to a temporary folder the release owns: close it (or use it in
-    a `with`) when the command is done."""
+    release cannot be health-checked on boards. `shape` (W,H,C) sizes the health input of a model
+    whose Input layer has no size; without it such a model is refused unless `health=False` (the
+    gate used to be skipped with a note, switching boards unchecked). Without `workdir` the
+    release's files (manifest, health input and reference) go to a temporary folder the release
+    owns: close it (or use it in a `with`) when the command is done."""
     param, binf, extras = find_model(Path(model_dir))
     stem = param.name[: -len(".param")]
     _board_safe(stem, "model name", _ID_RE)
@@ -148,7 +168,7 @@ def build_release(model_dir: Path, *, profile: Path | None = None, workdir: Path
     work = Path(tempfile.mkdtemp(prefix="deployer-release-")) if owned else Path(workdir)  # type: ignore[arg-type]
     try:
         work.mkdir(parents=True, exist_ok=True)
-        return _build(param, binf, extras, names, stem, work, owned, health)
+        return _build(param, binf, extras, names, stem, work, owned, health, shape)
     except BaseException:
         if owned:     # a failed host reference run or Ctrl-C must not leave the folder behind either
             shutil.rmtree(work, ignore_errors=True)
@@ -156,10 +176,9 @@ def build_release(model_dir: Path, *, profile: Path | None = None, workdir: Path
 
 
 def _build(param: Path, binf: Path, extras: list[Path], names: dict[str, Path], stem: str, work: Path,
-           owned: bool, health: bool) -> LocalRelease:
-    shape = _input_shape(param) or _report_shape(extras)
+           owned: bool, health: bool, given: list[int] | None) -> LocalRelease:
+    shape = _health_shape(param, extras, given, health)
     expected = None
-    notes: list[str] = []
     if health and shape:
         input_path = work / HEALTH_INPUT
         fsutil.write_bytes(input_path, _health_input(shape))
@@ -167,8 +186,6 @@ def _build(param: Path, binf: Path, extras: list[Path], names: dict[str, Path], 
         fsutil.write_text(work / HEALTH_EXPECTED, json.dumps(expected, sort_keys=True) + "\n")
         names[HEALTH_INPUT] = input_path
         names[HEALTH_EXPECTED] = work / HEALTH_EXPECTED
-    elif health:
-        notes.append(f"{param.name} has no fixed input shape: releases of it are not health-checked")
     rfiles = []
     for name, p in sorted(names.items()):
         try:
@@ -194,7 +211,7 @@ def _build(param: Path, binf: Path, extras: list[Path], names: dict[str, Path], 
     mpath = work / "manifest.json"
     fsutil.write_text(mpath, json.dumps(manifest, sort_keys=True, separators=(",", ":")) + "\n")
     return LocalRelease(rid, stem, rfiles, manifest, mpath, fsutil.sha256_file(mpath, "manifest"), param.name,
-                        binf.name, shape, expected, work, notes, inexact, owned)
+                        binf.name, shape, expected, work, inexact, owned)
 
 
 # what the board's release store accepts (deployer/fleet/board/fleet.sh valid_id / valid_name)
@@ -215,6 +232,26 @@ def _input_shape(param: Path) -> list[int] | None:
     from deployer.remote.runner import input_shape_from_param
 
     return input_shape_from_param(str(param), None)
+
+
+def _health_shape(param: Path, extras: list[Path], given: list[int] | None, health: bool) -> list[int] | None:
+    """The health input's W,H,C: --shape, else the Input layer's, else the quantize report's.
+    A --shape that contradicts the Input layer is refused: the board would run another input than
+    the model declares. No shape at all with health on is refused, never skipped silently."""
+    fixed = _input_shape(param)
+    if given and fixed and list(given) != fixed:
+        raise DeployerError(f"--shape {_dims(given)} differs from the input size {_dims(fixed)} that "
+                            f"{param.name} declares", hint="drop --shape or give that size")
+    shape = list(given) if given else fixed or _report_shape(extras)
+    if health and not shape:
+        raise DeployerError(f"{param}: the Input layer has no size and no quantize report gives one, so the "
+                            "health check has no input; nothing was deployed",
+                            hint="pass --shape W,H,C with the model's input size, or --no-health to switch unchecked")
+    return shape
+
+
+def _dims(shape: list[int]) -> str:
+    return ",".join(str(d) for d in shape)
 
 
 def _report_shape(extras: list[Path]) -> list[int] | None:

@@ -67,6 +67,13 @@ def wave_sizes(waves: list[str], n: int) -> list[int]:
     return sizes
 
 
+def adds_last_wave(waves: list[str], n: int) -> bool:
+    """Do the waves given stop short of the whole group (`1,50%`)? wave_sizes then adds a last wave
+    to 100 %, which the plan and the progress must say: the operator did not write it."""
+    targets = [math.ceil(n * float(w[:-1]) / 100) if w.endswith("%") else int(w) for w in waves]
+    return n > 0 and max(targets, default=0) < n
+
+
 def failure_budget(text: str, n: int) -> int:
     """How many failed boards are tolerated: '5%' of the group (floor) or a plain count."""
     t = text.strip()
@@ -108,6 +115,7 @@ class RolloutPlan:
     max_parallel: int
     bake: float
     skipped: list[str] = field(default_factory=list)   # done in an earlier run (--resume)
+    last_wave_added: bool = False    # the --waves given stop short of 100 %: the last wave was added
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,11 +125,15 @@ class RolloutPlan:
 class RolloutReport:
     plan: RolloutPlan
     results: dict[str, BoardResult]
-    stopped: bool                     # the failure budget was passed
+    stopped: bool                     # the failure budget was passed (or the command was interrupted)
     not_started: list[str]
     waves_done: int
     seconds: float
     state_file: str | None = None
+    # every board the rollout's record says it switched (this run and, resumed, earlier ones): what
+    # `rollback --rollout` would undo; empty when e.g. the canary failed its health check
+    switched: list[str] = field(default_factory=list)
+    status: str = ""                  # as recorded: done | failed | stopped | interrupted
 
     @property
     def failed(self) -> list[BoardResult]:
@@ -137,13 +149,13 @@ def state_path(state_dir: Path, group: str) -> Path:
 
 
 @contextlib.contextmanager
-def state_lock(state_dir: Path, group: str) -> Iterator[None]:
+def state_lock(state_dir: Path, group: str, then: str = "roll out again") -> Iterator[None]:
     """One rollout per group and state folder at a time (an flock next to `<group>.json`, held until
     the rollout's last save; it goes with the process). Two rollouts to one group (two terminals, CI
     next to a person, two clients of one persistent controller) each rewrote the whole state file
     from their own view, so the last to save erased the other's switched boards and `rollback
     --rollout` / `--resume` worked from the wrong record. The second one now stops at once, naming
-    the first."""
+    the first; `then` says what to do once it has ended."""
     path = state_path(state_dir, group)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "a+") as fh:
@@ -153,7 +165,7 @@ def state_lock(state_dir: Path, group: str) -> Iterator[None]:
             fh.seek(0)
             raise DeployerError(f"{path}: another rollout to group {group} is running "
                                 f"({fh.read().strip() or 'holder unknown'})",
-                                hint="wait for it to end (or stop it), then roll out again") from None
+                                hint=f"wait for it to end (or stop it), then {then}") from None
         fh.truncate(0)
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
@@ -201,7 +213,7 @@ def plan_rollout(group: str, boards: list[Any], release_id: str, waves: list[str
         plan_waves.append(left[i:i + s])
         i += s
     return RolloutPlan(group, release_id, plan_waves, failure_budget(max_failures, len(names)), max_parallel,
-                       bake, skipped)
+                       bake, skipped, adds_last_wave(waves, len(left)))
 
 
 def run_rollout(plan: RolloutPlan, boards: list[Any], release: LocalRelease, opts: DeployOptions,
@@ -243,45 +255,64 @@ def run_rollout(plan: RolloutPlan, boards: list[Any], release: LocalRelease, opt
         return sum(1 for r in results.values() if not r.ok) > plan.budget
 
     save()
-    not_started: list[str] = []
-    stopped = False
+    stopped = interrupted = False
     waves_done = 0
-    for k, wave in enumerate(plan.waves):
-        if on_event:
-            on_event({"type": "wave", "wave": k + 1, "of": len(plan.waves), "boards": len(wave)})
-        _, left = fan_out(executor, [by_name[n] for n in wave], deploy_board, (release, opts),
-                          max_parallel=plan.max_parallel, on_result=record, stop=over_budget,
-                          kwargs={"on_event": on_event} if local else None)
-        waves_done = k + 1
-        save()
-        cancel = CANCEL.get()
-        if over_budget([]) or (cancel is not None and cancel.is_set()):
-            stopped = True
-            not_started = [b.name for b in left] + [n for w in plan.waves[k + 1:] for n in w]
-            break
-        if plan.bake > 0 and k + 1 < len(plan.waves):
+    try:
+        for k, wave in enumerate(plan.waves):
             if on_event:
-                on_event({"type": "bake", "wave": k + 1, "seconds": plan.bake})
-            if cancel is not None and cancel.wait(plan.bake):
-                stopped = True                 # the controller's client went away: no further wave
-                not_started = [n for w in plan.waves[k + 1:] for n in w]
+                added = plan.last_wave_added and k + 1 == len(plan.waves)
+                on_event({"type": "wave", "wave": k + 1, "of": len(plan.waves), "boards": len(wave),
+                          "added": added})
+            fan_out(executor, [by_name[n] for n in wave], deploy_board, (release, opts),
+                    max_parallel=plan.max_parallel, on_result=record, stop=over_budget,
+                    kwargs={"on_event": on_event} if local else None)
+            waves_done = k + 1
+            save()
+            cancel = CANCEL.get()
+            interrupted = cancel is not None and cancel.is_set()
+            if over_budget([]) or interrupted:
                 break
-            if cancel is None:
-                time.sleep(plan.bake)
-            ok_boards = [by_name[n] for n in wave if results.get(n) and results[n].ok]
-            checks, _ = fan_out(executor, ok_boards, list_board, (opts, "current"), max_parallel=plan.max_parallel)
-            for c in checks:
-                if not c.ok or c.release != plan.release:
-                    r = results[c.board]
-                    r.ok, r.action, r.stage, r.exit_code = False, "failed", "bake", c.exit_code or 3
-                    r.error = c.error or f"{c.board}: serves {c.release} instead of {plan.release} after the bake"
-                    record(r)
-            if over_budget([]):
-                stopped = True
-                not_started = [n for w in plan.waves[k + 1:] for n in w]
-                break
-    state["status"] = "stopped" if stopped else ("done" if not any(not r.ok for r in results.values()) else "failed")
+            if plan.bake > 0 and k + 1 < len(plan.waves):
+                if on_event:
+                    on_event({"type": "bake", "wave": k + 1, "seconds": plan.bake})
+                if cancel is not None and cancel.wait(plan.bake):
+                    interrupted = True             # the controller's client went away: no further wave
+                    break
+                if cancel is None:
+                    time.sleep(plan.bake)
+                _bake_check(plan, wave, by_name, results, opts, executor, record)
+                if over_budget([]):
+                    break
+    except KeyboardInterrupt as err:    # Ctrl-C, SIGTERM: the boards already started have finished (fanout)
+        state["status"] = "interrupted"
+        err.rollout_report = _end(plan, results, state, save, waves_done, t0, path)  # type: ignore[attr-defined]
+        raise
+    stopped = interrupted or over_budget([])
+    state["status"] = ("interrupted" if interrupted else "stopped" if stopped
+                       else "done" if all(r.ok for r in results.values()) else "failed")
+    return _end(plan, results, state, save, waves_done, t0, path)
+
+
+def _bake_check(plan: RolloutPlan, wave: list[str], by_name: dict[str, Any], results: dict[str, BoardResult],
+                opts: DeployOptions, executor: Executor, record: Callable[[BoardResult], None]) -> None:
+    """After a bake, re-read the wave's boards: one that no longer serves the release failed."""
+    ok_boards = [by_name[n] for n in wave if results.get(n) and results[n].ok]
+    checks, _ = fan_out(executor, ok_boards, list_board, (opts, "current"), max_parallel=plan.max_parallel)
+    for c in checks:
+        if not c.ok or c.release != plan.release:
+            r = results[c.board]
+            r.ok, r.action, r.stage, r.exit_code = False, "failed", "bake", c.exit_code or 3
+            r.error = c.error or f"{c.board}: serves {c.release} instead of {plan.release} after the bake"
+            record(r)
+
+
+def _end(plan: RolloutPlan, results: dict[str, BoardResult], state: dict[str, Any], save: Callable[[], None],
+         waves_done: int, t0: float, path: Path | None) -> RolloutReport:
+    """Write the rollout's final record and report it (ended, stopped or interrupted alike)."""
     state["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     save()
+    stopped = state["status"] in ("stopped", "interrupted")
+    not_started = [n for w in plan.waves for n in w if n not in results] if stopped else []
+    switched = sorted(n for n, e in state["boards"].items() if e.get("switched"))
     return RolloutReport(plan, results, stopped, not_started, waves_done, round(time.monotonic() - t0, 3),
-                         str(path) if path else None)
+                         str(path) if path else None, switched, state["status"])

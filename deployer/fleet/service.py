@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deployer.errors import DeployerError
+from deployer.fleet.controller import interrupted
 from deployer.fleet.executor import ExecutorSpec, open_executor
 from deployer.fleet.fanout import fan_out
 from deployer.fleet.ops import BoardResult, DeployOptions, deploy_board, list_board, rollback_board
@@ -32,7 +33,8 @@ class FleetReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.results) and not self.extra.get("stopped")
+        return all(r.ok for r in self.results) and not self.extra.get("stopped") \
+            and not self.extra.get("interrupted")
 
     @property
     def exit_code(self) -> int:
@@ -55,7 +57,7 @@ def _natural(name: str) -> tuple:
 
 
 def resolve_release(model: Path | None, profile: Path | None, *, health: bool = True,
-                    workdir: Path | None = None) -> LocalRelease:
+                    workdir: Path | None = None, shape: list[int] | None = None) -> LocalRelease:
     """The release to ship: a `quantize` output folder (--model) or a profile's `out:` (--profile)."""
     if (model is None) == (profile is None):
         raise DeployerError("give exactly one of --model OUT_DIR (the folder `deployer quantize` wrote) "
@@ -66,18 +68,29 @@ def resolve_release(model: Path | None, profile: Path | None, *, health: bool = 
         prof = load_profile(profile)
         if prof.out is None:
             raise DeployerError(f"{profile}: no `out:` folder; give --model OUT_DIR instead")
-        return build_release(prof.out, profile=Path(profile), health=health, workdir=workdir)
-    return build_release(Path(model), health=health, workdir=workdir)  # type: ignore[arg-type]
+        return build_release(prof.out, profile=Path(profile), health=health, workdir=workdir, shape=shape)
+    return build_release(Path(model), health=health, workdir=workdir, shape=shape)  # type: ignore[arg-type]
 
 
 def deploy(boards: list[Any], release: LocalRelease, opts: DeployOptions, *, executor: ExecutorSpec,
            max_parallel: int, on_event: EventFn | None = None) -> FleetReport:
     t0 = time.monotonic()
-    with open_executor(executor, max_parallel) as pool:
-        results, _ = fan_out(pool, boards, deploy_board, (release, opts), max_parallel=max_parallel,
-                             kwargs={"on_event": on_event} if executor.local else None)
-    return FleetReport("deploy", results, release.id, round(time.monotonic() - t0, 3),
-                       {"sent_bytes": sum(r.sent_bytes for r in results)})
+    results: list[BoardResult] = []     # filled as boards end, so an interrupted deploy still has them
+    try:
+        with open_executor(executor, max_parallel) as pool:
+            fan_out(pool, boards, deploy_board, (release, opts), max_parallel=max_parallel,
+                    on_result=results.append, kwargs={"on_event": on_event} if executor.local else None)
+    except KeyboardInterrupt as err:
+        raise interrupted(err, _deploy_report(boards, results, release, t0))
+    return _deploy_report(boards, results, release, t0)
+
+
+def _deploy_report(boards: list[Any], results: list[BoardResult], release: LocalRelease, t0: float) -> FleetReport:
+    done = {r.board for r in results}
+    # boards a Ctrl-C (or the controller's client going away) kept from starting
+    return FleetReport("deploy", list(results), release.id, round(time.monotonic() - t0, 3),
+                       {"sent_bytes": sum(r.sent_bytes for r in results),
+                        "not_started": [b.name for b in boards if b.name not in done]})
 
 
 def rollback(boards: list[Any], to: str | None, opts: DeployOptions, *, executor: ExecutorSpec,
@@ -88,7 +101,8 @@ def rollback(boards: list[Any], to: str | None, opts: DeployOptions, *, executor
     # a rollout to the group still running would switch more boards after this read its record
     state_dir = state_dir or Path("rollouts")
     locked = use_rollout and ro.state_path(state_dir, group or "").exists()
-    with ro.state_lock(state_dir, group or "") if locked else contextlib.nullcontext():
+    then = f"run `deployer rollback {group} --rollout` again to undo what it switched"
+    with ro.state_lock(state_dir, group or "", then) if locked else contextlib.nullcontext():
         t0 = time.monotonic()
         targets: dict[str, str | None] = {b.name: to for b in boards}
         if use_rollout:
@@ -127,16 +141,12 @@ def releases(boards: list[Any], opts: DeployOptions, *, executor: ExecutorSpec, 
 def status(boards: list[Any], opts: DeployOptions, *, executor: ExecutorSpec, max_parallel: int,
            expect: str | None = None, group: str | None = None, state_dir: Path | None = None) -> FleetReport:
     """Per board: current release/model, runtime, last health, reachable, drift from what the group
-    should run (--expect, else the release of the last rollout to the group)."""
+    should run (--expect, else the release of the last rollout to the group, if it finished)."""
     t0 = time.monotonic()
+    last = _last_rollout(group, state_dir) if expect is None else None
     source = "--expect" if expect else None
-    if expect is None and group is not None and state_dir is not None:
-        try:
-            state = ro.load_state(state_dir, group)
-        except DeployerError:
-            state = None
-        if state:
-            expect, source = state.get("release"), f"last rollout ({state.get('status')})"
+    if last and last["status"] == "done":
+        expect, source = last["release"], "the last rollout"
     with open_executor(executor, max_parallel) as pool:
         results, _ = fan_out(pool, boards, list_board, (opts, "current"), max_parallel=max_parallel)
     for r in results:
@@ -145,12 +155,28 @@ def status(boards: list[Any], opts: DeployOptions, *, executor: ExecutorSpec, ma
         r.extra.setdefault("reachable", False)
         r.extra["drift"] = None if expect is None or not r.ok else (r.release != expect)  # unknown if unread
     report = FleetReport("status", results, expect, round(time.monotonic() - t0, 3),
-                         {"expected": expect, "expected_from": source})
+                         {"expected": expect, "expected_from": source, "last_rollout": last})
     report.extra["summary"] = {
         "boards": len(results), "reachable": sum(1 for r in results if r.extra.get("reachable")),
         "drift": sum(1 for r in results if r.extra.get("drift")),
         "releases": _count(r.release for r in results if r.ok)}
     return report
+
+
+def _last_rollout(group: str | None, state_dir: Path | None) -> dict[str, Any] | None:
+    """The last rollout to `group`: release, status, switched boards. Only a `done` one says what the
+    group should serve: a stopped, failed or interrupted rollout is not the fleet's target (after a
+    failed canary and a rollback, every board was shown drifting from the release that was refused)."""
+    if group is None or state_dir is None:
+        return None
+    try:
+        state = ro.load_state(state_dir, group)
+    except DeployerError:
+        return None
+    if not state:
+        return None
+    return {"release": state.get("release"), "status": state.get("status"),
+            "switched": sorted(n for n, e in state["boards"].items() if e.get("switched"))}
 
 
 def _count(items: Any) -> dict[str, int]:
@@ -171,13 +197,24 @@ def rollout(group: str, boards: list[Any], release: LocalRelease, opts: DeployOp
                                ro.parse_duration(bake), previous, resume)
         if plan_only:
             return plan, None
-        with open_executor(executor, max_parallel) as pool:
-            rep = ro.run_rollout(plan, boards, release, opts, pool, state_dir=state_dir, on_event=on_event,
-                                 previous=previous, local=executor.local)
+        try:
+            with open_executor(executor, max_parallel) as pool:
+                rep = ro.run_rollout(plan, boards, release, opts, pool, state_dir=state_dir, on_event=on_event,
+                                     previous=previous, local=executor.local)
+        except KeyboardInterrupt as err:
+            partial = getattr(err, "rollout_report", None)
+            if partial is None:
+                raise
+            raise interrupted(err, (plan, _rollout_report(plan, partial, release)))
+    return plan, _rollout_report(plan, rep, release)
+
+
+def _rollout_report(plan: ro.RolloutPlan, rep: ro.RolloutReport, release: LocalRelease) -> FleetReport:
     earlier = [BoardResult(n, True, release.id, action="done-earlier", stage="done") for n in plan.skipped]
-    report = FleetReport("rollout", list(rep.results.values()) + earlier, release.id, rep.seconds, {
-        "stopped": rep.stopped, "budget": plan.budget, "waves": [len(w) for w in plan.waves],
+    return FleetReport("rollout", list(rep.results.values()) + earlier, release.id, rep.seconds, {
+        "stopped": rep.stopped, "interrupted": rep.status == "interrupted", "budget": plan.budget,
+        "waves": [len(w) for w in plan.waves], "last_wave_added": plan.last_wave_added,
         "waves_done": rep.waves_done, "not_started": rep.not_started, "skipped": plan.skipped,
+        "switched": rep.switched,
         "failed": [{"board": r.board, "error": r.error} for r in rep.failed], "state_file": rep.state_file,
         "sent_bytes": sum(r.sent_bytes for r in rep.results.values())})
-    return plan, report

@@ -540,3 +540,33 @@ def test_dask_executor_local_cluster(sshd, tiny, tmp_path):
         cluster.close()
         for b in boards:
             shutil.rmtree(b.runtime_dir, ignore_errors=True)
+
+
+def test_a_failed_canary_switches_nothing_and_status_expects_nothing_from_it(sshd, tiny, tmp_path):
+    """The walkthrough: a canary failing its latency budget, then status. No board switched, so there is
+    no undo to suggest, the failed check is named, and the refused release is not what the boards are
+    expected to serve (every board used to be called drifting from it)."""
+    path = fleet_targets(sshd, tmp_path / "targets", 3, prefix="can")
+    boards = [load_targets(path).boards[f"can{i}"] for i in range(1, 4)]
+    state_dir = tmp_path / "rollouts"
+    try:
+        base = build_release(model_dir(tmp_path, tiny, 320), workdir=tmp_path / "b", health=False)
+        assert service.deploy(boards, base, opts(), executor=LOCAL, max_parallel=3).ok
+        new = build_release(model_dir(tmp_path, tiny, 321), workdir=tmp_path / "n")
+        slow = opts(health=HealthPolicy(max_latency_ms=1e-6))
+        _, report = service.rollout("fleet", boards, new, slow, waves="1,50%", max_failures="0", max_parallel=2,
+                                    bake="0", executor=LOCAL, state_dir=state_dir)
+        doc = report.to_json()
+        assert doc["stopped"] and doc["switched"] == [] and doc["last_wave_added"] and doc["waves"] == [1, 1, 1]
+        canary = doc["boards"][0]
+        assert canary["health"]["failed"] == "latency<=1e-06ms" and canary["error"].startswith("can1: health")
+        assert not canary["error"].startswith("can1: can1:")
+        with pytest.raises(DeployerError, match="switched no board"):
+            service.rollback(boards, None, opts(), executor=LOCAL, max_parallel=3, state_dir=state_dir,
+                             group="fleet", use_rollout=True)
+        st = service.status(boards, opts(), executor=LOCAL, max_parallel=3, group="fleet", state_dir=state_dir)
+        assert st.extra["expected"] is None and st.extra["last_rollout"]["status"] == "stopped"
+        assert st.extra["summary"]["drift"] == 0 and all(r.release == base.id for r in st.results)
+    finally:
+        for b in boards:
+            shutil.rmtree(b.runtime_dir, ignore_errors=True)
