@@ -162,8 +162,9 @@ class FleetView:
     def _result_line(self, board: str, event: dict[str, Any], result: str) -> str:
         if event.get("ok"):
             return f"{self.title}: {board}: ok {event.get('release') or ''} ({result})"
-        # a board's error starts with its name (deployer.fleet.ops.board_error): not said twice
-        return f"{self.title}: FAILED {result if result.startswith(board + ':') else f'{board}: {result}'}"
+        from deployer.fleet.ops import board_error   # the board named once, however the error began
+
+        return f"{self.title}: FAILED {board_error(board, result)}"
 
     def render(self) -> Table:
         rows = self.rows
@@ -323,9 +324,9 @@ def _boards_and_release(target: str, targets: Optional[List[Path]], model: Optio
                         profile: Optional[Path], no_health: bool, shape: Optional[str]) -> tuple[list[Any], Any]:
     """The boards a deploy/rollout names, then its release (hashed, with the host reference run)."""
     from deployer.fleet import service
-    from deployer.fleet.release import parse_shape
+    from deployer.ncnn.validate import parse_shape_option
 
-    dims = parse_shape(shape) if shape is not None else None
+    dims = parse_shape_option(shape) if shape is not None else None
     boards = _boards(_inventory(targets, target), target)
     with Status("building the release (hashing, host reference run)"):
         release = service.resolve_release(model, profile, health=not no_health, shape=dims)

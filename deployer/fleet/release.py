@@ -133,17 +133,6 @@ def find_model(folder: Path) -> tuple[Path, Path, list[Path]]:
     return param, binf, extras
 
 
-def parse_shape(text: str) -> list[int]:
-    """`--shape W,H,C` of deploy and rollout: the health input's size for a model whose Input layer
-    declares none."""
-    from deployer.remote.runner import parse_shape as runner_shape
-
-    try:
-        return runner_shape(text)
-    except ValueError as err:
-        raise DeployerError(f"--shape: {err}", hint="e.g. --shape 224,224,3") from None
-
-
 def build_release(model_dir: Path, *, profile: Path | None = None, workdir: Path | None = None,
                   health: bool = True, shape: list[int] | None = None) -> LocalRelease:
     """Collect, hash and describe a release; compute the host reference for the health check.

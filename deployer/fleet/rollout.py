@@ -57,8 +57,7 @@ def wave_sizes(waves: list[str], n: int) -> list[int]:
     """Boards in each wave (cumulative targets -> increments; a final wave takes whoever is left)."""
     sizes, done = [], 0
     for w in waves:
-        target = math.ceil(n * float(w[:-1]) / 100) if w.endswith("%") else int(w)
-        target = min(n, max(target, done))
+        target = min(n, max(_wave_target(w, n), done))
         if target > done:
             sizes.append(target - done)
             done = target
@@ -70,8 +69,12 @@ def wave_sizes(waves: list[str], n: int) -> list[int]:
 def adds_last_wave(waves: list[str], n: int) -> bool:
     """Do the waves given stop short of the whole group (`1,50%`)? wave_sizes then adds a last wave
     to 100 %, which the plan and the progress must say: the operator did not write it."""
-    targets = [math.ceil(n * float(w[:-1]) / 100) if w.endswith("%") else int(w) for w in waves]
-    return n > 0 and max(targets, default=0) < n
+    return n > 0 and max((_wave_target(w, n) for w in waves), default=0) < n
+
+
+def _wave_target(wave: str, n: int) -> int:
+    """A cumulative wave target of a group of n: a count, or a share rounded up."""
+    return math.ceil(n * float(wave[:-1]) / 100) if wave.endswith("%") else int(wave)
 
 
 def failure_budget(text: str, n: int) -> int:

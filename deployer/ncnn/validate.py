@@ -153,6 +153,19 @@ def check_weights(graph: Graph, weights: dict[str, list[Weight]], source: str, *
 
 # -------------------------------------------------------------------------------- input shapes
 
+def parse_shape_option(text: str, flag: str = "--shape") -> list[int]:
+    """A `--shape W,H,C` flag (run, profile, deploy, rollout): the board runner's own parser (the
+    board reads the same text), then the documented limits; one line naming the flag."""
+    from deployer.remote.runner import parse_shape
+
+    try:
+        dims = parse_shape(text)
+    except ValueError as err:
+        raise DeployerError(f"{flag}: {err}", hint="e.g. --shape 224,224,3") from None
+    check_input_shape(tuple(dims), f"{flag} {text}")
+    return dims
+
+
 def check_input_shape(shape: tuple[int, ...], where: str) -> None:
     """One input's [w, h] or [w, h, c] (0 = taken from the image) against the documented limits."""
     for i, v in enumerate(shape):

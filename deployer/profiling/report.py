@@ -57,11 +57,11 @@ def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
+def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):   # 2570, not 2.57e+03 (milliseconds of an emulated board)
-        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.{digits}g}"
+        return st.fmt_ms(v)
     return _e(v)
 
 

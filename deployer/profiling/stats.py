@@ -102,13 +102,6 @@ def fmt_ms(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def max_median_coverage(n: int) -> float:
-    """The best coverage any order-statistic interval for the median of n samples has: that of
-    [min, max], 1 - 2 * 0.5**n (0 for n < 2). Below 6 samples it is under 95 % (5: 93.8 %, 4: 87.5 %,
-    3: 75 %, 2: 50 %), so no interval of that kind can be a 95 % one."""
-    return 0.0 if n < 2 else 1.0 - 2.0 * 0.5 ** n
-
-
 def ci_label(level: float | None, requested: float = 0.95) -> str:
     """The level an interval is printed with. Order statistics give discrete coverages (95.9 % for
     20 samples, 96.1 % for 60); median_ci takes the narrowest pair that reaches the requested level,
@@ -117,9 +110,14 @@ def ci_label(level: float | None, requested: float = 0.95) -> str:
     '75%' for 3 samples. Runs printed '96% CI', '98% CI' and '95% CI' for the same kind of interval."""
     if level is None or not math.isfinite(level) or level <= 0:
         return "no"
-    if level >= requested - 1e-9:
+    if _reaches(level, requested):
         return f"{100 * requested:.0f}%"
     return f"{math.floor(1000 * level) / 10:g}%"
+
+
+def _reaches(level: float, requested: float) -> bool:
+    """Does an interval of coverage `level` hold the requested level (NaN does not)?"""
+    return level >= requested - 1e-9
 
 
 def ci_text(low: float | None, high: float | None, level: float | None, requested: float = 0.95,
@@ -130,7 +128,7 @@ def ci_text(low: float | None, high: float | None, level: float | None, requeste
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)) or level == 0:
         return "-"
     text = f"[{fmt_ms(low)}, {fmt_ms(high)}]"
-    if not mark or level is None or ci_label(level, requested) == f"{100 * requested:.0f}%":
+    if not mark or level is None or _reaches(level, requested):
         return text
     return f"{text} ({ci_label(level, requested)} CI)"
 
@@ -138,7 +136,7 @@ def ci_text(low: float | None, high: float | None, level: float | None, requeste
 def ci_header(levels: Sequence[float | None], requested: float = 0.95) -> str:
     """A column header that does not claim 95 % when a row's interval is less: '95% CI' when every
     row reaches it, else 'CI (95% unless marked)'; ci_text marks the rows below it."""
-    if all(lv is None or lv == 0 or ci_label(lv, requested) == f"{100 * requested:.0f}%" for lv in levels):
+    if all(lv is None or lv == 0 or _reaches(lv, requested) for lv in levels):
         return f"{100 * requested:.0f}% CI"
     return f"CI ({100 * requested:.0f}% unless marked)"
 

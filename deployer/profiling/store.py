@@ -70,12 +70,13 @@ class RunRow:
     def summary(self) -> dict[str, Any]:
         """The `deployer history --json` view of one run (without the samples)."""
         analysis = self.data.get("analysis") or {}
+        setup = run_setup(self.data)
         return {"id": self.id, "started_at": self.started_at, "board": self.board, "kind": self.kind,
                 "sweep_id": self.sweep_id, "label": self.label, "model_sha256": self.model_sha256,
                 "param_sha256": self.param_sha256, "model": (self.data.get("model_files") or {}).get("bin", {}).get("path"),
                 "median_ms": self.median_ms, "ci_ms": [analysis.get("ci_low_ms"), analysis.get("ci_high_ms")],
                 "ci_level": analysis.get("ci_level"), "count": analysis.get("count"),
-                "shape": shape_text(self.data), "options": run_setup(self.data),
+                "shape": None if setup.get("shape") is None else str(setup["shape"]), "options": setup,
                 "flags": list(dict.fromkeys(f.get("kind") for f in self.data.get("flags") or []))}
 
 
@@ -102,12 +103,6 @@ def run_setup(data: dict[str, Any]) -> dict[str, Any]:
     runtime = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
     out.update({name: runtime[key] for name, key in SETUP_RUNTIME.items() if runtime.get(key) is not None})
     return out
-
-
-def shape_text(data: dict[str, Any]) -> str | None:
-    """The input shape the run timed, as W x H x C ('224x224x3'); None when not recorded."""
-    shape = run_setup(data).get("shape")
-    return None if shape is None else str(shape)
 
 
 def setup_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -197,38 +197,33 @@ def _check_local(opts: RunOptions, *, running: bool = True) -> list[Path]:
             raise DeployerError(f"--fill {opts.fill!r}: use 'random' or a finite number (float32 range)")
     if opts.powersave is not None and opts.powersave not in (0, 1, 2):
         raise DeployerError("--powersave must be 0 (all cores), 1 (little) or 2 (big)")
+    dims: list[int] | None = None
     if opts.shape is not None:
-        from deployer.remote.runner import parse_shape
+        from deployer.ncnn.validate import parse_shape_option
 
-        try:
-            dims = parse_shape(opts.shape)
-        except ValueError as err:
-            raise DeployerError(f"--shape: {err}") from None
-        from deployer.ncnn.validate import check_input_shape
-
-        check_input_shape(tuple(dims), f"--shape {opts.shape}")
+        dims = parse_shape_option(opts.shape)
     from deployer.ncnn.model import NcnnModel
 
     model = NcnnModel.load(opts.param, opts.bin)     # what the board's ncnn would crash on, refused here
     if running:
-        _check_input(model, opts)
+        _check_input(model, opts, dims)
     return [Path(p) for p in files]
 
 
-def _check_input(model: Any, opts: RunOptions) -> None:
+def _check_input(model: Any, opts: RunOptions, given: list[int] | None) -> None:
     """The runner needs the input's size: from --shape or the Input layer's 0=w 1=h 2=c, and one the
     model can take (deployer.ncnn.validate.infer_check). Checked here: the board's runner found a
     missing size only after the upload (14 MB for MobileNetV2), in a message naming its temp copy of
-    the .param, and ncnn does not check channels at all."""
+    the .param, and ncnn does not check channels at all. `given`: --shape, already parsed."""
     from deployer.ncnn.validate import infer_check
-    from deployer.remote.runner import input_shape_from_param, parse_shape
+    from deployer.remote.runner import input_shape_from_param
 
     inputs = [top for layer in model.graph.layers if layer.type == "Input" for top in layer.tops]
     if opts.input_blob is not None and opts.input_blob not in inputs:
         raise DeployerError(f"--input-blob {opts.input_blob}: not an input of {opts.param} "
                             f"(inputs: {', '.join(inputs) or 'none'})")
     # the runner's own rule, so the host refuses exactly what the board would
-    dims = parse_shape(opts.shape) if opts.shape else input_shape_from_param(str(opts.param), opts.input_blob)
+    dims = given or input_shape_from_param(str(opts.param), opts.input_blob)
     if opts.shape is None and inputs and not dims:
         raise DeployerError(f"{opts.param}: its input {opts.input_blob or inputs[0]} has no fixed size",
                             hint="pass --shape W,H,C (e.g. --shape 224,224,3)")

@@ -184,7 +184,7 @@ def test_a_model_without_input_size_needs_shape_or_no_health(tiny, tmp_path):
 def test_shape_that_contradicts_the_input_layer_is_refused(tiny, tmp_path):
     with pytest.raises(DeployerError, match="--shape 8,8,3 differs from the input size 16,16,3"):
         build_release(model_dir(tmp_path, tiny, 8), workdir=tmp_path / "w", shape=[8, 8, 3])
-    from deployer.fleet.release import parse_shape
+    from deployer.ncnn.validate import parse_shape_option as parse_shape
 
     assert parse_shape("224,224,3") == [224, 224, 3]
     with pytest.raises(DeployerError, match="--shape"):
